@@ -1,0 +1,109 @@
+# kbatch — one hand-written Makefile.
+#   make                 build build/kbatch (and the test fakes)
+#   make SAN=address,undefined   the same with sanitizers, in build/san/
+#   make deps            install missing Debian packages (idempotent)
+#   make test            unit + integration + e2e (starts what it needs)
+#   make demo            a whole batch end to end on a local broker
+#   make bench           benchmarks (not part of make test)
+
+# V=1 shows the full commands.
+Q         := $(if $(V),,@)
+PKGS      := rdkafka libcurl jansson avro-c libconfig libmicrohttpd libcrypto
+CC        ?= cc
+SAN       ?=
+ifeq ($(SAN),)
+BUILD     := build
+else
+BUILD     := build/san
+endif
+
+VERSION   := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+GITREV    := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+             -MMD -MP -Iworker -DKB_VERSION='"$(VERSION)"' -DKB_GITREV='"$(GITREV)"'
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LDLIBS    += $(PKG_LIBS) -lm -lpthread
+ifneq ($(SAN),)
+CFLAGS    += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS   += -fsanitize=$(SAN)
+endif
+
+# Every module of the binary but main.c goes into a static library that the
+# unit and integration tests link against.
+LIB_SRCS  := $(filter-out worker/main.c,$(wildcard worker/*.c))
+LIB_OBJS  := $(LIB_SRCS:worker/%.c=$(BUILD)/obj/%.o)
+LIB       := $(BUILD)/libkbatch.a
+BIN       := $(BUILD)/kbatch
+
+FAKE_SRCS := $(wildcard tests/fakes/*.c)
+FAKES     := $(FAKE_SRCS:tests/fakes/%.c=$(BUILD)/%)
+
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+INTEG_SRCS:= $(wildcard tests/integration/test_*.c)
+INTEG_BINS:= $(INTEG_SRCS:tests/integration/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps test test-unit test-integration test-e2e demo bench clean format check-deps
+all: $(BIN) $(FAKES)
+
+$(BUILD)/obj/%.o: worker/%.c | $(BUILD)/obj
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+$(LIB): $(LIB_OBJS)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BIN): $(BUILD)/obj/main.o $(LIB)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%: tests/fakes/%.c | $(BUILD)/obj
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
+
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(LIB) | $(BUILD)/tests
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcriterion
+
+$(BUILD)/tests/test_%: tests/integration/test_%.c $(LIB) | $(BUILD)/tests
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcriterion
+
+$(BUILD)/obj $(BUILD)/tests:
+	mkdir -p $@
+
+deps:
+	@tests/deps.sh
+
+# The whole suite. Each part fails loudly; e2e starts its own broker and fakes.
+test: deps
+	@$(MAKE) --no-print-directory all $(UNIT_BINS) $(INTEG_BINS)
+	@$(MAKE) --no-print-directory test-unit test-integration test-e2e
+
+test-unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t --jobs 2; done
+
+test-integration: $(INTEG_BINS)
+	@set -e; for t in $(INTEG_BINS); do echo "== $$t"; $$t --jobs 1; done
+
+test-e2e: all
+	@KBATCH_BUILD=$(BUILD) tests/e2e/run.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@KBATCH_BUILD=$(BUILD) examples/demo.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@KBATCH_BUILD=$(BUILD) tests/bench/run.sh
+
+format:
+	clang-format -i worker/*.c worker/*.h tests/unit/*.c tests/fakes/*.c
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJS:.o=.d) $(BUILD)/obj/main.d

@@ -1,0 +1,96 @@
+/* codec: BatchItem decoding/validation and ItemResult encoding (SPEC §2).
+ *
+ * JSON format here (jansson); the Avro format plugs in behind the same
+ * functions (see the Avro issue). Decoding distinguishes three outcomes:
+ * undecodable (no result can be addressed: DLQ only), addressable but
+ * invalid (a `failed` result with invalid_item), and valid. */
+#ifndef KB_CODEC_H
+#define KB_CODEC_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+        KB_CODEC_OK = 0,
+        KB_CODEC_UNDECODABLE,   /* not JSON / not an object: DLQ,
+                                 * deserialization_error */
+        KB_CODEC_UNADDRESSABLE, /* JSON object without a usable batch_id,
+                                 * item_index or items_total: DLQ,
+                                 * invalid_item */
+        KB_CODEC_INVALID,       /* addressable, but a field is wrong: a
+                                 * failed result with invalid_item */
+} kb_codec_res_t;
+
+/* limits of SPEC §2 */
+#define KB_BATCH_ID_MAX     128
+#define KB_ITEM_ID_MAX      256
+#define KB_ITEMS_TOTAL_MAX  1000000
+#define KB_METADATA_MAX     16
+#define KB_METADATA_KEY_MAX 64
+#define KB_METADATA_VAL_MAX 512
+
+typedef struct kb_item_s {
+        char *batch_id;       /* NULL when absent/invalid */
+        char *item_id;        /* NULL when absent/invalid */
+        int64_t item_index;   /* -1 when absent */
+        int64_t items_total;  /* 0 when absent */
+        char *model;          /* NULL when absent */
+        char *operation;      /* NULL: the route's default */
+        json_t *input;        /* owned reference, an object, or NULL */
+        int64_t deadline;     /* epoch ms, 0 when none */
+        char *callback_url;   /* or NULL */
+        json_t *metadata;     /* owned reference, object of strings, or NULL */
+        int64_t submitted_at; /* epoch ms, 0 when none */
+} kb_item_t;
+
+/* Decodes a JSON BatchItem value. On any result but UNDECODABLE, *item holds
+ * whatever fields could be read (free with kb_item_clear). max_bytes: values
+ * larger than this are INVALID (or UNADDRESSABLE) "too large". errstr gets
+ * the reason for anything but OK. */
+kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
+                                    size_t max_bytes, kb_item_t *item,
+                                    char *errstr, size_t errstr_size);
+void kb_item_clear(kb_item_t *item);
+
+/* Valid batch_id: 1..128 of [A-Za-z0-9._:-]. */
+int kb_codec_batch_id_valid(const char *s);
+
+typedef enum {
+        KB_STATUS_NONE = 0, /* not terminal (2-bit value 0) */
+        KB_STATUS_SUCCEEDED = 1,
+        KB_STATUS_FAILED = 2,
+        KB_STATUS_CANCELLED = 3,
+        KB_STATUS_EXPIRED = 4, /* aggregated with cancelled/failed by 2 bits:
+                                * see aggregator */
+} kb_item_status_t;
+
+const char *kb_item_status_str(kb_item_status_t st);
+
+/* Everything an ItemResult carries beyond the item itself. */
+typedef struct kb_result_s {
+        kb_item_status_t status;
+        int http_status;       /* 0: null */
+        json_t *output;        /* borrowed; NULL: null */
+        const char *error_code;/* NULL: no error */
+        const char *error_message;
+        int attempts;
+        int has_usage;
+        int64_t input_tokens, output_tokens, total_tokens;
+        int64_t started_at, finished_at; /* epoch ms; 0: null */
+        int64_t latency_ms;              /* -1: null */
+        const char *worker;
+} kb_result_t;
+
+/* Extracts usage from a model response body (OpenAI chat/completions/
+ * embeddings: prompt_tokens/completion_tokens; responses and Anthropic:
+ * input_tokens/output_tokens). Returns 1 when found. */
+int kb_codec_usage_from_output(const json_t *output, kb_result_t *res);
+
+/* Encodes an ItemResult as a JSON object string (caller frees with free()).
+ * The item may be partly filled (invalid items). NULL on allocation
+ * failure. */
+char *kb_codec_result_encode(const kb_item_t *item, const kb_result_t *res,
+                             size_t *lenp);
+
+#endif

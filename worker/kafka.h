@@ -1,0 +1,45 @@
+/* kafka: librdkafka client construction and the admin operations kbatch
+ * needs. Every client gets the bootstrap servers, kafka.properties (passed
+ * straight through), our log callback and the murmur2 partitioner (the one
+ * Java clients use, so results and batch-state co-partition with any
+ * producer). */
+#ifndef KB_KAFKA_H
+#define KB_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+
+#include "conf.h"
+
+/* A new client config: bootstrap, kafka.properties, logging, client.id.
+ * Caller owns the result (or hands it to rd_kafka_new). NULL + errstr on a
+ * bad property (reported by name). */
+rd_kafka_conf_t *kb_kafka_conf_new(const kb_conf_t *conf, const char *role,
+                                   char *errstr, size_t errstr_size);
+
+/* Sets one property, "name: message" into errstr on failure. */
+int kb_kafka_conf_set(rd_kafka_conf_t *kc, const char *name, const char *value,
+                      char *errstr, size_t errstr_size);
+
+/* An idempotent producer (acks=all). kc: taken (also on failure), NULL for
+ * a default one from conf. */
+rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
+                                  char *errstr, size_t errstr_size);
+
+/* Name of retry tier n (1-based): "<items topic>.retry.<n>". Caller frees. */
+char *kb_kafka_retry_topic(const kb_conf_t *conf, int n);
+
+/* Creates every topic of SPEC §1 (idempotently: existing topics are left as
+ * they are and reported). partitions/replication: -1 for the configured
+ * defaults. Prints one line per topic to out (may be NULL). Returns 0 or -1
+ * with errstr. */
+int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
+                           int replication, FILE *out, char *errstr,
+                           size_t errstr_size);
+
+/* Headers helper: value of the last header `name` as a NUL-terminated copy
+ * into buf (truncated), or NULL when absent. */
+const char *kb_kafka_header(const rd_kafka_message_t *msg, const char *name,
+                            char *buf, size_t size);
+
+#endif

@@ -1,0 +1,429 @@
+/* offsets: the per-partition tracker of out-of-order completion.
+ *
+ * The done bits of the window [low, next) live in a ring of 64-bit words
+ * (offset o at bit o & ot_mask); the ring holds at least the window bound, so
+ * no two offsets of the window share a bit. Bits outside the window are
+ * garbage: every offset entering the window (tracked or gap) has its bit
+ * written. Metadata read back at reset is kept apart (ot_skip) until the
+ * window has moved past it. */
+#include "offsets.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define META_PREFIX     "kb1:"
+#define META_PREFIX_LEN 4
+/* The largest bitmap whose encoding fits: 4 + ceil(4n/3) <= META_MAX. */
+#define META_BYTES_MAX (((KB_OFFSETS_META_MAX - META_PREFIX_LEN) * 3) / 4)
+
+_Static_assert(KB_OFFSETS_WINDOW_MAX == META_BYTES_MAX * 8,
+               "KB_OFFSETS_WINDOW_MAX out of step with KB_OFFSETS_META_MAX");
+_Static_assert(KB_OFFSETS_WINDOW_DEFAULT <= KB_OFFSETS_WINDOW_MAX,
+               "default window above the maximum");
+
+struct kb_offsets_s {
+        size_t    ot_window;  /* bound on next - low */
+        uint64_t *ot_ring;    /* done bits */
+        uint64_t  ot_mask;    /* ring size in bits - 1 (a power of two) */
+        int       ot_started; /* low/next are meaningful */
+        int64_t   ot_low;     /* lowest offset not done (or next) */
+        int64_t   ot_next;    /* one past the highest offset in the window */
+        size_t    ot_pending; /* tracked (OK) and not done */
+
+        /* Done bits from the committed metadata: bit i is ot_skip_base + i;
+         * ot_skip_end is one past the highest set bit. NULL when none. */
+        uint8_t  *ot_skip;
+        int64_t   ot_skip_base;
+        int64_t   ot_skip_end;
+
+        /* The last committed position, for the change check. */
+        int64_t   ot_last_off;
+        int       ot_last_valid; /* 0: meta too long to keep, never equal */
+        char      ot_last_meta[KB_OFFSETS_META_MAX + 1];
+};
+
+const char *kb_offsets_res_str(kb_offsets_res_t res) {
+        switch (res) {
+        case KB_OFFSETS_OK: return "ok";
+        case KB_OFFSETS_SKIP: return "skip";
+        case KB_OFFSETS_STALE: return "stale";
+        case KB_OFFSETS_FULL: return "full";
+        case KB_OFFSETS_DUP: return "dup";
+        }
+        return "unknown";
+}
+
+/* ---- base64 (RFC 4648 alphabet, no padding) ---- */
+
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int b64_val(unsigned char c) {
+        if (c >= 'A' && c <= 'Z')
+                return c - 'A';
+        if (c >= 'a' && c <= 'z')
+                return c - 'a' + 26;
+        if (c >= '0' && c <= '9')
+                return c - '0' + 52;
+        if (c == '+')
+                return 62;
+        if (c == '/')
+                return 63;
+        return -1;
+}
+
+/* Byte i of a bitmap of nbits bits, the bits past nbits cleared. */
+static uint8_t bm_byte(const uint8_t *bits, size_t nbits, size_t i) {
+        if (i == nbits / 8 && nbits % 8)
+                return (uint8_t)(bits[i] & ((1u << (nbits % 8)) - 1));
+        return bits[i];
+}
+
+int kb_offsets_meta_encode(const uint8_t *bits, size_t nbits, char *out,
+                           size_t out_size) {
+        size_t n = (nbits + 7) / 8;
+        while (n > 0 && bm_byte(bits, nbits, n - 1) == 0)
+                n--; /* trailing zero bytes are trimmed */
+        if (n == 0) {
+                if (out_size < 1)
+                        return -1;
+                out[0] = '\0';
+                return 0;
+        }
+        size_t len = META_PREFIX_LEN + (4 * n + 2) / 3;
+        if (len > (size_t)INT32_MAX || len + 1 > out_size)
+                return -1;
+
+        memcpy(out, META_PREFIX, META_PREFIX_LEN);
+        char *o = out + META_PREFIX_LEN;
+        for (size_t i = 0; i < n; i += 3) {
+                uint32_t v = 0;
+                size_t k;
+                for (k = 0; k < 3; k++)
+                        v = (v << 8) |
+                            (i + k < n ? bm_byte(bits, nbits, i + k) : 0);
+                size_t have = n - i < 3 ? n - i : 3; /* 1..3 bytes */
+                *o++ = b64_alphabet[(v >> 18) & 63];
+                *o++ = b64_alphabet[(v >> 12) & 63];
+                if (have > 1)
+                        *o++ = b64_alphabet[(v >> 6) & 63];
+                if (have > 2)
+                        *o++ = b64_alphabet[v & 63];
+        }
+        *o = '\0';
+        return (int)len;
+}
+
+int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
+                           size_t *nbits) {
+        *bits  = NULL;
+        *nbits = 0;
+        if (len == 0)
+                return 0;
+        if (!meta || len > KB_OFFSETS_META_MAX || len < META_PREFIX_LEN ||
+            memcmp(meta, META_PREFIX, META_PREFIX_LEN) != 0)
+                return -1;
+
+        const unsigned char *p = (const unsigned char *)meta + META_PREFIX_LEN;
+        size_t n = len - META_PREFIX_LEN;
+        if (n % 4 == 1) /* one char carries 6 bits: not a whole byte */
+                return -1;
+        size_t out_n = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
+        if (out_n == 0)
+                return 0;
+        uint8_t *b = malloc(out_n);
+        if (!b)
+                return -1;
+
+        size_t bi = 0;
+        for (size_t i = 0; i < n; i += 4) {
+                size_t chunk = n - i < 4 ? n - i : 4; /* 2..4 chars */
+                uint32_t v = 0;
+                for (size_t k = 0; k < 4; k++) {
+                        int c = 0;
+                        if (k < chunk) {
+                                c = b64_val(p[i + k]);
+                                if (c < 0)
+                                        goto bad;
+                        }
+                        v = (v << 6) | (uint32_t)c;
+                }
+                /* Canonical form only: the unused low bits of a short final
+                 * chunk must be zero, so each bitmap has one encoding. */
+                if ((chunk == 2 && (v & 0xffff)) || (chunk == 3 && (v & 0xff)))
+                        goto bad;
+                b[bi++] = (uint8_t)(v >> 16);
+                if (chunk > 2)
+                        b[bi++] = (uint8_t)(v >> 8);
+                if (chunk > 3)
+                        b[bi++] = (uint8_t)v;
+        }
+        *bits  = b;
+        *nbits = out_n * 8;
+        return 0;
+bad:
+        free(b);
+        return -1;
+}
+
+/* ---- the ring of done bits ---- */
+
+static inline int ring_get(const kb_offsets_t *ot, int64_t o) {
+        uint64_t p = (uint64_t)o & ot->ot_mask;
+        return (int)((ot->ot_ring[p >> 6] >> (p & 63)) & 1);
+}
+
+static inline void ring_put(kb_offsets_t *ot, int64_t o, int v) {
+        uint64_t p = (uint64_t)o & ot->ot_mask;
+        uint64_t m = 1ULL << (p & 63);
+        if (v)
+                ot->ot_ring[p >> 6] |= m;
+        else
+                ot->ot_ring[p >> 6] &= ~m;
+}
+
+/* Sets the bits of [from, to); to - from <= the ring size. */
+static void ring_fill(kb_offsets_t *ot, int64_t from, int64_t to) {
+        while (from < to) {
+                uint64_t p = (uint64_t)from & ot->ot_mask;
+                unsigned b = (unsigned)(p & 63);
+                uint64_t n = 64 - b;
+                if ((uint64_t)(to - from) < n)
+                        n = (uint64_t)(to - from);
+                uint64_t m = (n == 64 ? ~0ULL : (1ULL << n) - 1) << b;
+                ot->ot_ring[p >> 6] |= m;
+                from += (int64_t)n;
+        }
+}
+
+/* Moves low past done offsets, a word at a time. */
+static void advance(kb_offsets_t *ot) {
+        while (ot->ot_low < ot->ot_next) {
+                uint64_t p = (uint64_t)ot->ot_low & ot->ot_mask;
+                unsigned b = (unsigned)(p & 63);
+                uint64_t w = ~ot->ot_ring[p >> 6] >> b; /* 1 = not done */
+                if (w) {
+                        ot->ot_low += __builtin_ctzll(w);
+                        break;
+                }
+                ot->ot_low += 64 - b;
+        }
+        /* Bits past next are garbage; everything below next was done. */
+        if (ot->ot_low > ot->ot_next)
+                ot->ot_low = ot->ot_next;
+}
+
+static void skip_clear(kb_offsets_t *ot) {
+        free(ot->ot_skip);
+        ot->ot_skip      = NULL;
+        ot->ot_skip_base = 0;
+        ot->ot_skip_end  = 0;
+}
+
+static int skip_has(const kb_offsets_t *ot, int64_t o) {
+        if (!ot->ot_skip || o < ot->ot_skip_base || o >= ot->ot_skip_end)
+                return 0;
+        uint64_t i = (uint64_t)(o - ot->ot_skip_base);
+        return (ot->ot_skip[i >> 3] >> (i & 7)) & 1;
+}
+
+static void set_last(kb_offsets_t *ot, int64_t off, const char *meta,
+                     size_t len) {
+        ot->ot_last_off = off;
+        if (len > KB_OFFSETS_META_MAX || (len && memchr(meta, '\0', len))) {
+                ot->ot_last_valid   = 0;
+                ot->ot_last_meta[0] = '\0';
+                return;
+        }
+        ot->ot_last_valid = 1;
+        if (len)
+                memcpy(ot->ot_last_meta, meta, len);
+        ot->ot_last_meta[len] = '\0';
+}
+
+/* ---- the tracker ---- */
+
+kb_offsets_t *kb_offsets_new(size_t max_window) {
+        if (max_window == 0)
+                max_window = KB_OFFSETS_WINDOW_DEFAULT;
+        if (max_window > KB_OFFSETS_WINDOW_MAX)
+                max_window = KB_OFFSETS_WINDOW_MAX;
+
+        size_t ring_bits = 64;
+        while (ring_bits < max_window)
+                ring_bits <<= 1;
+
+        kb_offsets_t *ot = calloc(1, sizeof(*ot));
+        if (!ot)
+                return NULL;
+        ot->ot_ring = calloc(ring_bits / 64, sizeof(*ot->ot_ring));
+        if (!ot->ot_ring) {
+                free(ot);
+                return NULL;
+        }
+        ot->ot_window     = max_window;
+        ot->ot_mask       = ring_bits - 1;
+        ot->ot_last_off   = -1;
+        ot->ot_last_valid = 1;
+        return ot;
+}
+
+void kb_offsets_destroy(kb_offsets_t *ot) {
+        if (!ot)
+                return;
+        free(ot->ot_skip);
+        free(ot->ot_ring);
+        free(ot);
+}
+
+int kb_offsets_reset(kb_offsets_t *ot, int64_t committed, const char *meta,
+                     size_t meta_len) {
+        skip_clear(ot);
+        ot->ot_pending = 0;
+        if (!meta)
+                meta_len = 0;
+        if (committed < 0) {
+                ot->ot_started = 0;
+                ot->ot_low = ot->ot_next = 0;
+                set_last(ot, -1, "", 0);
+                return 0;
+        }
+        ot->ot_started = 1;
+        ot->ot_low = ot->ot_next = committed;
+        set_last(ot, committed, meta, meta_len);
+
+        uint8_t *bits;
+        size_t nbits;
+        if (kb_offsets_meta_decode(meta, meta_len, &bits, &nbits) == -1)
+                return -1;
+        /* The last set bit bounds the skip set (trailing zeros are moot). */
+        size_t nbytes = nbits / 8;
+        while (nbytes > 0 && bits[nbytes - 1] == 0)
+                nbytes--;
+        if (nbytes == 0 || (uint64_t)(INT64_MAX - committed) < nbits) {
+                free(bits);
+                return 0;
+        }
+        ot->ot_skip      = bits;
+        ot->ot_skip_base = committed;
+        /* One past the highest set bit of the last non-zero byte. */
+        ot->ot_skip_end = committed + (int64_t)(8 * (nbytes - 1)) +
+                          (32 - __builtin_clz((uint32_t)bits[nbytes - 1]));
+        return 0;
+}
+
+kb_offsets_res_t kb_offsets_track(kb_offsets_t *ot, int64_t offset) {
+        if (offset < 0 || offset == INT64_MAX)
+                return KB_OFFSETS_STALE;
+        if (!ot->ot_started) {
+                ot->ot_started = 1;
+                ot->ot_low = ot->ot_next = offset;
+        }
+        if (offset < ot->ot_low)
+                return KB_OFFSETS_STALE;
+        if (offset < ot->ot_next)
+                return ring_get(ot, offset) ? KB_OFFSETS_STALE
+                                            : KB_OFFSETS_DUP;
+        if ((uint64_t)(offset - ot->ot_low) >= ot->ot_window)
+                return KB_OFFSETS_FULL;
+
+        ring_fill(ot, ot->ot_next, offset); /* gaps count as done */
+        kb_offsets_res_t res =
+            skip_has(ot, offset) ? KB_OFFSETS_SKIP : KB_OFFSETS_OK;
+        ring_put(ot, offset, res == KB_OFFSETS_SKIP);
+        if (res == KB_OFFSETS_OK)
+                ot->ot_pending++;
+        ot->ot_next = offset + 1;
+        if (ot->ot_skip && ot->ot_next >= ot->ot_skip_end)
+                skip_clear(ot); /* the ring holds all of it now */
+        advance(ot);
+        return res;
+}
+
+int kb_offsets_mark_done(kb_offsets_t *ot, int64_t offset) {
+        if (!ot->ot_started || offset < ot->ot_low || offset >= ot->ot_next)
+                return -1;
+        if (ring_get(ot, offset))
+                return 0;
+        ring_put(ot, offset, 1);
+        ot->ot_pending--;
+        if (offset == ot->ot_low)
+                advance(ot);
+        return 0;
+}
+
+int kb_offsets_window_full(const kb_offsets_t *ot) {
+        return ot->ot_started &&
+               (uint64_t)(ot->ot_next - ot->ot_low) >= ot->ot_window;
+}
+
+size_t kb_offsets_pending(const kb_offsets_t *ot) {
+        return ot->ot_pending;
+}
+
+/* ORs the low c (<= 64) bits of v into bm at bit position i. */
+static void bm_or(uint8_t *bm, size_t i, uint64_t v, unsigned c) {
+        while (c > 0) {
+                unsigned sh = (unsigned)(i & 7);
+                unsigned k  = 8 - sh < c ? 8 - sh : c;
+                bm[i >> 3] |= (uint8_t)((v & ((1u << k) - 1)) << sh);
+                v >>= k;
+                i += k;
+                c -= k;
+        }
+}
+
+int kb_offsets_committable(const kb_offsets_t *ot, int64_t *offset, char *meta,
+                           size_t meta_size) {
+        if (meta_size < KB_OFFSETS_META_MAX + 1) {
+                *offset = -1;
+                if (meta_size > 0)
+                        meta[0] = '\0';
+                return -1;
+        }
+        if (!ot->ot_started) {
+                *offset = -1;
+                meta[0] = '\0';
+        } else {
+                uint8_t bm[META_BYTES_MAX];
+                int64_t low = ot->ot_low;
+                int64_t end = ot->ot_next;
+                if (ot->ot_skip && ot->ot_skip_end > end)
+                        end = ot->ot_skip_end;
+                /* Both parts are within KB_OFFSETS_WINDOW_MAX of low: the
+                 * ring by the window bound, the skip set by the size of the
+                 * metadata it came from (and low >= its base). */
+                size_t nbits = (size_t)(end - low);
+                if (nbits > KB_OFFSETS_WINDOW_MAX)
+                        nbits = KB_OFFSETS_WINDOW_MAX;
+                memset(bm, 0, (nbits + 7) / 8);
+
+                size_t nring = (size_t)(ot->ot_next - low);
+                if (nring > nbits)
+                        nring = nbits;
+                for (size_t i = 0; i < nring;) {
+                        uint64_t p = (uint64_t)(low + (int64_t)i) & ot->ot_mask;
+                        unsigned b = (unsigned)(p & 63);
+                        unsigned c = 64 - b;
+                        if (nring - i < c)
+                                c = (unsigned)(nring - i);
+                        bm_or(bm, i, ot->ot_ring[p >> 6] >> b, c);
+                        i += c;
+                }
+                for (size_t i = nring; i < nbits; i++)
+                        if (skip_has(ot, low + (int64_t)i))
+                                bm[i >> 3] |= (uint8_t)(1u << (i & 7));
+
+                *offset = low;
+                if (kb_offsets_meta_encode(bm, nbits, meta, meta_size) == -1)
+                        meta[0] = '\0'; /* cannot happen: sized above */
+        }
+        return *offset != ot->ot_last_off || !ot->ot_last_valid ||
+               strcmp(meta, ot->ot_last_meta) != 0;
+}
+
+void kb_offsets_committed(kb_offsets_t *ot, int64_t offset, const char *meta) {
+        if (!meta)
+                meta = "";
+        set_last(ot, offset, meta, strnlen(meta, KB_OFFSETS_META_MAX + 1));
+}

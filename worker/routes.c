@@ -1,0 +1,199 @@
+/* routes: see routes.h. */
+#include "routes.h"
+
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "log.h"
+
+struct kb_routes_s {
+        kb_route_t *rs_routes;
+        size_t rs_cnt;
+};
+
+static const kb_kv_t default_ops[] = {
+    {"chat.completions", "/v1/chat/completions"},
+    {"responses", "/v1/responses"},
+    {"embeddings", "/v1/embeddings"},
+    {"completions", "/v1/completions"},
+    {"messages", "/v1/messages"},
+};
+
+/* Reads a key file: the first line, trimmed. Returns a malloc'd string or
+ * NULL with errstr filled. */
+static char *read_key_file(const char *path, time_t *mtime, char *errstr,
+                           size_t errstr_size) {
+        FILE *fp = fopen(path, "r");
+        char buf[4096];
+        struct stat st;
+        size_t n;
+        if (!fp) {
+                snprintf(errstr, errstr_size, "cannot read api_key_file %s: %s",
+                         path, strerror(errno));
+                return NULL;
+        }
+        if (fstat(fileno(fp), &st) == 0)
+                *mtime = st.st_mtime;
+        n = fread(buf, 1, sizeof(buf) - 1, fp);
+        fclose(fp);
+        buf[n] = '\0';
+        buf[strcspn(buf, "\r\n")] = '\0';
+        while (n > 0 && (buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+                buf[--n] = '\0';
+        return strdup(buf);
+}
+
+static char *auth_header(const char *key) {
+        char *h;
+        if (!key || !*key)
+                return NULL;
+        if (asprintf(&h, "Authorization: Bearer %s", key) < 0)
+                return NULL;
+        return h;
+}
+
+kb_routes_t *kb_routes_new(const kb_conf_t *conf, char *errstr,
+                           size_t errstr_size) {
+        kb_routes_t *rs = calloc(1, sizeof(*rs));
+        size_t i;
+        if (!rs)
+                return NULL;
+        rs->rs_routes = calloc(conf->route_cnt ? conf->route_cnt : 1,
+                               sizeof(*rs->rs_routes));
+        if (!rs->rs_routes) {
+                free(rs);
+                return NULL;
+        }
+        rs->rs_cnt = conf->route_cnt;
+        for (i = 0; i < conf->route_cnt; i++) {
+                kb_route_t *rt = &rs->rs_routes[i];
+                const kb_route_conf_t *rc = &conf->routes[i];
+                size_t n;
+                rt->rt_conf = rc;
+                rt->rt_index = (int)i;
+                TAILQ_INIT(&rt->rt_waitq);
+                rt->rt_limit = rc->max_inflight;
+                rt->rt_base_url = strdup(rc->base_url);
+                n = strlen(rt->rt_base_url);
+                while (n > 0 && rt->rt_base_url[n - 1] == '/')
+                        rt->rt_base_url[--n] = '\0';
+                if (rc->api_key_env && *rc->api_key_env) {
+                        const char *k = getenv(rc->api_key_env);
+                        if (!k || !*k) {
+                                snprintf(errstr, errstr_size,
+                                         "route '%s': environment variable %s "
+                                         "(api_key_env) is not set",
+                                         rc->model, rc->api_key_env);
+                                kb_routes_destroy(rs);
+                                return NULL;
+                        }
+                        rt->rt_auth = auth_header(k);
+                } else if (rc->api_key_file && *rc->api_key_file) {
+                        char *k = read_key_file(rc->api_key_file,
+                                                &rt->rt_key_mtime, errstr,
+                                                errstr_size);
+                        if (!k) {
+                                kb_routes_destroy(rs);
+                                return NULL;
+                        }
+                        rt->rt_auth = auth_header(k);
+                        free(k);
+                }
+        }
+        return rs;
+}
+
+void kb_routes_destroy(kb_routes_t *rs) {
+        size_t i;
+        if (!rs)
+                return;
+        for (i = 0; i < rs->rs_cnt; i++) {
+                free(rs->rs_routes[i].rt_base_url);
+                free(rs->rs_routes[i].rt_auth);
+        }
+        free(rs->rs_routes);
+        free(rs);
+}
+
+size_t kb_routes_cnt(const kb_routes_t *rs) { return rs->rs_cnt; }
+
+kb_route_t *kb_routes_get(kb_routes_t *rs, size_t i) {
+        return i < rs->rs_cnt ? &rs->rs_routes[i] : NULL;
+}
+
+kb_route_t *kb_routes_match(kb_routes_t *rs, const char *model) {
+        size_t i;
+        if (!model)
+                return NULL;
+        for (i = 0; i < rs->rs_cnt; i++)
+                if (fnmatch(rs->rs_routes[i].rt_conf->model, model, 0) == 0)
+                        return &rs->rs_routes[i];
+        return NULL;
+}
+
+const char *kb_route_path(const kb_route_t *rt, const char *operation,
+                          const char **opname) {
+        const kb_route_conf_t *rc = rt->rt_conf;
+        size_t i;
+        if (!operation)
+                operation = rc->default_operation ? rc->default_operation
+                                                  : "chat.completions";
+        *opname = operation;
+        for (i = 0; i < rc->operation_cnt; i++)
+                if (!strcmp(rc->operations[i].k, operation))
+                        return rc->operations[i].v;
+        for (i = 0; i < sizeof(default_ops) / sizeof(*default_ops); i++)
+                if (!strcmp(default_ops[i].k, operation))
+                        return default_ops[i].v;
+        return NULL;
+}
+
+void kb_route_refresh_auth(kb_route_t *rt, int64_t now_ms) {
+        const kb_route_conf_t *rc = rt->rt_conf;
+        struct stat st;
+        char err[256];
+        if (!rc->api_key_file || !*rc->api_key_file ||
+            (rc->api_key_env && *rc->api_key_env))
+                return;
+        if (now_ms - rt->rt_key_checked_ms < 1000)
+                return;
+        rt->rt_key_checked_ms = now_ms;
+        if (stat(rc->api_key_file, &st) != 0 || st.st_mtime == rt->rt_key_mtime)
+                return;
+        {
+                time_t mt = st.st_mtime;
+                char *k = read_key_file(rc->api_key_file, &mt, err, sizeof(err));
+                if (!k) {
+                        kb_log(KB_LOG_WARN, "routes", "%s (keeping the old key)",
+                               err);
+                        return;
+                }
+                free(rt->rt_auth);
+                rt->rt_auth = auth_header(k);
+                rt->rt_key_mtime = mt;
+                free(k);
+                kb_log(KB_LOG_INFO, "routes",
+                       "route '%s': api_key_file %s changed, key reloaded",
+                       rc->model, rc->api_key_file);
+        }
+}
+
+struct curl_slist *kb_route_headers(const kb_route_t *rt,
+                                    struct curl_slist *hdrs) {
+        const kb_route_conf_t *rc = rt->rt_conf;
+        size_t i;
+        char line[8192];
+        if (rt->rt_auth && !(hdrs = curl_slist_append(hdrs, rt->rt_auth)))
+                return NULL;
+        for (i = 0; i < rc->header_cnt; i++) {
+                snprintf(line, sizeof(line), "%s: %s", rc->headers[i].k,
+                         rc->headers[i].v);
+                if (!(hdrs = curl_slist_append(hdrs, line)))
+                        return NULL;
+        }
+        return hdrs;
+}
