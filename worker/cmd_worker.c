@@ -65,8 +65,10 @@ int kb_cmd_worker(int argc, char **argv) {
         kb_loop_signals(loop);
         if ((conf->worker_roles & KB_ROLE_ITEMS) &&
             !(items = kb_items_new(conf, loop, errstr, sizeof(errstr)))) {
+                /* Nothing has connected yet: what fails here is the
+                 * configuration (client settings, route keys). */
                 kb_log(KB_LOG_ERROR, "worker", "items: %s", errstr);
-                rc = 1;
+                rc = 2;
                 goto out;
         }
 

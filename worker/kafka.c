@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "log.h"
+#include "offsets.h"
+#include <jansson.h>
 
 int kb_kafka_conf_set(rd_kafka_conf_t *kc, const char *name, const char *value,
                       char *errstr, size_t errstr_size) {
@@ -172,6 +174,21 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
                 rd_kafka_conf_destroy(kc);
                 goto out;
         }
+        {
+                /* Fail fast, and clearly, when the cluster is unreachable. */
+                const struct rd_kafka_metadata *md = NULL;
+                rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, NULL, &md,
+                                                          10000);
+                if (e) {
+                        snprintf(errstr, errstr_size,
+                                 "cannot reach Kafka at %s: %s",
+                                 conf->kafka_bootstrap_servers,
+                                 rd_kafka_err2str(e));
+                        rd_kafka_destroy(rk);
+                        goto out;
+                }
+                rd_kafka_metadata_destroy(md);
+        }
         for (i = 0; i < cnt; i++) {
                 size_t j;
                 nts[i] = rd_kafka_NewTopic_new(specs[i].name,
@@ -239,4 +256,177 @@ out:
         for (i = 0; i < sizeof(specs) / sizeof(*specs); i++)
                 free(specs[i].name);
         return ret;
+}
+
+/* A consumer handle in group `group` (never subscribed): only for
+ * committed-offset look-ups. */
+static rd_kafka_t *lookup_consumer(const kb_conf_t *conf, const char *group,
+                                   char *errstr, size_t errstr_size) {
+        rd_kafka_conf_t *kc = kb_kafka_conf_new(conf, "describe", errstr,
+                                                errstr_size);
+        rd_kafka_t *rk;
+        if (!kc)
+                return NULL;
+        if (kb_kafka_conf_set(kc, "group.id", group, errstr, errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size)))
+                rd_kafka_conf_destroy(kc);
+        return rk;
+}
+
+/* Counts the set bits of a done-above map (0 when absent or unreadable). */
+static int meta_done_count(const char *meta, size_t len) {
+        uint8_t *bits = NULL;
+        size_t nbits = 0, i;
+        int n = 0;
+        if (!meta || !len || kb_offsets_meta_decode(meta, len, &bits, &nbits))
+                return 0;
+        for (i = 0; i < nbits; i++)
+                n += (bits[i / 8] >> (i % 8)) & 1;
+        free(bits);
+        return n;
+}
+
+json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
+                                 size_t errstr_size) {
+        struct {
+                char *topic;
+                const char *group;
+        } tl[KB_TOPIC__CNT + 16];
+        size_t cnt = 0, i;
+        json_t *out = NULL, *topics;
+        rd_kafka_t *rk = NULL;
+
+#define ADD(T, G)                                                              \
+        do {                                                                   \
+                tl[cnt].topic = strdup(T);                                     \
+                tl[cnt].group = (G);                                           \
+                cnt++;                                                         \
+        } while (0)
+        ADD(conf->topics_name[KB_TOPIC_ITEMS], conf->kafka_group_id);
+        for (i = 0; i < conf->retry_delay_cnt && i < 16; i++) {
+                char *t = kb_kafka_retry_topic(conf, (int)i + 1);
+                ADD(t, conf->kafka_group_id);
+                free(t);
+        }
+        ADD(conf->topics_name[KB_TOPIC_ITEMS_DLQ], NULL);
+        ADD(conf->topics_name[KB_TOPIC_RESULTS], conf->kafka_aggregator_group_id);
+        ADD(conf->topics_name[KB_TOPIC_BATCHES], conf->kafka_notifier_group_id);
+        ADD(conf->topics_name[KB_TOPIC_BATCHES_DLQ], NULL);
+        ADD(conf->topics_name[KB_TOPIC_CONTROL], NULL);
+        ADD(conf->topics_name[KB_TOPIC_BATCH_STATE], NULL);
+#undef ADD
+
+        if (!(rk = lookup_consumer(conf, conf->kafka_group_id, errstr,
+                                   errstr_size)))
+                goto done;
+        out = json_object();
+        topics = json_array();
+        json_object_set_new(out, "bootstrap_servers",
+                            json_string(conf->kafka_bootstrap_servers));
+        json_object_set_new(out, "topics", topics);
+        for (i = 0; i < cnt; i++) {
+                const struct rd_kafka_metadata *md = NULL;
+                rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, tl[i].topic, NULL);
+                rd_kafka_resp_err_t err =
+                    rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+                json_t *t = json_object(), *parts = json_array();
+                rd_kafka_t *grk = NULL;
+                rd_kafka_topic_partition_list_t *l = NULL;
+                int p, np = 0;
+                json_object_set_new(t, "name", json_string(tl[i].topic));
+                json_array_append_new(topics, t);
+                if (err || !md || md->topic_cnt < 1 || md->topics[0].err) {
+                        json_object_set_new(
+                            t, "error",
+                            json_string(rd_kafka_err2str(
+                                err ? err
+                                    : md && md->topic_cnt ? md->topics[0].err
+                                                          : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC)));
+                        if (md)
+                                rd_kafka_metadata_destroy(md);
+                        rd_kafka_topic_destroy(rkt);
+                        continue;
+                }
+                np = md->topics[0].partition_cnt;
+                rd_kafka_metadata_destroy(md);
+                rd_kafka_topic_destroy(rkt);
+                json_object_set_new(t, "partitions", json_integer(np));
+                if (tl[i].group) {
+                        json_object_set_new(t, "group", json_string(tl[i].group));
+                        l = rd_kafka_topic_partition_list_new(np);
+                        for (p = 0; p < np; p++)
+                                rd_kafka_topic_partition_list_add(l, tl[i].topic, p);
+                        grk = lookup_consumer(conf, tl[i].group, errstr,
+                                              errstr_size);
+                        if (!grk ||
+                            rd_kafka_committed(grk, l, 10000) !=
+                                RD_KAFKA_RESP_ERR_NO_ERROR) {
+                                rd_kafka_topic_partition_list_destroy(l);
+                                l = NULL;
+                        }
+                }
+                {
+                        int64_t lag_total = 0;
+                        for (p = 0; p < np; p++) {
+                                int64_t lo = -1, hi = -1;
+                                json_t *pj = json_object();
+                                rd_kafka_query_watermark_offsets(
+                                    rk, tl[i].topic, p, &lo, &hi, 10000);
+                                json_object_set_new(pj, "partition",
+                                                    json_integer(p));
+                                json_object_set_new(pj, "start_offset",
+                                                    json_integer(lo));
+                                json_object_set_new(pj, "end_offset",
+                                                    json_integer(hi));
+                                if (l) {
+                                        const rd_kafka_topic_partition_t *tp =
+                                            &l->elems[p];
+                                        int64_t lag =
+                                            tp->offset >= 0 ? hi - tp->offset
+                                                            : hi - lo;
+                                        json_object_set_new(
+                                            pj, "committed",
+                                            tp->offset >= 0
+                                                ? json_integer(tp->offset)
+                                                : json_null());
+                                        json_object_set_new(
+                                            pj, "metadata",
+                                            tp->metadata_size
+                                                ? json_stringn(tp->metadata,
+                                                               tp->metadata_size)
+                                                : json_string(""));
+                                        json_object_set_new(
+                                            pj, "done_above",
+                                            json_integer(meta_done_count(
+                                                tp->metadata,
+                                                tp->metadata_size)));
+                                        json_object_set_new(pj, "lag",
+                                                            json_integer(lag));
+                                        lag_total += lag;
+                                }
+                                json_array_append_new(parts, pj);
+                        }
+                        if (l)
+                                json_object_set_new(t, "lag",
+                                                    json_integer(lag_total));
+                }
+                json_object_set_new(t, "partition_offsets", parts);
+                if (l)
+                        rd_kafka_topic_partition_list_destroy(l);
+                if (grk) {
+                        rd_kafka_consumer_close(grk);
+                        rd_kafka_destroy(grk);
+                }
+        }
+done:
+        if (rk)
+                rd_kafka_destroy(rk);
+        for (i = 0; i < cnt; i++)
+                free(tl[i].topic);
+        return out;
 }

@@ -37,6 +37,15 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
                            int replication, FILE *out, char *errstr,
                            size_t errstr_size);
 
+/* Describes every kbatch topic: partitions, end offsets, and for the group
+ * that consumes it (workers on items and retry tiers, the aggregator on
+ * results, the notifier on batches) the committed offset, lag, commit
+ * metadata and the number of offsets it marks done above the committed
+ * one. Returns a new JSON object (caller decrefs) or NULL + errstr. */
+struct json_t;
+struct json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
+                                        size_t errstr_size);
+
 /* Headers helper: value of the last header `name` as a NUL-terminated copy
  * into buf (truncated), or NULL when absent. */
 const char *kb_kafka_header(const rd_kafka_message_t *msg, const char *name,

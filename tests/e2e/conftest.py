@@ -170,6 +170,13 @@ routes = {routes};
         finally:
             c.close()
 
+    def describe(self, conf):
+        """`kbatch topics describe --json`: {topic name: topic object}.
+        (confluent-kafka's TopicPartition.metadata reads past the end of the
+        committed metadata, so committed state is read through kbatch.)"""
+        out = json.loads(self.kbatch("topics", "describe", "--json", conf=conf).stdout)
+        return {t["name"]: t for t in out["topics"]}
+
     def end_offsets(self, topic, partitions):
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "probe"})
         try:
