@@ -22,6 +22,7 @@ GITREV    := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 CFLAGS    ?= -O2 -g
 CFLAGS    += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+             -Wno-format-truncation \
              -MMD -MP -Iworker -DKB_VERSION='"$(VERSION)"' -DKB_GITREV='"$(GITREV)"'
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -47,11 +48,18 @@ INTEG_SRCS:= $(wildcard tests/integration/test_*.c)
 INTEG_BINS:= $(INTEG_SRCS:tests/integration/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test test-unit test-integration test-e2e demo bench clean format check-deps
-all: $(BIN) $(FAKES)
+# serde_bench: the serde micro-benchmark (make bench) and the encode/decode
+# tool of tests/e2e/test_avro.py; links the library.
+SERDE_BENCH := $(BUILD)/serde_bench
+
+all: $(BIN) $(FAKES) $(SERDE_BENCH)
 
 $(BUILD)/obj/%.o: worker/%.c | $(BUILD)/obj
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+# serde.c compiles schemas/*.avsc in (.incbin), which -MMD does not see.
+$(BUILD)/obj/serde.o: $(wildcard schemas/*.avsc)
 
 $(LIB): $(LIB_OBJS)
 	$(Q)rm -f $@ && ar rcs $@ $^
@@ -63,6 +71,10 @@ $(BIN): $(BUILD)/obj/main.o $(LIB)
 $(BUILD)/%: tests/fakes/%.c | $(BUILD)/obj
 	@$(if $(Q),echo "  CC      $@")
 	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
+
+$(SERDE_BENCH): tests/bench/serde_bench.c $(LIB) | $(BUILD)/obj
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(LIB) | $(BUILD)/tests
 	@$(if $(Q),echo "  CC      $@")
@@ -98,6 +110,7 @@ demo: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all
+	@$(SERDE_BENCH)
 	@KBATCH_BUILD=$(BUILD) tests/bench/run.sh
 
 format:

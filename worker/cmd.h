@@ -7,16 +7,56 @@
 #ifndef KB_CMD_H
 #define KB_CMD_H
 
+#include <stddef.h>
+
 /* kbatch worker [-c FILE]: runs the roles named in worker.roles. */
 int kb_cmd_worker(int argc, char **argv);
 
 /* kbatch topics create [-c FILE] [--partitions N] [--replication R]. */
 int kb_cmd_topics(int argc, char **argv);
 
+/* kbatch replay [--batch ID] [--code CODE] [--since TIME] [--limit N]
+ * [--dry-run]: re-drives dead-lettered items (see cmd_replay.c). */
+int kb_cmd_replay(int argc, char **argv);
+
 /* kbatch check-config [-c FILE] [-q]: loads and validates the
  * configuration (the file chosen by kb_conf_default_path()) and prints the
  * effective configuration, secrets redacted, to stdout. */
 int kb_cmd_check_config(int argc, char **argv);
+
+/* kbatch status BATCH_ID [-c FILE] [--json]: the batch's status, counts,
+ * usage and timestamps from the batch-state topic (read_committed). Exit 1
+ * when the batch is unknown (no state, or retired). */
+int kb_cmd_status(int argc, char **argv);
+
+/* kbatch cancel BATCH_ID [-c FILE] [--reason TEXT]: publishes a
+ * ControlCommand {batch_id, action "cancel", requested_at, reason} keyed by
+ * batch_id to the control topic and waits for its acknowledgement. */
+int kb_cmd_cancel(int argc, char **argv);
+
+/* kbatch submit FILE.jsonl|- [-c FILE] [--batch-id ID | --idempotency-key K]
+ * [--metadata K=V]... [--callback-url URL] [--deadline T |
+ * --completion-window D] [--format F] [--dry-run] [--force] [-q]: validates
+ * the whole file (OpenAI Batch, Anthropic Message Batches or native lines),
+ * publishes it as one batch and prints the batch id (see cmd_submit.c). */
+int kb_cmd_submit(int argc, char **argv);
+
+/* kbatch collect BATCH_ID [-c FILE] [-o OUT] [--errors FILE] [--format F]
+ * [--no-wait] [--timeout D] [--lookback D] [-v] [-q]: waits for the batch
+ * and writes one output line per item (see cmd_collect.c). */
+int kb_cmd_collect(int argc, char **argv);
+
+/* The state of batch `batch_id` as the aggregator last committed it (what
+ * `kbatch status` prints): reads the batch's partition of the batch-state
+ * topic to its end (read_committed), then the others when it is not there.
+ * Returns 1 found (*bsp: caller frees with kb_bstate_destroy()), 0 unknown
+ * (never aggregated, or retired), -1 on a Kafka error or an unreadable
+ * record (errstr). Blocks up to about 30 s without broker answers. */
+struct kb_conf_s;
+struct kb_bstate_s;
+int kb_cmd_batch_state(const struct kb_conf_s *conf, const char *batch_id,
+                       struct kb_bstate_s **bsp, char *errstr,
+                       size_t errstr_size);
 
 /* Shared by the commands: loads the configuration (-c FILE or the default
  * path), and sets up logging from it. On failure prints the one

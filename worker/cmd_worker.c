@@ -4,11 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
+#include "aggregator.h"
 #include "cmd.h"
 #include "conf.h"
 #include "items.h"
 #include "log.h"
 #include "loop.h"
+#include "notifier.h"
 
 static void usage(FILE *out) {
         fprintf(out,
@@ -17,6 +20,24 @@ static void usage(FILE *out) {
                 "  notifier) until SIGTERM/SIGINT, then drains and exits 0.\n"
                 "  -c, --config FILE   configuration (default: $KBATCH_CONFIG,\n"
                 "                      else ./worker.conf, else built-in)\n");
+}
+
+/* Readiness for /readyz: every role this process runs is ready. */
+static void publish_ready(kb_admin_t *ad, kb_items_t *items,
+                          kb_aggregator_t *agg, kb_notifier_t *nt) {
+        char why[512] = "";
+        int ok = 1;
+        if (items && !kb_items_readiness(items, why, sizeof(why)))
+                ok = 0;
+        else if (agg && !kb_aggregator_ready(agg)) {
+                ok = 0;
+                snprintf(why, sizeof(why), "aggregator: transactions not "
+                                           "initialized or no assignment yet");
+        } else if (nt && !kb_notifier_ready(nt)) {
+                ok = 0;
+                snprintf(why, sizeof(why), "notifier: no assignment yet");
+        }
+        kb_admin_set_ready(ad, ok, why);
 }
 
 int kb_cmd_worker(int argc, char **argv) {
@@ -28,6 +49,10 @@ int kb_cmd_worker(int argc, char **argv) {
         kb_conf_t *conf;
         kb_loop_t *loop = NULL;
         kb_items_t *items = NULL;
+        kb_aggregator_t *agg = NULL;
+        kb_notifier_t *nt = NULL;
+        kb_admin_t *admin = NULL;
+        int64_t next_ready = 0;
         int c, rc = 0;
 
         opterr = 0;
@@ -63,6 +88,15 @@ int kb_cmd_worker(int argc, char **argv) {
                 goto out;
         }
         kb_loop_signals(loop);
+        /* First, so that /healthz and /metrics answer while the roles
+         * connect (/readyz says "starting"). */
+        if (conf->admin_listen[0] &&
+            !(admin = kb_admin_new(conf->admin_listen, errstr,
+                                   sizeof(errstr)))) {
+                kb_log(KB_LOG_ERROR, "worker", "%s", errstr);
+                rc = 1;
+                goto out;
+        }
         if ((conf->worker_roles & KB_ROLE_ITEMS) &&
             !(items = kb_items_new(conf, loop, errstr, sizeof(errstr)))) {
                 /* Nothing has connected yet: what fails here is the
@@ -71,10 +105,28 @@ int kb_cmd_worker(int argc, char **argv) {
                 rc = 2;
                 goto out;
         }
+        if ((conf->worker_roles & KB_ROLE_AGGREGATOR) &&
+            !(agg = kb_aggregator_new(conf, loop, errstr, sizeof(errstr)))) {
+                kb_log(KB_LOG_ERROR, "worker", "aggregator: %s", errstr);
+                rc = 1;
+                goto out;
+        }
+        if ((conf->worker_roles & KB_ROLE_NOTIFIER) &&
+            !(nt = kb_notifier_new(conf, loop, errstr, sizeof(errstr)))) {
+                /* Configuration: the secret file, client settings. */
+                kb_log(KB_LOG_ERROR, "worker", "notifier: %s", errstr);
+                rc = 2;
+                goto out;
+        }
 
         while (!kb_loop_stop_requested) {
                 int wait = 1000, w;
                 int64_t now = kb_now_ms();
+                kb_admin_heartbeat(admin, now);
+                if (admin && now >= next_ready) {
+                        publish_ready(admin, items, agg, nt);
+                        next_ready = now + 250;
+                }
                 if (items) {
                         w = kb_items_serve(items, now);
                         if (w < wait)
@@ -82,19 +134,47 @@ int kb_cmd_worker(int argc, char **argv) {
                         if (kb_items_fatal(items))
                                 break;
                 }
+                if (agg) {
+                        w = kb_aggregator_serve(agg, now);
+                        if (w < wait)
+                                wait = w;
+                        if (kb_aggregator_fatal(agg))
+                                break;
+                }
+                if (nt) {
+                        w = kb_notifier_serve(nt, now);
+                        if (w < wait)
+                                wait = w;
+                        if (kb_notifier_fatal(nt))
+                                break;
+                }
                 if (kb_loop_drive(loop, wait) != 0) {
                         rc = 1;
                         break;
                 }
         }
+        kb_admin_set_ready(admin, 0, "shutting down");
         if (items) {
                 if (kb_items_fatal(items))
                         rc = 1;
                 kb_items_shutdown(items, conf->worker_shutdown_drain_ms);
         }
+        if (agg) {
+                if (kb_aggregator_fatal(agg))
+                        rc = 1;
+                kb_aggregator_shutdown(agg);
+        }
+        if (nt) {
+                if (kb_notifier_fatal(nt))
+                        rc = 1;
+                kb_notifier_shutdown(nt, conf->worker_shutdown_drain_ms);
+        }
         kb_log(KB_LOG_INFO, "worker", "exiting with %d", rc);
 out:
+        kb_notifier_destroy(nt);
+        kb_aggregator_destroy(agg);
         kb_items_destroy(items);
+        kb_admin_destroy(admin);
         kb_loop_destroy(loop);
         kb_conf_destroy(conf);
         return rc;

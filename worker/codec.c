@@ -86,12 +86,11 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     char *errstr, size_t errstr_size) {
         json_error_t jerr;
         json_t *o;
-        int present, addressable = 1;
-        char *err = errstr;
+        kb_codec_res_t r;
 
         memset(item, 0, sizeof(*item));
         item->item_index = -1;
-        err[0] = '\0';
+        errstr[0] = '\0';
 
         if (!buf || len == 0) {
                 snprintf(errstr, errstr_size, "empty value");
@@ -107,6 +106,25 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
         if (!json_is_object(o)) {
                 snprintf(errstr, errstr_size, "value is not a JSON object");
                 json_decref(o);
+                return KB_CODEC_UNDECODABLE;
+        }
+        r = kb_codec_item_from_json(o, len, max_bytes, item, errstr,
+                                    errstr_size);
+        json_decref(o);
+        return r;
+}
+
+kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
+                                       size_t max_bytes, kb_item_t *item,
+                                       char *errstr, size_t errstr_size) {
+        int present, addressable = 1;
+        char *err = errstr;
+
+        memset(item, 0, sizeof(*item));
+        item->item_index = -1;
+        err[0] = '\0';
+        if (!json_is_object(o)) {
+                snprintf(errstr, errstr_size, "value is not a JSON object");
                 return KB_CODEC_UNDECODABLE;
         }
 
@@ -218,7 +236,6 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                 FAIL("value is %zu bytes, over the limit of %zu", len,
                      max_bytes);
         }
-        json_decref(o);
         if (!addressable)
                 return KB_CODEC_UNADDRESSABLE;
         return err[0] ? KB_CODEC_INVALID : KB_CODEC_OK;
@@ -267,8 +284,19 @@ static json_t *ms_or_null(int64_t ms) {
 
 char *kb_codec_result_encode(const kb_item_t *item, const kb_result_t *res,
                              size_t *lenp) {
-        json_t *o = json_object();
+        json_t *o = kb_codec_result_json(item, res);
         char *s;
+        if (!o)
+                return NULL;
+        s = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (s && lenp)
+                *lenp = strlen(s);
+        return s;
+}
+
+json_t *kb_codec_result_json(const kb_item_t *item, const kb_result_t *res) {
+        json_t *o = json_object();
         if (!o)
                 return NULL;
         json_object_set_new(o, "batch_id", str_or_null(item->batch_id));
@@ -314,9 +342,5 @@ char *kb_codec_result_encode(const kb_item_t *item, const kb_result_t *res,
         json_object_set_new(o, "deadline", ms_or_null(item->deadline));
         json_object_set(o, "metadata",
                         item->metadata ? item->metadata : json_null());
-        s = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        if (s && lenp)
-                *lenp = strlen(s);
-        return s;
+        return o;
 }

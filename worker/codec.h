@@ -20,6 +20,11 @@ typedef enum {
                                  * invalid_item */
         KB_CODEC_INVALID,       /* addressable, but a field is wrong: a
                                  * failed result with invalid_item */
+        KB_CODEC_RETRY,         /* Avro only (kb_serde_item_decode): the
+                                 * schema registry is unreachable or has not
+                                 * answered yet; nothing was decoded. Park
+                                 * the item and decode again later: never a
+                                 * DLQ, never a result. */
 } kb_codec_res_t;
 
 /* limits of SPEC §2 */
@@ -52,6 +57,15 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     size_t max_bytes, kb_item_t *item,
                                     char *errstr, size_t errstr_size);
 void kb_item_clear(kb_item_t *item);
+
+/* The validation half of kb_codec_item_decode: reads a BatchItem from an
+ * already parsed JSON object (the Avro decoder builds that object from the
+ * Avro record, see serde.h). o is borrowed; len is the size of the value on
+ * the wire (for the max_bytes check). Same results as kb_codec_item_decode
+ * (UNDECODABLE only when o is not an object). */
+kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
+                                       size_t max_bytes, kb_item_t *item,
+                                       char *errstr, size_t errstr_size);
 
 /* Valid batch_id: 1..128 of [A-Za-z0-9._:-]. */
 int kb_codec_batch_id_valid(const char *s);
@@ -92,5 +106,10 @@ int kb_codec_usage_from_output(const json_t *output, kb_result_t *res);
  * failure. */
 char *kb_codec_result_encode(const kb_item_t *item, const kb_result_t *res,
                              size_t *lenp);
+
+/* The ItemResult as a JSON object (what kb_codec_result_encode prints; the
+ * Avro encoder converts it, see serde.h). New reference, caller decrefs;
+ * NULL on allocation failure. */
+json_t *kb_codec_result_json(const kb_item_t *item, const kb_result_t *res);
 
 #endif

@@ -71,6 +71,7 @@ static int check_envname(const char *v, char *msg, size_t msg_size);
 static int check_url(const char *v, char *msg, size_t msg_size);
 static int check_urls(const char *v, char *msg, size_t msg_size);
 static int check_listen(const char *v, char *msg, size_t msg_size);
+static int check_format(const char *v, char *msg, size_t msg_size);
 
 #define OFF(f) offsetof(kb_conf_t, f)
 #define S_INT(p, mn, mx, d, f)                                                 \
@@ -130,6 +131,8 @@ static const kb_conf_setting_t kb_conf_settings[] = {
               worker_queue_max_kbytes),
         S_INT("worker.offsets_window", 64, KB_OFFSETS_WINDOW_MAX, "16384",
               worker_offsets_window),
+        S_INT("worker.route_queue_max", 1, 1000000, "10000",
+              worker_route_queue_max),
         S_STR("worker.instance_id", 0, 128, "", worker_instance_id,
               check_instance),
 
@@ -138,7 +141,7 @@ static const kb_conf_setting_t kb_conf_settings[] = {
         S_INT("http.max_connections", 0, 100000, "0", http_max_connections),
 
         S_INT("retry.max_attempts", 1, 100, "5", retry_max_attempts),
-        S_INT("retry.inprocess_attempts", 1, 100, "2",
+        S_INT("retry.inprocess_attempts", 0, 100, "2",
               retry_inprocess_attempts),
         S_INT("retry.backoff_base_ms", 0, 3600000, "500",
               retry_backoff_base_ms),
@@ -158,13 +161,39 @@ static const kb_conf_setting_t kb_conf_settings[] = {
         S_STR("serde.schema_registry_password_env", 0, 255, "",
               serde_schema_registry_password_env, check_envname),
         S_BOOL("serde.auto_register", "true", serde_auto_register),
+        S_STR("serde.items_format", 0, 4, "", serde_items_format,
+              check_format),
+        S_STR("serde.results_format", 0, 4, "", serde_results_format,
+              check_format),
+        S_STR("serde.batches_format", 0, 4, "", serde_batches_format,
+              check_format),
+        S_STR("serde.control_format", 0, 4, "", serde_control_format,
+              check_format),
+        S_STR("serde.batch_state_format", 0, 4, "", serde_batch_state_format,
+              check_format),
+        S_STR("serde.schema_registry_bearer_token_env", 0, 255, "",
+              serde_schema_registry_bearer_token_env, check_envname),
+        S_STR("serde.schema_registry_bearer_token_file", 0, 4096, "",
+              serde_schema_registry_bearer_token_file, NULL),
+        S_STR("serde.schema_registry_ca_file", 0, 4096, "",
+              serde_schema_registry_ca_file, NULL),
+        S_STR("serde.schema_registry_cert_file", 0, 4096, "",
+              serde_schema_registry_cert_file, NULL),
+        S_STR("serde.schema_registry_key_file", 0, 4096, "",
+              serde_schema_registry_key_file, NULL),
+        S_BOOL("serde.schema_registry_tls_verify", "true",
+               serde_schema_registry_tls_verify),
+        S_INT("serde.schema_registry_timeout_ms", 100, 600000, "5000",
+              serde_schema_registry_timeout_ms),
 
         S_INT("aggregator.commit_interval_ms", 10, 600000, "1000",
               aggregator_commit_interval_ms),
-        S_I64("aggregator.retention_ms", 60000, 10 * YEAR_MS, "604800000",
+        S_I64("aggregator.retention_ms", 1000, 10 * YEAR_MS, "604800000",
               aggregator_retention_ms),
         S_I64("aggregator.expiry_grace_ms", 0, 30 * DAY_MS, "3600000",
               aggregator_expiry_grace_ms),
+        S_INT("aggregator.transaction_timeout_ms", 1000, 900000, "10000",
+              aggregator_transaction_timeout_ms),
 
         S_STR("notifier.secret_env", 0, 255, "KBATCH_WEBHOOK_SECRET",
               notifier_secret_env, check_envname),
@@ -177,6 +206,12 @@ static const kb_conf_setting_t kb_conf_settings[] = {
         S_I64("notifier.max_age_ms", 60000, 30 * DAY_MS, "86400000",
               notifier_max_age_ms),
         S_BOOL("notifier.allow_private", "false", notifier_allow_private),
+        S_INT("notifier.backoff_base_ms", 10, 3600000, "1000",
+              notifier_backoff_base_ms),
+        S_INT("notifier.backoff_max_ms", 10, 86400000, "300000",
+              notifier_backoff_max_ms),
+        S_INT("notifier.max_pending", 1, 1000000, "10000",
+              notifier_max_pending),
 
         S_I64("control.lookback_ms", 0, 10 * YEAR_MS, "604800000",
               control_lookback_ms),
@@ -679,6 +714,17 @@ static int check_urls(const char *v, char *msg, size_t msg_size) {
                         return 0;
                 p = e + 1;
         }
+}
+
+/* A per-topic serde format: "" (serde.format), "json" or "avro". */
+static int check_format(const char *v, char *msg, size_t msg_size) {
+        if (!*v || !strcmp(v, "json") || !strcmp(v, "avro"))
+                return 0;
+        snprintf(msg, msg_size,
+                 "must be \"json\", \"avro\" or \"\" (serde.format) (got "
+                 "'%s')",
+                 v);
+        return -1;
 }
 
 /* "" (disabled) or [HOST]:PORT, HOST an IPv4 address, a name or [IPv6]. */
@@ -1755,13 +1801,33 @@ static int check_all(kb_conf_ctx_t *ctx) {
                                  "topics.replication",
                                  "must be -1 (the broker's default) or "
                                  "between 1 and 1000 (got 0)");
-        if (!strcmp(c->serde_format, "avro") && !*c->serde_schema_registry_url)
-                return conf_fail(ctx,
-                                 loc_of(ctx, "serde.format",
-                                        "serde.schema_registry_url"),
-                                 NULL,
-                                 "'serde.schema_registry_url' must be set when "
-                                 "'serde.format' is \"avro\"");
+        {
+                /* Every topic whose format resolves to avro needs the
+                 * registry. */
+                static const char *const fk[] = {
+                    "serde.format", "serde.items_format",
+                    "serde.results_format", "serde.batches_format",
+                    "serde.control_format", "serde.batch_state_format"};
+                const char *fv[] = {c->serde_format, c->serde_items_format,
+                                    c->serde_results_format,
+                                    c->serde_batches_format,
+                                    c->serde_control_format,
+                                    c->serde_batch_state_format};
+                for (i = 0; i < sizeof(fk) / sizeof(*fk); i++) {
+                        int avro = !strcmp(fv[i], "avro") ||
+                                   (i && !*fv[i] &&
+                                    !strcmp(c->serde_format, "avro"));
+                        if (avro && !*c->serde_schema_registry_url)
+                                return conf_fail(
+                                    ctx,
+                                    loc_of(ctx, fk[i],
+                                           "serde.schema_registry_url"),
+                                    NULL,
+                                    "'serde.schema_registry_url' must be set "
+                                    "when '%s' is \"avro\"",
+                                    i && !*fv[i] ? fk[0] : fk[i]);
+                }
+        }
         if (!strcmp(c->kafka_group_id, c->kafka_aggregator_group_id) ||
             !strcmp(c->kafka_group_id, c->kafka_notifier_group_id) ||
             !strcmp(c->kafka_aggregator_group_id, c->kafka_notifier_group_id))

@@ -98,6 +98,7 @@ typedef struct kb_conf_s {
         int worker_max_item_bytes;       /* 1048576 */
         int worker_queue_max_kbytes;     /* librdkafka prefetch, 16384 */
         int worker_offsets_window;       /* per partition, 16384 */
+        int worker_route_queue_max;      /* items waiting per route, 10000 */
         char *worker_instance_id;        /* "" -> hostname-pid */
         char *instance_id;               /* resolved at load, see
                                           * kb_conf_instance_id() */
@@ -125,11 +126,25 @@ typedef struct kb_conf_s {
         char *serde_schema_registry_user;
         char *serde_schema_registry_password_env;
         int serde_auto_register;         /* 1 */
+        /* per-topic formats: "" = serde.format */
+        char *serde_items_format;        /* items, its retry tiers, DLQ */
+        char *serde_results_format;
+        char *serde_batches_format;      /* batches and its DLQ */
+        char *serde_control_format;
+        char *serde_batch_state_format;
+        char *serde_schema_registry_bearer_token_env;  /* "" */
+        char *serde_schema_registry_bearer_token_file; /* "" */
+        char *serde_schema_registry_ca_file;           /* "" */
+        char *serde_schema_registry_cert_file;         /* "" */
+        char *serde_schema_registry_key_file;          /* "" */
+        int serde_schema_registry_tls_verify;          /* 1 */
+        int serde_schema_registry_timeout_ms;          /* 5000 */
 
         /* aggregator */
         int aggregator_commit_interval_ms; /* 1000 */
         int64_t aggregator_retention_ms;   /* 7 days */
         int64_t aggregator_expiry_grace_ms;/* 1 hour */
+        int aggregator_transaction_timeout_ms; /* 10000 */
 
         /* notifier */
         char *notifier_secret_env;       /* "KBATCH_WEBHOOK_SECRET" */
@@ -140,6 +155,9 @@ typedef struct kb_conf_s {
         int notifier_max_attempts;       /* 8 */
         int64_t notifier_max_age_ms;     /* 24 h */
         int notifier_allow_private;      /* 0 */
+        int notifier_backoff_base_ms;    /* 1000 */
+        int notifier_backoff_max_ms;     /* 300000 */
+        int notifier_max_pending;        /* 10000 events held */
 
         /* control */
         int64_t control_lookback_ms;     /* 7 days */

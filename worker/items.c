@@ -18,11 +18,15 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "control.h"
 #include "http.h"
 #include "kafka.h"
 #include "log.h"
+#include "metrics.h"
 #include "offsets.h"
+#include "retry.h"
 #include "routes.h"
+#include "serde.h"
 
 /* glibc's sys/queue.h lacks the _SAFE iterators. */
 #ifndef LIST_FOREACH_SAFE
@@ -38,12 +42,27 @@
 
 #define KB_MAX_OUTS 2
 
+/* Retry-tier messages not due yet are held in memory, up to this many per
+ * partition; beyond, the partition is paused until they come due. (Pausing
+ * at once would make every next message late by up to a fetch long-poll,
+ * fetch.wait.max.ms.) Held messages take no in-flight slot. */
+#define KB_HOLD_MAX 256
+
 typedef enum {
         JOB_NEW = 0,
-        JOB_WAITING,
-        JOB_CALLING,
-        JOB_PRODUCING,
+        JOB_WAITING,   /* in its route's wait queue */
+        JOB_CALLING,   /* transfer on the multi handle */
+        JOB_PRODUCING, /* result/copies handed to the producer */
+        JOB_TIMER,     /* on the timer list: see jb_timer */
 } job_state_t;
+
+/* What a job on the timer list waits for. */
+typedef enum {
+        TIMER_BACKOFF = 1, /* an in-process retry: call again when due */
+        TIMER_DUE,         /* a retry-tier message not due yet: start it */
+        TIMER_DECODE,      /* the schema registry was unavailable: decode
+                            * again */
+} job_timer_t;
 
 typedef struct kb_part_s kb_part_t;
 typedef struct kb_job_s kb_job_t;
@@ -52,9 +71,15 @@ typedef struct kb_job_s kb_job_t;
 typedef struct kb_out_s {
         kb_job_t *out_job;
         const char *out_topic;  /* borrowed from the config */
-        char *out_payload;      /* owned; NULL for "copy the original" */
+        char *out_payload;      /* owned: the result; NULL for a copy */
         size_t out_len;
-        int out_dlq;            /* a DLQ copy: original key/value/headers */
+        /* A copy of the original message (DLQ or retry tier) with the
+         * error headers of SPEC §3: */
+        int out_copy;
+        char out_code[32];      /* kbatch-error-code */
+        char *out_msg;          /* kbatch-error-message, owned */
+        char out_last_code[32]; /* kbatch-last-error-code, or "" */
+        int64_t out_not_before; /* kbatch-not-before (epoch ms), or 0 */
         int out_pending;        /* produced, not yet acknowledged */
         int out_done;
 } kb_out_t;
@@ -62,6 +87,16 @@ typedef struct kb_out_s {
 struct kb_job_s {
         kb_xfer_t jb_xfer; /* CURLOPT_PRIVATE points here */
         TAILQ_ENTRY(kb_job_s) jb_link;  /* route wait queue or produce retry */
+        TAILQ_ENTRY(kb_job_s) jb_tlink; /* the timer list */
+        job_timer_t jb_timer;
+        int64_t jb_due;                 /* mono ms, on the timer list */
+        int jb_tier;                    /* 0: from the items topic, n: from
+                                         * retry tier n */
+        int jb_inproc;                  /* in-process retries so far */
+        int jb_decode_tries;
+        int64_t jb_est_tokens;          /* estimated for tokens_per_minute */
+        char jb_last_code[32];          /* the last retryable error */
+        char jb_last_msg[1024];
         LIST_ENTRY(kb_job_s) jb_all;
         kb_items_t *jb_it;
         rd_kafka_message_t *jb_msg;     /* owned */
@@ -101,10 +136,13 @@ struct kb_part_s {
         uint64_t pt_epoch;
         kb_offsets_t *pt_ot;
         int pt_jobs;          /* jobs of this epoch alive */
-        int pt_window_paused; /* paused because the offset window is full */
-        int pt_paused;        /* currently paused (any reason) */
+        int pt_pause;         /* PAUSE_* reasons it is paused for */
+        int pt_paused;        /* paused in the consumer (pt_pause != 0) */
+        int pt_delayed;       /* jobs held until their retry is due */
         int pt_revoking;
 };
+
+TAILQ_HEAD(kb_timers_s, kb_job_s);
 
 struct kb_items_s {
         const kb_conf_t *it_conf;
@@ -114,18 +152,27 @@ struct kb_items_s {
         rd_kafka_queue_t *it_cq;  /* consumer queue */
         rd_kafka_queue_t *it_pq;  /* producer main queue */
         kb_routes_t *it_routes;
+        kb_control_t *it_control; /* cancelled batches */
+        kb_serde_t *it_serde;     /* value formats (json/avro) */
         const char *it_worker;    /* instance id */
         kb_part_t **it_parts;
         size_t it_part_cnt, it_part_cap;
         uint64_t it_epoch;
         LIST_HEAD(, kb_job_s) it_jobs;
         TAILQ_HEAD(, kb_job_s) it_produce_retryq;
+        struct kb_timers_s it_timers;      /* sorted by jb_due */
+        char **it_retry_topics;            /* tier n at [n-1] */
+        int it_retry_cnt;
         int it_inflight;          /* jobs alive */
+        int it_held;              /* of which retry-tier messages held until
+                                   * due (not counted against the limit) */
         int64_t it_full_since_ms;
         int it_all_paused;        /* paused everything for the global limit */
         int it_stopping;          /* no more consuming */
         int it_fatal;
         int it_assigned_once;
+        int it_producer_up;       /* statistics: 1 a broker is UP, -1 none,
+                                   * 0 none received yet (readiness) */
         int64_t it_next_commit;
         int64_t it_commit_hold_until; /* mono ms: no periodic commits before */
         char it_meta[KB_OFFSETS_META_MAX + 1];
@@ -165,8 +212,20 @@ static int part_current(const kb_job_t *jb) {
                jb->jb_part->pt_epoch == jb->jb_epoch;
 }
 
-static void part_pause(kb_items_t *it, kb_part_t *pt, int pause) {
+/* Why a partition is paused; it fetches again when no reason is left. */
+#define PAUSE_WINDOW 0x1 /* its offset window is full */
+#define PAUSE_GLOBAL 0x2 /* worker.max_inflight reached for long */
+#define PAUSE_DELAY  0x4 /* the head of a retry tier is not due yet */
+#define PAUSE_STOP   0x8 /* shutting down */
+
+static void part_pause(kb_items_t *it, kb_part_t *pt, int reason, int on) {
         rd_kafka_topic_partition_list_t *l;
+        int pause;
+        if (on)
+                pt->pt_pause |= reason;
+        else
+                pt->pt_pause &= ~reason;
+        pause = pt->pt_pause != 0;
         if (!pt->pt_assigned || pt->pt_paused == pause)
                 return;
         l = rd_kafka_topic_partition_list_new(1);
@@ -180,6 +239,9 @@ static void part_pause(kb_items_t *it, kb_part_t *pt, int pause) {
 }
 
 /* ---- jobs ------------------------------------------------------------ */
+
+static void timer_remove(kb_items_t *it, kb_job_t *jb);
+static void job_start(kb_items_t *it, kb_job_t *jb);
 
 static void job_destroy(kb_job_t *jb) {
         kb_items_t *it = jb->jb_it;
@@ -201,8 +263,12 @@ static void job_destroy(kb_job_t *jb) {
         curl_slist_free_all(jb->jb_hdrs);
         free(jb->jb_body);
         free(jb->jb_resp);
-        for (i = 0; i < jb->jb_out_cnt; i++)
+        for (i = 0; i < jb->jb_out_cnt; i++) {
                 free(jb->jb_outs[i].out_payload);
+                free(jb->jb_outs[i].out_msg);
+        }
+        if (jb->jb_state == JOB_TIMER)
+                timer_remove(it, jb);
         kb_item_clear(&jb->jb_item);
         if (jb->jb_msg)
                 rd_kafka_message_destroy(jb->jb_msg);
@@ -240,11 +306,11 @@ static void set_header(rd_kafka_headers_t *h, const char *name,
         rd_kafka_header_add(h, name, -1, buf, n);
 }
 
-/* Headers of a DLQ copy: the original ones plus SPEC §3's. The error
- * message is cut at 1 KiB. Original coordinates are kept when the message
- * already carries them (it came from a retry tier). */
-static rd_kafka_headers_t *dlq_headers(kb_job_t *jb, const char *code,
-                                       const char *message) {
+/* Headers of a DLQ or retry-tier copy: the original ones plus SPEC §3's.
+ * The error message is cut at 1 KiB. Original coordinates and the first
+ * attempt time are kept when the message already carries them (it came
+ * from a retry tier). */
+static rd_kafka_headers_t *copy_headers(kb_job_t *jb, const kb_out_t *out) {
         rd_kafka_headers_t *orig = NULL, *h;
         const rd_kafka_message_t *m = jb->jb_msg;
         char buf[64];
@@ -253,8 +319,19 @@ static rd_kafka_headers_t *dlq_headers(kb_job_t *jb, const char *code,
         else
                 h = rd_kafka_headers_new(12);
         set_header(h, "kbatch-attempts", "%d", jb->jb_attempts);
-        set_header(h, "kbatch-error-code", "%s", code);
-        set_header(h, "kbatch-error-message", "%.1024s", message);
+        set_header(h, "kbatch-error-code", "%s", out->out_code);
+        set_header(h, "kbatch-error-message", "%.1024s",
+                   out->out_msg ? out->out_msg : "");
+        if (out->out_last_code[0])
+                set_header(h, "kbatch-last-error-code", "%s",
+                           out->out_last_code);
+        else
+                rd_kafka_header_remove(h, "kbatch-last-error-code");
+        if (out->out_not_before)
+                set_header(h, "kbatch-not-before", "%lld",
+                           (long long)out->out_not_before);
+        else
+                rd_kafka_header_remove(h, "kbatch-not-before");
         if (!kb_kafka_header(m, "kbatch-original-topic", buf, sizeof(buf))) {
                 rd_kafka_timestamp_type_t tt;
                 set_header(h, "kbatch-original-topic", "%s",
@@ -266,11 +343,11 @@ static rd_kafka_headers_t *dlq_headers(kb_job_t *jb, const char *code,
                 set_header(h, "kbatch-original-timestamp", "%lld",
                            (long long)rd_kafka_message_timestamp(m, &tt));
         }
-        if (!kb_kafka_header(m, "kbatch-first-attempt-at", buf, sizeof(buf)))
-                set_header(h, "kbatch-first-attempt-at", "%lld",
-                           (long long)(jb->jb_started_at ? jb->jb_started_at
-                                                         : jb->jb_first_at));
+        set_header(h, "kbatch-first-attempt-at", "%lld",
+                   (long long)jb->jb_first_at);
         set_header(h, "kbatch-worker", "%s", jb->jb_it->it_worker);
+        if (jb->jb_traceparent[0]) /* one trace per item, across tiers */
+                set_header(h, "traceparent", "%s", jb->jb_traceparent);
         return h;
 }
 
@@ -296,11 +373,9 @@ static void job_produce(kb_job_t *jb) {
                 rd_kafka_headers_t *h;
                 if (out->out_done || out->out_pending)
                         continue;
-                if (out->out_dlq) {
+                if (out->out_copy) {
                         const rd_kafka_message_t *m = jb->jb_msg;
-                        h = dlq_headers(jb, out->out_payload /* code */,
-                                        out->out_payload +
-                                            strlen(out->out_payload) + 1);
+                        h = copy_headers(jb, out);
                         err = rd_kafka_producev(
                             it->it_producer, RD_KAFKA_V_TOPIC(out->out_topic),
                             RD_KAFKA_V_KEY(m->key, m->key_len),
@@ -361,53 +436,78 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         job_finish(jb);
 }
 
-/* Adds an output; payload is taken. */
-static void job_add_out(kb_job_t *jb, const char *topic, char *payload,
-                        size_t len, int dlq) {
+/* Adds the result as an output; payload is taken. */
+static void job_add_result(kb_job_t *jb, char *payload, size_t len) {
+        kb_out_t *out = &jb->jb_outs[jb->jb_out_cnt++];
+        memset(out, 0, sizeof(*out));
+        out->out_job = jb;
+        out->out_topic = jb->jb_it->it_conf->topics_name[KB_TOPIC_RESULTS];
+        out->out_payload = payload;
+        out->out_len = len;
+}
+
+/* Adds a copy of the original message (to the DLQ or a retry tier). */
+static void job_add_copy(kb_job_t *jb, const char *topic, const char *code,
+                         const char *message, const char *last_code,
+                         int64_t not_before) {
         kb_out_t *out = &jb->jb_outs[jb->jb_out_cnt++];
         memset(out, 0, sizeof(*out));
         out->out_job = jb;
         out->out_topic = topic;
-        out->out_payload = payload;
-        out->out_len = len;
-        out->out_dlq = dlq;
+        out->out_copy = 1;
+        snprintf(out->out_code, sizeof(out->out_code), "%s", code);
+        out->out_msg = strdup(message ? message : "");
+        if (last_code)
+                snprintf(out->out_last_code, sizeof(out->out_last_code), "%s",
+                         last_code);
+        out->out_not_before = not_before;
+        if (topic == jb->jb_it->it_conf->topics_name[KB_TOPIC_ITEMS_DLQ])
+                kb_metrics_inc(KB_M_DLQ, code, NULL);
 }
 
-/* Ends a job with a terminal result (and optionally a DLQ copy). */
-static void job_complete(kb_job_t *jb, kb_result_t *res, int also_dlq) {
+/* Ends a job with a terminal result; with dlq, also a DLQ copy carrying
+ * the result's error (and last_code, the error retries ended on). */
+static void job_complete(kb_job_t *jb, kb_result_t *res, int dlq,
+                         const char *last_code) {
         kb_items_t *it = jb->jb_it;
         const kb_conf_t *conf = it->it_conf;
         size_t len;
         char *payload;
+        char err[512];
         res->worker = it->it_worker;
         res->attempts = jb->jb_attempts;
         if (!res->finished_at)
                 res->finished_at = kb_wall_ms();
         if (!jb->jb_item.operation && jb->jb_opname)
                 jb->jb_item.operation = strdup(jb->jb_opname);
-        payload = kb_codec_result_encode(&jb->jb_item, res, &len);
+        payload = kb_serde_result_encode(it->it_serde,
+                                         conf->topics_name[KB_TOPIC_RESULTS],
+                                         &jb->jb_item, res, &len, err,
+                                         sizeof(err));
         if (!payload) {
-                kb_log(KB_LOG_ERROR, "items", "out of memory encoding result");
+                kb_log(KB_LOG_ERROR, "items", "cannot encode a result: %s",
+                       err);
                 it->it_fatal = 1;
                 return;
         }
         jb->jb_out_cnt = 0;
-        job_add_out(jb, conf->topics_name[KB_TOPIC_RESULTS], payload, len, 0);
-        if (also_dlq && res->error_code) {
-                char *cm;
-                size_t cl = strlen(res->error_code),
-                       ml = strlen(res->error_message ? res->error_message : "");
-                cm = malloc(cl + ml + 2);
-                memcpy(cm, res->error_code, cl + 1);
-                memcpy(cm + cl + 1, res->error_message ? res->error_message : "",
-                       ml + 1);
-                job_add_out(jb, conf->topics_name[KB_TOPIC_ITEMS_DLQ], cm, 0, 1);
-        }
+        job_add_result(jb, payload, len);
+        kb_metrics_inc(KB_M_ITEMS_COMPLETED, kb_item_status_str(res->status),
+                       NULL);
+        kb_metric_observe(kb_metrics_get(KB_M_ITEM_SECONDS, NULL, NULL),
+                          (double)(kb_wall_ms() - jb->jb_first_at) / 1000);
+        if (dlq && res->error_code)
+                job_add_copy(jb, conf->topics_name[KB_TOPIC_ITEMS_DLQ],
+                             res->error_code, res->error_message, last_code, 0);
         {
+                char att[16];
                 const char *kv[] = {"batch_id", jb->jb_item.batch_id,
                                     "item_id", jb->jb_item.item_id,
+                                    "attempt", att,
                                     "status", kb_item_status_str(res->status),
-                                    "code", res->error_code, NULL};
+                                    "code", res->error_code,
+                                    "traceparent", jb->jb_traceparent, NULL};
+                snprintf(att, sizeof(att), "%d", jb->jb_attempts);
                 kb_logkv(res->status == KB_STATUS_SUCCEEDED ? KB_LOG_DEBUG
                                                             : KB_LOG_INFO,
                          "items", kv, "item finished%s%s",
@@ -421,13 +521,10 @@ static void job_complete(kb_job_t *jb, kb_result_t *res, int also_dlq) {
 static void job_dead_letter(kb_job_t *jb, const char *code,
                             const char *message) {
         kb_items_t *it = jb->jb_it;
-        size_t cl = strlen(code), ml = strlen(message);
-        char *cm = malloc(cl + ml + 2);
         char loc[128];
-        memcpy(cm, code, cl + 1);
-        memcpy(cm + cl + 1, message, ml + 1);
         jb->jb_out_cnt = 0;
-        job_add_out(jb, it->it_conf->topics_name[KB_TOPIC_ITEMS_DLQ], cm, 0, 1);
+        job_add_copy(jb, it->it_conf->topics_name[KB_TOPIC_ITEMS_DLQ], code,
+                     message, NULL, 0);
         snprintf(loc, sizeof(loc), "%s[%d]@%lld",
                  rd_kafka_topic_name(jb->jb_msg->rkt),
                  (int)jb->jb_msg->partition, (long long)jb->jb_msg->offset);
@@ -447,7 +544,7 @@ static void job_fail(kb_job_t *jb, kb_item_status_t st, const char *code,
         res.error_code = code;
         res.error_message = message;
         res.latency_ms = -1;
-        job_complete(jb, &res, 0);
+        job_complete(jb, &res, 0, NULL);
 }
 
 /* ---- the model call ------------------------------------------------- */
@@ -513,12 +610,6 @@ static int job_call(kb_job_t *jb) {
         if (!jb->jb_started_at)
                 jb->jb_started_at = kb_wall_ms();
         snprintf(url, sizeof(url), "%s%s", rt->rt_base_url, path);
-        if (!jb->jb_body) {
-                if (!json_object_get(jb->jb_item.input, "model"))
-                        json_object_set_new(jb->jb_item.input, "model",
-                                            json_string(jb->jb_item.model));
-                jb->jb_body = json_dumps(jb->jb_item.input, JSON_COMPACT);
-        }
         if (!jb->jb_easy)
                 jb->jb_easy = curl_easy_init();
         else
@@ -594,11 +685,47 @@ static int job_call(kb_job_t *jb) {
         return 0;
 }
 
-/* Starts waiting jobs of a route while it has room. */
-static void route_dispatch(kb_items_t *it, kb_route_t *rt) {
+/* ---- timers ----------------------------------------------------------- */
+
+/* Puts a job on the timer list (sorted by due time; most arrive in order,
+ * so the scan from the tail is short). */
+static void timer_add(kb_items_t *it, kb_job_t *jb, job_timer_t what,
+                      int64_t due) {
+        kb_job_t *after;
+        jb->jb_state = JOB_TIMER;
+        jb->jb_timer = what;
+        jb->jb_due = due;
+        after = TAILQ_LAST(&it->it_timers, kb_timers_s);
+        while (after && after->jb_due > due)
+                after = TAILQ_PREV(after, kb_timers_s, jb_tlink);
+        if (after)
+                TAILQ_INSERT_AFTER(&it->it_timers, after, jb, jb_tlink);
+        else
+                TAILQ_INSERT_HEAD(&it->it_timers, jb, jb_tlink);
+}
+
+/* Takes a job off the timer list (it is then JOB_NEW). */
+static void timer_remove(kb_items_t *it, kb_job_t *jb) {
+        TAILQ_REMOVE(&it->it_timers, jb, jb_tlink);
+        jb->jb_state = JOB_NEW;
+        if (jb->jb_timer == TIMER_DUE) {
+                it->it_held--;
+                if (part_current(jb) &&
+                    --jb->jb_part->pt_delayed < KB_HOLD_MAX)
+                        part_pause(it, jb->jb_part, PAUSE_DELAY, 0);
+        }
+}
+
+/* Starts waiting jobs of a route while its limits allow. Returns the ms
+ * until the route's rate limits may admit the next one (1000 when it is
+ * waiting for a call to finish, or has nothing waiting). */
+static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
         kb_job_t *jb;
+        int64_t wait = 1000, now = kb_now_ms();
         while (rt->rt_inflight < rt->rt_limit &&
                (jb = TAILQ_FIRST(&rt->rt_waitq))) {
+                if (!kb_route_admit(rt, jb->jb_est_tokens, now, &wait))
+                        return (int)(wait < 1000 ? wait : 1000);
                 TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
                 rt->rt_waiting--;
                 jb->jb_state = JOB_NEW;
@@ -611,6 +738,78 @@ static void route_dispatch(kb_items_t *it, kb_route_t *rt) {
                         job_fail(jb, KB_STATUS_FAILED, "invalid_item",
                                  "could not build the model request");
         }
+        return 1000;
+}
+
+/* After a failed call: retries it (in process or through a retry tier) and
+ * returns 1, or returns 0 when the failure is final. Exhausted retries end
+ * here too (a failed result with max_attempts_exceeded and a DLQ copy), and
+ * return 1. */
+static int job_retry(kb_job_t *jb, kb_outcome_t oc, const char *msg) {
+        kb_items_t *it = jb->jb_it;
+        const kb_conf_t *conf = it->it_conf;
+        kb_retry_decision_t d;
+        int64_t ra = kb_http_retry_after_ms(
+            jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL));
+        const char *code = kb_outcome_code(oc);
+        char att[16];
+        const char *kv[] = {"batch_id", jb->jb_item.batch_id, "item_id",
+                            jb->jb_item.item_id, "attempt", att, "code", code,
+                            "traceparent", jb->jb_traceparent, NULL};
+
+        d = kb_retry_decide(conf, kb_outcome_retryable(oc), jb->jb_attempts,
+                            jb->jb_inproc, jb->jb_tier, ra,
+                            (uint32_t)random() ^ ((uint32_t)random() << 16));
+        if (d.rd_action == KB_RETRY_FAIL)
+                return 0;
+        snprintf(jb->jb_last_code, sizeof(jb->jb_last_code), "%s", code);
+        snprintf(jb->jb_last_msg, sizeof(jb->jb_last_msg), "%s", msg);
+        snprintf(att, sizeof(att), "%d", jb->jb_attempts);
+        switch (d.rd_action) {
+        case KB_RETRY_INPROC:
+                jb->jb_inproc++;
+                kb_metrics_retry(0);
+                kb_logkv(KB_LOG_DEBUG, "items", kv,
+                         "attempt %d failed (%s), retrying in %lld ms",
+                         jb->jb_attempts, msg, (long long)d.rd_wait_ms);
+                timer_add(it, jb, TIMER_BACKOFF, kb_now_ms() + d.rd_wait_ms);
+                return 1;
+        case KB_RETRY_TIER:
+                kb_logkv(KB_LOG_INFO, "items", kv,
+                         "attempt %d failed (%s), to retry tier %d (%lld ms)",
+                         jb->jb_attempts, msg, d.rd_tier,
+                         (long long)d.rd_wait_ms);
+                kb_metrics_retry(d.rd_tier);
+                jb->jb_out_cnt = 0;
+                job_add_copy(jb, it->it_retry_topics[d.rd_tier - 1], code, msg,
+                             NULL, kb_wall_ms() + d.rd_wait_ms);
+                job_produce(jb);
+                return 1;
+        case KB_RETRY_EXHAUSTED: {
+                kb_result_t res;
+                char m[1200];
+                memset(&res, 0, sizeof(res));
+                snprintf(m, sizeof(m), "gave up after %d attempts; last: %s: %s",
+                         jb->jb_attempts, code, msg);
+                res.status = KB_STATUS_FAILED;
+                res.error_code = "max_attempts_exceeded";
+                res.error_message = m;
+                res.started_at = jb->jb_started_at;
+                res.finished_at = kb_wall_ms();
+                res.latency_ms = res.finished_at - jb->jb_started_at;
+                {
+                        long st = 0;
+                        curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE,
+                                          &st);
+                        res.http_status = (int)st;
+                }
+                job_complete(jb, &res, 1, code);
+                return 1;
+        }
+        case KB_RETRY_FAIL:
+                break;
+        }
+        return 0;
 }
 
 static void call_done(kb_xfer_t *xf, CURLcode cc) {
@@ -629,6 +828,17 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         if (cc == CURLE_OK && status >= 200 && status <= 299 && jb->jb_resp)
                 body = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
         oc = kb_http_classify(cc, status, jb->jb_too_large, body != NULL);
+        kb_metrics_request(rt->rt_conf->model, kb_outcome_code(oc), jb->jb_easy,
+                           oc == KB_OUT_OK ? body : NULL);
+        kb_route_on_outcome(
+            rt,
+            oc == KB_OUT_OK             ? KB_ROUTE_OK
+            : oc == KB_OUT_RATE_LIMITED ? KB_ROUTE_THROTTLED
+            : oc == KB_OUT_TIMEOUT      ? KB_ROUTE_TIMEOUT
+                                        : KB_ROUTE_OTHER,
+            kb_http_retry_after_ms(
+                jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL)),
+            kb_now_ms());
 
         memset(&res, 0, sizeof(res));
         res.http_status = (int)status;
@@ -638,7 +848,9 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         if (oc == KB_OUT_OK) {
                 res.status = KB_STATUS_SUCCEEDED;
                 res.output = body;
-                kb_codec_usage_from_output(body, &res);
+                if (kb_codec_usage_from_output(body, &res))
+                        kb_route_correct_tokens(rt, jb->jb_est_tokens,
+                                                res.total_tokens);
         } else {
                 res.status = KB_STATUS_FAILED;
                 res.error_code = kb_outcome_code(oc);
@@ -658,32 +870,90 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                 if (status && jb->jb_resp && !body)
                         body = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
                 res.output = body;
+                if (job_retry(jb, oc, msg)) {
+                        json_decref(body);
+                        route_dispatch(it, rt);
+                        return;
+                }
         }
-        job_complete(jb, &res, 0);
+        job_complete(jb, &res, 0, NULL);
         json_decref(body);
         route_dispatch(it, rt);
 }
 
 /* ---- consuming ---------------------------------------------------------- */
 
+/* Ends the job `cancelled` (no model call) when its batch was cancelled;
+ * returns 1 then. */
+static int job_cancelled(kb_job_t *jb) {
+        char msg[600];
+        const char *why = jb->jb_it->it_control
+                              ? kb_control_cancelled(jb->jb_it->it_control,
+                                                     jb->jb_item.batch_id)
+                              : NULL;
+        if (!why)
+                return 0;
+        snprintf(msg, sizeof(msg), "batch cancelled%s%.500s", *why ? ": " : "",
+                 why);
+        job_fail(jb, KB_STATUS_CANCELLED, "cancelled", msg);
+        return 1;
+}
+
+/* A batch was cancelled: its items that are waiting end now, calls in
+ * flight are aborted; held retry-tier messages that may belong to it are
+ * decoded now (job_start then cancels them). */
+static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
+        kb_items_t *it = opaque;
+        kb_job_t *jb, *tmp;
+        size_t blen = strlen(batch_id);
+        LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
+                if (jb->jb_state == JOB_TIMER && jb->jb_timer != TIMER_BACKOFF) {
+                        const rd_kafka_message_t *m = jb->jb_msg;
+                        if (m->payload &&
+                            memmem(m->payload, m->len, batch_id, blen)) {
+                                timer_remove(it, jb);
+                                job_start(it, jb);
+                        }
+                        continue;
+                }
+                if (!jb->jb_item.batch_id || strcmp(jb->jb_item.batch_id, batch_id))
+                        continue;
+                switch (jb->jb_state) {
+                case JOB_WAITING:
+                        TAILQ_REMOVE(&jb->jb_route->rt_waitq, jb, jb_link);
+                        jb->jb_route->rt_waiting--;
+                        jb->jb_state = JOB_NEW;
+                        break;
+                case JOB_TIMER:
+                        timer_remove(it, jb);
+                        break;
+                case JOB_CALLING:
+                        kb_loop_remove(it->it_loop, jb->jb_easy);
+                        jb->jb_route->rt_inflight--;
+                        jb->jb_state = JOB_NEW;
+                        break;
+                default:
+                        continue; /* finished already, or being published */
+                }
+                job_cancelled(jb);
+        }
+        (void)reason;
+}
+
+/* Decodes, validates and routes a job, then queues its call. */
 static void job_start(kb_items_t *it, kb_job_t *jb) {
         char err[512];
         const rd_kafka_message_t *m = jb->jb_msg;
         kb_codec_res_t cr;
-        char buf[64];
 
-        jb->jb_first_at = kb_wall_ms();
-        if (kb_kafka_header(m, "kbatch-first-attempt-at", buf, sizeof(buf)))
-                jb->jb_first_at = strtoll(buf, NULL, 10);
-        kb_kafka_header(m, "traceparent", jb->jb_traceparent,
-                        sizeof(jb->jb_traceparent));
-        kb_kafka_header(m, "tracestate", jb->jb_tracestate,
-                        sizeof(jb->jb_tracestate));
-
-        cr = kb_codec_item_decode(m->payload, m->len,
-                                  (size_t)it->it_conf->worker_max_item_bytes,
-                                  &jb->jb_item, err, sizeof(err));
+        cr = kb_serde_item_decode(
+            it->it_serde, rd_kafka_topic_name(m->rkt),
+            it->it_conf->topics_name[KB_TOPIC_RESULTS], m->payload, m->len,
+            (size_t)it->it_conf->worker_max_item_bytes, &jb->jb_item, err,
+            sizeof(err));
         switch (cr) {
+        case KB_CODEC_OK:
+                break;
         case KB_CODEC_UNDECODABLE:
                 job_dead_letter(jb, "deserialization_error", err);
                 return;
@@ -693,9 +963,26 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
         case KB_CODEC_INVALID:
                 job_fail(jb, KB_STATUS_FAILED, "invalid_item", err);
                 return;
-        case KB_CODEC_OK:
-                break;
+        default: {
+                /* KB_CODEC_RETRY (Avro): the schema registry cannot be
+                 * reached or has not answered yet. The item waits
+                 * (holding its slot, so the wait is bounded by
+                 * worker.max_inflight) and is decoded again. */
+                int64_t w = 500LL << (jb->jb_decode_tries < 5
+                                          ? jb->jb_decode_tries
+                                          : 5);
+                jb->jb_decode_tries++;
+                kb_item_clear(&jb->jb_item);
+                if (jb->jb_decode_tries == 1 || jb->jb_decode_tries % 10 == 0)
+                        kb_log(KB_LOG_WARN, "items",
+                               "cannot decode yet (%s): retrying in %lld ms",
+                               err, (long long)w);
+                timer_add(it, jb, TIMER_DECODE, kb_now_ms() + w);
+                return;
         }
+        }
+        if (job_cancelled(jb))
+                return;
         if (jb->jb_item.deadline && kb_wall_ms() > jb->jb_item.deadline) {
                 job_fail(jb, KB_STATUS_EXPIRED, "expired",
                          "deadline passed before the item started");
@@ -717,10 +1004,115 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                 job_fail(jb, KB_STATUS_FAILED, "invalid_item", err);
                 return;
         }
+        /* The request body, once: also what the token estimate reads. */
+        if (!json_object_get(jb->jb_item.input, "model"))
+                json_object_set_new(jb->jb_item.input, "model",
+                                    json_string(jb->jb_item.model));
+        if (!(jb->jb_body = json_dumps(jb->jb_item.input, JSON_COMPACT))) {
+                job_fail(jb, KB_STATUS_FAILED, "invalid_item",
+                         "could not encode the model request");
+                return;
+        }
+        {
+                static const char *caps[] = {"max_tokens",
+                                             "max_completion_tokens",
+                                             "max_output_tokens"};
+                int64_t cap = 0;
+                size_t k;
+                for (k = 0; k < sizeof(caps) / sizeof(*caps); k++) {
+                        json_t *v = json_object_get(jb->jb_item.input, caps[k]);
+                        if (json_is_integer(v))
+                                cap = json_integer_value(v);
+                }
+                jb->jb_est_tokens = kb_route_estimate_tokens(
+                    jb->jb_body, strlen(jb->jb_body), cap);
+        }
         jb->jb_state = JOB_WAITING;
         TAILQ_INSERT_TAIL(&jb->jb_route->rt_waitq, jb, jb_link);
         jb->jb_route->rt_waiting++;
         route_dispatch(it, jb->jb_route);
+}
+
+/* How late after its kbatch-not-before a retry-tier item started. */
+static void log_retry_due(kb_job_t *jb, int64_t late_ms) {
+        char late[32];
+        const char *kv[] = {"batch_id", jb->jb_item.batch_id, "late_ms", late,
+                            NULL};
+        kb_metric_observe(kb_metrics_get(KB_M_RETRY_LATENESS_SECONDS, NULL,
+                                         NULL),
+                          (double)late_ms / 1000);
+        if (!kb_log_enabled(KB_LOG_DEBUG))
+                return;
+        snprintf(late, sizeof(late), "%lld", (long long)late_ms);
+        kb_logkv(KB_LOG_DEBUG, "items", kv, "retry due: %s[%d]@%lld",
+                 rd_kafka_topic_name(jb->jb_msg->rkt),
+                 (int)jb->jb_msg->partition, (long long)jb->jb_msg->offset);
+}
+
+/* Reads what the message's headers carry over from earlier attempts, and
+ * starts the job now or, for a retry-tier message not yet due, holds it
+ * (pausing its partition: later messages of a tier are due later). */
+static void job_begin(kb_items_t *it, kb_job_t *jb) {
+        const rd_kafka_message_t *m = jb->jb_msg;
+        const char *topic = rd_kafka_topic_name(m->rkt);
+        char buf[64];
+        int i;
+
+        jb->jb_first_at = kb_wall_ms();
+        kb_kafka_header(m, "traceparent", jb->jb_traceparent,
+                        sizeof(jb->jb_traceparent));
+        kb_kafka_header(m, "tracestate", jb->jb_tracestate,
+                        sizeof(jb->jb_tracestate));
+        /* No (valid) traceparent: the item starts its own trace. */
+        if (kb_metrics_traceparent(jb->jb_traceparent,
+                                   sizeof(jb->jb_traceparent)))
+                jb->jb_tracestate[0] = '\0';
+        for (i = 0; i < it->it_retry_cnt; i++)
+                if (!strcmp(topic, it->it_retry_topics[i]))
+                        jb->jb_tier = i + 1;
+        if (jb->jb_tier) {
+                int64_t nb = 0, now = kb_wall_ms();
+                if (kb_kafka_header(m, "kbatch-first-attempt-at", buf,
+                                    sizeof(buf)))
+                        jb->jb_first_at = strtoll(buf, NULL, 10);
+                if (kb_kafka_header(m, "kbatch-attempts", buf, sizeof(buf)))
+                        jb->jb_attempts = atoi(buf);
+                if (kb_kafka_header(m, "kbatch-not-before", buf, sizeof(buf)))
+                        nb = strtoll(buf, NULL, 10);
+                if (nb > now) {
+                        timer_add(it, jb, TIMER_DUE, kb_now_ms() + (nb - now));
+                        it->it_held++;
+                        if (part_current(jb) &&
+                            ++jb->jb_part->pt_delayed >= KB_HOLD_MAX)
+                                part_pause(it, jb->jb_part, PAUSE_DELAY, 1);
+                        return;
+                }
+                if (nb)
+                        log_retry_due(jb, now - nb);
+        }
+        job_start(it, jb);
+}
+
+/* Serves the timer list: due jobs go on. Returns ms to the next one. */
+static int timers_serve(kb_items_t *it, int64_t now) {
+        kb_job_t *jb;
+        while ((jb = TAILQ_FIRST(&it->it_timers)) && jb->jb_due <= now) {
+                job_timer_t what = jb->jb_timer;
+                timer_remove(it, jb);
+                if (what == TIMER_BACKOFF) {
+                        /* Ahead of fresh items: it already waited. */
+                        jb->jb_state = JOB_WAITING;
+                        TAILQ_INSERT_HEAD(&jb->jb_route->rt_waitq, jb, jb_link);
+                        jb->jb_route->rt_waiting++;
+                        route_dispatch(it, jb->jb_route);
+                } else {
+                        if (what == TIMER_DUE)
+                                log_retry_due(jb, now - jb->jb_due);
+                        job_start(it, jb);
+                }
+        }
+        jb = TAILQ_FIRST(&it->it_timers);
+        return jb ? (int)(jb->jb_due - now) : 1000;
 }
 
 /* Takes ownership of m. */
@@ -747,8 +1139,7 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
                  * go back to it and wait for the window to move. */
                 rd_kafka_topic_partition_list_t *l =
                     rd_kafka_topic_partition_list_new(1);
-                part_pause(it, pt, 1);
-                pt->pt_window_paused = 1;
+                part_pause(it, pt, PAUSE_WINDOW, 1);
                 rd_kafka_topic_partition_list_add(l, pt->pt_topic,
                                                   pt->pt_partition)
                     ->offset = m->offset;
@@ -765,10 +1156,8 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
                 rd_kafka_message_destroy(m);
                 return;
         }
-        if (kb_offsets_window_full(pt->pt_ot)) {
-                part_pause(it, pt, 1);
-                pt->pt_window_paused = 1;
-        }
+        if (kb_offsets_window_full(pt->pt_ot))
+                part_pause(it, pt, PAUSE_WINDOW, 1);
         if (!(jb = calloc(1, sizeof(*jb)))) {
                 kb_log(KB_LOG_ERROR, "items", "out of memory");
                 it->it_fatal = 1;
@@ -784,7 +1173,8 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
         pt->pt_jobs++;
         LIST_INSERT_HEAD(&it->it_jobs, jb, jb_all);
         it->it_inflight++;
-        job_start(it, jb);
+        kb_metrics_inc(KB_M_ITEMS_CONSUMED, NULL, NULL);
+        job_begin(it, jb);
 }
 
 /* ---- commits and rebalances ----------------------------------------- */
@@ -890,7 +1280,7 @@ static void drop_unstarted(kb_items_t *it, kb_part_t *pt) {
         kb_job_t *jb, *tmp;
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
                 if (jb->jb_part == pt && jb->jb_epoch == pt->pt_epoch &&
-                    jb->jb_state == JOB_WAITING)
+                    (jb->jb_state == JOB_WAITING || jb->jb_state == JOB_TIMER))
                         job_destroy(jb);
         }
 }
@@ -914,7 +1304,8 @@ static void part_release(kb_items_t *it, kb_part_t *pt) {
         pt->pt_assigned = 0;
         pt->pt_revoking = 0;
         pt->pt_paused = 0;
-        pt->pt_window_paused = 0;
+        pt->pt_pause = 0;
+        pt->pt_delayed = 0;
         pt->pt_jobs = 0;
 }
 
@@ -938,7 +1329,8 @@ static void on_assign(kb_items_t *it, rd_kafka_topic_partition_list_t *parts) {
                 pt->pt_epoch = ++it->it_epoch;
                 pt->pt_jobs = 0;
                 pt->pt_paused = 0;
-                pt->pt_window_paused = 0;
+                pt->pt_pause = 0;
+                pt->pt_delayed = 0;
                 pt->pt_revoking = 0;
                 kb_offsets_destroy(pt->pt_ot);
                 pt->pt_ot = kb_offsets_new((size_t)it->it_conf->worker_offsets_window);
@@ -1053,6 +1445,64 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
                "kafka", "%s: %s", rd_kafka_err2name(err), reason);
 }
 
+/* ---- operations: statistics, readiness, gauges (docs/operations.md) -- */
+
+/* librdkafka statistics (statistics.interval.ms): the consumer's lag for
+ * kbatch_consumer_lag; whether the producer has a broker connection. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+        kb_items_t *it = opaque;
+        kb_rdstats_t rs;
+        if (kb_metrics_rdstats_parse(json, len, &rs) != 0)
+                return 0;
+        if (rd_kafka_type(rk) == RD_KAFKA_CONSUMER)
+                kb_metric_set(kb_metrics_get(KB_M_CONSUMER_LAG, NULL, NULL),
+                              rs.rs_lag < 0 ? 0 : (double)rs.rs_lag);
+        else
+                it->it_producer_up = rs.rs_brokers_up > 0 ? 1 : -1;
+        return 0; /* librdkafka frees json */
+}
+
+int kb_items_readiness(kb_items_t *it, char *why, size_t why_size) {
+        char sw[400];
+        if (!it->it_assigned_once) {
+                snprintf(why, why_size, "items: no partition assignment yet "
+                         "(joining group %s)", it->it_conf->kafka_group_id);
+                return 0;
+        }
+        /* Without statistics (statistics.interval.ms = 0): a metadata
+         * answer was received once. */
+        if (it->it_producer_up < 0 ||
+            (it->it_producer_up == 0 &&
+             rd_kafka_controllerid(it->it_producer, 0) < 0)) {
+                snprintf(why, why_size, "items: the producer has no broker "
+                         "connection");
+                return 0;
+        }
+        if (!kb_serde_healthy(it->it_serde, sw, sizeof(sw))) {
+                snprintf(why, why_size, "items: schema registry: %s", sw);
+                return 0;
+        }
+        return 1;
+}
+
+/* Gauges of the pipeline and its routes (every turn: a few atomic stores). */
+static void metrics_refresh(kb_items_t *it) {
+        size_t i, n = kb_routes_cnt(it->it_routes);
+        kb_metric_set(kb_metrics_get(KB_M_INFLIGHT, NULL, NULL),
+                      it->it_inflight);
+        for (i = 0; i < n; i++) {
+                kb_route_t *rt = kb_routes_get(it->it_routes, i);
+                const char *r = rt->rt_conf->model;
+                kb_metric_set(kb_metrics_get(KB_M_ROUTE_INFLIGHT, r, NULL),
+                              rt->rt_inflight);
+                kb_metric_set(kb_metrics_get(KB_M_ROUTE_CONCURRENCY_LIMIT, r,
+                                             NULL),
+                              rt->rt_limit);
+                kb_metric_set(kb_metrics_get(KB_M_ROUTE_QUEUE, r, NULL),
+                              rt->rt_waiting);
+        }
+}
+
 /* ---- construction ---------------------------------------------------------- */
 
 kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
@@ -1071,15 +1521,39 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         it->it_worker = kb_conf_instance_id(conf);
         LIST_INIT(&it->it_jobs);
         TAILQ_INIT(&it->it_produce_retryq);
+        TAILQ_INIT(&it->it_timers);
+        it->it_retry_cnt = (int)conf->retry_delay_cnt;
+        it->it_retry_topics = calloc((size_t)it->it_retry_cnt + 1,
+                                     sizeof(char *));
+        for (int i = 0; i < it->it_retry_cnt; i++)
+                it->it_retry_topics[i] = kb_kafka_retry_topic(conf, i + 1);
 
         if (!(it->it_routes = kb_routes_new(conf, errstr, errstr_size)))
                 goto fail;
+        if (!(it->it_control = kb_control_new(conf, loop, on_cancel, it, errstr,
+                                              errstr_size)))
+                goto fail;
+        /* Value formats; with avro, register (or look up) the results
+         * schema now, asynchronously, so the first result does not wait. */
+        if (!(it->it_serde = kb_serde_new(conf, loop, errstr, errstr_size)))
+                goto fail;
+        {
+                char serr[512];
+                kb_serde_prepare(it->it_serde,
+                                 conf->topics_name[KB_TOPIC_RESULTS],
+                                 KB_MSG_ITEM_RESULT, serr, sizeof(serr));
+        }
 
         /* Producer: idempotent, acks=all; delivery reports on our loop. */
         if (!(kc = kb_kafka_conf_new(conf, "items-producer", errstr,
                                      errstr_size)))
                 goto fail;
         rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
+        rd_kafka_conf_set_stats_cb(kc, stats_cb);
+        if (kb_kafka_conf_set(kc, "statistics.interval.ms",
+                              kb_metrics_stats_interval(conf), errstr,
+                              errstr_size))
+                goto fail;
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, it);
         if (!(it->it_producer = kb_kafka_producer_new(conf, kc, errstr,
@@ -1109,9 +1583,13 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
             kb_kafka_conf_set(kc, "auto.offset.reset", "earliest", errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "queued.max.messages.kbytes", num, errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "statistics.interval.ms",
+                              kb_metrics_stats_interval(conf), errstr,
                               errstr_size))
                 goto fail;
         rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
+        rd_kafka_conf_set_stats_cb(kc, stats_cb);
         rd_kafka_conf_set_offset_commit_cb(kc, commit_cb);
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, it);
@@ -1127,9 +1605,13 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         }
         rd_kafka_queue_io_event_enable(it->it_cq, wfd, "c", 1);
 
-        topics = rd_kafka_topic_partition_list_new(1);
+        topics = rd_kafka_topic_partition_list_new(1 + it->it_retry_cnt);
         rd_kafka_topic_partition_list_add(
             topics, conf->topics_name[KB_TOPIC_ITEMS], RD_KAFKA_PARTITION_UA);
+        for (int i = 0; i < it->it_retry_cnt; i++)
+                rd_kafka_topic_partition_list_add(topics,
+                                                  it->it_retry_topics[i],
+                                                  RD_KAFKA_PARTITION_UA);
         err = rd_kafka_subscribe(it->it_consumer, topics);
         rd_kafka_topic_partition_list_destroy(topics);
         if (err) {
@@ -1150,17 +1632,13 @@ fail:
 }
 
 /* Pauses (or resumes) every assigned partition for the global limit. */
-static void pause_all(kb_items_t *it, int pause) {
+static void pause_all(kb_items_t *it, int reason, int pause) {
         size_t i;
-        for (i = 0; i < it->it_part_cnt; i++) {
-                kb_part_t *pt = it->it_parts[i];
-                if (!pt->pt_assigned)
-                        continue;
-                if (!pause && pt->pt_window_paused)
-                        continue;
-                part_pause(it, pt, pause);
-        }
-        it->it_all_paused = pause;
+        for (i = 0; i < it->it_part_cnt; i++)
+                if (it->it_parts[i]->pt_assigned)
+                        part_pause(it, it->it_parts[i], reason, pause);
+        if (reason == PAUSE_GLOBAL)
+                it->it_all_paused = pause;
 }
 
 int kb_items_serve(kb_items_t *it, int64_t now) {
@@ -1171,6 +1649,7 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
         kb_job_t *jb, *tmp;
 
         producer_poll(it);
+        metrics_refresh(it);
 
         TAILQ_FOREACH_SAFE(jb, &it->it_produce_retryq, jb_link, tmp) {
                 if (jb->jb_produce_at > now) {
@@ -1184,18 +1663,36 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 job_produce(jb);
         }
 
-        /* Consume while below the in-flight limit. */
-        if (!it->it_stopping) {
-                int full = it->it_inflight >= max;
+        {
+                int w = kb_control_serve(it->it_control, now);
+                if (w < wait)
+                        wait = w;
+        }
+
+        /* Consume while below the in-flight limit. Items held for a retry
+         * tier, and items waiting in their route's queue, do not count: a
+         * throttled route must not hold back the others (its queue has its
+         * own bound). */
+        if (!it->it_stopping && kb_control_ready(it->it_control)) {
+                int waiting = 0, qfull = 0, active;
+                size_t r;
+                for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
+                        int n = kb_routes_get(it->it_routes, r)->rt_waiting;
+                        waiting += n;
+                        qfull |= n >= conf->worker_route_queue_max;
+                }
+                active = it->it_inflight - it->it_held - waiting;
+                int full = qfull || active >= max;
                 if (!full) {
                         it->it_full_since_ms = 0;
-                        if (it->it_all_paused && it->it_inflight < max * 3 / 4 + 1)
-                                pause_all(it, 0);
+                        if (it->it_all_paused && active < max * 3 / 4 + 1)
+                                pause_all(it, PAUSE_GLOBAL, 0);
                 }
                 if (!full || it->it_all_paused) {
                         rd_kafka_message_t *m;
                         int budget = 10000;
-                        while ((it->it_inflight < max || it->it_all_paused) &&
+                        while ((it->it_inflight - it->it_held - waiting < max ||
+                                it->it_all_paused) &&
                                budget-- > 0 &&
                                (m = rd_kafka_consumer_poll(it->it_consumer, 0)))
                                 handle_message(it, m);
@@ -1206,21 +1703,31 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                         if (!it->it_full_since_ms)
                                 it->it_full_since_ms = now;
                         else if (now - it->it_full_since_ms >= 500)
-                                pause_all(it, 1);
+                                pause_all(it, PAUSE_GLOBAL, 1);
                         if (wait > 100)
                                 wait = 100;
+                }
+        }
+
+        {
+                int w = timers_serve(it, now);
+                size_t r;
+                if (w < wait)
+                        wait = w;
+                /* Routes held back by their rate limits or a Retry-After. */
+                for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
+                        kb_route_t *rt = kb_routes_get(it->it_routes, r);
+                        if (rt->rt_waiting && (w = route_dispatch(it, rt)) < wait)
+                                wait = w;
                 }
         }
 
         /* Partitions paused by their offset window resume when it moved. */
         for (i = 0; i < it->it_part_cnt; i++) {
                 kb_part_t *pt = it->it_parts[i];
-                if (pt->pt_assigned && pt->pt_window_paused &&
-                    !kb_offsets_window_full(pt->pt_ot)) {
-                        pt->pt_window_paused = 0;
-                        if (!it->it_all_paused)
-                                part_pause(it, pt, 0);
-                }
+                if (pt->pt_assigned && (pt->pt_pause & PAUSE_WINDOW) &&
+                    !kb_offsets_window_full(pt->pt_ot))
+                        part_pause(it, pt, PAUSE_WINDOW, 0);
         }
 
         if (now >= it->it_next_commit && now >= it->it_commit_hold_until) {
@@ -1235,18 +1742,16 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
 void kb_items_shutdown(kb_items_t *it, int drain_ms) {
         int64_t deadline = kb_now_ms() + drain_ms;
         kb_job_t *jb, *tmp;
-        size_t i;
         rd_kafka_resp_err_t err;
 
         it->it_stopping = 1;
         kb_log(KB_LOG_INFO, "items", "stopping: %d items in flight, draining "
                "for up to %d ms", it->it_inflight, drain_ms);
         /* Stop fetching. */
-        for (i = 0; i < it->it_part_cnt; i++)
-                part_pause(it, it->it_parts[i], 1);
+        pause_all(it, PAUSE_STOP, 1);
         /* Items not started yet are left for the next owner. */
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
-                if (jb->jb_state == JOB_WAITING)
+                if (jb->jb_state == JOB_WAITING || jb->jb_state == JOB_TIMER)
                         job_destroy(jb);
         }
         drain(it, NULL, 0, deadline);
@@ -1297,6 +1802,11 @@ void kb_items_destroy(kb_items_t *it) {
                 free(it->it_parts[i]);
         }
         free(it->it_parts);
+        for (i = 0; it->it_retry_topics && i < (size_t)it->it_retry_cnt; i++)
+                free(it->it_retry_topics[i]);
+        free(it->it_retry_topics);
+        kb_control_destroy(it->it_control);
         kb_routes_destroy(it->it_routes);
+        kb_serde_destroy(it->it_serde);
         free(it);
 }

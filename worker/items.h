@@ -38,6 +38,12 @@ int kb_items_fatal(const kb_items_t *it);
  * producer has a broker connection. */
 int kb_items_ready(const kb_items_t *it);
 
+/* Readiness for /readyz (loop thread): 1, or 0 with the reason in why: no
+ * assignment received yet, the producer has no broker connection (from
+ * librdkafka's statistics; without them, no metadata answer yet), or the
+ * schema registry is unavailable (Avro). */
+int kb_items_readiness(kb_items_t *it, char *why, size_t why_size);
+
 void kb_items_destroy(kb_items_t *it); /* NULL is a no-op */
 
 #endif

@@ -13,8 +13,15 @@ static const struct {
 } commands[] = {
     {"worker", kb_cmd_worker, "run the worker (roles from worker.roles)"},
     {"topics", kb_cmd_topics, "create the topics (topics create)"},
+    {"replay", kb_cmd_replay, "re-drive dead-lettered items"},
     {"check-config", kb_cmd_check_config,
      "validate and print the effective configuration"},
+    {"submit", kb_cmd_submit,
+     "publish a batch from an OpenAI/Anthropic/native JSONL file"},
+    {"collect", kb_cmd_collect,
+     "wait for a batch and write its results (OpenAI Batch output)"},
+    {"status", kb_cmd_status, "status and counts of a batch"},
+    {"cancel", kb_cmd_cancel, "publish a cancel command for a batch"},
 };
 
 static void usage(FILE *out) {

@@ -197,3 +197,128 @@ struct curl_slist *kb_route_headers(const kb_route_t *rt,
         }
         return hdrs;
 }
+
+/* ---- limits ------------------------------------------------------------ */
+
+static void refill(kb_route_t *rt, int64_t now_ms) {
+        const kb_route_conf_t *rc = rt->rt_conf;
+        double dt;
+        if (!rt->rt_refilled_ms) {
+                /* Start full: one second's worth (at least one request). */
+                rt->rt_rpm_tokens = rc->requests_per_minute / 60.0 < 1
+                                        ? 1
+                                        : rc->requests_per_minute / 60.0;
+                rt->rt_tpm_tokens = rc->tokens_per_minute / 60.0;
+                rt->rt_refilled_ms = now_ms;
+                return;
+        }
+        dt = (double)(now_ms - rt->rt_refilled_ms);
+        if (dt <= 0)
+                return;
+        rt->rt_refilled_ms = now_ms;
+        if (rc->requests_per_minute > 0) {
+                double cap = rc->requests_per_minute / 60.0;
+                if (cap < 1)
+                        cap = 1;
+                rt->rt_rpm_tokens += dt * rc->requests_per_minute / 60000.0;
+                if (rt->rt_rpm_tokens > cap)
+                        rt->rt_rpm_tokens = cap;
+        }
+        if (rc->tokens_per_minute > 0) {
+                double cap = rc->tokens_per_minute / 60.0;
+                rt->rt_tpm_tokens += dt * rc->tokens_per_minute / 60000.0;
+                if (rt->rt_tpm_tokens > cap)
+                        rt->rt_tpm_tokens = cap;
+        }
+}
+
+void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
+                         int64_t retry_after_ms, int64_t now_ms) {
+        int max = rt->rt_conf->max_inflight;
+        int halve = 0;
+        switch (sig) {
+        case KB_ROUTE_OK:
+                if (rt->rt_limit < max && ++rt->rt_ok_streak >= rt->rt_limit) {
+                        rt->rt_limit++;
+                        rt->rt_ok_streak = 0;
+                }
+                return;
+        case KB_ROUTE_THROTTLED:
+                halve = 1;
+                if (retry_after_ms > 0 &&
+                    now_ms + retry_after_ms > rt->rt_blocked_until_ms)
+                        rt->rt_blocked_until_ms = now_ms + retry_after_ms;
+                break;
+        case KB_ROUTE_TIMEOUT:
+                if (now_ms - rt->rt_timeout_window_ms > 1000) {
+                        rt->rt_timeout_window_ms = now_ms;
+                        rt->rt_timeouts = 0;
+                }
+                halve = ++rt->rt_timeouts >= 3;
+                break;
+        case KB_ROUTE_OTHER:
+                return;
+        }
+        rt->rt_ok_streak = 0;
+        if (halve && now_ms - rt->rt_decreased_ms >= 1000) {
+                int before = rt->rt_limit;
+                rt->rt_limit = rt->rt_limit / 2 > 1 ? rt->rt_limit / 2 : 1;
+                rt->rt_decreased_ms = now_ms;
+                if (before != rt->rt_limit)
+                        kb_log(KB_LOG_INFO, "routes",
+                               "route '%s': %s, concurrency %d -> %d",
+                               rt->rt_conf->model,
+                               sig == KB_ROUTE_THROTTLED ? "throttled (429)"
+                                                         : "timeouts",
+                               before, rt->rt_limit);
+        }
+}
+
+int kb_route_admit(kb_route_t *rt, int64_t est_tokens, int64_t now_ms,
+                   int64_t *wait_ms) {
+        const kb_route_conf_t *rc = rt->rt_conf;
+        int64_t w = 0;
+        if (rt->rt_blocked_until_ms > now_ms)
+                w = rt->rt_blocked_until_ms - now_ms;
+        refill(rt, now_ms);
+        if (rc->requests_per_minute > 0 && rt->rt_rpm_tokens < 1.0) {
+                int64_t need = (int64_t)((1.0 - rt->rt_rpm_tokens) * 60000.0 /
+                                         rc->requests_per_minute) + 1;
+                if (need > w)
+                        w = need;
+        }
+        if (rc->tokens_per_minute > 0) {
+                /* A request larger than the bucket may pass once it is
+                 * full; it then drives the bucket negative. */
+                double cap = rc->tokens_per_minute / 60.0;
+                double want = (double)est_tokens < cap ? (double)est_tokens : cap;
+                if (rt->rt_tpm_tokens < want) {
+                        int64_t need = (int64_t)((want - rt->rt_tpm_tokens) *
+                                                 60000.0 /
+                                                 rc->tokens_per_minute) + 1;
+                        if (need > w)
+                                w = need;
+                }
+        }
+        if (w > 0) {
+                *wait_ms = w;
+                return 0;
+        }
+        if (rc->requests_per_minute > 0)
+                rt->rt_rpm_tokens -= 1.0;
+        if (rc->tokens_per_minute > 0)
+                rt->rt_tpm_tokens -= (double)est_tokens;
+        return 1;
+}
+
+void kb_route_correct_tokens(kb_route_t *rt, int64_t estimated,
+                             int64_t actual) {
+        if (rt->rt_conf->tokens_per_minute > 0)
+                rt->rt_tpm_tokens -= (double)(actual - estimated);
+}
+
+int64_t kb_route_estimate_tokens(const char *body, size_t body_len,
+                                 int64_t max_output) {
+        (void)body;
+        return (int64_t)(body_len + 3) / 4 + (max_output > 0 ? max_output : 0);
+}

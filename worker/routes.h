@@ -29,6 +29,15 @@ typedef struct kb_route_s {
         int rt_limit;                   /* current concurrency limit */
         TAILQ_HEAD(, kb_job_s) rt_waitq;
         int rt_waiting;
+        /* limits (kb_route_on_outcome, kb_route_admit) */
+        int rt_ok_streak;               /* successes since the last change */
+        int64_t rt_decreased_ms;        /* mono ms of the last halving */
+        int rt_timeouts;                /* timeouts in the current window */
+        int64_t rt_timeout_window_ms;
+        int64_t rt_blocked_until_ms;    /* Retry-After: no calls before */
+        double rt_rpm_tokens;           /* requests_per_minute bucket */
+        double rt_tpm_tokens;           /* tokens_per_minute bucket */
+        int64_t rt_refilled_ms;
 } kb_route_t;
 
 typedef struct kb_routes_s kb_routes_t;
@@ -55,6 +64,45 @@ const char *kb_route_path(const kb_route_t *rt, const char *operation,
 /* Re-reads api_key_file when its mtime changed (checked at most once a
  * second). now_ms: monotonic ms. */
 void kb_route_refresh_auth(kb_route_t *rt, int64_t now_ms);
+
+/* ---- limits (SPEC §6, DESIGN.md "Backpressure and rate limits") ----
+ * Adaptive concurrency: the limit halves on a 429 (at most once per second,
+ * so one burst of 429s counts once) or on a storm of timeouts (3 or more
+ * within a second), and grows by one after `limit` successes in a row; it
+ * stays within 1..max_inflight. A Retry-After on a 429 blocks the whole
+ * route until then. requests_per_minute and tokens_per_minute are token
+ * buckets holding one second's worth (at least one request, and at least
+ * the request's estimated tokens so that a large request can ever pass),
+ * refilled continuously; tokens are estimated before the call and
+ * corrected from the response's usage. */
+
+typedef enum {
+        KB_ROUTE_OK = 0,    /* a success */
+        KB_ROUTE_THROTTLED, /* HTTP 429 */
+        KB_ROUTE_TIMEOUT,
+        KB_ROUTE_OTHER,     /* any other failure: no change */
+} kb_route_signal_t;
+
+/* Feeds a finished call's outcome to the route's limits. retry_after_ms:
+ * the server's Retry-After (-1 when none). now_ms: monotonic. */
+void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
+                         int64_t retry_after_ms, int64_t now_ms);
+
+/* May a call with `est_tokens` estimated tokens start now? 1: yes (the
+ * buckets are charged). 0: not yet; *wait_ms gets how long until it may
+ * (at least 1). Ignores rt_inflight (the caller checks rt_limit). */
+int kb_route_admit(kb_route_t *rt, int64_t est_tokens, int64_t now_ms,
+                   int64_t *wait_ms);
+
+/* Corrects the tokens bucket once the real usage is known. */
+void kb_route_correct_tokens(kb_route_t *rt, int64_t estimated,
+                             int64_t actual);
+
+/* Estimates the tokens a request will use: its text at ~4 bytes per token
+ * plus the completion budget it asks for (max_tokens,
+ * max_completion_tokens or max_output_tokens). */
+int64_t kb_route_estimate_tokens(const char *body, size_t body_len,
+                                 int64_t max_output);
 
 /* Appends the route's static headers (auth and configured headers) to a
  * request's header list. Returns the new list (NULL on failure). */

@@ -50,7 +50,7 @@ class Env:
 
     def write_conf(self, base_url="http://127.0.0.1:8000", extra="",
                    routes=None, max_inflight=1000, worker_extra="", name="worker.conf",
-                   kafka_props=None):
+                   kafka_props=None, admin_listen="", log_level="info"):
         if routes is None:
             routes = f'( {{ model = "*"; base_url = "{base_url}"; max_inflight = 100000; }} )'
         props = {"statistics.interval.ms": 0}
@@ -75,8 +75,8 @@ worker: {{
   commit_interval_ms = 200;
   {worker_extra}
 }};
-admin: {{ listen = ""; }};
-log: {{ level = "info"; format = "json"; }};
+admin: {{ listen = "{admin_listen}"; }};
+log: {{ level = "{log_level}"; format = "json"; }};
 routes = {routes};
 {extra}
 """

@@ -19,26 +19,30 @@ def wait_results(env, n, timeout=120):
     return res, msgs
 
 
-def wait_items(env, want, timeout=120):
-    """Reads results until every item_id in `want` has one; returns all."""
+def results_until(env, done, timeout=120):
+    """Reads the results topic from the start until done(results) holds
+    (or the timeout passes); returns every result read."""
     from confluent_kafka import Consumer as C
     import uuid
     c = C({"bootstrap.servers": env.bootstrap, "group.id": f"r-{uuid.uuid4().hex[:8]}",
            "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([env.topic("results")])
-    out, seen = [], set()
+    out = []
     deadline = time.time() + timeout
     try:
-        while time.time() < deadline and not want <= seen:
+        while time.time() < deadline and not done(out):
             m = c.poll(0.2)
             if m is None or m.error():
                 continue
-            r = json.loads(m.value())
-            out.append(r)
-            seen.add(r["item_id"])
+            out.append(json.loads(m.value()))
     finally:
         c.close()
     return out
+
+
+def wait_items(env, want, timeout=120):
+    """Reads results until every item_id in `want` has one; returns all."""
+    return results_until(env, lambda out: want <= {r["item_id"] for r in out}, timeout)
 
 
 def decode_meta(meta):

@@ -1229,6 +1229,24 @@ static char *pad_to(char *body, size_t *len, size_t want) {
 /* ------------------------------------------------------------------------ */
 /* Answering                                                                 */
 
+/* --log-responses: one line per answered request that carries the kbatch
+ * item headers, "batch:item status arrived_ms responded_ms" (wall clock, ms
+ * with a fraction), for the benchmark's added-latency figures. */
+static FILE *resp_log;
+static pthread_mutex_t resp_log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void log_response(const fm_req_t *rq, unsigned status,
+                         const struct timespec *ts) {
+        if (!resp_log || !rq->rq_item)
+                return;
+        double now_ms = (double)ts->tv_sec * 1e3 + (double)ts->tv_nsec / 1e6;
+        double waited_ms = (double)(now_mono_ns() - rq->rq_arrived_ns) / 1e6;
+        pthread_mutex_lock(&resp_log_lock);
+        fprintf(resp_log, "%s %u %.3f %.3f\n", rq->rq_item, status,
+                now_ms - waited_ms, now_ms);
+        pthread_mutex_unlock(&resp_log_lock);
+}
+
 static void add_common_headers(struct MHD_Response *r, fm_req_t *rq) {
         char v[64];
         struct timespec ts;
@@ -1246,6 +1264,7 @@ static void add_common_headers(struct MHD_Response *r, fm_req_t *rq) {
                  (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
                  (long)(ts.tv_nsec % 1000000));
         MHD_add_response_header(r, "x-fake-responded-at", v);
+        log_response(rq, rq->rq_status, &ts);
 }
 
 /** Queues rq_status with rq_resp (ownership passes to MHD). */
@@ -1976,6 +1995,8 @@ static void usage(FILE *f) {
 "  --seed N              random seed (default 1)\n"
 "  --threads N           server threads (default 2)\n"
 "  --no-item-stats       do not keep per-item stats (for long benchmarks)\n"
+"  --log-responses FILE  append \"batch:item status arrived_ms responded_ms\"\n"
+"                        per answered request with kbatch item headers\n"
 "  --help                this text\n"
 "\n"
 "Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings,\n"
@@ -2029,7 +2050,7 @@ int main(int argc, char **argv) {
         enum {
                 O_PORT = 256, O_PORT_FILE, O_HOST, O_LATENCY, O_F500, O_F429,
                 O_FRESET, O_FHANG, O_FGARBAGE, O_RETRY, O_MAXCONC, O_SEED,
-                O_THREADS, O_NOITEMS, O_HELP,
+                O_THREADS, O_NOITEMS, O_RESPLOG, O_HELP,
         };
         static const struct option opts[] = {
                 { "port",            required_argument, NULL, O_PORT },
@@ -2046,6 +2067,7 @@ int main(int argc, char **argv) {
                 { "seed",            required_argument, NULL, O_SEED },
                 { "threads",         required_argument, NULL, O_THREADS },
                 { "no-item-stats",   no_argument,       NULL, O_NOITEMS },
+                { "log-responses",   required_argument, NULL, O_RESPLOG },
                 { "help",            no_argument,       NULL, O_HELP },
                 { NULL, 0, NULL, 0 },
         };
@@ -2104,6 +2126,14 @@ int main(int argc, char **argv) {
                         break;
                 case O_NOITEMS:
                         cf.cf_record_items = false;
+                        break;
+                case O_RESPLOG:
+                        if (!(resp_log = fopen(optarg, "a"))) {
+                                fprintf(stderr, "fake_model: %s: %s\n",
+                                        optarg, strerror(errno));
+                                return 2;
+                        }
+                        setvbuf(resp_log, NULL, _IOFBF, 1 << 20);
                         break;
                 case O_HELP:
                         usage(stdout);
@@ -2195,5 +2225,7 @@ int main(int argc, char **argv) {
         MHD_quiesce_daemon(d);
         timer_stop();
         MHD_stop_daemon(d);
+        if (resp_log && fclose(resp_log) != 0)
+                return 1;
         return 0;
 }

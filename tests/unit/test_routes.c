@@ -1,0 +1,136 @@
+/* Routes: matching, operation paths, and the limits (adaptive concurrency,
+ * Retry-After, requests and tokens per minute). */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "routes.h"
+
+static kb_conf_t *conf;
+static kb_routes_t *routes;
+static char path[] = "/tmp/kb_test_routes_XXXXXX";
+
+static void load(const char *text) {
+        char err[512];
+        int fd = mkstemp(path);
+        cr_assert(fd >= 0);
+        cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+        close(fd);
+        conf = kb_conf_load(path, NULL, err, sizeof(err));
+        cr_assert(conf, "%s", err);
+        routes = kb_routes_new(conf, err, sizeof(err));
+        cr_assert(routes, "%s", err);
+}
+
+static void teardown(void) {
+        kb_routes_destroy(routes);
+        kb_conf_destroy(conf);
+        unlink(path);
+        strcpy(path, "/tmp/kb_test_routes_XXXXXX");
+}
+
+TestSuite(routes, .fini = teardown);
+
+Test(routes, first_match_wins_and_paths) {
+        const char *op;
+        load("routes = ( { model = \"gpt-4*\"; base_url = \"http://a/\"; "
+             "operations = { rerank = \"/v1/rerank\"; }; },"
+             "{ model = \"gpt-*\"; base_url = \"http://b\"; "
+             "default_operation = \"embeddings\"; },"
+             "{ model = \"*\"; base_url = \"http://c\"; } );");
+        kb_route_t *a = kb_routes_match(routes, "gpt-4o");
+        kb_route_t *b = kb_routes_match(routes, "gpt-3.5");
+        kb_route_t *c = kb_routes_match(routes, "claude");
+        cr_assert(a && b && c);
+        cr_expect_str_eq(a->rt_base_url, "http://a");
+        cr_expect_str_eq(b->rt_base_url, "http://b");
+        cr_expect_str_eq(c->rt_base_url, "http://c");
+        cr_expect_str_eq(kb_route_path(a, NULL, &op), "/v1/chat/completions");
+        cr_expect_str_eq(op, "chat.completions");
+        cr_expect_str_eq(kb_route_path(a, "rerank", &op), "/v1/rerank");
+        cr_expect_str_eq(kb_route_path(b, NULL, &op), "/v1/embeddings");
+        cr_expect_null(kb_route_path(c, "rerank", &op));
+        cr_expect_null(kb_routes_match(routes, NULL));
+}
+
+Test(routes, adaptive_concurrency) {
+        load("routes = ( { model = \"*\"; base_url = \"http://a\"; "
+             "max_inflight = 64; } );");
+        kb_route_t *rt = kb_routes_get(routes, 0);
+        int64_t t = 100000;
+        int i;
+        cr_assert_eq(rt->rt_limit, 64);
+        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t);
+        cr_expect_eq(rt->rt_limit, 32);
+        /* A burst of 429s within a second halves once. */
+        for (i = 0; i < 20; i++)
+                kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t + 10 + i);
+        cr_expect_eq(rt->rt_limit, 32);
+        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t + 1001);
+        cr_expect_eq(rt->rt_limit, 16);
+        /* grows by one per `limit` successes */
+        for (i = 0; i < 15; i++)
+                kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 2000);
+        cr_expect_eq(rt->rt_limit, 16);
+        kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 2000);
+        cr_expect_eq(rt->rt_limit, 17);
+        /* ... never above max_inflight */
+        for (i = 0; i < 10000; i++)
+                kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 3000);
+        cr_expect_eq(rt->rt_limit, 64);
+        /* a timeout storm halves; a lone timeout does not */
+        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 5000);
+        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 5100);
+        cr_expect_eq(rt->rt_limit, 64);
+        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 5200);
+        cr_expect_eq(rt->rt_limit, 32);
+        /* never below one */
+        for (i = 0; i < 20; i++)
+                kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1,
+                                    t + 10000 + i * 1000);
+        cr_expect_eq(rt->rt_limit, 1);
+}
+
+Test(routes, retry_after_blocks_the_route) {
+        int64_t w;
+        load("routes = ( { model = \"*\"; base_url = \"http://a\"; } );");
+        kb_route_t *rt = kb_routes_get(routes, 0);
+        cr_expect(kb_route_admit(rt, 10, 1000, &w));
+        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, 2000, 1000);
+        cr_expect(!kb_route_admit(rt, 10, 1500, &w));
+        cr_expect_eq(w, 1500);
+        cr_expect(kb_route_admit(rt, 10, 3000, &w));
+}
+
+Test(routes, requests_per_minute_bucket) {
+        int64_t w, t = 50000;
+        int admitted = 0, i;
+        load("routes = ( { model = \"*\"; base_url = \"http://a\"; "
+             "requests_per_minute = 600; } );");
+        kb_route_t *rt = kb_routes_get(routes, 0);
+        /* Over 30 simulated seconds, asking every ms: 10/s plus the
+         * initial second's burst. */
+        for (i = 0; i < 30000; i++)
+                admitted += kb_route_admit(rt, 1, t + i, &w);
+        cr_expect(admitted >= 300 && admitted <= 311, "%d", admitted);
+}
+
+Test(routes, tokens_per_minute_estimate_and_correction) {
+        int64_t w, t = 50000;
+        load("routes = ( { model = \"*\"; base_url = \"http://a\"; "
+             "tokens_per_minute = 6000; } );");
+        kb_route_t *rt = kb_routes_get(routes, 0);
+        /* bucket: 100 tokens (one second) */
+        cr_expect(kb_route_admit(rt, 60, t, &w));
+        cr_expect(!kb_route_admit(rt, 60, t, &w));
+        cr_expect(w > 0 && w <= 201, "%lld", (long long)w);
+        /* the call used fewer tokens than estimated: credit back */
+        kb_route_correct_tokens(rt, 60, 10);
+        cr_expect(kb_route_admit(rt, 60, t, &w));
+        /* a request larger than the bucket passes when it is full */
+        cr_expect(kb_route_admit(rt, 5000, t + 60000, &w));
+        cr_expect(!kb_route_admit(rt, 1, t + 60000, &w));
+        cr_expect_eq(kb_route_estimate_tokens("12345678", 8, 100), 102);
+}

@@ -1,0 +1,931 @@
+/* kbatch collect BATCH_ID [-o OUT] [--errors FILE] [--format F] [--no-wait]
+ * [--timeout D]: waits for a batch and writes its results (SPEC §9).
+ *
+ * Reading little: a batch's results share one partition of the results
+ * topic (keyed by batch_id, murmur2), and its batch events one partition of
+ * the batches topic. Both are read from the offset of a timestamp: the
+ * batch's first_result_at (from its aggregator state in kbatch.batch-state,
+ * kb_cmd_batch_state)
+ * minus --lookback (default 1 minute, for clock skew and open
+ * transactions), or now minus --lookback when the aggregator does not know
+ * the batch yet. Results of other batches are skipped by key without
+ * decoding. When a batch event shows an earlier first result than the
+ * start, the results partition is read again from there.
+ *
+ * The batch is complete when every item has a result, or when its batch
+ * event was read and the results partition has been read up to its end as
+ * of the event (items the aggregator ended without a result, e.g. expired,
+ * have no line). One result per item: the first, except that a later
+ * success replaces a failure (a replayed item). Successes are written as
+ * they come; the other results when the batch is complete. Files are
+ * written under a temporary name and renamed at the end. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "aggregator.h"
+#include "batchfile.h"
+#include "cmd.h"
+#include "codec.h"
+#include "conf.h"
+#include "kafka.h"
+#include "log.h"
+#include "loop.h"
+#include "serde.h"
+
+#define LOOKBACK_DEFAULT_MS 60000
+
+static void usage(FILE *out) {
+        fprintf(out,
+                "usage: kbatch collect BATCH_ID [-c FILE] [-o OUT] [--errors "
+                "FILE]\n"
+                "                      [--format openai|anthropic|native] "
+                "[--no-wait]\n"
+                "                      [--timeout D] [--lookback D] [-v] "
+                "[-q]\n"
+                "  Waits for the batch to complete and writes one line per "
+                "item: OpenAI\n"
+                "  Batch output lines {id, custom_id, response{status_code, "
+                "request_id,\n"
+                "  body}, error{code, message}} by default. Successes go to "
+                "OUT, the\n"
+                "  other items to --errors FILE (to OUT too when it is not "
+                "given).\n"
+                "  -c, --config FILE  configuration (default: "
+                "$KBATCH_CONFIG, else\n"
+                "                     ./worker.conf, else built-in)\n"
+                "  -o, --output OUT   output file (default: standard "
+                "output)\n"
+                "  --errors FILE      the items that did not succeed\n"
+                "  --format F         openai (default), anthropic (Message "
+                "Batches\n"
+                "                     results) or native (the ItemResults)\n"
+                "  --no-wait          write what there is now; exit 1 when "
+                "the batch\n"
+                "                     is not complete\n"
+                "  --timeout D        give up after D (90s, 30m, 24h): exit "
+                "1, no files\n"
+                "  --lookback D       start reading this long before the "
+                "batch's first\n"
+                "                     result (default 1m; clock skew "
+                "between hosts)\n"
+                "  -v, --verbose      how much was read, on stderr\n"
+                "  -q, --quiet        no progress and no summary on stderr\n"
+                "Exit codes: 0 complete and written, 1 runtime failure, "
+                "timeout or\n"
+                "incomplete (--no-wait), 2 usage or configuration error.\n");
+}
+
+typedef struct {
+        const char *co_id;
+        const char *co_conf;
+        const char *co_out;    /* NULL or "-": stdout */
+        const char *co_errors; /* NULL: with the output */
+        kb_bf_out_t co_format;
+        int co_no_wait;
+        int co_verbose;
+        int co_quiet;
+        int64_t co_timeout_ms;  /* 0: none */
+        int64_t co_lookback_ms;
+} collect_opts_t;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig) {
+        (void)sig;
+        interrupted = 1;
+}
+
+/* A consumer for reading partitions (assign only, nothing committed). */
+static rd_kafka_t *reader_new(const kb_conf_t *conf, const char *role,
+                              char *errstr, size_t errstr_size) {
+        rd_kafka_conf_t *kc;
+        rd_kafka_t *rk;
+        char gid[64];
+        snprintf(gid, sizeof(gid), "kbatch-%s-%d", role, (int)getpid());
+        if (!(kc = kb_kafka_conf_new(conf, role, errstr, errstr_size)))
+                return NULL;
+        if (kb_kafka_conf_set(kc, "group.id", gid, errstr, errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.offset.store", "false", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "isolation.level", "read_committed", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "fetch.wait.max.ms", "100", errstr,
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size))) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        rd_kafka_poll_set_consumer(rk);
+        return rk;
+}
+
+/* The partition count of topic and the partition of key in it (murmur2,
+ * as kb_kafka_producer_new's murmur2_random places keyed messages).
+ * Returns 0, or -1 with errstr. */
+static int partition_of(rd_kafka_t *rk, const kb_conf_t *conf,
+                        const char *topic, const char *key, int32_t *cntp,
+                        int32_t *partp, char *errstr, size_t errstr_size) {
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
+        int ret = -1;
+        if (err)
+                snprintf(errstr, errstr_size, "cannot reach Kafka at %s: %s",
+                         conf->kafka_bootstrap_servers, rd_kafka_err2str(err));
+        else if (md->topic_cnt < 1 || md->topics[0].err ||
+                 md->topics[0].partition_cnt < 1)
+                snprintf(errstr, errstr_size,
+                         "topic %s does not exist (kbatch topics create)",
+                         topic);
+        else {
+                *cntp = md->topics[0].partition_cnt;
+                *partp = rd_kafka_msg_partitioner_murmur2(
+                    rkt, key, strlen(key), *cntp, NULL, NULL);
+                ret = 0;
+        }
+        if (md)
+                rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        return ret;
+}
+
+/* ---- progress on stderr (only on a terminal) ---- */
+
+typedef struct {
+        int pg_on;
+        int64_t pg_last;
+        int pg_shown;
+} progress_t;
+
+static void progress_show(progress_t *pg, int force, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
+        va_list ap;
+        int64_t now;
+        if (!pg->pg_on)
+                return;
+        now = kb_now_ms();
+        if (!force && now - pg->pg_last < 200)
+                return;
+        pg->pg_last = now;
+        pg->pg_shown = 1;
+        fputs("\r\033[K", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fflush(stderr);
+}
+
+static void progress_clear(progress_t *pg) {
+        if (pg->pg_on && pg->pg_shown) {
+                fputs("\r\033[K", stderr);
+                fflush(stderr);
+        }
+        pg->pg_shown = 0;
+}
+
+/* ---- the collection ---- */
+
+/* An output file written under a temporary name (or stdout). */
+typedef struct {
+        const char *of_path; /* NULL: stdout */
+        char *of_tmp;        /* owned */
+        FILE *of_fp;
+} outfile_t;
+
+static int outfile_open(outfile_t *of, const char *path, char *errstr,
+                        size_t errstr_size) {
+        memset(of, 0, sizeof(*of));
+        if (!path || !strcmp(path, "-")) {
+                of->of_path = NULL;
+                of->of_fp = stdout;
+                return 0;
+        }
+        of->of_path = path;
+        if (asprintf(&of->of_tmp, "%s.tmp-%d", path, (int)getpid()) < 0) {
+                of->of_tmp = NULL;
+                snprintf(errstr, errstr_size, "out of memory");
+                return -1;
+        }
+        if (!(of->of_fp = fopen(of->of_tmp, "w"))) {
+                snprintf(errstr, errstr_size, "cannot create %s: %s",
+                         of->of_tmp, strerror(errno));
+                free(of->of_tmp);
+                of->of_tmp = NULL;
+                return -1;
+        }
+        return 0;
+}
+
+/* Closes; keep: rename to the final name, else remove. 0 or -1 (errstr). */
+static int outfile_close(outfile_t *of, int keep, char *errstr,
+                         size_t errstr_size) {
+        int ret = 0;
+        if (!of->of_fp)
+                return 0;
+        if (!of->of_tmp) {
+                if (fflush(of->of_fp) || ferror(of->of_fp)) {
+                        snprintf(errstr, errstr_size,
+                                 "writing standard output: %s",
+                                 strerror(errno));
+                        ret = -1;
+                }
+                of->of_fp = NULL;
+                return ret;
+        }
+        if ((fflush(of->of_fp) || ferror(of->of_fp)) && keep) {
+                snprintf(errstr, errstr_size, "writing %s: %s", of->of_tmp,
+                         strerror(errno));
+                ret = -1;
+        }
+        fclose(of->of_fp);
+        of->of_fp = NULL;
+        if (keep && !ret && rename(of->of_tmp, of->of_path)) {
+                snprintf(errstr, errstr_size, "renaming %s to %s: %s",
+                         of->of_tmp, of->of_path, strerror(errno));
+                ret = -1;
+        }
+        if (!keep || ret)
+                unlink(of->of_tmp);
+        free(of->of_tmp);
+        of->of_tmp = NULL;
+        return ret;
+}
+
+typedef struct {
+        const collect_opts_t *cl_opts;
+        const kb_conf_t *cl_conf;
+        kb_serde_t *cl_serde;
+        rd_kafka_t *cl_rk;
+        const char *cl_rtopic, *cl_btopic;
+        int32_t cl_rpart, cl_bpart;
+        kb_bf_collect_t *cl_co;   /* once items_total is known */
+        int64_t cl_total;         /* 0: not known yet */
+        json_t *cl_event;         /* latest batch event, or NULL */
+        int64_t cl_event_rev;
+        int64_t cl_start_ts;      /* results read from this timestamp */
+        int64_t cl_rstart;        /* ... this offset (-1: the end) */
+        int64_t cl_rpos;          /* next results offset, -1: unknown */
+        int64_t cl_rend_event;    /* results end offset after the event */
+        int cl_beof;              /* batches partition at its end */
+        int64_t cl_bpos;
+        int64_t cl_read;          /* results messages read */
+        int64_t cl_mine;          /* ... of this batch */
+        int64_t cl_dups, cl_out_of_range, cl_foreign, cl_undecodable;
+        int64_t cl_events_read;
+        int64_t cl_seeks;
+        outfile_t cl_out, cl_err;
+        int cl_split;             /* errors go to cl_err */
+        int64_t cl_written_ok, cl_written_err;
+} collect_t;
+
+static int write_line(collect_t *cl, outfile_t *of, const json_t *result,
+                      char *errstr, size_t errstr_size) {
+        json_t *line = kb_bf_output_line(cl->cl_opts->co_format, result, NULL);
+        int r;
+        if (!line) {
+                snprintf(errstr, errstr_size, "a result is not an object");
+                return -1;
+        }
+        r = json_dumpf(line, of->of_fp, JSON_COMPACT);
+        json_decref(line);
+        if (r || fputc('\n', of->of_fp) == EOF) {
+                snprintf(errstr, errstr_size, "writing %s: %s",
+                         of->of_path ? of->of_path : "standard output",
+                         strerror(errno));
+                return -1;
+        }
+        return 0;
+}
+
+static int ensure_collector(collect_t *cl, int64_t total, char *errstr,
+                            size_t errstr_size) {
+        if (cl->cl_co)
+                return 0;
+        if (!(cl->cl_co = kb_bf_collect_new(total))) {
+                snprintf(errstr, errstr_size,
+                         "batch %s has items_total %lld (1-%d expected)",
+                         cl->cl_opts->co_id, (long long)total,
+                         KB_BF_LINES_MAX);
+                return -1;
+        }
+        cl->cl_total = total;
+        return 0;
+}
+
+/* The offsets of results/batches at timestamp ts: the first message at or
+ * after ts, else the end offset as it was before the look-up (a concrete
+ * offset: a logical "end" would skip what arrives before the fetch). */
+static int offsets_at(collect_t *cl, int64_t ts, int64_t *roff, int64_t *boff,
+                      char *errstr, size_t errstr_size) {
+        rd_kafka_topic_partition_list_t *l;
+        rd_kafka_resp_err_t err;
+        int64_t lo, rend, bend;
+        int i;
+        if ((err = rd_kafka_query_watermark_offsets(cl->cl_rk, cl->cl_rtopic,
+                                                    cl->cl_rpart, &lo, &rend,
+                                                    30000)) ||
+            (err = rd_kafka_query_watermark_offsets(cl->cl_rk, cl->cl_btopic,
+                                                    cl->cl_bpart, &lo, &bend,
+                                                    30000))) {
+                snprintf(errstr, errstr_size, "end offsets: %s",
+                         rd_kafka_err2str(err));
+                return -1;
+        }
+        l = rd_kafka_topic_partition_list_new(2);
+        rd_kafka_topic_partition_list_add(l, cl->cl_rtopic, cl->cl_rpart)
+            ->offset = ts;
+        rd_kafka_topic_partition_list_add(l, cl->cl_btopic, cl->cl_bpart)
+            ->offset = ts;
+        err = rd_kafka_offsets_for_times(cl->cl_rk, l, 30000);
+        if (err) {
+                snprintf(errstr, errstr_size, "offsets by time: %s",
+                         rd_kafka_err2str(err));
+                rd_kafka_topic_partition_list_destroy(l);
+                return -1;
+        }
+        for (i = 0; i < l->cnt; i++) {
+                if (l->elems[i].err) {
+                        snprintf(errstr, errstr_size,
+                                 "offsets by time of %s[%d]: %s",
+                                 l->elems[i].topic,
+                                 (int)l->elems[i].partition,
+                                 rd_kafka_err2str(l->elems[i].err));
+                        rd_kafka_topic_partition_list_destroy(l);
+                        return -1;
+                }
+        }
+        *roff = l->elems[0].offset >= 0 ? l->elems[0].offset : rend;
+        *boff = l->elems[1].offset >= 0 ? l->elems[1].offset : bend;
+        rd_kafka_topic_partition_list_destroy(l);
+        return 0;
+}
+
+/* A result message of this batch's key. */
+static int on_result(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
+                     size_t errstr_size) {
+        json_t *r = NULL;
+        const char *bid;
+        char err[512];
+        kb_serde_res_t sr;
+        sr = kb_serde_decode(cl->cl_serde, cl->cl_rtopic, KB_MSG_ITEM_RESULT,
+                             m->payload, m->len, &r, err, sizeof(err));
+        if (sr == KB_SERDE_RETRY) {
+                snprintf(errstr, errstr_size,
+                         "cannot decode a result of %s[%d]@%lld: %s",
+                         cl->cl_rtopic, (int)m->partition,
+                         (long long)m->offset, err);
+                return -1;
+        }
+        if (sr != KB_SERDE_OK || !json_is_object(r)) {
+                cl->cl_undecodable++;
+                kb_log(KB_LOG_WARN, "collect",
+                       "skipping an undecodable result at %s[%d]@%lld: %s",
+                       cl->cl_rtopic, (int)m->partition, (long long)m->offset,
+                       sr == KB_SERDE_OK ? "not an object" : err);
+                json_decref(r);
+                return 0;
+        }
+        bid = json_string_value(json_object_get(r, "batch_id"));
+        if (!bid || strcmp(bid, cl->cl_opts->co_id)) {
+                cl->cl_foreign++;
+                json_decref(r);
+                return 0;
+        }
+        cl->cl_mine++;
+        if (!cl->cl_co) {
+                json_t *t = json_object_get(r, "items_total");
+                if (!json_is_integer(t) ||
+                    ensure_collector(cl, json_integer_value(t), errstr,
+                                     errstr_size)) {
+                        cl->cl_out_of_range++;
+                        json_decref(r);
+                        return 0;
+                }
+        }
+        switch (kb_bf_collect_offer(cl->cl_co, r)) {
+        case KB_BF_KEEP_FINAL:
+                if (write_line(cl, &cl->cl_out, r, errstr, errstr_size)) {
+                        json_decref(r);
+                        return -1;
+                }
+                cl->cl_written_ok++;
+                break;
+        case KB_BF_KEEP_PENDING:
+                break;
+        case KB_BF_DUPLICATE:
+                cl->cl_dups++;
+                break;
+        case KB_BF_OUT_OF_RANGE:
+                cl->cl_out_of_range++;
+                break;
+        }
+        json_decref(r);
+        return 0;
+}
+
+/* A batch event message of this batch's key. */
+static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
+                    size_t errstr_size) {
+        json_t *ev = NULL;
+        const char *bid;
+        char err[512];
+        int64_t rev, first, lo, hi;
+        rd_kafka_resp_err_t e;
+        if (kb_serde_decode(cl->cl_serde, cl->cl_btopic, KB_MSG_BATCH_EVENT,
+                            m->payload, m->len, &ev, err,
+                            sizeof(err)) != KB_SERDE_OK ||
+            !json_is_object(ev)) {
+                kb_log(KB_LOG_WARN, "collect",
+                       "skipping an undecodable batch event at %s[%d]@%lld",
+                       cl->cl_btopic, (int)m->partition, (long long)m->offset);
+                json_decref(ev);
+                return 0;
+        }
+        bid = json_string_value(json_object_get(ev, "batch_id"));
+        rev = json_integer_value(json_object_get(ev, "revision"));
+        if (!bid || strcmp(bid, cl->cl_opts->co_id) ||
+            (cl->cl_event && rev <= cl->cl_event_rev)) {
+                json_decref(ev);
+                return 0;
+        }
+        json_decref(cl->cl_event);
+        cl->cl_event = ev;
+        cl->cl_event_rev = rev;
+        if (ensure_collector(cl,
+                             json_integer_value(
+                                 json_object_get(ev, "items_total")),
+                             errstr, errstr_size))
+                return -1;
+        /* Every result the aggregator counted is below the end offset of
+         * the results partition now. */
+        e = rd_kafka_query_watermark_offsets(cl->cl_rk, cl->cl_rtopic,
+                                             cl->cl_rpart, &lo, &hi, 30000);
+        if (e) {
+                snprintf(errstr, errstr_size, "offsets of %s[%d]: %s",
+                         cl->cl_rtopic, (int)cl->cl_rpart,
+                         rd_kafka_err2str(e));
+                return -1;
+        }
+        cl->cl_rend_event = hi;
+        /* Results older than where we started: read them too. */
+        first = json_integer_value(json_object_get(ev, "first_result_at"));
+        if (first > 0 &&
+            first - cl->cl_opts->co_lookback_ms < cl->cl_start_ts) {
+                int64_t roff, boff;
+                rd_kafka_topic_partition_list_t *l;
+                rd_kafka_error_t *se;
+                cl->cl_start_ts = first - cl->cl_opts->co_lookback_ms;
+                if (offsets_at(cl, cl->cl_start_ts, &roff, &boff, errstr,
+                               errstr_size))
+                        return -1;
+                if (roff >= 0 && (cl->cl_rpos < 0 || roff < cl->cl_rpos)) {
+                        l = rd_kafka_topic_partition_list_new(1);
+                        rd_kafka_topic_partition_list_add(l, cl->cl_rtopic,
+                                                          cl->cl_rpart)
+                            ->offset = roff;
+                        se = rd_kafka_seek_partitions(cl->cl_rk, l, 30000);
+                        rd_kafka_topic_partition_list_destroy(l);
+                        if (se) {
+                                snprintf(errstr, errstr_size,
+                                         "seeking %s[%d]: %s", cl->cl_rtopic,
+                                         (int)cl->cl_rpart,
+                                         rd_kafka_error_string(se));
+                                rd_kafka_error_destroy(se);
+                                return -1;
+                        }
+                        kb_log(KB_LOG_INFO, "collect",
+                               "the batch's first result is older than the "
+                               "start: reading %s[%d] again from offset %lld",
+                               cl->cl_rtopic, (int)cl->cl_rpart,
+                               (long long)roff);
+                        cl->cl_rpos = roff;
+                        if (cl->cl_rstart < 0 || roff < cl->cl_rstart)
+                                cl->cl_rstart = roff;
+                        cl->cl_seeks++;
+                }
+        }
+        return 0;
+}
+
+static void show_progress(collect_t *cl, progress_t *pg, int64_t t0) {
+        int64_t seen = cl->cl_co ? kb_bf_collect_seen(cl->cl_co) : 0;
+        if (!pg->pg_on)
+                return;
+        if (!cl->cl_total) {
+                progress_show(pg, 0,
+                              "collect %s: waiting for the first result "
+                              "(%llds)",
+                              cl->cl_opts->co_id,
+                              (long long)((kb_now_ms() - t0) / 1000));
+        } else {
+                char bar[31];
+                int i, n = (int)(seen * 30 / cl->cl_total);
+                for (i = 0; i < 30; i++)
+                        bar[i] = i < n ? '#' : '.';
+                bar[30] = '\0';
+                progress_show(pg, 0,
+                              "collect %s: [%s] %3d%% %lld/%lld results%s",
+                              cl->cl_opts->co_id, bar,
+                              (int)(seen * 100 / cl->cl_total),
+                              (long long)seen, (long long)cl->cl_total,
+                              cl->cl_event ? ", batch complete" : "");
+        }
+}
+
+/* Reads until the batch is complete (1), or there is nothing more to read
+ * now (--no-wait: 0), or -1 (errstr; timeout, interrupted). */
+static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
+                        size_t errstr_size) {
+        const collect_opts_t *co = cl->cl_opts;
+        int64_t t0 = kb_now_ms(), deadline = co->co_timeout_ms
+                                                 ? t0 + co->co_timeout_ms
+                                                 : 0;
+        int64_t rend0 = -1, bend0 = -1, lo;
+        size_t idlen = strlen(co->co_id);
+        rd_kafka_resp_err_t e;
+
+        if (co->co_no_wait) {
+                /* What is there now. */
+                if ((e = rd_kafka_query_watermark_offsets(
+                         cl->cl_rk, cl->cl_rtopic, cl->cl_rpart, &lo, &rend0,
+                         30000)) ||
+                    (e = rd_kafka_query_watermark_offsets(
+                         cl->cl_rk, cl->cl_btopic, cl->cl_bpart, &lo, &bend0,
+                         30000))) {
+                        snprintf(errstr, errstr_size, "end offsets: %s",
+                                 rd_kafka_err2str(e));
+                        return -1;
+                }
+        }
+        for (;;) {
+                rd_kafka_message_t *m;
+                if (cl->cl_co && kb_bf_collect_seen(cl->cl_co) >= cl->cl_total)
+                        return 1;
+                if (cl->cl_event && cl->cl_beof && cl->cl_rpos >= 0 &&
+                    cl->cl_rpos >= cl->cl_rend_event)
+                        return 1;
+                if (co->co_no_wait && cl->cl_rpos >= rend0 &&
+                    cl->cl_bpos >= bend0)
+                        return 0;
+                if (interrupted) {
+                        snprintf(errstr, errstr_size, "interrupted");
+                        return -1;
+                }
+                if (deadline && kb_now_ms() > deadline) {
+                        progress_clear(pg);
+                        snprintf(errstr, errstr_size,
+                                 "timed out after %llds waiting for batch "
+                                 "%s (%lld of %lld results)",
+                                 (long long)(co->co_timeout_ms / 1000),
+                                 co->co_id,
+                                 (long long)(cl->cl_co ? kb_bf_collect_seen(
+                                                             cl->cl_co)
+                                                       : 0),
+                                 (long long)cl->cl_total);
+                        return -1;
+                }
+                show_progress(cl, pg, t0);
+                if (!(m = rd_kafka_consumer_poll(cl->cl_rk, 100)))
+                        continue;
+                if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                        if (m->partition == cl->cl_rpart &&
+                            !strcmp(rd_kafka_topic_name(m->rkt),
+                                    cl->cl_rtopic))
+                                cl->cl_rpos = m->offset;
+                        else {
+                                cl->cl_beof = 1;
+                                cl->cl_bpos = m->offset;
+                        }
+                } else if (m->err) {
+                        if (m->err != RD_KAFKA_RESP_ERR__TRANSPORT &&
+                            m->err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+                                snprintf(errstr, errstr_size, "reading: %s",
+                                         rd_kafka_message_errstr(m));
+                                rd_kafka_message_destroy(m);
+                                return -1;
+                        }
+                } else if (!strcmp(rd_kafka_topic_name(m->rkt),
+                                   cl->cl_rtopic)) {
+                        cl->cl_read++;
+                        cl->cl_rpos = m->offset + 1;
+                        if (m->key_len == idlen &&
+                            !memcmp(m->key, co->co_id, idlen) &&
+                            on_result(cl, m, errstr, errstr_size)) {
+                                rd_kafka_message_destroy(m);
+                                return -1;
+                        }
+                } else {
+                        cl->cl_events_read++;
+                        cl->cl_beof = 0;
+                        cl->cl_bpos = m->offset + 1;
+                        if (m->key_len == idlen &&
+                            !memcmp(m->key, co->co_id, idlen) &&
+                            on_event(cl, m, errstr, errstr_size)) {
+                                rd_kafka_message_destroy(m);
+                                return -1;
+                        }
+                }
+                rd_kafka_message_destroy(m);
+        }
+}
+
+/* Sets up the reader and the start offsets; then reads. Returns the exit
+ * code. */
+static int collect_run(collect_t *cl, progress_t *pg) {
+        const collect_opts_t *co = cl->cl_opts;
+        const kb_conf_t *conf = cl->cl_conf;
+        kb_bstate_t *bs = NULL;
+        rd_kafka_topic_partition_list_t *l;
+        rd_kafka_resp_err_t err;
+        char errstr[1024];
+        int32_t rcnt, bcnt;
+        int64_t roff, boff, first = 0, pending_pos = 0, seen;
+        json_t *r;
+        int st, rc = 1, keep = 0;
+
+        cl->cl_rtopic = conf->topics_name[KB_TOPIC_RESULTS];
+        cl->cl_btopic = conf->topics_name[KB_TOPIC_BATCHES];
+        cl->cl_rpos = -1;
+        cl->cl_bpos = -1;
+        cl->cl_rstart = -1;
+        if (!(cl->cl_serde = kb_serde_new(conf, NULL, errstr, sizeof(errstr))))
+                goto fail;
+        if (!(cl->cl_rk = reader_new(conf, "collect", errstr, sizeof(errstr))))
+                goto fail;
+        if (partition_of(cl->cl_rk, conf, cl->cl_rtopic, co->co_id, &rcnt,
+                         &cl->cl_rpart, errstr, sizeof(errstr)) ||
+            partition_of(cl->cl_rk, conf, cl->cl_btopic, co->co_id, &bcnt,
+                         &cl->cl_bpart, errstr, sizeof(errstr)))
+                goto fail;
+        /* Where the batch's results start. */
+        if ((st = kb_cmd_batch_state(conf, co->co_id, &bs, errstr,
+                                     sizeof(errstr))) < 0)
+                goto fail;
+        if (st > 0) {
+                first = bs->bs_first_result_at;
+                if (ensure_collector(cl, bs->bs_items_total, errstr,
+                                     sizeof(errstr)))
+                        goto fail;
+        }
+        cl->cl_start_ts = (first > 0 ? first : kb_wall_ms()) -
+                          co->co_lookback_ms;
+        if (offsets_at(cl, cl->cl_start_ts, &roff, &boff, errstr,
+                       sizeof(errstr)))
+                goto fail;
+        if (co->co_verbose)
+                fprintf(stderr,
+                        "kbatch collect: batch %s: %s; reading %s[%d] from "
+                        "offset %lld and %s[%d] from offset %lld (time "
+                        "%lld)\n",
+                        co->co_id,
+                        st > 0 ? "known to the aggregator"
+                               : "not known to the aggregator yet",
+                        cl->cl_rtopic, (int)cl->cl_rpart, (long long)roff,
+                        cl->cl_btopic, (int)cl->cl_bpart, (long long)boff,
+                        (long long)cl->cl_start_ts);
+        cl->cl_rstart = roff;
+        l = rd_kafka_topic_partition_list_new(2);
+        rd_kafka_topic_partition_list_add(l, cl->cl_rtopic, cl->cl_rpart)
+            ->offset = roff;
+        rd_kafka_topic_partition_list_add(l, cl->cl_btopic, cl->cl_bpart)
+            ->offset = boff;
+        err = rd_kafka_assign(cl->cl_rk, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (err) {
+                snprintf(errstr, sizeof(errstr), "assign: %s",
+                         rd_kafka_err2str(err));
+                goto fail;
+        }
+        if (outfile_open(&cl->cl_out, co->co_out, errstr, sizeof(errstr)))
+                goto fail;
+        cl->cl_split = co->co_errors != NULL;
+        if (cl->cl_split &&
+            outfile_open(&cl->cl_err, co->co_errors, errstr, sizeof(errstr)))
+                goto fail;
+
+        st = collect_read(cl, pg, errstr, sizeof(errstr));
+        progress_clear(pg);
+        if (st < 0)
+                goto fail;
+        /* The items that did not succeed. */
+        if (cl->cl_co)
+                while ((r = kb_bf_collect_next_pending(cl->cl_co,
+                                                       &pending_pos))) {
+                        if (write_line(cl,
+                                       cl->cl_split ? &cl->cl_err
+                                                    : &cl->cl_out,
+                                       r, errstr, sizeof(errstr)))
+                                goto fail;
+                        cl->cl_written_err++;
+                }
+        keep = 1;
+        if (outfile_close(&cl->cl_out, 1, errstr, sizeof(errstr)) ||
+            outfile_close(&cl->cl_err, 1, errstr, sizeof(errstr)))
+                goto fail;
+        seen = cl->cl_co ? kb_bf_collect_seen(cl->cl_co) : 0;
+        if (co->co_verbose)
+                fprintf(stderr,
+                        "kbatch collect: read %lld messages from %s[%d] "
+                        "starting at offset %lld (%lld of batch %s: %lld "
+                        "kept, %lld duplicates, %lld out of range); %lld "
+                        "from %s[%d]; messages_read=%lld\n",
+                        (long long)cl->cl_read, cl->cl_rtopic,
+                        (int)cl->cl_rpart, (long long)cl->cl_rstart,
+                        (long long)cl->cl_mine, co->co_id, (long long)seen,
+                        (long long)cl->cl_dups,
+                        (long long)cl->cl_out_of_range,
+                        (long long)cl->cl_events_read, cl->cl_btopic,
+                        (int)cl->cl_bpart, (long long)cl->cl_read);
+        if (st == 0) {
+                fprintf(stderr,
+                        "kbatch collect: batch %s is not complete: %lld of "
+                        "%lld results so far%s\n",
+                        co->co_id, (long long)seen, (long long)cl->cl_total,
+                        seen ? " (written)" : "");
+                rc = 1;
+                goto out;
+        }
+        if (!co->co_quiet) {
+                const char *status =
+                    cl->cl_event ? json_string_value(json_object_get(
+                                       cl->cl_event, "status"))
+                                 : NULL;
+                fprintf(stderr,
+                        "kbatch collect: batch %s%s%s%s: %lld succeeded -> "
+                        "%s, %lld not -> %s\n",
+                        co->co_id, status ? " (" : "", status ? status : "",
+                        status ? ")" : "", (long long)cl->cl_written_ok,
+                        co->co_out && strcmp(co->co_out, "-")
+                            ? co->co_out
+                            : "standard output",
+                        (long long)cl->cl_written_err,
+                        co->co_errors ? co->co_errors
+                        : co->co_out && strcmp(co->co_out, "-")
+                            ? co->co_out
+                            : "standard output");
+                if (seen < cl->cl_total)
+                        fprintf(stderr,
+                                "kbatch collect: %lld of %lld items have no "
+                                "result on %s (ended by the aggregator "
+                                "without one, or past the topic's "
+                                "retention)\n",
+                                (long long)(cl->cl_total - seen),
+                                (long long)cl->cl_total, cl->cl_rtopic);
+        }
+        rc = 0;
+        goto out;
+fail:
+        progress_clear(pg);
+        fprintf(stderr, "kbatch collect: %s\n", errstr);
+        rc = 1;
+out:
+        if (!keep) {
+                outfile_close(&cl->cl_out, 0, errstr, sizeof(errstr));
+                outfile_close(&cl->cl_err, 0, errstr, sizeof(errstr));
+        }
+        kb_bstate_destroy(bs);
+        return rc;
+}
+
+int kb_cmd_collect(int argc, char **argv) {
+        enum { O_ERRORS = 256, O_FORMAT, O_NO_WAIT, O_TIMEOUT, O_LOOKBACK };
+        static const struct option opts[] = {
+            {"config", 1, NULL, 'c'},      {"output", 1, NULL, 'o'},
+            {"errors", 1, NULL, O_ERRORS}, {"format", 1, NULL, O_FORMAT},
+            {"no-wait", 0, NULL, O_NO_WAIT}, {"timeout", 1, NULL, O_TIMEOUT},
+            {"lookback", 1, NULL, O_LOOKBACK}, {"verbose", 0, NULL, 'v'},
+            {"quiet", 0, NULL, 'q'},       {"help", 0, NULL, 'h'},
+            {NULL, 0, NULL, 0}};
+        collect_opts_t co;
+        collect_t cl;
+        progress_t pg;
+        kb_conf_t *conf;
+        struct sigaction sa;
+        int c, f, rc;
+
+        memset(&co, 0, sizeof(co));
+        co.co_lookback_ms = LOOKBACK_DEFAULT_MS;
+        opterr = 0;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "c:o:vqh", opts, NULL)) != -1) {
+                switch (c) {
+                case 'c':
+                        co.co_conf = optarg;
+                        break;
+                case 'o':
+                        co.co_out = optarg;
+                        break;
+                case O_ERRORS:
+                        co.co_errors = optarg;
+                        break;
+                case O_FORMAT:
+                        if ((f = kb_bf_out_parse(optarg)) < 0) {
+                                fprintf(stderr,
+                                        "kbatch collect: --format must be "
+                                        "openai, anthropic or native, not "
+                                        "'%.100s'\n",
+                                        optarg);
+                                return 2;
+                        }
+                        co.co_format = (kb_bf_out_t)f;
+                        break;
+                case O_NO_WAIT:
+                        co.co_no_wait = 1;
+                        break;
+                case O_TIMEOUT:
+                case O_LOOKBACK:
+                        if (kb_bf_duration_parse(optarg) <= 0) {
+                                fprintf(stderr,
+                                        "kbatch collect: --%s '%.100s' is "
+                                        "not a duration (90s, 30m, 24h)\n",
+                                        c == O_TIMEOUT ? "timeout"
+                                                       : "lookback",
+                                        optarg);
+                                return 2;
+                        }
+                        if (c == O_TIMEOUT)
+                                co.co_timeout_ms = kb_bf_duration_parse(optarg);
+                        else
+                                co.co_lookback_ms =
+                                    kb_bf_duration_parse(optarg);
+                        break;
+                case 'v':
+                        co.co_verbose = 1;
+                        break;
+                case 'q':
+                        co.co_quiet = 1;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        fprintf(stderr,
+                                "kbatch collect: bad option '%s' (see kbatch "
+                                "collect --help)\n",
+                                argv[optind - 1]);
+                        return 2;
+                }
+        }
+        if (optind >= argc) {
+                fprintf(stderr, "kbatch collect: missing BATCH_ID (see kbatch "
+                                "collect --help)\n");
+                return 2;
+        }
+        if (optind + 1 < argc) {
+                fprintf(stderr, "kbatch collect: unexpected argument '%s'\n",
+                        argv[optind + 1]);
+                return 2;
+        }
+        co.co_id = argv[optind];
+        if (!kb_codec_batch_id_valid(co.co_id)) {
+                fprintf(stderr,
+                        "kbatch collect: '%.200s' is not a batch id (1-%d "
+                        "characters of [A-Za-z0-9._:-])\n",
+                        co.co_id, KB_BATCH_ID_MAX);
+                return 2;
+        }
+        if (co.co_errors && co.co_out && !strcmp(co.co_errors, co.co_out) &&
+            strcmp(co.co_out, "-")) {
+                fprintf(stderr, "kbatch collect: --errors and -o name the "
+                                "same file (leave --errors out to write "
+                                "everything there)\n");
+                return 2;
+        }
+        if (!(conf = kb_cmd_conf_load(co.co_conf)))
+                return 2;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        memset(&pg, 0, sizeof(pg));
+        pg.pg_on = !co.co_quiet && isatty(STDERR_FILENO);
+        memset(&cl, 0, sizeof(cl));
+        cl.cl_opts = &co;
+        cl.cl_conf = conf;
+        rc = collect_run(&cl, &pg);
+        if (cl.cl_rk) {
+                rd_kafka_consumer_close(cl.cl_rk);
+                rd_kafka_destroy(cl.cl_rk);
+        }
+        kb_bf_collect_destroy(cl.cl_co);
+        json_decref(cl.cl_event);
+        kb_serde_destroy(cl.cl_serde);
+        kb_conf_destroy(conf);
+        return rc;
+}

@@ -1,0 +1,872 @@
+/* kbatch submit FILE.jsonl|- [options]: publishes a batch (SPEC §9).
+ *
+ * Two passes. The first reads and validates the whole file (every line an
+ * OpenAI Batch, Anthropic Message Batches or native BatchItem line, unique
+ * custom_ids, at most 1,000,000 requests, each item a valid BatchItem under
+ * worker.max_item_bytes) and reports every bad line as FILE:LINE: message;
+ * any bad line and nothing is published (exit 2). Standard input (or
+ * anything that is not a regular file) is spooled to a temporary file on the
+ * way, for the second pass, which publishes item i keyed
+ * "<batch_id>:<i>" to the items topic with the idempotent producer, waits
+ * for every acknowledgement and prints the batch id on stdout.
+ *
+ * Batch ids: --batch-id, or derived from --idempotency-key (the same key,
+ * the same id), or generated (sortable by time). With an id that is not
+ * generated, the batch-state topic is looked up first: a batch that the
+ * aggregator already knows is not published again (the same submission run
+ * twice), unless --force; one with another items_total is an error. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "aggregator.h"
+#include "batchfile.h"
+#include "cmd.h"
+#include "codec.h"
+#include "conf.h"
+#include "kafka.h"
+#include "log.h"
+#include "loop.h"
+#include "serde.h"
+
+static void usage(FILE *out) {
+        fprintf(
+            out,
+            "usage: kbatch submit FILE.jsonl|- [-c FILE] [--batch-id ID | "
+            "--idempotency-key K]\n"
+            "                     [--metadata KEY=VALUE]... [--callback-url "
+            "URL]\n"
+            "                     [--deadline TIME | --completion-window D]\n"
+            "                     [--format auto|openai|anthropic|native] "
+            "[--dry-run] [--force] [-q]\n"
+            "  Publishes the requests of FILE (- for standard input) as one "
+            "batch and\n"
+            "  prints its batch id on stdout. Lines: OpenAI Batch input "
+            "(custom_id,\n"
+            "  method, url, body), Anthropic Message Batches (custom_id, "
+            "params) or\n"
+            "  native BatchItems (item_id, model, input, ...). The whole "
+            "file is\n"
+            "  validated first; every bad line is reported as FILE:LINE: "
+            "message and\n"
+            "  nothing is published (exit 2).\n"
+            "  -c, --config FILE          configuration (default: "
+            "$KBATCH_CONFIG,\n"
+            "                             else ./worker.conf, else "
+            "built-in)\n"
+            "  --batch-id ID              the batch id (1-%d of "
+            "[A-Za-z0-9._:-]);\n"
+            "                             default: a new one, sortable by "
+            "time\n"
+            "  --idempotency-key K        derive the batch id from K: "
+            "running the same\n"
+            "                             submission again does not publish "
+            "it twice\n"
+            "  --metadata KEY=VALUE       batch metadata (up to %d), echoed "
+            "on results\n"
+            "                             and the batch event\n"
+            "  --callback-url URL         webhook for the batch's "
+            "completion\n"
+            "  --deadline TIME            items not started by then end "
+            "`expired`: a\n"
+            "                             duration from now (24h, 90m), "
+            "epoch ms or\n"
+            "                             RFC 3339 (2026-11-22T10:00:00Z)\n"
+            "  --completion-window D      the same as --deadline D (OpenAI's "
+            "name)\n"
+            "  --format F                 require every line in format F "
+            "(default:\n"
+            "                             auto, each line as it comes)\n"
+            "  --dry-run                  validate only; connect to nothing\n"
+            "  --force                    publish even when the batch id is "
+            "known\n"
+            "  -q, --quiet                no progress and no summary on "
+            "stderr\n"
+            "Exit codes: 0 published (or already known), 1 runtime failure, "
+            "2 bad\n"
+            "usage, configuration or input file.\n",
+            KB_BATCH_ID_MAX, KB_METADATA_MAX);
+}
+
+typedef struct {
+        const char *so_path;       /* "-": stdin */
+        const char *so_name;       /* for messages: path or "<stdin>" */
+        const char *so_conf;
+        const char *so_batch_id;
+        const char *so_key;
+        json_t *so_metadata;       /* owned */
+        const char *so_callback_url;
+        int64_t so_deadline;       /* epoch ms, 0: none */
+        kb_bf_format_t so_format;
+        int so_dry_run;
+        int so_force;
+        int so_quiet;
+} submit_opts_t;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig) {
+        (void)sig;
+        interrupted = 1;
+}
+
+/* ---- progress on stderr (only on a terminal) ---- */
+
+typedef struct {
+        int pg_on;
+        int64_t pg_last;
+        int pg_shown;
+} progress_t;
+
+static void progress_init(progress_t *pg, int quiet) {
+        memset(pg, 0, sizeof(*pg));
+        pg->pg_on = !quiet && isatty(STDERR_FILENO);
+}
+
+static void progress_show(progress_t *pg, int force, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
+        va_list ap;
+        int64_t now;
+        if (!pg->pg_on)
+                return;
+        now = kb_now_ms();
+        if (!force && now - pg->pg_last < 100)
+                return;
+        pg->pg_last = now;
+        pg->pg_shown = 1;
+        fputs("\r\033[K", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fflush(stderr);
+}
+
+static void progress_bar(progress_t *pg, int force, const char *what,
+                         int64_t done, int64_t total) {
+        char bar[31];
+        int i, n = total > 0 ? (int)(done * 30 / total) : 0;
+        if (!pg->pg_on)
+                return;
+        for (i = 0; i < 30; i++)
+                bar[i] = i < n ? '#' : '.';
+        bar[30] = '\0';
+        progress_show(pg, force, "submit: [%s] %3d%% %lld/%lld %s", bar,
+                      total > 0 ? (int)(done * 100 / total) : 0,
+                      (long long)done, (long long)total, what);
+}
+
+static void progress_clear(progress_t *pg) {
+        if (pg->pg_on && pg->pg_shown) {
+                fputs("\r\033[K", stderr);
+                fflush(stderr);
+        }
+        pg->pg_shown = 0;
+}
+
+/* ---- pass 1: validation ---- */
+
+typedef struct {
+        const submit_opts_t *sv_opts;
+        const kb_conf_t *sv_conf;
+        const char *sv_batch_id;
+        kb_kv_t *sv_ops; /* route operations (borrowed from conf) */
+        size_t sv_op_cnt;
+        int64_t sv_items;        /* requests read */
+        int64_t sv_bad;          /* bad lines */
+        char *sv_callback;       /* the one callback_url of native lines */
+        int64_t sv_callback_line;
+} validate_t;
+
+/* Strips the newline (and a CR before it); 1 when only whitespace is
+ * left. */
+static int trim_line(char *s, ssize_t *len) {
+        ssize_t i;
+        while (*len > 0 && (s[*len - 1] == '\n' || s[*len - 1] == '\r'))
+                s[--*len] = '\0';
+        for (i = 0; i < *len; i++)
+                if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+                        return 0;
+        return 1;
+}
+
+static void bad_line(validate_t *sv, int64_t lineno, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void bad_line(validate_t *sv, int64_t lineno, const char *fmt, ...) {
+        va_list ap;
+        fprintf(stderr, "%s:%lld: ", sv->sv_opts->so_name, (long long)lineno);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        sv->sv_bad++;
+}
+
+/* The batch-level fields for item validation and publishing. */
+static void batch_of(const submit_opts_t *so, const char *batch_id,
+                     int64_t total, int64_t now, kb_bf_batch_t *b) {
+        memset(b, 0, sizeof(*b));
+        b->bb_batch_id = batch_id;
+        b->bb_items_total = total;
+        b->bb_callback_url = so->so_callback_url;
+        b->bb_deadline = so->so_deadline;
+        b->bb_metadata = so->so_metadata;
+        b->bb_submitted_at = now;
+}
+
+/* Validates one non-blank line (the n-th request, 1-based). */
+static void validate_line(validate_t *sv, kb_bf_ids_t *ids, char *s,
+                          size_t len, int64_t lineno, int64_t n) {
+        kb_bf_line_t l;
+        kb_bf_batch_t b;
+        kb_item_t it;
+        char err[1024];
+        int64_t first;
+        json_t *o;
+        char *dump;
+        size_t dlen;
+
+        if (kb_bf_line_parse(s, len, sv->sv_opts->so_format, sv->sv_ops,
+                             sv->sv_op_cnt, &l, err, sizeof(err))) {
+                bad_line(sv, lineno, "%s", err);
+                return;
+        }
+        if ((first = kb_bf_ids_add(ids, l.bl_custom_id, lineno)) != 0) {
+                if (first < 0)
+                        bad_line(sv, lineno, "out of memory");
+                else
+                        bad_line(sv, lineno,
+                                 "duplicate custom_id \"%.256s\" (first on "
+                                 "line %lld)",
+                                 l.bl_custom_id, (long long)first);
+                kb_bf_line_clear(&l);
+                return;
+        }
+        if (!sv->sv_opts->so_callback_url && l.bl_callback_url) {
+                if (!sv->sv_callback) {
+                        sv->sv_callback = strdup(l.bl_callback_url);
+                        sv->sv_callback_line = lineno;
+                } else if (strcmp(sv->sv_callback, l.bl_callback_url)) {
+                        bad_line(sv, lineno,
+                                 "'callback_url' differs from line %lld's (a "
+                                 "batch has one callback_url)",
+                                 (long long)sv->sv_callback_line);
+                        kb_bf_line_clear(&l);
+                        return;
+                }
+        }
+        /* The item as it will be published (the largest items_total, for
+         * its size): every BatchItem rule of SPEC §2, and the size limit
+         * the workers apply. */
+        batch_of(sv->sv_opts, sv->sv_batch_id, KB_ITEMS_TOTAL_MAX,
+                 kb_wall_ms(), &b);
+        o = kb_bf_item_json(&l, n - 1, &b);
+        dump = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        dlen = dump ? strlen(dump) : 0;
+        if (!dump)
+                bad_line(sv, lineno, "out of memory");
+        else if (kb_codec_item_from_json(
+                     o, dlen, (size_t)sv->sv_conf->worker_max_item_bytes, &it,
+                     err, sizeof(err)) != KB_CODEC_OK) {
+                if (strstr(err, "bytes, over the limit"))
+                        bad_line(sv, lineno,
+                                 "the item is %zu bytes, over "
+                                 "worker.max_item_bytes (%d)",
+                                 dlen, sv->sv_conf->worker_max_item_bytes);
+                else
+                        bad_line(sv, lineno, "%s", err);
+                kb_item_clear(&it);
+        } else
+                kb_item_clear(&it);
+        free(dump);
+        json_decref(o);
+        kb_bf_line_clear(&l);
+}
+
+/* Pass 1 over in; copies every line to spool when not NULL. Returns 0, or
+ * -1 on an I/O error (reported). */
+static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
+        kb_bf_ids_t *ids = kb_bf_ids_new();
+        char *s = NULL;
+        size_t cap = 0;
+        ssize_t len;
+        int64_t lineno = 0;
+        int ret = 0, over = 0;
+
+        if (!ids) {
+                fprintf(stderr, "kbatch submit: out of memory\n");
+                return -1;
+        }
+        errno = 0;
+        while (!interrupted && (len = getline(&s, &cap, in)) >= 0) {
+                lineno++;
+                if (spool && fwrite(s, 1, (size_t)len, spool) != (size_t)len) {
+                        fprintf(stderr,
+                                "kbatch submit: cannot spool the input: %s\n",
+                                strerror(errno));
+                        ret = -1;
+                        break;
+                }
+                if (trim_line(s, &len))
+                        continue;
+                if (++sv->sv_items > KB_BF_LINES_MAX) {
+                        if (!over++)
+                                bad_line(sv, lineno,
+                                         "more than %d requests in one "
+                                         "batch",
+                                         KB_BF_LINES_MAX);
+                        continue;
+                }
+                validate_line(sv, ids, s, (size_t)len, lineno, sv->sv_items);
+                progress_show(pg, 0, "submit: validating %s: %lld lines",
+                              sv->sv_opts->so_name, (long long)lineno);
+        }
+        if (!ret && ferror(in)) {
+                fprintf(stderr, "kbatch submit: reading %s: %s\n",
+                        sv->sv_opts->so_name, strerror(errno));
+                ret = -1;
+        }
+        if (!ret && spool && fflush(spool)) {
+                fprintf(stderr, "kbatch submit: cannot spool the input: %s\n",
+                        strerror(errno));
+                ret = -1;
+        }
+        progress_clear(pg);
+        free(s);
+        kb_bf_ids_destroy(ids);
+        return ret;
+}
+
+/* ---- pass 2: publishing ---- */
+
+typedef struct {
+        int64_t dr_ok;
+        int64_t dr_failed;
+        char dr_err[256];
+} submit_dr_t;
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+        submit_dr_t *dr = opaque;
+        (void)rk;
+        if (!m->err) {
+                dr->dr_ok++;
+                return;
+        }
+        if (!dr->dr_failed++)
+                snprintf(dr->dr_err, sizeof(dr->dr_err), "%s",
+                         rd_kafka_err2str(m->err));
+}
+
+/* 0 when the items topic exists, -1 with errstr. */
+static int check_topic(rd_kafka_t *rk, const char *topic,
+                       const kb_conf_t *conf, char *errstr,
+                       size_t errstr_size) {
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
+        int ret = 0;
+        rd_kafka_topic_destroy(rkt);
+        if (err) {
+                snprintf(errstr, errstr_size, "cannot reach Kafka at %s: %s",
+                         conf->kafka_bootstrap_servers, rd_kafka_err2str(err));
+                ret = -1;
+        } else if (md->topic_cnt < 1 || md->topics[0].err) {
+                snprintf(errstr, errstr_size,
+                         "topic %s does not exist (kbatch topics create)",
+                         topic);
+                ret = -1;
+        }
+        if (md)
+                rd_kafka_metadata_destroy(md);
+        return ret;
+}
+
+/* Publishes every request of in (rewound). Returns the exit code. */
+static int publish(const submit_opts_t *so, const kb_conf_t *conf,
+                   validate_t *sv, FILE *in, progress_t *pg) {
+        const char *topic = conf->topics_name[KB_TOPIC_ITEMS];
+        rd_kafka_conf_t *kc;
+        rd_kafka_t *rk = NULL;
+        kb_serde_t *sd = NULL;
+        submit_dr_t dr;
+        kb_bf_batch_t b;
+        char errstr[1024], key[KB_BATCH_ID_MAX + 32];
+        char *s = NULL;
+        size_t cap = 0;
+        ssize_t len;
+        int64_t n = 0, now = kb_wall_ms(), flush_until;
+        int rc = 1;
+
+        memset(&dr, 0, sizeof(dr));
+        if (!(kc = kb_kafka_conf_new(conf, "submit", errstr, sizeof(errstr))))
+                goto fail;
+        rd_kafka_conf_set_dr_msg_cb(kc, dr_cb);
+        rd_kafka_conf_set_opaque(kc, &dr);
+        if (!(rk = kb_kafka_producer_new(conf, kc, errstr, sizeof(errstr))))
+                goto fail;
+        if (check_topic(rk, topic, conf, errstr, sizeof(errstr)))
+                goto fail;
+        if (!(sd = kb_serde_new(conf, NULL, errstr, sizeof(errstr))))
+                goto fail;
+
+        /* The same submission again (an id that is not generated): */
+        if (so->so_batch_id || so->so_key) {
+                kb_bstate_t *bs = NULL;
+                int r = kb_cmd_batch_state(conf, sv->sv_batch_id, &bs, errstr,
+                                           sizeof(errstr));
+                if (r < 0)
+                        goto fail;
+                if (r > 0 && bs->bs_items_total != sv->sv_items) {
+                        fprintf(stderr,
+                                "kbatch submit: batch %s already exists with "
+                                "%lld items, %s has %lld%s\n",
+                                sv->sv_batch_id,
+                                (long long)bs->bs_items_total, so->so_name,
+                                (long long)sv->sv_items,
+                                so->so_key ? " (the idempotency key was used "
+                                             "for another submission)"
+                                           : "");
+                        kb_bstate_destroy(bs);
+                        rc = 2;
+                        goto out;
+                }
+                if (r > 0 && !so->so_force) {
+                        if (!so->so_quiet)
+                                fprintf(stderr,
+                                        "kbatch submit: batch %s is already "
+                                        "known (%s, %lld of %lld items "
+                                        "done): nothing published (--force "
+                                        "publishes it again)\n",
+                                        sv->sv_batch_id,
+                                        kb_batch_status_str(
+                                            kb_bstate_status(bs)),
+                                        (long long)bs->bs_done,
+                                        (long long)bs->bs_items_total);
+                        kb_bstate_destroy(bs);
+                        printf("%s\n", sv->sv_batch_id);
+                        rc = 0;
+                        goto out;
+                }
+                kb_bstate_destroy(bs);
+        }
+
+        batch_of(so, sv->sv_batch_id, sv->sv_items, now, &b);
+        errno = 0;
+        while (!interrupted && (len = getline(&s, &cap, in)) >= 0) {
+                kb_bf_line_t l;
+                json_t *o;
+                char *buf = NULL;
+                size_t blen = 0;
+                kb_serde_res_t sr;
+                rd_kafka_resp_err_t err;
+                if (trim_line(s, &len))
+                        continue;
+                if (kb_bf_line_parse(s, (size_t)len, so->so_format,
+                                     sv->sv_ops, sv->sv_op_cnt, &l, errstr,
+                                     sizeof(errstr))) {
+                        /* validated in pass 1: the input changed */
+                        snprintf(errstr + strlen(errstr),
+                                 sizeof(errstr) - strlen(errstr),
+                                 " (the file changed while submitting)");
+                        goto fail;
+                }
+                if (!b.bb_callback_url && sv->sv_callback)
+                        b.bb_callback_url = sv->sv_callback;
+                o = kb_bf_item_json(&l, n, &b);
+                kb_bf_line_clear(&l);
+                if (!o) {
+                        snprintf(errstr, sizeof(errstr), "out of memory");
+                        goto fail;
+                }
+                sr = kb_serde_encode(sd, topic, KB_MSG_BATCH_ITEM, o, &buf,
+                                     &blen, errstr, sizeof(errstr));
+                json_decref(o);
+                if (sr != KB_SERDE_OK)
+                        goto fail;
+                snprintf(key, sizeof(key), "%s:%lld", sv->sv_batch_id,
+                         (long long)n);
+                for (;;) {
+                        err = rd_kafka_producev(
+                            rk, RD_KAFKA_V_TOPIC(topic),
+                            RD_KAFKA_V_KEY(key, strlen(key)),
+                            RD_KAFKA_V_VALUE(buf, blen),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                            RD_KAFKA_V_END);
+                        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL ||
+                            interrupted)
+                                break;
+                        rd_kafka_poll(rk, 50);
+                }
+                if (err) {
+                        free(buf);
+                        snprintf(errstr, sizeof(errstr), "producing to %s: %s",
+                                 topic, rd_kafka_err2str(err));
+                        goto fail;
+                }
+                n++;
+                rd_kafka_poll(rk, 0);
+                progress_bar(pg, 0, "published", dr.dr_ok, sv->sv_items);
+        }
+        if (ferror(in)) {
+                snprintf(errstr, sizeof(errstr), "reading %s: %s", so->so_name,
+                         strerror(errno));
+                goto fail;
+        }
+        if (!interrupted && n != sv->sv_items) {
+                snprintf(errstr, sizeof(errstr),
+                         "%s has %lld requests now, %lld when validated (the "
+                         "file changed while submitting)",
+                         so->so_name, (long long)n, (long long)sv->sv_items);
+                goto fail;
+        }
+        /* Every acknowledgement (message.timeout.ms bounds each). */
+        flush_until = kb_now_ms() + 600000;
+        while (rd_kafka_outq_len(rk) > 0 && !interrupted &&
+               kb_now_ms() < flush_until) {
+                rd_kafka_flush(rk, 100);
+                progress_bar(pg, 0, "published", dr.dr_ok, sv->sv_items);
+        }
+        rd_kafka_poll(rk, 0);
+        progress_bar(pg, 1, "published", dr.dr_ok, sv->sv_items);
+        progress_clear(pg);
+        if (interrupted || dr.dr_ok != sv->sv_items) {
+                fprintf(stderr,
+                        "kbatch submit: %s: %lld of %lld items of batch %s "
+                        "published%s%s; `kbatch submit --batch-id %s --force "
+                        "%s` publishes the batch again\n",
+                        interrupted ? "interrupted" : "not every item was "
+                                                      "acknowledged",
+                        (long long)dr.dr_ok, (long long)sv->sv_items,
+                        sv->sv_batch_id, dr.dr_failed ? ": " : "",
+                        dr.dr_failed ? dr.dr_err : "", sv->sv_batch_id,
+                        so->so_name);
+                rc = 1;
+                goto out;
+        }
+        printf("%s\n", sv->sv_batch_id);
+        fflush(stdout);
+        if (!so->so_quiet)
+                fprintf(stderr, "kbatch submit: batch %s: %lld items "
+                                "published to %s\n",
+                        sv->sv_batch_id, (long long)sv->sv_items, topic);
+        rc = 0;
+        goto out;
+fail:
+        progress_clear(pg);
+        fprintf(stderr, "kbatch submit: %s%s\n", errstr,
+                n > 0 ? " (some items were published: run the same command "
+                        "with --batch-id and --force to publish the batch "
+                        "again)"
+                      : "");
+        rc = 1;
+out:
+        free(s);
+        kb_serde_destroy(sd);
+        if (rk) {
+                if (rc != 0)
+                        rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE);
+                rd_kafka_flush(rk, rc == 0 ? 10000 : 1000);
+                rd_kafka_destroy(rk);
+        }
+        return rc;
+}
+
+/* The operations of the configured routes, for OpenAI urls that are not
+ * the defaults. Returns a malloc'ed array of borrowed pairs. */
+static kb_kv_t *route_ops(const kb_conf_t *conf, size_t *cnt) {
+        size_t i, j, n = 0;
+        kb_kv_t *ops;
+        for (i = 0; i < conf->route_cnt; i++)
+                n += conf->routes[i].operation_cnt;
+        *cnt = 0;
+        if (!n || !(ops = calloc(n, sizeof(*ops))))
+                return NULL;
+        for (i = 0; i < conf->route_cnt; i++)
+                for (j = 0; j < conf->routes[i].operation_cnt; j++)
+                        ops[(*cnt)++] = conf->routes[i].operations[j];
+        return ops;
+}
+
+static int usage_error(const char *fmt, const char *arg) {
+        fprintf(stderr, "kbatch submit: ");
+        fprintf(stderr, fmt, arg);
+        fprintf(stderr, " (see kbatch submit --help)\n");
+        return 2;
+}
+
+int kb_cmd_submit(int argc, char **argv) {
+        enum {
+                O_BATCH_ID = 256,
+                O_KEY,
+                O_METADATA,
+                O_CALLBACK,
+                O_DEADLINE,
+                O_WINDOW,
+                O_FORMAT,
+                O_DRY_RUN,
+                O_FORCE,
+        };
+        static const struct option opts[] = {
+            {"config", 1, NULL, 'c'},
+            {"batch-id", 1, NULL, O_BATCH_ID},
+            {"idempotency-key", 1, NULL, O_KEY},
+            {"metadata", 1, NULL, O_METADATA},
+            {"callback-url", 1, NULL, O_CALLBACK},
+            {"deadline", 1, NULL, O_DEADLINE},
+            {"completion-window", 1, NULL, O_WINDOW},
+            {"format", 1, NULL, O_FORMAT},
+            {"dry-run", 0, NULL, O_DRY_RUN},
+            {"force", 0, NULL, O_FORCE},
+            {"quiet", 0, NULL, 'q'},
+            {"help", 0, NULL, 'h'},
+            {NULL, 0, NULL, 0}};
+        submit_opts_t so;
+        validate_t sv;
+        progress_t pg;
+        kb_conf_t *conf = NULL;
+        FILE *in = NULL, *spool = NULL;
+        struct stat st;
+        char errstr[1024], batch_id[KB_BATCH_ID_MAX + 1];
+        const char *deadline_arg = NULL;
+        struct sigaction sa;
+        int c, rc = 2, f;
+
+        memset(&so, 0, sizeof(so));
+        memset(&sv, 0, sizeof(sv));
+        if (!(so.so_metadata = json_object()))
+                return 1;
+        opterr = 0;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "c:qh", opts, NULL)) != -1) {
+                switch (c) {
+                case 'c':
+                        so.so_conf = optarg;
+                        break;
+                case O_BATCH_ID:
+                        so.so_batch_id = optarg;
+                        break;
+                case O_KEY:
+                        so.so_key = optarg;
+                        break;
+                case O_METADATA:
+                        if (kb_bf_metadata_add(so.so_metadata, optarg, errstr,
+                                               sizeof(errstr))) {
+                                fprintf(stderr, "kbatch submit: %s\n", errstr);
+                                goto out;
+                        }
+                        break;
+                case O_CALLBACK:
+                        so.so_callback_url = optarg;
+                        break;
+                case O_DEADLINE:
+                case O_WINDOW:
+                        if (deadline_arg) {
+                                rc = usage_error("give one of --deadline and "
+                                                 "--completion-window%s",
+                                                 "");
+                                goto out;
+                        }
+                        deadline_arg = optarg;
+                        so.so_deadline =
+                            c == O_WINDOW
+                                ? (kb_bf_duration_parse(optarg) > 0
+                                       ? kb_wall_ms() +
+                                             kb_bf_duration_parse(optarg)
+                                       : -1)
+                                : kb_bf_time_parse(optarg, kb_wall_ms());
+                        if (so.so_deadline <= 0) {
+                                rc = usage_error(
+                                    c == O_WINDOW
+                                        ? "--completion-window '%.100s' is "
+                                          "not a duration (24h, 90m, 30s)"
+                                        : "--deadline '%.100s' is not a "
+                                          "duration (24h), epoch ms or RFC "
+                                          "3339 time",
+                                    optarg);
+                                goto out;
+                        }
+                        break;
+                case O_FORMAT:
+                        if ((f = kb_bf_format_parse(optarg)) < 0) {
+                                rc = usage_error("--format must be auto, "
+                                                 "openai, anthropic or "
+                                                 "native, not '%.100s'",
+                                                 optarg);
+                                goto out;
+                        }
+                        so.so_format = (kb_bf_format_t)f;
+                        break;
+                case O_DRY_RUN:
+                        so.so_dry_run = 1;
+                        break;
+                case O_FORCE:
+                        so.so_force = 1;
+                        break;
+                case 'q':
+                        so.so_quiet = 1;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        rc = 0;
+                        goto out;
+                default:
+                        rc = usage_error("bad option '%s'", argv[optind - 1]);
+                        goto out;
+                }
+        }
+        if (optind >= argc) {
+                rc = usage_error("missing FILE.jsonl (or - for standard "
+                                 "input)%s",
+                                 "");
+                goto out;
+        }
+        if (optind + 1 < argc) {
+                rc = usage_error("unexpected argument '%s'", argv[optind + 1]);
+                goto out;
+        }
+        so.so_path = argv[optind];
+        so.so_name = strcmp(so.so_path, "-") ? so.so_path : "<stdin>";
+        if (so.so_batch_id && so.so_key) {
+                rc = usage_error("give one of --batch-id and "
+                                 "--idempotency-key%s",
+                                 "");
+                goto out;
+        }
+        if (so.so_batch_id && !kb_codec_batch_id_valid(so.so_batch_id)) {
+                fprintf(stderr,
+                        "kbatch submit: --batch-id '%.200s' is not a batch id "
+                        "(1-%d characters of [A-Za-z0-9._:-])\n",
+                        so.so_batch_id, KB_BATCH_ID_MAX);
+                goto out;
+        }
+        if (so.so_key && !*so.so_key) {
+                rc = usage_error("--idempotency-key is empty%s", "");
+                goto out;
+        }
+        if (so.so_callback_url && !*so.so_callback_url) {
+                rc = usage_error("--callback-url is empty%s", "");
+                goto out;
+        }
+
+        if (!(conf = kb_cmd_conf_load(so.so_conf)))
+                goto out;
+
+        /* The batch id. */
+        if (so.so_batch_id)
+                snprintf(batch_id, sizeof(batch_id), "%s", so.so_batch_id);
+        else if (so.so_key) {
+                if (kb_bf_batch_id_from_key(so.so_key, batch_id)) {
+                        fprintf(stderr, "kbatch submit: cannot hash the "
+                                        "idempotency key\n");
+                        rc = 1;
+                        goto out;
+                }
+        } else {
+                uint8_t rnd[10];
+                if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+                        fprintf(stderr, "kbatch submit: getrandom: %s\n",
+                                strerror(errno));
+                        rc = 1;
+                        goto out;
+                }
+                kb_bf_batch_id_generate(kb_wall_ms(), rnd, batch_id);
+        }
+
+        /* Pass 1. */
+        if (!strcmp(so.so_path, "-"))
+                in = stdin;
+        else if (!(in = fopen(so.so_path, "r"))) {
+                fprintf(stderr, "kbatch submit: cannot open %s: %s\n",
+                        so.so_path, strerror(errno));
+                goto out;
+        }
+        if (fstat(fileno(in), &st) || !S_ISREG(st.st_mode)) {
+                if (!(spool = tmpfile())) {
+                        fprintf(stderr,
+                                "kbatch submit: cannot create a temporary "
+                                "file: %s\n",
+                                strerror(errno));
+                        rc = 1;
+                        goto out;
+                }
+        }
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        progress_init(&pg, so.so_quiet);
+        sv.sv_opts = &so;
+        sv.sv_conf = conf;
+        sv.sv_batch_id = batch_id;
+        sv.sv_ops = route_ops(conf, &sv.sv_op_cnt);
+        if (validate(&sv, in, spool, &pg)) {
+                rc = 1;
+                goto out;
+        }
+        if (interrupted) {
+                fprintf(stderr, "kbatch submit: interrupted; nothing "
+                                "published\n");
+                rc = 1;
+                goto out;
+        }
+        if (sv.sv_bad) {
+                fprintf(stderr,
+                        "kbatch submit: %lld bad line%s in %s; nothing "
+                        "published\n",
+                        (long long)sv.sv_bad, sv.sv_bad == 1 ? "" : "s",
+                        so.so_name);
+                rc = 2;
+                goto out;
+        }
+        if (!sv.sv_items) {
+                fprintf(stderr, "kbatch submit: %s has no requests; nothing "
+                                "published\n",
+                        so.so_name);
+                rc = 2;
+                goto out;
+        }
+        if (so.so_dry_run) {
+                printf("%s\n", batch_id);
+                if (!so.so_quiet)
+                        fprintf(stderr,
+                                "kbatch submit: %s: %lld valid requests "
+                                "(dry run: nothing published)\n",
+                                so.so_name, (long long)sv.sv_items);
+                rc = 0;
+                goto out;
+        }
+
+        /* Pass 2. */
+        if (spool) {
+                if (in != stdin)
+                        fclose(in);
+                in = spool;
+                spool = NULL;
+        }
+        if (fseeko(in, 0, SEEK_SET)) {
+                fprintf(stderr, "kbatch submit: cannot re-read %s: %s\n",
+                        so.so_name, strerror(errno));
+                rc = 1;
+                goto out;
+        }
+        rc = publish(&so, conf, &sv, in, &pg);
+out:
+        if (in && in != stdin)
+                fclose(in);
+        if (spool)
+                fclose(spool);
+        free(sv.sv_ops);
+        free(sv.sv_callback);
+        json_decref(so.so_metadata);
+        kb_conf_destroy(conf);
+        return rc;
+}

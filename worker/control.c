@@ -1,0 +1,197 @@
+/* control: see control.h. */
+#include "control.h"
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "kafka.h"
+#include "log.h"
+
+#define KB_CONTROL_STARTUP_GRACE_MS 15000
+
+struct kb_control_s {
+        const kb_conf_t *ct_conf;
+        rd_kafka_t *ct_rk;
+        rd_kafka_queue_t *ct_q;
+        json_t *ct_cancelled;     /* batch_id -> reason */
+        int ct_parts;             /* partitions not yet caught up */
+        int ct_ready;
+        int64_t ct_started_ms;
+        kb_control_cancel_cb *ct_cb;
+        void *ct_opaque;
+};
+
+int kb_control_parse(const void *buf, size_t len, char *batch_id,
+                     size_t batch_id_size, char *reason, size_t reason_size) {
+        json_t *o = json_loadb(buf, len, 0, NULL);
+        const char *b, *a, *r;
+        int ok = 0;
+        if (!o)
+                return 0;
+        b = json_string_value(json_object_get(o, "batch_id"));
+        a = json_string_value(json_object_get(o, "action"));
+        r = json_string_value(json_object_get(o, "reason"));
+        if (b && a && !strcmp(a, "cancel") && kb_codec_batch_id_valid(b)) {
+                snprintf(batch_id, batch_id_size, "%s", b);
+                snprintf(reason, reason_size, "%s", r ? r : "");
+                ok = 1;
+        }
+        json_decref(o);
+        return ok;
+}
+
+kb_control_t *kb_control_new(const kb_conf_t *conf, kb_loop_t *loop,
+                             kb_control_cancel_cb *cb, void *opaque,
+                             char *errstr, size_t errstr_size) {
+        kb_control_t *ct = calloc(1, sizeof(*ct));
+        const char *topic = conf->topics_name[KB_TOPIC_CONTROL];
+        rd_kafka_conf_t *kc;
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_topic_t *rkt;
+        rd_kafka_topic_partition_list_t *l;
+        int i, wfd;
+
+        if (!ct)
+                return NULL;
+        ct->ct_conf = conf;
+        ct->ct_cb = cb;
+        ct->ct_opaque = opaque;
+        ct->ct_cancelled = json_object();
+        ct->ct_started_ms = kb_now_ms();
+        if (!(kc = kb_kafka_conf_new(conf, "control", errstr, errstr_size)))
+                goto fail;
+        /* No group: every instance reads everything. A group id is set only
+         * because librdkafka wants one for a consumer handle; nothing is
+         * ever committed. */
+        if (kb_kafka_conf_set(kc, "group.id", "kbatch-control-reader", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                goto fail;
+        }
+        if (!(ct->ct_rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
+                                       errstr_size))) {
+                rd_kafka_conf_destroy(kc);
+                goto fail;
+        }
+        rkt = rd_kafka_topic_new(ct->ct_rk, topic, NULL);
+        if (rd_kafka_metadata(ct->ct_rk, 0, rkt, &md, 10000) || !md ||
+            md->topic_cnt != 1 || md->topics[0].err ||
+            md->topics[0].partition_cnt < 1) {
+                snprintf(errstr, errstr_size,
+                         "cannot read the control topic %s: %s", topic,
+                         md && md->topic_cnt
+                             ? rd_kafka_err2str(md->topics[0].err)
+                             : "no metadata (is the broker up, were the "
+                               "topics created?)");
+                if (md)
+                        rd_kafka_metadata_destroy(md);
+                rd_kafka_topic_destroy(rkt);
+                goto fail;
+        }
+        l = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
+        for (i = 0; i < md->topics[0].partition_cnt; i++)
+                rd_kafka_topic_partition_list_add(l, topic, i)->offset =
+                    kb_wall_ms() - conf->control_lookback_ms;
+        rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        /* Start from the look-back: offsets by time (a partition with
+         * nothing newer starts at its end). */
+        if (rd_kafka_offsets_for_times(ct->ct_rk, l, 10000)) {
+                for (i = 0; i < l->cnt; i++)
+                        l->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+        }
+        for (i = 0; i < l->cnt; i++)
+                if (l->elems[i].offset < 0)
+                        l->elems[i].offset = RD_KAFKA_OFFSET_END;
+        ct->ct_parts = l->cnt;
+        if (rd_kafka_assign(ct->ct_rk, l)) {
+                snprintf(errstr, errstr_size, "cannot assign %s", topic);
+                rd_kafka_topic_partition_list_destroy(l);
+                goto fail;
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+        rd_kafka_poll_set_consumer(ct->ct_rk);
+        ct->ct_q = rd_kafka_queue_get_consumer(ct->ct_rk);
+        if ((wfd = kb_loop_wake_pipe(loop)) >= 0)
+                rd_kafka_queue_io_event_enable(ct->ct_q, wfd, "t", 1);
+        return ct;
+fail:
+        kb_control_destroy(ct);
+        return NULL;
+}
+
+void kb_control_destroy(kb_control_t *ct) {
+        if (!ct)
+                return;
+        if (ct->ct_q)
+                rd_kafka_queue_destroy(ct->ct_q);
+        if (ct->ct_rk) {
+                rd_kafka_consumer_close(ct->ct_rk);
+                rd_kafka_destroy(ct->ct_rk);
+        }
+        json_decref(ct->ct_cancelled);
+        free(ct);
+}
+
+int kb_control_serve(kb_control_t *ct, int64_t now) {
+        rd_kafka_message_t *m;
+        int budget = 1000;
+        while (budget-- > 0 && (m = rd_kafka_consumer_poll(ct->ct_rk, 0))) {
+                char batch[KB_BATCH_ID_MAX + 1], reason[512];
+                if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                        if (ct->ct_parts > 0 && --ct->ct_parts == 0 &&
+                            !ct->ct_ready) {
+                                ct->ct_ready = 1;
+                                kb_log(KB_LOG_INFO, "control",
+                                       "control topic read: %zu cancelled "
+                                       "batches",
+                                       json_object_size(ct->ct_cancelled));
+                        }
+                } else if (m->err) {
+                        kb_log(KB_LOG_WARN, "control", "%s",
+                               rd_kafka_message_errstr(m));
+                } else if (kb_control_parse(m->payload, m->len, batch,
+                                            sizeof(batch), reason,
+                                            sizeof(reason))) {
+                        if (!json_object_get(ct->ct_cancelled, batch)) {
+                                const char *kv[] = {"batch_id", batch, NULL};
+                                json_object_set_new(ct->ct_cancelled, batch,
+                                                    json_string(reason));
+                                kb_logkv(KB_LOG_INFO, "control", kv,
+                                         "batch cancelled%s%s",
+                                         reason[0] ? ": " : "", reason);
+                                if (ct->ct_cb)
+                                        ct->ct_cb(batch, reason,
+                                                  ct->ct_opaque);
+                        }
+                }
+                rd_kafka_message_destroy(m);
+        }
+        if (!ct->ct_ready &&
+            now - ct->ct_started_ms > KB_CONTROL_STARTUP_GRACE_MS) {
+                ct->ct_ready = 1;
+                kb_log(KB_LOG_WARN, "control",
+                       "control topic not caught up after %d ms; going on",
+                       KB_CONTROL_STARTUP_GRACE_MS);
+        }
+        return budget <= 0 ? 0 : 1000;
+}
+
+int kb_control_ready(const kb_control_t *ct) { return ct->ct_ready; }
+
+const char *kb_control_cancelled(const kb_control_t *ct,
+                                 const char *batch_id) {
+        json_t *r;
+        if (!batch_id)
+                return NULL;
+        r = json_object_get(ct->ct_cancelled, batch_id);
+        return r ? json_string_value(r) : NULL;
+}
