@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: a local broker, the fake model API, a sample batch of 20 chat
-# requests, one worker until every result is in; then a summary. Stops
+# requests in OpenAI Batch format submitted with `kbatch submit`, one worker,
+# and `kbatch collect` until every result is in; then a summary. Stops
 # everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ say "fake model at $model_url"
 
 cat > "$work/worker.conf" <<CONF
 kafka: { bootstrap_servers = "$bootstrap"; };
-worker: { roles = ["items"]; commit_interval_ms = 500; };
+worker: { roles = ["items", "aggregator"]; commit_interval_ms = 500; };
 admin: { listen = ""; };
 log: { level = "info"; format = "text"; };
 routes = ( { model = "*"; base_url = "$model_url"; } );
@@ -41,42 +42,37 @@ CONF
 say "creating topics"
 "$build/kbatch" topics create -c "$work/worker.conf" --partitions 4 >/dev/null
 
-say "publishing examples/sample-batch.jsonl"
-batch=$("$py" examples/publish.py "$bootstrap" kbatch.items examples/sample-batch.jsonl)
+say "submitting examples/sample-batch.jsonl (OpenAI Batch input lines)"
+batch=$("$build/kbatch" submit examples/sample-batch.jsonl -c "$work/worker.conf" \
+        --completion-window 1h --metadata source=demo)
 total=$(grep -c . examples/sample-batch.jsonl)
 say "batch $batch: $total items"
 
-say "running the worker until all $total results are in"
+say "running the worker (items + aggregator) and collecting the results"
 "$build/kbatch" worker -c "$work/worker.conf" 2> "$work/worker.log" &
 wpid=$!
 pids+=($wpid)
-"$py" - "$bootstrap" "$batch" "$total" <<'PY'
-import json, sys, time
-from confluent_kafka import Consumer
-bootstrap, batch, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
-c = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-reader",
-              "auto.offset.reset": "earliest", "enable.auto.commit": False})
-c.subscribe(["kbatch.results"])
-seen = {}
-deadline = time.time() + 120
-while len(seen) < total and time.time() < deadline:
-    m = c.poll(0.5)
-    if m is None or m.error():
-        continue
-    r = json.loads(m.value())
-    if r["batch_id"] == batch:
-        seen[r["item_id"]] = r
-c.close()
-ok = sum(r["status"] == "succeeded" for r in seen.values())
-tok = sum((r["usage"] or {}).get("total_tokens", 0) for r in seen.values())
-lat = sorted(r["latency_ms"] for r in seen.values() if r["latency_ms"] is not None)
-print(f"\nbatch {batch}: {len(seen)}/{total} results, {ok} succeeded, "
-      f"{len(seen) - ok} failed; {tok} tokens; latency p50 {lat[len(lat)//2] if lat else '-'} ms")
-for r in sorted(seen.values(), key=lambda r: r["item_index"])[:3]:
-    content = r["output"]["choices"][0]["message"]["content"] if r["output"] else None
-    print(f"  {r['item_id']}: {r['status']} http={r['http_status']} "
-          f"tokens={r['usage']['total_tokens'] if r['usage'] else '-'} -> {content!r}")
-sys.exit(0 if len(seen) == total else 1)
+"$build/kbatch" collect "$batch" -c "$work/worker.conf" --timeout 120s \
+  -o "$work/results.jsonl" --errors "$work/errors.jsonl"
+# the aggregator commits the batch's final state within a second or so
+for _ in $(seq 40); do
+  "$build/kbatch" status "$batch" -c "$work/worker.conf" --json 2>/dev/null |
+    grep -q '"completed_at":[0-9]' && break
+  sleep 0.25
+done
+"$build/kbatch" status "$batch" -c "$work/worker.conf" || true
+"$py" - "$work/results.jsonl" "$work/errors.jsonl" "$total" <<'PY'
+import json, sys
+ok = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+bad = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+total = int(sys.argv[3])
+tok = sum(l["response"]["body"].get("usage", {}).get("total_tokens", 0) for l in ok)
+print(f"\nresults.jsonl: {len(ok)} succeeded, errors.jsonl: {len(bad)}; {tok} tokens")
+for l in sorted(ok, key=lambda l: l["custom_id"])[:3]:
+    body = l["response"]["body"]
+    print(f"  {l['custom_id']}: {l['response']['status_code']} -> "
+          f"{body['choices'][0]['message']['content']!r}")
+sys.exit(0 if len(ok) + len(bad) == total else 1)
 PY
 kill -TERM "$wpid"; wait "$wpid" || true
 say "worker stopped; done"

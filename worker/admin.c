@@ -194,12 +194,13 @@ kb_admin_t *kb_admin_new(const char *listen, char *errstr,
         if (ai->ai_family == AF_INET6)
                 flags |= MHD_USE_IPv6;
         errno = 0;
+        /* The logger first: it applies to the options after it. */
         ad->ad_mhd = MHD_start_daemon(
-            flags, 0, NULL, NULL, on_request, ad, MHD_OPTION_SOCK_ADDR,
-            ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
+            flags, 0, NULL, NULL, on_request, ad, MHD_OPTION_EXTERNAL_LOGGER,
+            mhd_log, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
-            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_END);
         freeaddrinfo(ai);
         if (!ad->ad_mhd) {
                 snprintf(errstr, errstr_size, "admin.listen '%s': cannot listen: %s",

@@ -14,10 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <unistd.h>
 
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "serde.h"
 
 /* ==== part 1: the pure model ============================================ */
 
@@ -143,8 +145,7 @@ static const char *jstr(const json_t *o, const char *k) {
 json_t *kb_bresult_decode(const void *buf, size_t len, kb_bresult_t *br,
                           char *errstr, size_t errstr_size) {
         json_error_t jerr;
-        json_t *o, *u, *e, *md;
-        const char *s;
+        json_t *o;
 
         memset(br, 0, sizeof(*br));
         br->br_item_index = -1;
@@ -157,11 +158,22 @@ json_t *kb_bresult_decode(const void *buf, size_t len, kb_bresult_t *br,
                 snprintf(errstr, errstr_size, "not JSON: %s", jerr.text);
                 return NULL;
         }
-        if (!json_is_object(o)) {
+        if (kb_bresult_from_json(o, br) < 0) {
                 snprintf(errstr, errstr_size, "value is not a JSON object");
                 json_decref(o);
                 return NULL;
         }
+        return o;
+}
+
+int kb_bresult_from_json(const json_t *o, kb_bresult_t *br) {
+        const json_t *u, *e, *md;
+        const char *s;
+
+        memset(br, 0, sizeof(*br));
+        br->br_item_index = -1;
+        if (!json_is_object(o))
+                return -1;
         s = jstr(o, "batch_id");
         br->br_batch_id = kb_codec_batch_id_valid(s) ? s : NULL;
         br->br_item_index = jint(o, "item_index", -1);
@@ -196,8 +208,8 @@ json_t *kb_bresult_decode(const void *buf, size_t len, kb_bresult_t *br,
                 br->br_deadline = 0;
         br->br_callback_url = jstr(o, "callback_url");
         if ((md = json_object_get(o, "metadata")) && json_is_object(md))
-                br->br_metadata = md;
-        return o;
+                br->br_metadata = (json_t *)md;
+        return 0;
 }
 
 /* ---- applying a result ---- */
@@ -478,7 +490,7 @@ char *kb_bstate_encode(const kb_bstate_t *bs, size_t *lenp) {
                 json_decref(o);
                 return NULL;
         }
-        json_object_set_new(o, "map", json_stringn_nocheck(b64, blen));
+        json_object_set_new(o, "statuses", json_stringn_nocheck(b64, blen));
         free(b64);
         return dump(o, lenp);
 }
@@ -527,7 +539,7 @@ kb_bstate_t *kb_bstate_decode(const void *buf, size_t len, char *errstr,
         total = jint(o, "items_total", 0);
         if (!(bs = kb_bstate_new(id, total)))
                 BAD("bad items_total %lld", (long long)total);
-        map = jstr(o, "map");
+        map = jstr(o, "statuses");
         if (!map || b64_decode(map, strlen(map), bs->bs_map,
                                KB_BITS2_BYTES(total)) < 0)
                 BAD("bad map for %lld items", (long long)total);
@@ -582,6 +594,11 @@ fail:
 }
 
 char *kb_bstate_event_encode(const kb_bstate_t *bs, size_t *lenp) {
+        json_t *o = kb_bstate_event_json(bs);
+        return o ? dump(o, lenp) : NULL;
+}
+
+json_t *kb_bstate_event_json(const kb_bstate_t *bs) {
         json_t *o = json_object();
         char eid[KB_BATCH_ID_MAX + 32];
         if (!o)
@@ -597,7 +614,7 @@ char *kb_bstate_event_encode(const kb_bstate_t *bs, size_t *lenp) {
         if (bs->bs_revision > 1)
                 json_object_set_new(o, "updated_at",
                                     ms_or_null(bs->bs_updated_at));
-        return dump(o, lenp);
+        return o;
 }
 
 /* ==== part 2: the role ================================================== */
@@ -619,6 +636,8 @@ struct kb_batch_s {
         int bt_tombstone;            /* retire at the next commit */
         char *bt_raw;                /* restore: latest record (owned) */
         size_t bt_raw_len;
+        char *bt_ev;                 /* commit: encoded event (owned) */
+        size_t bt_ev_len;
         kb_batch_t *bt_hnext;        /* hash chain */
         TAILQ_ENTRY(kb_batch_s) bt_all;
         TAILQ_ENTRY(kb_batch_s) bt_dlink;
@@ -637,6 +656,7 @@ typedef struct kb_agpart_s {
         int64_t ap_next;             /* next offset to consume, -1 unknown */
         int64_t ap_sent;             /* next offset as last committed */
         int ap_at_eof;               /* consumed up to the end */
+        int64_t ap_resume_at;        /* paused until (mono ms), 0: not */
 } kb_agpart_t;
 
 struct kb_aggregator_s {
@@ -667,6 +687,9 @@ struct kb_aggregator_s {
          * N-th transaction is aborted instead of committed, which takes the
          * same path as an abortable error. */
         int ag_test_abort_every;
+        kb_serde_t *ag_serde;        /* value formats (json/avro) */
+        int ag_results_avro;         /* results topic is avro */
+        int ag_events_avro;          /* batches topic is avro */
         uint64_t ag_txn_seq;
 };
 
@@ -737,6 +760,7 @@ static void batch_free(kb_batch_t *bt) {
         free(bt->bt_id);
         kb_bstate_destroy(bt->bt_st);
         free(bt->bt_raw);
+        free(bt->bt_ev);
         free(bt);
 }
 
@@ -1045,6 +1069,63 @@ static void log_event(const kb_bstate_t *bs) {
                  bs->bs_revision <= 1 ? "completed" : "updated");
 }
 
+/* Drops the events encoded for a commit that does not happen. */
+static void events_forget(kb_aggregator_t *ag) {
+        kb_batch_t *bt;
+        TAILQ_FOREACH(bt, &ag->ag_dirty, bt_dlink) {
+                if (!bt->bt_ev)
+                        continue;
+                free(bt->bt_ev);
+                bt->bt_ev = NULL;
+                bt->bt_st->bs_revision--;
+        }
+}
+
+/* Encodes the events due in this commit before it begins, each with its
+ * next revision (json, or avro through the schema registry). Returns
+ * TXN_OK; TXN_RETRY when the events topic's schema id is not known yet
+ * (nothing changed: the commit waits); TXN_FATAL when an event does not fit
+ * the schema. */
+static txn_res_t events_encode(kb_aggregator_t *ag) {
+        kb_batch_t *bt;
+        char errstr[512];
+        TAILQ_FOREACH(bt, &ag->ag_dirty, bt_dlink) {
+                kb_bstate_t *bs = bt->bt_st;
+                kb_serde_res_t r = KB_SERDE_INVALID;
+                json_t *ev;
+                if (bt->bt_tombstone || !bt->bt_event_due ||
+                    !kb_bstate_complete(bs))
+                        continue;
+                bs->bs_revision++;
+                snprintf(errstr, sizeof(errstr), "out of memory");
+                if (!ag->ag_events_avro) {
+                        if ((bt->bt_ev = kb_bstate_event_encode(
+                                 bs, &bt->bt_ev_len)))
+                                r = KB_SERDE_OK;
+                } else if ((ev = kb_bstate_event_json(bs))) {
+                        r = kb_serde_batch_event_encode(
+                            ag->ag_serde, ag->ag_batches, ev, &bt->bt_ev,
+                            &bt->bt_ev_len, errstr, sizeof(errstr));
+                        json_decref(ev);
+                }
+                if (r == KB_SERDE_OK)
+                        continue;
+                bt->bt_ev = NULL;
+                bs->bs_revision--;
+                events_forget(ag);
+                if (r == KB_SERDE_RETRY) {
+                        kb_log(KB_LOG_WARN, "aggregator",
+                               "%s: schema not available yet (%s); commit "
+                               "postponed",
+                               ag->ag_batches, errstr);
+                        return TXN_RETRY;
+                }
+                set_fatal(ag, "encoding a batch event", errstr);
+                return TXN_FATAL;
+        }
+        return TXN_OK;
+}
+
 /* Commits one transaction with the dirty batches' records, their due
  * events and the consumed offsets. Returns TXN_OK (also when there was
  * nothing to commit), TXN_RETRY (could not begin: nothing changed, try
@@ -1075,11 +1156,16 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 return TXN_OK;
         }
         t0 = kb_now_ms();
+        if ((r = events_encode(ag)) != TXN_OK) {
+                rd_kafka_topic_partition_list_destroy(offs);
+                return r;
+        }
         if ((r = txn_classify(ag, "begin transaction",
                               rd_kafka_begin_transaction(ag->ag_producer))) !=
             TXN_OK) {
                 /* Nothing was sent: a non-fatal error is tried again at the
                  * next interval. */
+                events_forget(ag);
                 rd_kafka_topic_partition_list_destroy(offs);
                 return r == TXN_FATAL ? TXN_FATAL : TXN_RETRY;
         }
@@ -1094,12 +1180,12 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                         records++;
                         continue;
                 }
-                if (bt->bt_event_due && kb_bstate_complete(bs)) {
-                        bs->bs_revision++;
-                        if (!(v = kb_bstate_event_encode(bs, &len)) ||
-                            txn_produce(ag, ag->ag_batches,
+                if (bt->bt_ev) {
+                        v = bt->bt_ev;
+                        bt->bt_ev = NULL; /* taken by txn_produce */
+                        if (txn_produce(ag, ag->ag_batches,
                                         RD_KAFKA_PARTITION_UA, bt->bt_id, v,
-                                        len))
+                                        bt->bt_ev_len))
                                 goto abort;
                         events++;
                 }
@@ -1190,6 +1276,7 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
         return TXN_OK;
 
 abort:
+        events_forget(ag);
         rd_kafka_topic_partition_list_destroy(offs);
         ag->ag_aborts++;
         kb_log(KB_LOG_WARN, "aggregator",
@@ -1208,6 +1295,7 @@ abort:
         }
         return TXN_ABORT;
 fatal:
+        events_forget(ag);
         rd_kafka_topic_partition_list_destroy(offs);
         return TXN_FATAL;
 }
@@ -1296,6 +1384,7 @@ static void on_assign(kb_aggregator_t *ag,
                 if (ap) {
                         ap->ap_assigned = 1;
                         ap->ap_at_eof = 0;
+                        ap->ap_resume_at = 0;
                         ap->ap_next = ap->ap_sent = -1;
                 }
         }
@@ -1335,6 +1424,8 @@ static void on_assign(kb_aggregator_t *ag,
         err = rd_kafka_assign(ag->ag_consumer, parts);
         if (err)
                 set_fatal(ag, "assign", rd_kafka_err2str(err));
+        else /* a partition held before a rebalance may still be paused */
+                rd_kafka_resume_partitions(ag->ag_consumer, parts);
         ag->ag_assigned_once = 1;
 }
 
@@ -1351,6 +1442,7 @@ static void on_revoke(kb_aggregator_t *ag,
                 if (ap) {
                         ap->ap_assigned = 0;
                         ap->ap_at_eof = 0;
+                        ap->ap_resume_at = 0;
                         ap->ap_next = ap->ap_sent = -1;
                 }
                 kb_log(KB_LOG_INFO, "aggregator", "%s %s[%d]",
@@ -1392,6 +1484,55 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
 
 /* ---- consuming ---- */
 
+/* The writer schema of an Avro result is not available yet: go back to the
+ * message and pause its partition for a moment (serving rebalances all
+ * along). */
+static void hold_partition(kb_aggregator_t *ag, kb_agpart_t *ap,
+                           const rd_kafka_message_t *m) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_error_t *e;
+        rd_kafka_topic_partition_list_add(l, ag->ag_results, m->partition)
+            ->offset = m->offset;
+        rd_kafka_pause_partitions(ag->ag_consumer, l);
+        if ((e = rd_kafka_seek_partitions(ag->ag_consumer, l, 0))) {
+                kb_log(KB_LOG_WARN, "aggregator", "seek: %s",
+                       rd_kafka_error_string(e));
+                rd_kafka_error_destroy(e);
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+        ap->ap_resume_at = kb_now_ms() + 200;
+        kb_log(KB_LOG_DEBUG, "aggregator",
+               "%s[%d]@%lld: writer schema not available yet, holding",
+               ag->ag_results, (int)m->partition, (long long)m->offset);
+}
+
+/* Resumes the partitions held by hold_partition whose time came. */
+static int resume_held(kb_aggregator_t *ag, int64_t now) {
+        int32_t p;
+        int wait = 1000;
+        for (p = 0; p < ag->ag_part_cnt; p++) {
+                kb_agpart_t *ap = &ag->ag_parts[p];
+                rd_kafka_topic_partition_list_t *l;
+                if (!ap->ap_resume_at)
+                        continue;
+                if (!ap->ap_assigned) {
+                        ap->ap_resume_at = 0;
+                        continue;
+                }
+                if (ap->ap_resume_at > now) {
+                        if (ap->ap_resume_at - now < wait)
+                                wait = (int)(ap->ap_resume_at - now);
+                        continue;
+                }
+                l = rd_kafka_topic_partition_list_new(1);
+                rd_kafka_topic_partition_list_add(l, ag->ag_results, p);
+                rd_kafka_resume_partitions(ag->ag_consumer, l);
+                rd_kafka_topic_partition_list_destroy(l);
+                ap->ap_resume_at = 0;
+        }
+        return wait;
+}
+
 static void handle_result(kb_aggregator_t *ag, rd_kafka_message_t *m) {
         kb_agpart_t *ap = part_get(ag, m->partition, 0);
         kb_bresult_t br;
@@ -1409,13 +1550,27 @@ static void handle_result(kb_aggregator_t *ag, rd_kafka_message_t *m) {
                                rd_kafka_message_errstr(m));
                 return;
         }
-        if (!ap || !ap->ap_assigned)
+        if (!ap || !ap->ap_assigned || ap->ap_resume_at)
                 return;
+        if (ag->ag_results_avro) {
+                kb_serde_res_t sr = kb_serde_decode(
+                    ag->ag_serde, ag->ag_results, KB_MSG_ITEM_RESULT,
+                    m->payload, m->len, &o, errstr, sizeof(errstr));
+                if (sr == KB_SERDE_RETRY) {
+                        hold_partition(ag, ap, m);
+                        return;
+                }
+                if (sr != KB_SERDE_OK)
+                        o = NULL;
+                else
+                        kb_bresult_from_json(o, &br);
+        } else
+                o = kb_bresult_decode(m->payload, m->len, &br, errstr,
+                                      sizeof(errstr));
         ap->ap_next = m->offset + 1;
         ap->ap_at_eof = 0;
         ag->ag_results_cnt++;
-        if (!(o = kb_bresult_decode(m->payload, m->len, &br, errstr,
-                                    sizeof(errstr)))) {
+        if (!o) {
                 kb_log(KB_LOG_WARN, "aggregator",
                        "%s[%d]@%lld: unreadable result ignored: %s",
                        ag->ag_results, (int)m->partition, (long long)m->offset,
@@ -1560,23 +1715,35 @@ static int has_prop(const kb_conf_t *conf, const char *name) {
 static int check_topics(kb_aggregator_t *ag, char *errstr,
                         size_t errstr_size) {
         const char *names[3] = {ag->ag_results, ag->ag_state, ag->ag_batches};
-        int cnt[3] = {-1, -1, -1}, i, j;
+        int cnt[3], i, j, missing;
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t err;
+        int64_t until = kb_now_ms() + 10000;
 
-        err = rd_kafka_metadata(ag->ag_producer, 1, NULL, &md, 30000);
-        if (err) {
-                snprintf(errstr, errstr_size, "metadata from %s: %s",
-                         ag->ag_conf->kafka_bootstrap_servers,
-                         rd_kafka_err2str(err));
-                return -1;
+        /* Topics created a moment ago may take a little while to show in
+         * every broker's metadata. */
+        for (;;) {
+                cnt[0] = cnt[1] = cnt[2] = -1;
+                err = rd_kafka_metadata(ag->ag_producer, 1, NULL, &md, 30000);
+                if (err) {
+                        snprintf(errstr, errstr_size, "metadata from %s: %s",
+                                 ag->ag_conf->kafka_bootstrap_servers,
+                                 rd_kafka_err2str(err));
+                        return -1;
+                }
+                for (i = 0; i < md->topic_cnt; i++)
+                        for (j = 0; j < 3; j++)
+                                if (!strcmp(md->topics[i].topic, names[j]) &&
+                                    !md->topics[i].err)
+                                        cnt[j] = md->topics[i].partition_cnt;
+                rd_kafka_metadata_destroy(md);
+                for (j = 0, missing = 0; j < 3; j++)
+                        missing += cnt[j] <= 0;
+                if (!missing || kb_now_ms() >= until ||
+                    kb_loop_stop_requested)
+                        break;
+                usleep(200 * 1000);
         }
-        for (i = 0; i < md->topic_cnt; i++)
-                for (j = 0; j < 3; j++)
-                        if (!strcmp(md->topics[i].topic, names[j]) &&
-                            !md->topics[i].err)
-                                cnt[j] = md->topics[i].partition_cnt;
-        rd_kafka_metadata_destroy(md);
         for (j = 0; j < 3; j++)
                 if (cnt[j] <= 0) {
                         snprintf(errstr, errstr_size,
@@ -1625,6 +1792,16 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
                 snprintf(errstr, errstr_size, "out of memory");
                 goto fail;
         }
+        if (!(ag->ag_serde = kb_serde_new(conf, loop, errstr, errstr_size)))
+                goto fail;
+        ag->ag_results_avro =
+            kb_serde_format(ag->ag_serde, ag->ag_results) == KB_FORMAT_AVRO;
+        ag->ag_events_avro =
+            kb_serde_format(ag->ag_serde, ag->ag_batches) == KB_FORMAT_AVRO;
+        if (ag->ag_events_avro &&
+            kb_serde_prepare(ag->ag_serde, ag->ag_batches, KB_MSG_BATCH_EVENT,
+                             errstr, errstr_size) == KB_SERDE_INVALID)
+                goto fail;
 
         /* The transactional producer. */
         snprintf(ag->ag_txn_id, sizeof(ag->ag_txn_id), "kbatch-aggregator-%s",
@@ -1770,12 +1947,13 @@ fail:
 
 int kb_aggregator_serve(kb_aggregator_t *ag, int64_t now) {
         const kb_conf_t *conf = ag->ag_conf;
-        int budget = 20000, wait;
+        int budget = 20000, wait, held_wait;
         rd_kafka_message_t *m;
 
         rd_kafka_poll(ag->ag_producer, 0); /* error_cb */
         if (ag->ag_fatal)
                 return 1000;
+        held_wait = resume_held(ag, now);
         while (budget-- > 0 && !ag->ag_fatal &&
                (m = rd_kafka_consumer_poll(ag->ag_consumer, 0))) {
                 handle_result(ag, m);
@@ -1795,6 +1973,8 @@ int kb_aggregator_serve(kb_aggregator_t *ag, int64_t now) {
         wait = (int)((ag->ag_next_commit < ag->ag_next_cron ? ag->ag_next_commit
                                                             : ag->ag_next_cron) -
                      now);
+        if (held_wait < wait)
+                wait = held_wait;
         if (budget < 0)
                 wait = 0;
         return wait < 0 ? 0 : wait;
@@ -1853,6 +2033,7 @@ void kb_aggregator_destroy(kb_aggregator_t *ag) {
         }
         if (ag->ag_producer)
                 rd_kafka_destroy(ag->ag_producer);
+        kb_serde_destroy(ag->ag_serde);
         if (ag->ag_table.tb_buckets) {
                 TAILQ_FOREACH_SAFE(bt, &ag->ag_table.tb_all, bt_all, tmp)
                         batch_free(bt);

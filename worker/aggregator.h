@@ -148,6 +148,11 @@ typedef struct kb_bresult_s {
 json_t *kb_bresult_decode(const void *buf, size_t len, kb_bresult_t *br,
                           char *errstr, size_t errstr_size);
 
+/* The same from an ItemResult's JSON form (o borrowed; *br borrows from
+ * it), e.g. what kb_serde_decode made of an Avro value. -1 when o is not an
+ * object. */
+int kb_bresult_from_json(const json_t *o, kb_bresult_t *br);
+
 typedef enum {
         KB_APPLY_COUNTED = 0, /* a new terminal slot */
         KB_APPLY_REPLAYED,    /* failed -> succeeded: counts changed */
@@ -179,8 +184,11 @@ kb_apply_res_t kb_bstate_apply(kb_bstate_t *bs, const kb_bresult_t *br,
 int64_t kb_bstate_expire_missing(kb_bstate_t *bs, int64_t now_ms);
 
 /* The BatchState record (the value in the batch-state topic): a JSON object
- * with every field of kb_bstate_t, the map as base64. Caller frees with
- * free(); NULL on out of memory. A 1,000,000-item batch is about 333 KB. */
+ * with every field of kb_bstate_t, the map as base64 in "statuses" (the
+ * field names of schemas/BatchState.avsc, plus v, items_done, items_invalid,
+ * last_result_at, deadline and extra_indexes). Always JSON: the topic is
+ * internal. Caller frees with free(); NULL on out of memory. A 1,000,000-item
+ * batch is about 333 KB. */
 char *kb_bstate_encode(const kb_bstate_t *bs, size_t *lenp);
 
 /* Decodes a BatchState record; the slot counts are re-derived from the map
@@ -195,6 +203,10 @@ kb_bstate_t *kb_bstate_decode(const void *buf, size_t len, char *errstr,
  * updated_at (revisions > 1), callback_url, metadata. Caller frees with
  * free(); NULL on out of memory. */
 char *kb_bstate_event_encode(const kb_bstate_t *bs, size_t *lenp);
+
+/* The same event as a new JSON object (caller decrefs), for encoders of
+ * other formats (kb_serde_batch_event_encode). NULL on out of memory. */
+json_t *kb_bstate_event_json(const kb_bstate_t *bs);
 
 /* ---- the role --------------------------------------------------------- */
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cmd.h"
 #include "codec.h"
@@ -73,7 +74,16 @@ static int publish(const kb_conf_t *conf, const char *id, const char *reason,
                 return -1;
         /* A clear error for a missing topic instead of a delivery timeout. */
         rkt = rd_kafka_topic_new(rk, topic, NULL);
-        err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
+        /* A topic created a moment ago may not be in the metadata yet. */
+        for (int tries = 0;; tries++) {
+                err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
+                if (err || tries >= 25 ||
+                    (md->topic_cnt >= 1 && !md->topics[0].err))
+                        break;
+                rd_kafka_metadata_destroy(md);
+                md = NULL;
+                usleep(200 * 1000);
+        }
         rd_kafka_topic_destroy(rkt);
         if (err) {
                 snprintf(errstr, errstr_size, "metadata from %s: %s",

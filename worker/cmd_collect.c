@@ -279,7 +279,7 @@ typedef struct {
         json_t *cl_event;         /* latest batch event, or NULL */
         int64_t cl_event_rev;
         int64_t cl_start_ts;      /* results read from this timestamp */
-        int64_t cl_rstart;        /* ... this offset (-1: the end) */
+        int64_t cl_rstart;        /* ... this offset (the first read) */
         int64_t cl_rpos;          /* next results offset, -1: unknown */
         int64_t cl_rend_event;    /* results end offset after the event */
         int cl_beof;              /* batches partition at its end */
@@ -494,7 +494,7 @@ static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
                 if (offsets_at(cl, cl->cl_start_ts, &roff, &boff, errstr,
                                errstr_size))
                         return -1;
-                if (roff >= 0 && (cl->cl_rpos < 0 || roff < cl->cl_rpos)) {
+                if (roff >= 0 && roff < cl->cl_rstart) {
                         l = rd_kafka_topic_partition_list_new(1);
                         rd_kafka_topic_partition_list_add(l, cl->cl_rtopic,
                                                           cl->cl_rpart)
@@ -509,14 +509,15 @@ static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
                                 rd_kafka_error_destroy(se);
                                 return -1;
                         }
-                        kb_log(KB_LOG_INFO, "collect",
-                               "the batch's first result is older than the "
-                               "start: reading %s[%d] again from offset %lld",
-                               cl->cl_rtopic, (int)cl->cl_rpart,
-                               (long long)roff);
+                        if (cl->cl_opts->co_verbose)
+                                fprintf(stderr,
+                                        "kbatch collect: the batch's first "
+                                        "result is older than the start: "
+                                        "reading %s[%d] from offset %lld\n",
+                                        cl->cl_rtopic, (int)cl->cl_rpart,
+                                        (long long)roff);
                         cl->cl_rpos = roff;
-                        if (cl->cl_rstart < 0 || roff < cl->cl_rstart)
-                                cl->cl_rstart = roff;
+                        cl->cl_rstart = roff;
                         cl->cl_seeks++;
                 }
         }
@@ -575,7 +576,11 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
         }
         for (;;) {
                 rd_kafka_message_t *m;
-                if (cl->cl_co && kb_bf_collect_seen(cl->cl_co) >= cl->cl_total)
+                /* Every item has a result (and the batch event, if it is
+                 * already there, was read: for the summary's status). */
+                if (cl->cl_co &&
+                    kb_bf_collect_seen(cl->cl_co) >= cl->cl_total &&
+                    (cl->cl_beof || cl->cl_event))
                         return 1;
                 if (cl->cl_event && cl->cl_beof && cl->cl_rpos >= 0 &&
                     cl->cl_rpos >= cl->cl_rend_event)
@@ -753,11 +758,18 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                         (long long)cl->cl_events_read, cl->cl_btopic,
                         (int)cl->cl_bpart, (long long)cl->cl_read);
         if (st == 0) {
-                fprintf(stderr,
-                        "kbatch collect: batch %s is not complete: %lld of "
-                        "%lld results so far%s\n",
-                        co->co_id, (long long)seen, (long long)cl->cl_total,
-                        seen ? " (written)" : "");
+                if (!cl->cl_total)
+                        fprintf(stderr,
+                                "kbatch collect: batch %s is not known: no "
+                                "state, no event and no result yet\n",
+                                co->co_id);
+                else
+                        fprintf(stderr,
+                                "kbatch collect: batch %s is not complete: "
+                                "%lld of %lld results so far%s\n",
+                                co->co_id, (long long)seen,
+                                (long long)cl->cl_total,
+                                seen ? " (written)" : "");
                 rc = 1;
                 goto out;
         }

@@ -156,7 +156,16 @@ int kb_cmd_batch_state(const kb_conf_t *conf, const char *id,
         }
         rd_kafka_poll_set_consumer(rk);
         rkt = rd_kafka_topic_new(rk, topic, NULL);
-        err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
+        /* A topic created a moment ago may not be in the metadata yet. */
+        for (int tries = 0;; tries++) {
+                err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
+                if (err || tries >= 25 ||
+                    (md->topic_cnt >= 1 && !md->topics[0].err))
+                        break;
+                rd_kafka_metadata_destroy(md);
+                md = NULL;
+                usleep(200 * 1000);
+        }
         if (err) {
                 snprintf(errstr, errstr_size, "metadata from %s: %s",
                          conf->kafka_bootstrap_servers, rd_kafka_err2str(err));

@@ -187,6 +187,14 @@ typedef struct {
         int64_t sv_callback_line;
 } validate_t;
 
+/* Drops a UTF-8 byte order mark (editors on Windows write one). */
+static void strip_bom(char *s, ssize_t *len) {
+        if (*len >= 3 && !memcmp(s, "\xef\xbb\xbf", 3)) {
+                memmove(s, s + 3, (size_t)*len - 2);
+                *len -= 3;
+        }
+}
+
 /* Strips the newline (and a CR before it); 1 when only whitespace is
  * left. */
 static int trim_line(char *s, ssize_t *len) {
@@ -316,6 +324,8 @@ static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
                         ret = -1;
                         break;
                 }
+                if (lineno == 1)
+                        strip_bom(s, &len);
                 if (trim_line(s, &len))
                         continue;
                 if (++sv->sv_items > KB_BF_LINES_MAX) {
@@ -404,7 +414,7 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         size_t cap = 0;
         ssize_t len;
         int64_t n = 0, now = kb_wall_ms(), flush_until;
-        int rc = 1;
+        int rc = 1, first_line;
 
         memset(&dr, 0, sizeof(dr));
         if (!(kc = kb_kafka_conf_new(conf, "submit", errstr, sizeof(errstr))))
@@ -461,13 +471,17 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
 
         batch_of(so, sv->sv_batch_id, sv->sv_items, now, &b);
         errno = 0;
-        while (!interrupted && (len = getline(&s, &cap, in)) >= 0) {
+        for (first_line = 1;
+             !interrupted && (len = getline(&s, &cap, in)) >= 0;
+             first_line = 0) {
                 kb_bf_line_t l;
                 json_t *o;
                 char *buf = NULL;
                 size_t blen = 0;
                 kb_serde_res_t sr;
                 rd_kafka_resp_err_t err;
+                if (first_line)
+                        strip_bom(s, &len);
                 if (trim_line(s, &len))
                         continue;
                 if (kb_bf_line_parse(s, (size_t)len, so->so_format,
@@ -838,9 +852,10 @@ int kb_cmd_submit(int argc, char **argv) {
                 printf("%s\n", batch_id);
                 if (!so.so_quiet)
                         fprintf(stderr,
-                                "kbatch submit: %s: %lld valid requests "
+                                "kbatch submit: %s: %lld valid request%s "
                                 "(dry run: nothing published)\n",
-                                so.so_name, (long long)sv.sv_items);
+                                so.so_name, (long long)sv.sv_items,
+                                sv.sv_items == 1 ? "" : "s");
                 rc = 0;
                 goto out;
         }

@@ -352,6 +352,24 @@ static rd_kafka_headers_t *copy_headers(kb_job_t *jb, const kb_out_t *out) {
 }
 
 static void job_produce(kb_job_t *jb);
+static int job_shrink_result(kb_job_t *jb, kb_out_t *out);
+
+/* Warnings about publishing that keeps failing, at most one per 10 s. */
+static void produce_warn(const char *topic, rd_kafka_resp_err_t err,
+                         const char *what) {
+        static int64_t last;
+        static int suppressed;
+        int64_t now = kb_now_ms();
+        if (now - last < 10000) {
+                suppressed++;
+                return;
+        }
+        kb_log(KB_LOG_WARN, "items", "%s to %s failed: %s (will retry%s)",
+               what, topic, rd_kafka_err2str(err),
+               suppressed ? "; more like it suppressed" : "");
+        last = now;
+        suppressed = 0;
+}
 
 static void produce_retry_later(kb_job_t *jb, int delay_ms) {
         kb_items_t *it = jb->jb_it;
@@ -402,10 +420,13 @@ static void job_produce(kb_job_t *jb) {
                 }
                 if (err) {
                         rd_kafka_headers_destroy(h);
+                        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
+                            job_shrink_result(jb, out)) {
+                                i--; /* publish the smaller result */
+                                continue;
+                        }
                         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-                                kb_log(KB_LOG_WARN, "items",
-                                       "produce to %s failed: %s (will retry)",
-                                       out->out_topic, rd_kafka_err2str(err));
+                                produce_warn(out->out_topic, err, "produce");
                         produce_retry_later(jb, 100);
                         continue;
                 }
@@ -423,9 +444,12 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         jb = out->out_job;
         out->out_pending = 0;
         if (m->err) {
-                kb_log(KB_LOG_WARN, "items",
-                       "delivery to %s failed: %s (will produce again)",
-                       out->out_topic, rd_kafka_err2str(m->err));
+                if (m->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
+                    job_shrink_result(jb, out)) {
+                        job_produce(jb);
+                        return;
+                }
+                produce_warn(out->out_topic, m->err, "delivery");
                 produce_retry_later(jb, 1000);
                 return;
         }
@@ -434,6 +458,44 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                 if (!jb->jb_outs[i].out_done)
                         return;
         job_finish(jb);
+}
+
+/* A result too large for a Kafka message (a large model response): replace
+ * it with a failed result without the output. Returns 1 when replaced. */
+static int job_shrink_result(kb_job_t *jb, kb_out_t *out) {
+        kb_result_t res;
+        char msg[256], err[256], *payload;
+        size_t len;
+        long st = 0;
+        if (out->out_copy || !out->out_payload)
+                return 0;
+        memset(&res, 0, sizeof(res));
+        snprintf(msg, sizeof(msg),
+                 "the result (%zu bytes) is larger than a Kafka message may "
+                 "be (message.max.bytes)",
+                 out->out_len);
+        if (jb->jb_easy)
+                curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &st);
+        res.status = KB_STATUS_FAILED;
+        res.http_status = (int)st;
+        res.error_code = "response_too_large";
+        res.error_message = msg;
+        res.attempts = jb->jb_attempts;
+        res.started_at = jb->jb_started_at;
+        res.finished_at = kb_wall_ms();
+        res.latency_ms = jb->jb_started_at ? res.finished_at - jb->jb_started_at
+                                           : -1;
+        res.worker = jb->jb_it->it_worker;
+        payload = kb_serde_result_encode(
+            jb->jb_it->it_serde, jb->jb_it->it_conf->topics_name[KB_TOPIC_RESULTS],
+            &jb->jb_item, &res, &len, err, sizeof(err));
+        if (!payload)
+                return 0;
+        kb_log(KB_LOG_WARN, "items", "%s", msg);
+        free(out->out_payload);
+        out->out_payload = payload;
+        out->out_len = len;
+        return 1;
 }
 
 /* Adds the result as an output; payload is taken. */

@@ -113,7 +113,7 @@ const char *kb_kafka_header(const rd_kafka_message_t *msg, const char *name,
 typedef struct {
         char *name;
         int partitions;
-        const char *cfg[8]; /* name, value, ..., NULL */
+        const char *cfg[16]; /* name, value, ..., NULL */
 } topic_spec_t;
 
 int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
@@ -141,6 +141,8 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
                 specs[cnt].name = strdup(NAME);                                \
                 specs[cnt].partitions = (PARTS);                               \
                 const char *_c[] = {__VA_ARGS__, NULL};                        \
+                _Static_assert(sizeof(_c) <= sizeof(specs[0].cfg),             \
+                               "topic_spec_t.cfg too small");                  \
                 memcpy(specs[cnt].cfg, _c, sizeof(_c));                        \
                 cnt++;                                                         \
         } while (0)
@@ -164,7 +166,9 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
         /* Co-partitioned with results, compacted. */
         SPEC(conf->topics_name[KB_TOPIC_BATCH_STATE], partitions,
              "cleanup.policy", "compact", "min.compaction.lag.ms", "0",
-             "segment.ms", "3600000");
+             /* Compact often: restore time grows with superseded records
+              * of large, long-running batches. */
+             "segment.ms", "600000", "min.cleanable.dirty.ratio", "0.1");
 #undef SPEC
 
         if (!(kc = kb_kafka_conf_new(conf, "admin", errstr, errstr_size)))
@@ -203,6 +207,13 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
                 for (j = 0; specs[i].cfg[j]; j += 2)
                         rd_kafka_NewTopic_set_config(nts[i], specs[i].cfg[j],
                                                      specs[i].cfg[j + 1]);
+                /* acks=all means something only with more than one replica
+                 * in sync: with replication, a write needs two (durability
+                 * first, SPEC §5: nothing is lost). */
+                if (replication > 1)
+                        rd_kafka_NewTopic_set_config(nts[i],
+                                                     "min.insync.replicas",
+                                                     "2");
         }
         q = rd_kafka_queue_new(rk);
         opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
@@ -291,6 +302,94 @@ static int meta_done_count(const char *meta, size_t len) {
         return n;
 }
 
+/* Adds "config" {retention.ms, cleanup.policy, min.insync.replicas,
+ * segment.ms} (the topic's effective values) to every topic of the array
+ * that has no "error", with one DescribeConfigs request. On failure each
+ * such topic gets "config_error" instead. */
+static void describe_configs(rd_kafka_t *rk, json_t *topics) {
+        static const char *keys[] = {"retention.ms", "cleanup.policy",
+                                     "min.insync.replicas", "segment.ms"};
+        size_t n = json_array_size(topics), i, cnt = 0, rcnt = 0, k, c;
+        rd_kafka_ConfigResource_t **crs = calloc(n ? n : 1, sizeof(*crs));
+        const rd_kafka_ConfigResource_t **res;
+        rd_kafka_queue_t *q;
+        rd_kafka_AdminOptions_t *opts;
+        rd_kafka_event_t *ev;
+        json_t *t;
+        char err[256];
+        if (!crs)
+                return;
+        json_array_foreach(topics, i, t) {
+                if (!json_object_get(t, "error"))
+                        crs[cnt++] = rd_kafka_ConfigResource_new(
+                            RD_KAFKA_RESOURCE_TOPIC,
+                            json_string_value(json_object_get(t, "name")));
+        }
+        if (!cnt) {
+                free(crs);
+                return;
+        }
+        q = rd_kafka_queue_new(rk);
+        opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+        rd_kafka_AdminOptions_set_request_timeout(opts, 10000, err,
+                                                  sizeof(err));
+        rd_kafka_DescribeConfigs(rk, crs, cnt, opts, q);
+        ev = rd_kafka_queue_poll(q, 15000);
+        res = NULL;
+        if (ev && !rd_kafka_event_error(ev))
+                res = rd_kafka_DescribeConfigs_result_resources(
+                    rd_kafka_event_DescribeConfigs_result(ev), &rcnt);
+        json_array_foreach(topics, i, t) {
+                const char *name = json_string_value(json_object_get(t, "name"));
+                json_t *cj;
+                if (json_object_get(t, "error"))
+                        continue;
+                for (c = 0; c < rcnt; c++)
+                        if (!strcmp(rd_kafka_ConfigResource_name(res[c]), name))
+                                break;
+                if (c == rcnt || rd_kafka_ConfigResource_error(res[c])) {
+                        json_object_set_new(
+                            t, "config_error",
+                            json_string(!ev ? "timed out"
+                                        : rd_kafka_event_error(ev)
+                                            ? rd_kafka_event_error_string(ev)
+                                        : c == rcnt
+                                            ? "not in the answer"
+                                            : rd_kafka_ConfigResource_error_string(
+                                                  res[c])));
+                        continue;
+                }
+                cj = json_object();
+                {
+                        size_t ecnt, e;
+                        const rd_kafka_ConfigEntry_t **ents =
+                            rd_kafka_ConfigResource_configs(res[c], &ecnt);
+                        for (e = 0; e < ecnt; e++)
+                                for (k = 0; k < sizeof(keys) / sizeof(*keys);
+                                     k++)
+                                        if (!strcmp(rd_kafka_ConfigEntry_name(
+                                                        ents[e]),
+                                                    keys[k])) {
+                                                const char *v =
+                                                    rd_kafka_ConfigEntry_value(
+                                                        ents[e]);
+                                                json_object_set_new(
+                                                    cj, keys[k],
+                                                    v ? json_string(v)
+                                                      : json_null());
+                                        }
+                }
+                json_object_set_new(t, "config", cj);
+        }
+        if (ev)
+                rd_kafka_event_destroy(ev);
+        rd_kafka_AdminOptions_destroy(opts);
+        rd_kafka_queue_destroy(q);
+        for (i = 0; i < cnt; i++)
+                rd_kafka_ConfigResource_destroy(crs[i]);
+        free(crs);
+}
+
 json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
                                  size_t errstr_size) {
         struct {
@@ -353,6 +452,11 @@ json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
                         continue;
                 }
                 np = md->topics[0].partition_cnt;
+                if (np > 0)
+                        json_object_set_new(
+                            t, "replication_factor",
+                            json_integer(
+                                md->topics[0].partitions[0].replica_cnt));
                 rd_kafka_metadata_destroy(md);
                 rd_kafka_topic_destroy(rkt);
                 json_object_set_new(t, "partitions", json_integer(np));
@@ -423,6 +527,7 @@ json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
                         rd_kafka_destroy(grk);
                 }
         }
+        describe_configs(rk, topics);
 done:
         if (rk)
                 rd_kafka_destroy(rk);

@@ -48,10 +48,10 @@
              (var) && ((tvar) = TAILQ_NEXT((var), field), 1); (var) = (tvar))
 #endif
 
-#define KB_NT_KEEP_BODY  512   /* response bytes kept for the error message */
-#define KB_NT_MAX_BODY   65536 /* response bytes read before hanging up */
-#define KB_NT_DNS_POLL_MS 5    /* how often pending resolutions are checked */
-#define KB_NT_RESOLVE_MAX 2048 /* CURLOPT_RESOLVE entry */
+#define KB_NT_KEEP_BODY   512   /* response bytes kept for the error message */
+#define KB_NT_MAX_BODY    65536 /* response bytes read before hanging up */
+#define KB_NT_DNS_POLL_MS 5     /* how often pending resolutions are checked */
+#define KB_NT_RESOLVE_MAX 2048  /* CURLOPT_RESOLVE entry */
 
 /* ---- pure helpers ------------------------------------------------------ */
 
@@ -94,8 +94,8 @@ int64_t kb_notifier_backoff_ms(int base_ms, int max_ms, int n, uint32_t rnd) {
                 d = max_ms;
         if (d <= 0)
                 return 0;
-        return d / 2 + (int64_t)(((uint64_t)rnd * (uint64_t)(d - d / 2 + 1)) >>
-                                 32);
+        return d / 2 +
+               (int64_t)(((uint64_t)rnd * (uint64_t)(d - d / 2 + 1)) >> 32);
 }
 
 int64_t kb_notifier_retry_wait(const kb_conf_t *conf, int attempts,
@@ -112,8 +112,8 @@ int64_t kb_notifier_retry_wait(const kb_conf_t *conf, int attempts,
                                       rnd);
         if (retry_after_ms > wait)
                 wait = retry_after_ms < conf->notifier_backoff_max_ms
-                           ? retry_after_ms
-                           : conf->notifier_backoff_max_ms;
+                               ? retry_after_ms
+                               : conf->notifier_backoff_max_ms;
         left = conf->notifier_max_age_ms - age_ms;
         if (wait > left)
                 wait = left;
@@ -149,22 +149,22 @@ struct kb_nevent_s {
         kb_xfer_t ev_xfer; /* CURLOPT_PRIVATE points here */
         kb_notifier_t *ev_nt;
         LIST_ENTRY(kb_nevent_s) ev_all;
-        TAILQ_ENTRY(kb_nevent_s) ev_link; /* nt_ready, nt_resolving,
-                                           * nt_timers or nt_prodq */
+        /* on nt_ready, nt_resolving, nt_timers or nt_prodq: */
+        TAILQ_ENTRY(kb_nevent_s) ev_link;
         ev_state_t ev_state;
         int ev_in_prodq;
-        rd_kafka_message_t *ev_msg;    /* owned */
-        kb_npart_t *ev_part;           /* NULL: orphaned by a revocation */
+        rd_kafka_message_t *ev_msg; /* owned */
+        kb_npart_t *ev_part;        /* NULL: orphaned by a revocation */
         uint64_t ev_epoch;
         int64_t ev_offset;
-        int64_t ev_ts;                 /* wall ms: the message timestamp */
+        int64_t ev_ts; /* wall ms: the message timestamp */
         int ev_decoded;
         int ev_decode_tries;
-        const char *ev_body;           /* the POST body: the message value
-                                        * (json) or ev_body_own (avro) */
+        const char *ev_body; /* the POST body: the message value
+                              * (json) or ev_body_own (avro) */
         size_t ev_body_len;
         char *ev_body_own;
-        char ev_id[320];               /* kbatch-event-id */
+        char ev_id[320]; /* kbatch-event-id */
         char ev_batch[160];
         kb_ssrf_url_t ev_url;
         kb_gai_t *ev_gai;
@@ -174,17 +174,17 @@ struct kb_nevent_s {
         char ev_resp[KB_NT_KEEP_BODY + 1];
         size_t ev_resp_len;
         size_t ev_resp_total;
-        int ev_too_large;              /* hung up after KB_NT_MAX_BODY */
-        int ev_refused;                /* the connect-time guard refused */
+        int ev_too_large; /* hung up after KB_NT_MAX_BODY */
+        int ev_refused;   /* the connect-time guard refused */
         char ev_refused_why[128];
         char ev_retry_after[64];
         char ev_errbuf[CURL_ERROR_SIZE];
         int ev_attempts;
-        int64_t ev_first_at;           /* wall ms of the first attempt */
-        int64_t ev_due;                /* mono ms, on nt_timers */
-        char ev_code[32];              /* DLQ: kbatch-error-code */
-        char *ev_dlq_msg;              /* DLQ: kbatch-error-message, owned */
-        int64_t ev_produce_at;         /* mono ms: produce again not before */
+        int64_t ev_first_at;   /* wall ms of the first attempt */
+        int64_t ev_due;        /* mono ms, on nt_timers */
+        char ev_code[32];      /* DLQ: kbatch-error-code */
+        char *ev_dlq_msg;      /* DLQ: kbatch-error-message, owned */
+        int64_t ev_produce_at; /* mono ms: produce again not before */
 };
 
 /* An assigned (or once assigned) partition of the batches topic. Never
@@ -194,9 +194,9 @@ struct kb_npart_s {
         int np_assigned;
         uint64_t np_epoch;
         kb_offsets_t *np_ot;
-        int np_events;   /* events of this epoch alive */
-        int np_pause;    /* PAUSE_* reasons */
-        int np_paused;   /* paused in the consumer */
+        int np_events; /* events of this epoch alive */
+        int np_pause;  /* PAUSE_* reasons */
+        int np_paused; /* paused in the consumer */
         int np_revoking;
 };
 
@@ -209,15 +209,15 @@ TAILQ_HEAD(kb_nevq_s, kb_nevent_s);
 struct kb_notifier_s {
         const kb_conf_t *nt_conf;
         kb_loop_t *nt_loop;
-        const char *nt_topic;      /* batches, borrowed from the config */
-        const char *nt_dlq;        /* batches DLQ */
-        const char *nt_worker;     /* instance id */
+        const char *nt_topic;  /* batches, borrowed from the config */
+        const char *nt_dlq;    /* batches DLQ */
+        const char *nt_worker; /* instance id */
         rd_kafka_t *nt_consumer;
         rd_kafka_t *nt_producer;
         rd_kafka_queue_t *nt_cq;
         rd_kafka_queue_t *nt_pq;
         kb_serde_t *nt_serde;
-        char *nt_secret;           /* owned, never logged */
+        char *nt_secret; /* owned, never logged */
         size_t nt_secret_len;
         time_t nt_secret_mtime;
         int64_t nt_secret_checked;
@@ -227,11 +227,11 @@ struct kb_notifier_s {
         LIST_HEAD(, kb_nevent_s) nt_events;
         struct kb_nevq_s nt_ready;
         struct kb_nevq_s nt_resolving;
-        struct kb_nevq_s nt_timers;   /* sorted by ev_due */
-        struct kb_nevq_s nt_prodq;    /* DLQ copies to produce again */
+        struct kb_nevq_s nt_timers; /* sorted by ev_due */
+        struct kb_nevq_s nt_prodq;  /* DLQ copies to produce again */
         LIST_HEAD(, kb_gai_s) nt_orphans;
-        int nt_events_cnt;            /* events alive */
-        int nt_active;                /* RESOLVING + CALLING */
+        int nt_events_cnt; /* events alive */
+        int nt_active;     /* RESOLVING + CALLING */
         int nt_all_paused;
         int nt_stopping;
         int nt_fatal;
@@ -417,14 +417,18 @@ static void ev_log(kb_nevent_t *ev, kb_log_level_t lvl, const char *code,
                    const char *fmt, ...) {
         char msg[1400], att[16];
         va_list ap;
-        const char *kv[] = {"batch_id",  ev->ev_batch,
-                            "event_id",  ev->ev_id,
-                            "url",       ev->ev_url.su_origin[0]
-                                             ? ev->ev_url.su_origin
-                                             : NULL,
-                            "attempts",  att,
-                            "code",      code,
-                            NULL};
+        const char *kv[] = {
+                "batch_id",
+                ev->ev_batch,
+                "event_id",
+                ev->ev_id,
+                "url",
+                ev->ev_url.su_origin[0] ? ev->ev_url.su_origin : NULL,
+                "attempts",
+                att,
+                "code",
+                code,
+                NULL};
         if (!kb_log_enabled(lvl))
                 return;
         snprintf(att, sizeof(att), "%d", ev->ev_attempts);
@@ -436,10 +440,10 @@ static void ev_log(kb_nevent_t *ev, kb_log_level_t lvl, const char *code,
 
 /* ---- dead letters ---------------------------------------------------- */
 
-static void set_header(rd_kafka_headers_t *h, const char *name,
-                       const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_header(rd_kafka_headers_t *h, const char *name,
-                       const char *fmt, ...) {
+static void set_header(rd_kafka_headers_t *h, const char *name, const char *fmt,
+                       ...) __attribute__((format(printf, 3, 4)));
+static void set_header(rd_kafka_headers_t *h, const char *name, const char *fmt,
+                       ...) {
         char buf[1100];
         va_list ap;
         int n;
@@ -466,7 +470,8 @@ static rd_kafka_headers_t *dlq_headers(kb_nevent_t *ev) {
         set_header(h, "kbatch-error-code", "%s", ev->ev_code);
         set_header(h, "kbatch-error-message", "%.1024s",
                    ev->ev_dlq_msg ? ev->ev_dlq_msg : "");
-        set_header(h, "kbatch-original-topic", "%s", rd_kafka_topic_name(m->rkt));
+        set_header(h, "kbatch-original-topic", "%s",
+                   rd_kafka_topic_name(m->rkt));
         set_header(h, "kbatch-original-partition", "%d", (int)m->partition);
         set_header(h, "kbatch-original-offset", "%lld", (long long)m->offset);
         set_header(h, "kbatch-original-timestamp", "%lld",
@@ -617,8 +622,8 @@ static int secret_read_file(kb_notifier_t *nt, char *errstr,
         buf[len] = '\0';
         if (!len) {
                 free(buf);
-                snprintf(errstr, errstr_size, "notifier.secret_file %s is empty",
-                         path);
+                snprintf(errstr, errstr_size,
+                         "notifier.secret_file %s is empty", path);
                 return -1;
         }
         secret_set(nt, buf, len);
@@ -699,7 +704,8 @@ static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose,
         if (!kb_ssrf_allowed(cls, ev->ev_nt->nt_conf->notifier_allow_private)) {
                 ev->ev_refused = 1;
                 snprintf(ev->ev_refused_why, sizeof(ev->ev_refused_why),
-                         "connects to a %s address", kb_ssrf_class_str(cls));
+                         "connects to a forbidden address (%s)",
+                         kb_ssrf_class_str(cls));
                 return CURL_SOCKET_BAD;
         }
         return socket(addr->family, addr->socktype | SOCK_CLOEXEC,
@@ -709,7 +715,7 @@ static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose,
 static void call_done(kb_xfer_t *xf, CURLcode cc);
 
 static int hdr_add(kb_nevent_t *ev, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+        __attribute__((format(printf, 2, 3)));
 static int hdr_add(kb_nevent_t *ev, const char *fmt, ...) {
         char line[1024];
         struct curl_slist *n;
@@ -782,7 +788,8 @@ static void ev_call(kb_nevent_t *ev, const char *resolve) {
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, ev);
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, ev->ev_errbuf);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)conf->notifier_timeout_ms);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                         (long)conf->notifier_timeout_ms);
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          (long)conf->notifier_timeout_ms);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -866,16 +873,16 @@ static int resolving_serve(kb_notifier_t *nt, int64_t now) {
                 }
                 ev_unlink(ev);
                 if (r != 0) {
-                        snprintf(why, sizeof(why), "cannot resolve the host: %s",
+                        snprintf(why, sizeof(why),
+                                 "cannot resolve the host: %s",
                                  gai_strerror(r));
                         attempt_failed(ev, why);
                         continue;
                 }
-                r = kb_ssrf_check_addrs(ev->ev_url.su_host, ev->ev_url.su_port,
-                                        g->g_cb.ar_result,
-                                        nt->nt_conf->notifier_allow_private,
-                                        resolve, sizeof(resolve), why,
-                                        sizeof(why));
+                r = kb_ssrf_check_addrs(
+                        ev->ev_url.su_host, ev->ev_url.su_port,
+                        g->g_cb.ar_result, nt->nt_conf->notifier_allow_private,
+                        resolve, sizeof(resolve), why, sizeof(why));
                 gai_abandon(nt, g);
                 ev->ev_gai = NULL;
                 if (r == -1) {
@@ -949,13 +956,13 @@ static void attempt_failed(kb_nevent_t *ev, const char *what) {
         int64_t now = kb_wall_ms();
         int64_t age = now - (ev->ev_ts > 0 ? ev->ev_ts : ev->ev_first_at);
         int64_t ra = kb_http_retry_after_ms(
-            ev->ev_retry_after[0] ? ev->ev_retry_after : NULL, time(NULL));
+                ev->ev_retry_after[0] ? ev->ev_retry_after : NULL, time(NULL));
         int64_t wait;
         ev_attempt_clear(ev);
         ev_unlink(ev);
-        wait = kb_notifier_retry_wait(
-            nt->nt_conf, ev->ev_attempts, age, ra,
-            (uint32_t)random() ^ ((uint32_t)random() << 16));
+        wait = kb_notifier_retry_wait(nt->nt_conf, ev->ev_attempts, age, ra,
+                                      (uint32_t)random() ^
+                                              ((uint32_t)random() << 16));
         if (wait < 0) {
                 char msg[1300];
                 if (ev->ev_attempts >= nt->nt_conf->notifier_max_attempts)
@@ -994,9 +1001,9 @@ static void ev_start(kb_notifier_t *nt, kb_nevent_t *ev) {
         r = kb_serde_decode(nt->nt_serde, nt->nt_topic, KB_MSG_BATCH_EVENT,
                             m->payload, m->len, &o, err, sizeof(err));
         if (r == KB_SERDE_RETRY) {
-                int64_t w = 500LL << (ev->ev_decode_tries < 5
-                                          ? ev->ev_decode_tries
-                                          : 5);
+                int64_t w =
+                        500LL
+                        << (ev->ev_decode_tries < 5 ? ev->ev_decode_tries : 5);
                 if (ev->ev_decode_tries++ % 10 == 0)
                         kb_log(KB_LOG_WARN, "notifier",
                                "cannot decode yet (%s): retrying in %lld ms",
@@ -1019,8 +1026,7 @@ static void ev_start(kb_notifier_t *nt, kb_nevent_t *ev) {
                 snprintf(ev->ev_id, sizeof(ev->ev_id), "%s", s);
         else
                 snprintf(ev->ev_id, sizeof(ev->ev_id), "%s:%d:%lld",
-                         nt->nt_topic, (int)m->partition,
-                         (long long)m->offset);
+                         nt->nt_topic, (int)m->partition, (long long)m->offset);
         cb = json_object_get(o, "callback_url");
         if (!cb || json_is_null(cb) ||
             (json_is_string(cb) && !*json_string_value(cb))) {
@@ -1058,14 +1064,14 @@ static void ev_start(kb_notifier_t *nt, kb_nevent_t *ev) {
         }
         json_decref(o);
         if (ev->ev_url.su_literal) {
-                kb_ssrf_class_t cls =
-                    kb_ssrf_classify((struct sockaddr *)&ev->ev_url.su_addr);
+                kb_ssrf_class_t cls = kb_ssrf_classify(
+                        (struct sockaddr *)&ev->ev_url.su_addr);
                 if (!kb_ssrf_allowed(cls,
                                      nt->nt_conf->notifier_allow_private)) {
-                        char msg[200];
+                        char msg[300];
                         snprintf(msg, sizeof(msg),
-                                 "callback_url refused: a %s address",
-                                 kb_ssrf_class_str(cls));
+                                 "callback_url refused: %s is not allowed (%s)",
+                                 ev->ev_url.su_host, kb_ssrf_class_str(cls));
                         ev_dead_letter(ev, "webhook_refused", msg);
                         return;
                 }
@@ -1095,12 +1101,12 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
         r = kb_offsets_track(np->np_ot, m->offset);
         if (r == KB_OFFSETS_FULL) {
                 rd_kafka_topic_partition_list_t *l =
-                    rd_kafka_topic_partition_list_new(1);
+                        rd_kafka_topic_partition_list_new(1);
                 rd_kafka_error_t *e;
                 part_pause(nt, np, PAUSE_WINDOW, 1);
                 rd_kafka_topic_partition_list_add(l, nt->nt_topic,
                                                   np->np_partition)
-                    ->offset = m->offset;
+                        ->offset = m->offset;
                 if ((e = rd_kafka_seek_partitions(nt->nt_consumer, l, 5000)))
                         rd_kafka_error_destroy(e);
                 rd_kafka_topic_partition_list_destroy(l);
@@ -1140,7 +1146,7 @@ static void commit_parts(kb_notifier_t *nt, kb_npart_t **only, size_t cnt,
                          int sync) {
         size_t i, n = only ? cnt : nt->nt_part_cnt;
         rd_kafka_topic_partition_list_t *l =
-            rd_kafka_topic_partition_list_new((int)n + 1);
+                rd_kafka_topic_partition_list_new((int)n + 1);
         rd_kafka_resp_err_t err;
         for (i = 0; i < n; i++) {
                 kb_npart_t *np = only ? only[i] : nt->nt_parts[i];
@@ -1168,8 +1174,8 @@ static void commit_parts(kb_notifier_t *nt, kb_npart_t **only, size_t cnt,
                         kb_log(KB_LOG_WARN, "notifier", "commit failed: %s",
                                rd_kafka_err2str(err));
                         for (i = 0; i < n; i++) {
-                                kb_npart_t *np = only ? only[i]
-                                                      : nt->nt_parts[i];
+                                kb_npart_t *np =
+                                        only ? only[i] : nt->nt_parts[i];
                                 if (np->np_ot)
                                         kb_offsets_committed(np->np_ot, -1, "");
                         }
@@ -1293,7 +1299,7 @@ static void on_assign(kb_notifier_t *nt,
                 np->np_revoking = 0;
                 kb_offsets_destroy(np->np_ot);
                 np->np_ot = kb_offsets_new(
-                    (size_t)nt->nt_conf->worker_offsets_window);
+                        (size_t)nt->nt_conf->worker_offsets_window);
                 if (tp->offset >= 0 &&
                     kb_offsets_reset(np->np_ot, tp->offset, tp->metadata,
                                      tp->metadata_size) < 0)
@@ -1322,8 +1328,8 @@ static void on_assign(kb_notifier_t *nt,
                 pause_all(nt, PAUSE_STOP, 1);
 }
 
-static void on_revoke(kb_notifier_t *nt,
-                      rd_kafka_topic_partition_list_t *parts, int lost) {
+static void on_revoke(kb_notifier_t *nt, rd_kafka_topic_partition_list_t *parts,
+                      int lost) {
         kb_npart_t **nps = calloc((size_t)parts->cnt + 1, sizeof(*nps));
         size_t n = 0, i;
         rd_kafka_error_t *e = NULL;
@@ -1388,13 +1394,14 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
                 return;
         }
         kb_log(err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
-                       err == RD_KAFKA_RESP_ERR__AUTHENTICATION
-                   ? KB_LOG_ERROR
-                   : KB_LOG_WARN,
+                               err == RD_KAFKA_RESP_ERR__AUTHENTICATION
+                       ? KB_LOG_ERROR
+                       : KB_LOG_WARN,
                "kafka", "%s: %s", rd_kafka_err2name(err), reason);
 }
 
-/* ---- construction --------------------------------------------------------- */
+/* ---- construction ---------------------------------------------------------
+ */
 
 kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                                char *errstr, size_t errstr_size) {
@@ -1453,8 +1460,8 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
         rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, nt);
-        if (!(nt->nt_producer = kb_kafka_producer_new(conf, kc, errstr,
-                                                      errstr_size)))
+        if (!(nt->nt_producer =
+                      kb_kafka_producer_new(conf, kc, errstr, errstr_size)))
                 goto fail;
         kc = NULL;
         nt->nt_pq = rd_kafka_queue_get_main(nt->nt_producer);
@@ -1472,8 +1479,8 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                 goto fail;
         snprintf(num, sizeof(num), "%d",
                  conf->worker_queue_max_kbytes < 4096
-                     ? conf->worker_queue_max_kbytes
-                     : 4096);
+                         ? conf->worker_queue_max_kbytes
+                         : 4096);
         if (kb_kafka_conf_set(kc, "group.id", conf->kafka_notifier_group_id,
                               errstr, errstr_size) ||
             kb_kafka_conf_set(kc, "isolation.level", "read_committed", errstr,
@@ -1493,8 +1500,8 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
         rd_kafka_conf_set_offset_commit_cb(kc, commit_cb);
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, nt);
-        if (!(nt->nt_consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
-                                             errstr_size)))
+        if (!(nt->nt_consumer =
+                      rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size)))
                 goto fail;
         kc = NULL;
         rd_kafka_poll_set_consumer(nt->nt_consumer);
@@ -1517,8 +1524,8 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
         }
         nt->nt_next_commit = kb_now_ms() + conf->worker_commit_interval_ms;
         kb_log(KB_LOG_INFO, "notifier",
-               "consuming %s in group %s (private addresses %s)",
-               nt->nt_topic, conf->kafka_notifier_group_id,
+               "consuming %s in group %s (private addresses %s)", nt->nt_topic,
+               conf->kafka_notifier_group_id,
                conf->notifier_allow_private ? "allowed" : "refused");
         return nt;
 fail:
@@ -1584,8 +1591,7 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
                 while (nt->nt_active < conf->notifier_max_inflight &&
                        (ev = TAILQ_FIRST(&nt->nt_ready)))
                         ev_attempt(ev, now);
-                if (!TAILQ_EMPTY(&nt->nt_resolving) &&
-                    wait > KB_NT_DNS_POLL_MS)
+                if (!TAILQ_EMPTY(&nt->nt_resolving) && wait > KB_NT_DNS_POLL_MS)
                         wait = KB_NT_DNS_POLL_MS;
         }
 
@@ -1631,13 +1637,19 @@ void kb_notifier_shutdown(kb_notifier_t *nt, int drain_ms) {
         if (err)
                 kb_log(KB_LOG_WARN, "notifier", "consumer close: %s",
                        rd_kafka_err2str(err));
-        kb_log(KB_LOG_INFO, "notifier", "stopped (%d events left to the next "
-               "owner)", nt->nt_events_cnt);
+        kb_log(KB_LOG_INFO, "notifier",
+               "stopped (%d events left to the next "
+               "owner)",
+               nt->nt_events_cnt);
 }
 
-int kb_notifier_ready(const kb_notifier_t *nt) { return nt->nt_assigned_once; }
+int kb_notifier_ready(const kb_notifier_t *nt) {
+        return nt->nt_assigned_once;
+}
 
-int kb_notifier_fatal(const kb_notifier_t *nt) { return nt->nt_fatal; }
+int kb_notifier_fatal(const kb_notifier_t *nt) {
+        return nt->nt_fatal;
+}
 
 void kb_notifier_destroy(kb_notifier_t *nt) {
         kb_nevent_t *ev, *tmp;

@@ -21,16 +21,17 @@
 
 #include "log.h"
 
-#define RG_MAX_URLS       8
-#define RG_MAX_RESPONSE   (8u << 20) /* bytes: a schema bigger than this is
-                                      * refused */
+#define RG_MAX_URLS 8
+#define RG_MAX_RESPONSE                                                        \
+        (8u << 20) /* bytes: a schema bigger than this is                      \
+                    * refused */
 #define RG_BACKOFF_MIN_MS 250
 #define RG_BACKOFF_MAX_MS 10000
 #define RG_CONTENT_TYPE   "application/vnd.schemaregistry.v1+json"
 
 typedef enum {
-        ENT_NEW = 0,  /* never asked */
-        ENT_ASKING,   /* request in flight (asynchronous mode) */
+        ENT_NEW = 0, /* never asked */
+        ENT_ASKING,  /* request in flight (asynchronous mode) */
         ENT_OK,
         ENT_FAILED,   /* unavailable: ask again after en_retry_at */
         ENT_NOTFOUND, /* until en_retry_at */
@@ -41,40 +42,40 @@ typedef struct rg_req_s rg_req_t;
 
 typedef struct rg_entry_s {
         struct rg_entry_s *en_next;
-        int en_by_subject;      /* 0: schema by id, 1: id by subject */
-        int32_t en_id;          /* by id: the key; by subject: the answer */
-        char *en_subject;       /* by subject: key */
-        char *en_schema;        /* by id: the answer; by subject: key */
-        int en_register;        /* by subject: register (1) or look up */
+        int en_by_subject; /* 0: schema by id, 1: id by subject */
+        int32_t en_id;     /* by id: the key; by subject: the answer */
+        char *en_subject;  /* by subject: key */
+        char *en_schema;   /* by id: the answer; by subject: key */
+        int en_register;   /* by subject: register (1) or look up */
         ent_state_t en_state;
-        int64_t en_retry_at;    /* mono ms (FAILED, NOTFOUND) */
+        int64_t en_retry_at; /* mono ms (FAILED, NOTFOUND) */
         int en_backoff_ms;
         char en_err[512];
-        rg_req_t *en_req;       /* in flight */
+        rg_req_t *en_req; /* in flight */
 } rg_entry_t;
 
 struct rg_req_s {
-        kb_xfer_t rq_xfer;      /* first: CURLOPT_PRIVATE points here */
+        kb_xfer_t rq_xfer; /* first: CURLOPT_PRIVATE points here */
         kb_registry_t *rq_rg;
         rg_entry_t *rq_ent;
         CURL *rq_easy;
         struct curl_slist *rq_hdrs;
-        char rq_path[512];      /* "/schemas/ids/5" */
-        char *rq_body;          /* POST body, or NULL for GET */
+        char rq_path[512]; /* "/schemas/ids/5" */
+        char *rq_body;     /* POST body, or NULL for GET */
         char *rq_resp;
         size_t rq_resp_len, rq_resp_cap;
         int rq_too_large;
-        int rq_url;             /* index into rg_urls of this attempt */
-        int rq_tried;           /* URLs tried so far */
+        int rq_url;   /* index into rg_urls of this attempt */
+        int rq_tried; /* URLs tried so far */
         char rq_errbuf[CURL_ERROR_SIZE];
-        char rq_errs[512];      /* every URL's failure, for the message */
+        char rq_errs[512]; /* every URL's failure, for the message */
 };
 
 struct kb_registry_s {
-        kb_loop_t *rg_loop;      /* NULL: blocking */
+        kb_loop_t *rg_loop; /* NULL: blocking */
         char *rg_urls[RG_MAX_URLS];
         int rg_url_cnt;
-        int rg_cur;              /* the URL that answered last */
+        int rg_cur; /* the URL that answered last */
         char *rg_user, *rg_password, *rg_bearer_env, *rg_bearer_file;
         char *rg_ca_file, *rg_cert_file, *rg_key_file;
         int rg_tls_verify;
@@ -85,7 +86,7 @@ struct kb_registry_s {
         /* health, read by other threads */
         pthread_mutex_t rg_lock;
         int rg_down;
-        int64_t rg_down_since;   /* wall ms */
+        int64_t rg_down_since; /* wall ms */
         char rg_down_why[512];
 };
 
@@ -119,8 +120,8 @@ kb_registry_t *kb_registry_new(const kb_registry_conf_t *rc, kb_loop_t *loop,
                 size_t n = e ? (size_t)(e - p) : strlen(p);
                 while (n && (*p == ' ' || *p == '\t'))
                         p++, n--;
-                while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' ||
-                             p[n - 1] == '/'))
+                while (n &&
+                       (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '/'))
                         n--;
                 if (n) {
                         if (rg->rg_url_cnt == RG_MAX_URLS) {
@@ -215,7 +216,8 @@ int kb_registry_healthy(kb_registry_t *rg, char *why, size_t why_size) {
         pthread_mutex_lock(&rg->rg_lock);
         ok = !rg->rg_down;
         if (!ok && why && why_size)
-                snprintf(why, why_size, "schema registry unavailable for %lld "
+                snprintf(why, why_size,
+                         "schema registry unavailable for %lld "
                          "ms: %s",
                          (long long)(kb_wall_ms() - rg->rg_down_since),
                          rg->rg_down_why);
@@ -309,12 +311,12 @@ static int req_setup(rg_req_t *rq) {
         rq->rq_resp_len = 0;
         rq->rq_too_large = 0;
         rq->rq_errbuf[0] = '\0';
-        rq->rq_hdrs = curl_slist_append(
-            rq->rq_hdrs,
-            "Accept: " RG_CONTENT_TYPE ", application/json;q=0.9");
+        rq->rq_hdrs =
+                curl_slist_append(rq->rq_hdrs, "Accept: " RG_CONTENT_TYPE
+                                               ", application/json;q=0.9");
         if (rq->rq_body)
-                rq->rq_hdrs = curl_slist_append(rq->rq_hdrs,
-                                                "Content-Type: " RG_CONTENT_TYPE);
+                rq->rq_hdrs = curl_slist_append(
+                        rq->rq_hdrs, "Content-Type: " RG_CONTENT_TYPE);
         rq->rq_hdrs = curl_slist_append(rq->rq_hdrs, "Expect:");
         if (bearer_token(rg, tok, sizeof(tok))) {
                 snprintf(line, sizeof(line), "Authorization: Bearer %s", tok);
@@ -363,14 +365,13 @@ static int req_setup(rg_req_t *rq) {
 /* The registry's error message from an error body, or the body itself. */
 static void error_text(const rg_req_t *rq, long status, char *buf,
                        size_t size) {
-        json_t *o = rq->rq_resp ? json_loadb(rq->rq_resp, rq->rq_resp_len, 0,
-                                             NULL)
-                                : NULL;
-        const char *msg = o ? json_string_value(json_object_get(o, "message"))
+        json_t *o = rq->rq_resp
+                            ? json_loadb(rq->rq_resp, rq->rq_resp_len, 0, NULL)
                             : NULL;
-        json_int_t code = o ? json_integer_value(json_object_get(o,
-                                                 "error_code"))
-                            : 0;
+        const char *msg =
+                o ? json_string_value(json_object_get(o, "message")) : NULL;
+        json_int_t code =
+                o ? json_integer_value(json_object_get(o, "error_code")) : 0;
         if (msg && code)
                 snprintf(buf, size, "HTTP %ld, error %lld: %.300s", status,
                          (long long)code, msg);
@@ -409,9 +410,9 @@ static void id_learned(kb_registry_t *rg, int32_t id, const char *schema) {
 static void take_answer(rg_req_t *rq, long status) {
         rg_entry_t *en = rq->rq_ent;
         json_error_t jerr;
-        json_t *o = rq->rq_resp ? json_loadb(rq->rq_resp, rq->rq_resp_len, 0,
-                                             &jerr)
-                                : NULL;
+        json_t *o = rq->rq_resp
+                            ? json_loadb(rq->rq_resp, rq->rq_resp_len, 0, &jerr)
+                            : NULL;
         if (!o || !json_is_object(o)) {
                 snprintf(en->en_err, sizeof(en->en_err),
                          "the schema registry answered %s %.200s with HTTP %ld "
@@ -423,8 +424,8 @@ static void take_answer(rg_req_t *rq, long status) {
         }
         if (!en->en_by_subject) {
                 const char *s = json_string_value(json_object_get(o, "schema"));
-                const char *type = json_string_value(json_object_get(o,
-                                                     "schemaType"));
+                const char *type =
+                        json_string_value(json_object_get(o, "schemaType"));
                 json_t *refs = json_object_get(o, "references");
                 if (!s) {
                         snprintf(en->en_err, sizeof(en->en_err),
@@ -502,8 +503,8 @@ static int attempt_done(rg_req_t *rq, CURLcode cc) {
                 set_health(rg, 1, NULL);
                 return 0;
         }
-        if (cc == CURLE_OK && status >= 400 && status <= 499 &&
-            status != 401 && status != 403 && status != 408 && status != 429) {
+        if (cc == CURLE_OK && status >= 400 && status <= 499 && status != 401 &&
+            status != 403 && status != 408 && status != 429) {
                 /* 409 incompatible, 422 invalid schema, 400, ...: the
                  * registry works and said no. */
                 error_text(rq, status, why, sizeof(why));
@@ -539,14 +540,16 @@ static int attempt_done(rg_req_t *rq, CURLcode cc) {
                  rq->rq_body ? "POST" : "GET", rq->rq_path, rq->rq_errs);
         en->en_state = ENT_FAILED;
         en->en_backoff_ms = en->en_backoff_ms
-                                ? (en->en_backoff_ms * 2 > RG_BACKOFF_MAX_MS
-                                       ? RG_BACKOFF_MAX_MS
-                                       : en->en_backoff_ms * 2)
-                                : RG_BACKOFF_MIN_MS;
+                                    ? (en->en_backoff_ms * 2 > RG_BACKOFF_MAX_MS
+                                               ? RG_BACKOFF_MAX_MS
+                                               : en->en_backoff_ms * 2)
+                                    : RG_BACKOFF_MIN_MS;
         en->en_retry_at = kb_now_ms() + en->en_backoff_ms;
         set_health(rg, 0, en->en_err);
-        kb_log(KB_LOG_WARN, "registry", "schema registry unavailable: %s "
-               "(asking again in %d ms)", en->en_err, en->en_backoff_ms);
+        kb_log(KB_LOG_WARN, "registry",
+               "schema registry unavailable: %s "
+               "(asking again in %d ms)",
+               en->en_err, en->en_backoff_ms);
         return 0;
 }
 
@@ -564,8 +567,8 @@ static void xfer_done(kb_xfer_t *xf, CURLcode cc) {
         rg_req_t *rq = (rg_req_t *)xf;
         kb_registry_t *rg = rq->rq_rg;
         if (attempt_done(rq, cc)) {
-                if (req_setup(rq) == 0 && kb_loop_add(rg->rg_loop,
-                                                      rq->rq_easy) == 0)
+                if (req_setup(rq) == 0 &&
+                    kb_loop_add(rg->rg_loop, rq->rq_easy) == 0)
                         return;
                 snprintf(rq->rq_ent->en_err, sizeof(rq->rq_ent->en_err),
                          "cannot start a request to the schema registry");
@@ -603,8 +606,8 @@ static void ask(kb_registry_t *rg, rg_entry_t *en) {
         }
         en->en_req = rq;
         if (rg->rg_loop) {
-                if (req_setup(rq) != 0 || kb_loop_add(rg->rg_loop,
-                                                      rq->rq_easy) != 0)
+                if (req_setup(rq) != 0 ||
+                    kb_loop_add(rg->rg_loop, rq->rq_easy) != 0)
                         goto fail_req;
                 en->en_state = ENT_ASKING;
                 return;
@@ -631,8 +634,8 @@ fail:
 }
 
 /* The answer of an entry, asking when needed. */
-static kb_registry_res_t answer(kb_registry_t *rg, rg_entry_t *en,
-                                char *errstr, size_t errstr_size) {
+static kb_registry_res_t answer(kb_registry_t *rg, rg_entry_t *en, char *errstr,
+                                size_t errstr_size) {
         int64_t now = kb_now_ms();
         if (en->en_state == ENT_NEW ||
             ((en->en_state == ENT_FAILED || en->en_state == ENT_NOTFOUND) &&
@@ -697,8 +700,7 @@ kb_registry_res_t kb_registry_schema_by_id(kb_registry_t *rg, int32_t id,
         return r;
 }
 
-kb_registry_res_t kb_registry_subject_id(kb_registry_t *rg,
-                                         const char *subject,
+kb_registry_res_t kb_registry_subject_id(kb_registry_t *rg, const char *subject,
                                          const char *schema, int do_register,
                                          int32_t *idp, char *errstr,
                                          size_t errstr_size) {

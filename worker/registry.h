@@ -47,18 +47,18 @@ typedef enum {
 const char *kb_registry_res_str(kb_registry_res_t r);
 
 typedef struct kb_registry_conf_s {
-        const char *rc_urls;         /* comma-separated base URLs */
-        const char *rc_user;         /* basic auth user, "" or NULL: none */
-        const char *rc_password;     /* basic auth password (copied) */
-        const char *rc_bearer_env;   /* env var holding a bearer token */
-        const char *rc_bearer_file;  /* file holding a bearer token (read
-                                      * again for every request: rotated
-                                      * tokens work) */
-        const char *rc_ca_file;      /* CA bundle, "" or NULL: system */
-        const char *rc_cert_file;    /* client certificate (mTLS) */
-        const char *rc_key_file;     /* its private key */
-        int rc_tls_verify;           /* verify peer and host name */
-        int rc_timeout_ms;           /* per request and URL */
+        const char *rc_urls;        /* comma-separated base URLs */
+        const char *rc_user;        /* basic auth user, "" or NULL: none */
+        const char *rc_password;    /* basic auth password (copied) */
+        const char *rc_bearer_env;  /* env var holding a bearer token */
+        const char *rc_bearer_file; /* file holding a bearer token (read
+                                     * again for every request: rotated
+                                     * tokens work) */
+        const char *rc_ca_file;     /* CA bundle, "" or NULL: system */
+        const char *rc_cert_file;   /* client certificate (mTLS) */
+        const char *rc_key_file;    /* its private key */
+        int rc_tls_verify;          /* verify peer and host name */
+        int rc_timeout_ms;          /* per request and URL */
 } kb_registry_conf_t;
 
 typedef struct kb_registry_s kb_registry_t;
@@ -84,8 +84,7 @@ kb_registry_res_t kb_registry_schema_by_id(kb_registry_t *rg, int32_t id,
  * do_register (POST /subjects/{subject}/versions, idempotent in the
  * registry), else looks it up (POST /subjects/{subject}); NOT_FOUND means
  * not registered there. Cached by (subject, schema text). */
-kb_registry_res_t kb_registry_subject_id(kb_registry_t *rg,
-                                         const char *subject,
+kb_registry_res_t kb_registry_subject_id(kb_registry_t *rg, const char *subject,
                                          const char *schema, int do_register,
                                          int32_t *idp, char *errstr,
                                          size_t errstr_size);

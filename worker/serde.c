@@ -50,11 +50,12 @@ KB_INCBIN(kb_avsc_batch_state, "schemas/BatchState.avsc");
 
 static const char *const sd_avsc[KB_MSG__CNT] = {
         kb_avsc_batch_item, kb_avsc_item_result, kb_avsc_batch_event,
-        kb_avsc_control, kb_avsc_batch_state,
+        kb_avsc_control,    kb_avsc_batch_state,
 };
 static const char *const sd_names[KB_MSG__CNT] = {
-        "kbatch.v1.BatchItem", "kbatch.v1.ItemResult", "kbatch.v1.BatchEvent",
-        "kbatch.v1.ControlCommand", "kbatch.v1.BatchState",
+        "kbatch.v1.BatchItem",  "kbatch.v1.ItemResult",
+        "kbatch.v1.BatchEvent", "kbatch.v1.ControlCommand",
+        "kbatch.v1.BatchState",
 };
 
 const char *kb_serde_schema_text(kb_msg_t type) {
@@ -76,25 +77,37 @@ const char *kb_serde_res_str(kb_serde_res_t r) {
 /* ---- our schemas as a tree ------------------------------------------- */
 
 typedef enum {
-        N_NULL = 0, N_BOOLEAN, N_INT, N_LONG, N_FLOAT, N_DOUBLE, N_BYTES,
-        N_STRING, N_RECORD, N_ENUM, N_ARRAY, N_MAP, N_UNION, N_FIXED,
+        N_NULL = 0,
+        N_BOOLEAN,
+        N_INT,
+        N_LONG,
+        N_FLOAT,
+        N_DOUBLE,
+        N_BYTES,
+        N_STRING,
+        N_RECORD,
+        N_ENUM,
+        N_ARRAY,
+        N_MAP,
+        N_UNION,
+        N_FIXED,
 } node_kind_t;
 
 typedef struct sd_node_s sd_node_t;
 
 typedef struct sd_field_s {
-        const char *fd_name;  /* borrowed from the schema's json_t */
+        const char *fd_name; /* borrowed from the schema's json_t */
         sd_node_t *fd_type;
-        json_t *fd_default;   /* borrowed, or NULL: no default */
-        int fd_json_text;     /* "kbatch.json_text": true */
+        json_t *fd_default; /* borrowed, or NULL: no default */
+        int fd_json_text;   /* "kbatch.json_text": true */
 } sd_field_t;
 
 struct sd_node_s {
         node_kind_t nd_kind;
-        char *nd_name;            /* full name of a named type */
-        sd_field_t *nd_fields;    /* record */
+        char *nd_name;         /* full name of a named type */
+        sd_field_t *nd_fields; /* record */
         size_t nd_field_cnt;
-        sd_node_t **nd_branches;  /* union */
+        sd_node_t **nd_branches; /* union */
         size_t nd_branch_cnt;
         sd_node_t *nd_items;      /* array items, map values */
         json_t *nd_symbols;       /* enum: borrowed array of strings */
@@ -104,15 +117,14 @@ struct sd_node_s {
 };
 
 typedef struct sd_tree_s {
-        json_t *tr_json;       /* the parsed .avsc, owns what nodes borrow */
+        json_t *tr_json; /* the parsed .avsc, owns what nodes borrow */
         sd_node_t *tr_root;
         sd_node_t *tr_all;
         sd_node_t *tr_named;
 } sd_tree_t;
 
-static const char *const prim_names[] = {"null",   "boolean", "int",
-                                         "long",   "float",   "double",
-                                         "bytes",  "string"};
+static const char *const prim_names[] = {"null",  "boolean", "int",   "long",
+                                         "float", "double",  "bytes", "string"};
 
 static sd_node_t *node_alloc(sd_tree_t *tr, node_kind_t k) {
         sd_node_t *n = calloc(1, sizeof(*n));
@@ -181,14 +193,16 @@ static sd_node_t *parse_node(sd_tree_t *tr, json_t *j, const char *ns,
                                               sizeof(*n->nd_branches))))
                         return NULL;
                 for (i = 0; i < json_array_size(j); i++)
-                        if (!(n->nd_branches[i] = parse_node(
-                                  tr, json_array_get(j, i), ns, err, errsz)))
+                        if (!(n->nd_branches[i] =
+                                      parse_node(tr, json_array_get(j, i), ns,
+                                                 err, errsz)))
                                 return NULL;
                 n->nd_branch_cnt = json_array_size(j);
                 return n;
         }
         if (!json_is_object(j)) {
-                snprintf(err, errsz, "a type must be a string, array or object");
+                snprintf(err, errsz,
+                         "a type must be a string, array or object");
                 return NULL;
         }
         if (!json_is_string(json_object_get(j, "type")))
@@ -197,9 +211,10 @@ static sd_node_t *parse_node(sd_tree_t *tr, json_t *j, const char *ns,
         type = json_string_value(json_object_get(j, "type"));
         if (!strcmp(type, "record") || !strcmp(type, "error") ||
             !strcmp(type, "enum") || !strcmp(type, "fixed")) {
-                const char *name = json_string_value(json_object_get(j, "name"));
-                const char *nns = json_string_value(json_object_get(j,
-                                                    "namespace"));
+                const char *name =
+                        json_string_value(json_object_get(j, "name"));
+                const char *nns =
+                        json_string_value(json_object_get(j, "namespace"));
                 json_t *fields;
                 if (!name) {
                         snprintf(err, errsz, "a %s without a name", type);
@@ -207,9 +222,10 @@ static sd_node_t *parse_node(sd_tree_t *tr, json_t *j, const char *ns,
                 }
                 if (nns)
                         ns = nns;
-                if (!(n = node_alloc(tr, !strcmp(type, "enum")    ? N_ENUM
-                                         : !strcmp(type, "fixed") ? N_FIXED
-                                                                  : N_RECORD)) ||
+                if (!(n = node_alloc(tr, !strcmp(type, "enum") ? N_ENUM
+                                         : !strcmp(type, "fixed")
+                                                 ? N_FIXED
+                                                 : N_RECORD)) ||
                     !(n->nd_name = full_name(name, ns)))
                         return NULL;
                 if (strchr(n->nd_name, '.')) /* names inside: its space */
@@ -221,8 +237,8 @@ static sd_node_t *parse_node(sd_tree_t *tr, json_t *j, const char *ns,
                         return n;
                 }
                 if (n->nd_kind == N_FIXED) {
-                        n->nd_size = json_integer_value(json_object_get(j,
-                                                        "size"));
+                        n->nd_size =
+                                json_integer_value(json_object_get(j, "size"));
                         return n;
                 }
                 {
@@ -246,14 +262,14 @@ static sd_node_t *parse_node(sd_tree_t *tr, json_t *j, const char *ns,
                                 json_t *f = json_array_get(fields, i);
                                 sd_field_t *fd = &n->nd_fields[i];
                                 fd->fd_name = json_string_value(
-                                    json_object_get(f, "name"));
+                                        json_object_get(f, "name"));
                                 fd->fd_default = json_object_get(f, "default");
                                 fd->fd_json_text = json_is_true(
-                                    json_object_get(f, "kbatch.json_text"));
+                                        json_object_get(f, "kbatch.json_text"));
                                 if (!fd->fd_name ||
                                     !(fd->fd_type = parse_node(
-                                          tr, json_object_get(f, "type"),
-                                          dot ? rns : NULL, err, errsz))) {
+                                              tr, json_object_get(f, "type"),
+                                              dot ? rns : NULL, err, errsz))) {
                                         free(rns);
                                         return NULL;
                                 }
@@ -266,10 +282,10 @@ static sd_node_t *parse_node(sd_tree_t *tr, json_t *j, const char *ns,
         if (!strcmp(type, "array") || !strcmp(type, "map")) {
                 if (!(n = node_alloc(tr, type[0] == 'a' ? N_ARRAY : N_MAP)) ||
                     !(n->nd_items = parse_node(
-                          tr,
-                          json_object_get(j, type[0] == 'a' ? "items"
-                                                            : "values"),
-                          ns, err, errsz)))
+                              tr,
+                              json_object_get(j, type[0] == 'a' ? "items"
+                                                                : "values"),
+                              ns, err, errsz)))
                         return NULL;
                 return n;
         }
@@ -302,7 +318,7 @@ typedef struct sd_own_s {
         sd_tree_t ow_tree;
         avro_schema_t ow_schema;
         avro_value_iface_t *ow_iface;
-        avro_value_t ow_value;        /* reused for every encode */
+        avro_value_t ow_value; /* reused for every encode */
 } sd_own_t;
 
 /* A writer schema fetched by id. */
@@ -311,8 +327,8 @@ typedef struct sd_writer_s {
         int32_t wr_id;
         avro_schema_t wr_schema;
         avro_value_iface_t *wr_iface;
-        avro_value_t wr_value;        /* reused for every decode */
-        char *wr_bad;                 /* the schema does not parse: why */
+        avro_value_t wr_value; /* reused for every decode */
+        char *wr_bad;          /* the schema does not parse: why */
 } sd_writer_t;
 
 /* A topic we produce to: its subject's schema id. */
@@ -322,17 +338,17 @@ typedef struct sd_topic_s {
         kb_msg_t tp_type;
         int32_t tp_id;
         int tp_known;
-        int64_t tp_logged_at;         /* mono ms of the last complaint */
+        int64_t tp_logged_at; /* mono ms of the last complaint */
 } sd_topic_t;
 
 struct kb_serde_s {
         const kb_conf_t *sd_conf;
         kb_format_t sd_format[KB_TOPIC__CNT];
         kb_format_t sd_default;
-        kb_registry_t *sd_rg;          /* NULL: no avro topic */
+        kb_registry_t *sd_rg; /* NULL: no avro topic */
         sd_own_t sd_own[KB_MSG__CNT];
         sd_writer_t *sd_writers;
-        sd_writer_t *sd_last_writer;   /* hot path: the last one used */
+        sd_writer_t *sd_last_writer; /* hot path: the last one used */
         sd_topic_t *sd_topics;
         avro_reader_t sd_reader;
         avro_writer_t sd_writer;
@@ -384,8 +400,8 @@ kb_serde_t *kb_serde_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
                 }
                 if (avro_schema_from_json_length(sd_avsc[i], strlen(sd_avsc[i]),
                                                  &ow->ow_schema) ||
-                    !(ow->ow_iface = avro_generic_class_from_schema(
-                          ow->ow_schema)) ||
+                    !(ow->ow_iface =
+                              avro_generic_class_from_schema(ow->ow_schema)) ||
                     avro_generic_value_new(ow->ow_iface, &ow->ow_value)) {
                         snprintf(errstr, errstr_size, "schema %s: %s",
                                  sd_names[i], avro_strerror());
@@ -408,14 +424,15 @@ kb_serde_t *kb_serde_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
                 rc.rc_user = conf->serde_schema_registry_user;
                 rc.rc_password = pw;
                 rc.rc_bearer_env = conf->serde_schema_registry_bearer_token_env;
-                rc.rc_bearer_file = conf->serde_schema_registry_bearer_token_file;
+                rc.rc_bearer_file =
+                        conf->serde_schema_registry_bearer_token_file;
                 rc.rc_ca_file = conf->serde_schema_registry_ca_file;
                 rc.rc_cert_file = conf->serde_schema_registry_cert_file;
                 rc.rc_key_file = conf->serde_schema_registry_key_file;
                 rc.rc_tls_verify = conf->serde_schema_registry_tls_verify;
                 rc.rc_timeout_ms = conf->serde_schema_registry_timeout_ms;
-                if (!(sd->sd_rg = kb_registry_new(&rc, loop, errstr,
-                                                  errstr_size)))
+                if (!(sd->sd_rg =
+                              kb_registry_new(&rc, loop, errstr, errstr_size)))
                         goto fail;
         }
         return sd;
@@ -472,8 +489,9 @@ kb_format_t kb_serde_format(const kb_serde_t *sd, const char *topic) {
         for (i = 0; i < KB_TOPIC__CNT; i++)
                 if (c->topics_name[i] && !strcmp(topic, c->topics_name[i]))
                         return sd->sd_format[i];
-        n = c->topics_name[KB_TOPIC_ITEMS] ? strlen(c->topics_name[KB_TOPIC_ITEMS])
-                                           : 0;
+        n = c->topics_name[KB_TOPIC_ITEMS]
+                    ? strlen(c->topics_name[KB_TOPIC_ITEMS])
+                    : 0;
         if (n && !strncmp(topic, c->topics_name[KB_TOPIC_ITEMS], n) &&
             !strncmp(topic + n, ".retry.", 7))
                 return sd->sd_format[KB_TOPIC_ITEMS];
@@ -484,7 +502,9 @@ uint64_t kb_serde_generation(const kb_serde_t *sd) {
         return sd->sd_rg ? kb_registry_generation(sd->sd_rg) : 0;
 }
 
-struct kb_registry_s *kb_serde_registry(kb_serde_t *sd) { return sd->sd_rg; }
+struct kb_registry_s *kb_serde_registry(kb_serde_t *sd) {
+        return sd->sd_rg;
+}
 
 int kb_serde_healthy(kb_serde_t *sd, char *why, size_t why_size) {
         int ok = 1;
@@ -554,21 +574,36 @@ static int b64_decode(const char *s, size_t len, void **outp, size_t *olenp) {
 
 static const char *avro_type_str(avro_type_t t) {
         switch (t) {
-        case AVRO_STRING: return "string";
-        case AVRO_BYTES: return "bytes";
-        case AVRO_INT32: return "int";
-        case AVRO_INT64: return "long";
-        case AVRO_FLOAT: return "float";
-        case AVRO_DOUBLE: return "double";
-        case AVRO_BOOLEAN: return "boolean";
-        case AVRO_NULL: return "null";
-        case AVRO_RECORD: return "record";
-        case AVRO_ENUM: return "enum";
-        case AVRO_FIXED: return "fixed";
-        case AVRO_MAP: return "map";
-        case AVRO_ARRAY: return "array";
-        case AVRO_UNION: return "union";
-        default: return "?";
+        case AVRO_STRING:
+                return "string";
+        case AVRO_BYTES:
+                return "bytes";
+        case AVRO_INT32:
+                return "int";
+        case AVRO_INT64:
+                return "long";
+        case AVRO_FLOAT:
+                return "float";
+        case AVRO_DOUBLE:
+                return "double";
+        case AVRO_BOOLEAN:
+                return "boolean";
+        case AVRO_NULL:
+                return "null";
+        case AVRO_RECORD:
+                return "record";
+        case AVRO_ENUM:
+                return "enum";
+        case AVRO_FIXED:
+                return "fixed";
+        case AVRO_MAP:
+                return "map";
+        case AVRO_ARRAY:
+                return "array";
+        case AVRO_UNION:
+                return "union";
+        default:
+                return "?";
         }
 }
 
@@ -576,33 +611,42 @@ static const char *avro_type_str(avro_type_t t) {
  * only; otherwise with Avro's promotions too. */
 static int type_matches(avro_type_t t, const sd_node_t *r, int exact) {
         switch (t) {
-        case AVRO_NULL: return r->nd_kind == N_NULL;
-        case AVRO_BOOLEAN: return r->nd_kind == N_BOOLEAN;
+        case AVRO_NULL:
+                return r->nd_kind == N_NULL;
+        case AVRO_BOOLEAN:
+                return r->nd_kind == N_BOOLEAN;
         case AVRO_INT32:
                 return r->nd_kind == N_INT ||
-                       (!exact && (r->nd_kind == N_LONG ||
-                                   r->nd_kind == N_FLOAT ||
-                                   r->nd_kind == N_DOUBLE));
+                       (!exact &&
+                        (r->nd_kind == N_LONG || r->nd_kind == N_FLOAT ||
+                         r->nd_kind == N_DOUBLE));
         case AVRO_INT64:
                 return r->nd_kind == N_LONG ||
-                       (!exact && (r->nd_kind == N_FLOAT ||
-                                   r->nd_kind == N_DOUBLE));
+                       (!exact &&
+                        (r->nd_kind == N_FLOAT || r->nd_kind == N_DOUBLE));
         case AVRO_FLOAT:
                 return r->nd_kind == N_FLOAT ||
                        (!exact && r->nd_kind == N_DOUBLE);
-        case AVRO_DOUBLE: return r->nd_kind == N_DOUBLE;
+        case AVRO_DOUBLE:
+                return r->nd_kind == N_DOUBLE;
         case AVRO_STRING:
                 return r->nd_kind == N_STRING ||
                        (!exact && r->nd_kind == N_BYTES);
         case AVRO_BYTES:
                 return r->nd_kind == N_BYTES ||
                        (!exact && r->nd_kind == N_STRING);
-        case AVRO_RECORD: return r->nd_kind == N_RECORD;
-        case AVRO_ENUM: return r->nd_kind == N_ENUM;
-        case AVRO_FIXED: return r->nd_kind == N_FIXED;
-        case AVRO_MAP: return r->nd_kind == N_MAP;
-        case AVRO_ARRAY: return r->nd_kind == N_ARRAY;
-        default: return 0;
+        case AVRO_RECORD:
+                return r->nd_kind == N_RECORD;
+        case AVRO_ENUM:
+                return r->nd_kind == N_ENUM;
+        case AVRO_FIXED:
+                return r->nd_kind == N_FIXED;
+        case AVRO_MAP:
+                return r->nd_kind == N_MAP;
+        case AVRO_ARRAY:
+                return r->nd_kind == N_ARRAY;
+        default:
+                return 0;
         }
 }
 
@@ -645,7 +689,7 @@ static json_t *resolve_record(avro_value_t *w, const sd_node_t *r,
 static json_t *resolve(avro_value_t *w, const sd_node_t *r, int json_text,
                        const char *path, char *err, size_t errsz) {
         avro_type_t t = avro_value_get_type(w);
-        size_t i, n;
+        size_t i, n = 0;
         const char *name = *path ? path : "(record)";
 
         if (t == AVRO_UNION) {
@@ -670,8 +714,8 @@ static json_t *resolve(avro_value_t *w, const sd_node_t *r, int json_text,
                 RERR("'%s': the writer's %s cannot be read as the reader's %s",
                      name, avro_type_str(t),
                      r->nd_kind < sizeof(prim_names) / sizeof(*prim_names)
-                         ? prim_names[r->nd_kind]
-                         : (r->nd_name ? r->nd_name : "type"));
+                             ? prim_names[r->nd_kind]
+                             : (r->nd_name ? r->nd_name : "type"));
         switch (t) {
         case AVRO_NULL:
                 return json_null();
@@ -725,7 +769,7 @@ static json_t *resolve(avro_value_t *w, const sd_node_t *r, int json_text,
                          * the string itself, for validation to judge) */
                         if ((j = json_loadb(s, len,
                                             JSON_DECODE_ANY |
-                                                JSON_REJECT_DUPLICATES,
+                                                    JSON_REJECT_DUPLICATES,
                                             NULL)))
                                 return j;
                 }
@@ -749,7 +793,7 @@ static json_t *resolve(avro_value_t *w, const sd_node_t *r, int json_text,
                 n = json_array_size(r->nd_symbols);
                 for (i = 0; i < n; i++)
                         if (!strcmp(json_string_value(
-                                        json_array_get(r->nd_symbols, i)),
+                                            json_array_get(r->nd_symbols, i)),
                                     sym))
                                 return json_string(sym);
                 RERR("'%s': enum symbol '%s' unknown to the reader", name, sym);
@@ -772,7 +816,7 @@ static json_t *resolve(avro_value_t *w, const sd_node_t *r, int json_text,
                                           errsz)) ||
                             (t == AVRO_ARRAY ? json_array_append_new(c, v)
                                              : json_object_set_new(
-                                                   c, key ? key : "", v))) {
+                                                       c, key ? key : "", v))) {
                                 json_decref(c);
                                 return NULL;
                         }
@@ -800,23 +844,32 @@ static int fill(avro_value_t *v, const sd_node_t *n, const json_t *j,
 /* Does JSON value j fit node n (without looking inside containers)? */
 static int json_fits(const json_t *j, const sd_node_t *n, int json_text) {
         switch (n->nd_kind) {
-        case N_NULL: return json_is_null(j);
-        case N_BOOLEAN: return json_is_boolean(j);
+        case N_NULL:
+                return json_is_null(j);
+        case N_BOOLEAN:
+                return json_is_boolean(j);
         case N_INT:
                 return json_is_integer(j) &&
                        json_integer_value(j) >= INT32_MIN &&
                        json_integer_value(j) <= INT32_MAX;
-        case N_LONG: return json_is_integer(j);
+        case N_LONG:
+                return json_is_integer(j);
         case N_FLOAT:
-        case N_DOUBLE: return json_is_number(j);
-        case N_STRING: return json_text ? !json_is_null(j) : json_is_string(j);
+        case N_DOUBLE:
+                return json_is_number(j);
+        case N_STRING:
+                return json_text ? !json_is_null(j) : json_is_string(j);
         case N_BYTES:
         case N_FIXED:
-        case N_ENUM: return json_is_string(j);
+        case N_ENUM:
+                return json_is_string(j);
         case N_RECORD:
-        case N_MAP: return json_is_object(j);
-        case N_ARRAY: return json_is_array(j);
-        default: return 0;
+        case N_MAP:
+                return json_is_object(j);
+        case N_ARRAY:
+                return json_is_array(j);
+        default:
+                return 0;
         }
 }
 
@@ -849,8 +902,8 @@ static int fill(avro_value_t *v, const sd_node_t *n, const json_t *j,
         if (!json_fits(j, n, json_text))
                 FERR("'%s' has the wrong JSON type for Avro %s", name,
                      n->nd_kind < sizeof(prim_names) / sizeof(*prim_names)
-                         ? prim_names[n->nd_kind]
-                         : (n->nd_name ? n->nd_name : "type"));
+                             ? prim_names[n->nd_kind]
+                             : (n->nd_name ? n->nd_name : "type"));
         switch (n->nd_kind) {
         case N_NULL:
                 rc = avro_value_set_null(v);
@@ -878,8 +931,9 @@ static int fill(avro_value_t *v, const sd_node_t *n, const json_t *j,
                         rc = avro_value_set_string_len(v, s, strlen(s) + 1);
                         free(s);
                 } else
-                        rc = avro_value_set_string_len(
-                            v, json_string_value(j), json_string_length(j) + 1);
+                        rc = avro_value_set_string_len(v, json_string_value(j),
+                                                       json_string_length(j) +
+                                                               1);
                 break;
         case N_BYTES:
         case N_FIXED: {
@@ -901,7 +955,7 @@ static int fill(avro_value_t *v, const sd_node_t *n, const json_t *j,
         case N_ENUM:
                 for (i = 0; i < json_array_size(n->nd_symbols); i++)
                         if (!strcmp(json_string_value(
-                                        json_array_get(n->nd_symbols, i)),
+                                            json_array_get(n->nd_symbols, i)),
                                     json_string_value(j)))
                                 break;
                 if (i == json_array_size(n->nd_symbols))
@@ -979,12 +1033,16 @@ static int fill(avro_value_t *v, const sd_node_t *n, const json_t *j,
 
 typedef struct vd_s {
         const unsigned char *vd_base, *vd_p, *vd_end;
-        int64_t vd_budget;      /* elements of arrays/maps left */
+        int64_t vd_budget; /* elements of arrays/maps left */
         char *vd_err;
         size_t vd_errsz;
 } vd_t;
 
-#define VERR(...)                                                                      do {                                                                                   snprintf(vd->vd_err, vd->vd_errsz, __VA_ARGS__);                               return -1;                                                             } while (0)
+#define VERR(...)                                                              \
+        do {                                                                   \
+                snprintf(vd->vd_err, vd->vd_errsz, __VA_ARGS__);               \
+                return -1;                                                     \
+        } while (0)
 
 static int vd_long(vd_t *vd, int64_t *out, const char *what) {
         uint64_t v = 0;
@@ -1055,8 +1113,8 @@ static int vd_value(vd_t *vd, avro_schema_t sc, int depth) {
                                (size_t)(vd->vd_p - vd->vd_base));
         case AVRO_STRING:
         case AVRO_BYTES: {
-                const char *what = avro_typeof(sc) == AVRO_STRING ? "string"
-                                                                  : "bytes";
+                const char *what =
+                        avro_typeof(sc) == AVRO_STRING ? "string" : "bytes";
                 size_t at = (size_t)(vd->vd_p - vd->vd_base);
                 if (vd_long(vd, &n, what))
                         return -1;
@@ -1086,7 +1144,7 @@ static int vd_value(vd_t *vd, avro_schema_t sc, int depth) {
                 for (k = 0; k < avro_schema_record_size(sc); k++)
                         if (vd_value(vd,
                                      avro_schema_record_field_get_by_index(
-                                         sc, (int)k),
+                                             sc, (int)k),
                                      depth + 1))
                                 return -1;
                 return 0;
@@ -1151,7 +1209,8 @@ static int validate_binary(avro_schema_t sc, const unsigned char *buf,
         if (vd_value(&vd, sc, 0))
                 return -1;
         if (vd.vd_p != vd.vd_end) {
-                snprintf(err, errsz, "corrupt: %zu bytes left over after the "
+                snprintf(err, errsz,
+                         "corrupt: %zu bytes left over after the "
                          "record",
                          (size_t)(vd.vd_end - vd.vd_p));
                 return -1;
@@ -1162,9 +1221,8 @@ static int validate_binary(avro_schema_t sc, const unsigned char *buf,
 /* ---- writers by id ---------------------------------------------------- */
 
 /* The writer schema of id: OK (in *wrp), RETRY or UNDECODABLE. */
-static kb_serde_res_t writer_get(kb_serde_t *sd, int32_t id,
-                                 sd_writer_t **wrp, char *errstr,
-                                 size_t errstr_size) {
+static kb_serde_res_t writer_get(kb_serde_t *sd, int32_t id, sd_writer_t **wrp,
+                                 char *errstr, size_t errstr_size) {
         sd_writer_t *wr = sd->sd_last_writer;
         const char *text = NULL;
         kb_registry_res_t r;
@@ -1182,8 +1240,7 @@ static kb_serde_res_t writer_get(kb_serde_t *sd, int32_t id,
                 *wrp = wr;
                 return KB_SERDE_OK;
         }
-        r = kb_registry_schema_by_id(sd->sd_rg, id, &text, errstr,
-                                     errstr_size);
+        r = kb_registry_schema_by_id(sd->sd_rg, id, &text, errstr, errstr_size);
         switch (r) {
         case KB_REG_OK:
                 break;
@@ -1224,9 +1281,8 @@ static kb_serde_res_t writer_get(kb_serde_t *sd, int32_t id,
 
 /* ---- subject ids of the topics we produce to ------------------------- */
 
-static kb_serde_res_t topic_id(kb_serde_t *sd, const char *topic,
-                               kb_msg_t type, int32_t *idp, char *errstr,
-                               size_t errstr_size) {
+static kb_serde_res_t topic_id(kb_serde_t *sd, const char *topic, kb_msg_t type,
+                               int32_t *idp, char *errstr, size_t errstr_size) {
         sd_topic_t *tp;
         char subject[300];
         kb_registry_res_t r;
@@ -1252,15 +1308,16 @@ static kb_serde_res_t topic_id(kb_serde_t *sd, const char *topic,
         /* TopicNameStrategy */
         snprintf(subject, sizeof(subject), "%s-value", topic);
         r = kb_registry_subject_id(sd->sd_rg, subject, sd_avsc[type],
-                                   sd->sd_conf->serde_auto_register,
-                                   &tp->tp_id, errstr, errstr_size);
+                                   sd->sd_conf->serde_auto_register, &tp->tp_id,
+                                   errstr, errstr_size);
         if (r == KB_REG_OK) {
                 tp->tp_known = 1;
                 *idp = tp->tp_id;
                 set_why(sd, NULL);
-                kb_log(KB_LOG_INFO, "serde", "%s: schema %s has id %d under "
-                       "subject %s", topic, sd_names[type], (int)tp->tp_id,
-                       subject);
+                kb_log(KB_LOG_INFO, "serde",
+                       "%s: schema %s has id %d under "
+                       "subject %s",
+                       topic, sd_names[type], (int)tp->tp_id, subject);
                 return KB_SERDE_OK;
         }
         if (r == KB_REG_NOT_FOUND || r == KB_REG_REJECTED) {
@@ -1362,10 +1419,9 @@ out:
         return r;
 }
 
-kb_serde_res_t kb_serde_encode(kb_serde_t *sd, const char *topic,
-                               kb_msg_t type, const json_t *obj, char **bufp,
-                               size_t *lenp, char *errstr,
-                               size_t errstr_size) {
+kb_serde_res_t kb_serde_encode(kb_serde_t *sd, const char *topic, kb_msg_t type,
+                               const json_t *obj, char **bufp, size_t *lenp,
+                               char *errstr, size_t errstr_size) {
         sd_own_t *ow;
         int32_t id;
         char *buf;
@@ -1393,8 +1449,8 @@ kb_serde_res_t kb_serde_encode(kb_serde_t *sd, const char *topic,
         if (fill(&ow->ow_value, ow->ow_tree.tr_root, obj, 0, "", errstr,
                  errstr_size))
                 return KB_SERDE_INVALID;
-        return wire_write(sd->sd_writer, &ow->ow_value, id, bufp, lenp,
-                          errstr, errstr_size);
+        return wire_write(sd->sd_writer, &ow->ow_value, id, bufp, lenp, errstr,
+                          errstr_size);
 }
 
 /* Decodes the Confluent wire format into the JSON form of type. */
@@ -1461,10 +1517,9 @@ static kb_serde_res_t avro_decode(kb_serde_t *sd, kb_msg_t type,
         return KB_SERDE_OK;
 }
 
-kb_serde_res_t kb_serde_decode(kb_serde_t *sd, const char *topic,
-                               kb_msg_t type, const void *buf, size_t len,
-                               json_t **objp, char *errstr,
-                               size_t errstr_size) {
+kb_serde_res_t kb_serde_decode(kb_serde_t *sd, const char *topic, kb_msg_t type,
+                               const void *buf, size_t len, json_t **objp,
+                               char *errstr, size_t errstr_size) {
         *objp = NULL;
         if ((unsigned)type >= KB_MSG__CNT) {
                 snprintf(errstr, errstr_size, "unknown message type");
@@ -1553,6 +1608,6 @@ kb_serde_res_t kb_serde_batch_event_encode(kb_serde_t *sd, const char *topic,
                                            const json_t *event, char **bufp,
                                            size_t *lenp, char *errstr,
                                            size_t errstr_size) {
-        return kb_serde_encode(sd, topic, KB_MSG_BATCH_EVENT, event, bufp,
-                               lenp, errstr, errstr_size);
+        return kb_serde_encode(sd, topic, KB_MSG_BATCH_EVENT, event, bufp, lenp,
+                               errstr, errstr_size);
 }

@@ -94,19 +94,17 @@ kb_serde_res_t kb_serde_prepare(kb_serde_t *sd, const char *topic,
  * malloc'ed buffer of *lenp bytes (caller frees; JSON text is also
  * NUL-terminated). RETRY: the subject's schema id is not known yet (see
  * kb_serde_prepare). INVALID: errstr names the offending field. */
-kb_serde_res_t kb_serde_encode(kb_serde_t *sd, const char *topic,
-                               kb_msg_t type, const json_t *obj, char **bufp,
-                               size_t *lenp, char *errstr,
-                               size_t errstr_size);
+kb_serde_res_t kb_serde_encode(kb_serde_t *sd, const char *topic, kb_msg_t type,
+                               const json_t *obj, char **bufp, size_t *lenp,
+                               char *errstr, size_t errstr_size);
 
 /* Decodes a value of topic into its JSON form. On OK *objp is a new
  * reference (caller decrefs). RETRY: the writer schema is not available yet.
  * UNDECODABLE: errstr says precisely why (bad JSON, wrong magic byte,
  * unknown schema id, truncated or corrupt Avro, incompatible schema). */
-kb_serde_res_t kb_serde_decode(kb_serde_t *sd, const char *topic,
-                               kb_msg_t type, const void *buf, size_t len,
-                               json_t **objp, char *errstr,
-                               size_t errstr_size);
+kb_serde_res_t kb_serde_decode(kb_serde_t *sd, const char *topic, kb_msg_t type,
+                               const void *buf, size_t len, json_t **objp,
+                               char *errstr, size_t errstr_size);
 
 /* BatchItem decoding for the items pipeline: kb_codec_item_decode for a
  * json topic; for an avro topic the wire format is decoded and the record

@@ -12,9 +12,9 @@
 
 const char *kb_ssrf_class_str(kb_ssrf_class_t cls) {
         static const char *const names[KB_SSRF__CNT] = {
-            "public",      "loopback",  "private",   "link-local",
-            "cgnat",       "unspecified", "multicast", "broadcast",
-            "reserved",    "metadata"};
+                "public",   "loopback",    "private",   "link-local",
+                "cgnat",    "unspecified", "multicast", "broadcast",
+                "reserved", "metadata"};
         if ((unsigned)cls >= KB_SSRF__CNT)
                 return "unknown";
         return names[cls];
@@ -27,8 +27,8 @@ static int in4(uint32_t addr, uint32_t net, int len) {
 }
 
 #define V4(a, b, c, d)                                                         \
-        (((uint32_t)(a) << 24) | ((uint32_t)(b) << 16) | ((uint32_t)(c) << 8) | \
-         (uint32_t)(d))
+        (((uint32_t)(a) << 24) | ((uint32_t)(b) << 16) |                       \
+         ((uint32_t)(c) << 8) | (uint32_t)(d))
 
 kb_ssrf_class_t kb_ssrf_classify_v4(uint32_t a) {
         /* Metadata endpoints first: they sit inside link-local, CGNAT and
@@ -78,19 +78,19 @@ static int in6(const uint8_t *a, const uint8_t *prefix, int len) {
 
 kb_ssrf_class_t kb_ssrf_classify_v6(const uint8_t a[16]) {
         static const uint8_t zero[16] = {0};
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0,
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0,    0,
                                            0, 0, 0, 0, 0xff, 0xff};
-        static const uint8_t siit[12] = {0, 0, 0, 0, 0, 0,
+        static const uint8_t siit[12] = {0, 0, 0,    0,    0, 0,
                                          0, 0, 0xff, 0xff, 0, 0};
         static const uint8_t nat64[12] = {0x00, 0x64, 0xff, 0x9b};
-        static const uint8_t nat64_local[6] = {0x00, 0x64, 0xff, 0x9b, 0x00,
-                                               0x01};
-        static const uint8_t aws_md[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0,
-                                           0,    0,    0,    0,    0, 0, 0x02,
-                                           0x54};
-        static const uint8_t aws_pod[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0,
-                                            0,    0,    0,    0,    0, 0, 0x00,
-                                            0x23};
+        static const uint8_t nat64_local[6] = {0x00, 0x64, 0xff,
+                                               0x9b, 0x00, 0x01};
+        static const uint8_t aws_md[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0,
+                                           0,    0,    0,    0,    0, 0,
+                                           0,    0,    0x02, 0x54};
+        static const uint8_t aws_pod[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0,
+                                            0,    0,    0,    0,    0, 0,
+                                            0,    0,    0x00, 0x23};
         static const uint8_t teredo[4] = {0x20, 0x01, 0x00, 0x00};
         static const uint8_t doc[4] = {0x20, 0x01, 0x0d, 0xb8};
         static const uint8_t discard[8] = {0x01, 0x00};
@@ -237,8 +237,7 @@ kb_ssrf_url_err_t kb_ssrf_url_parse(const char *url, kb_ssrf_url_t *u,
             curl_url_get(h, CURLUPART_PASSWORD, &part, 0) == CURLUE_OK ||
             curl_url_get(h, CURLUPART_OPTIONS, &part, 0) == CURLUE_OK) {
                 curl_free(part);
-                return url_fail(u, h, KB_SSRF_URL_USERINFO, errstr,
-                                errstr_size,
+                return url_fail(u, h, KB_SSRF_URL_USERINFO, errstr, errstr_size,
                                 "URL carries credentials (user info)");
         }
         /* Belt and braces: an '@' before the path means user info to some
@@ -266,11 +265,10 @@ kb_ssrf_url_err_t kb_ssrf_url_parse(const char *url, kb_ssrf_url_t *u,
                 size_t hl = strlen(part);
                 if (part[0] == '[' && hl > 2 && part[hl - 1] == ']') {
                         struct sockaddr_in6 *s6 =
-                            (struct sockaddr_in6 *)&u->su_addr;
+                                (struct sockaddr_in6 *)&u->su_addr;
                         u->su_host = strndup(part + 1, hl - 2);
-                        if (!u->su_host ||
-                            inet_pton(AF_INET6, u->su_host, &s6->sin6_addr) !=
-                                1) {
+                        if (!u->su_host || inet_pton(AF_INET6, u->su_host,
+                                                     &s6->sin6_addr) != 1) {
                                 curl_free(part);
                                 return url_fail(u, h, KB_SSRF_URL_HOST, errstr,
                                                 errstr_size,
@@ -280,19 +278,19 @@ kb_ssrf_url_err_t kb_ssrf_url_parse(const char *url, kb_ssrf_url_t *u,
                         u->su_literal = 1;
                 } else {
                         struct sockaddr_in *s4 =
-                            (struct sockaddr_in *)&u->su_addr;
+                                (struct sockaddr_in *)&u->su_addr;
                         if (!host_chars_ok(part)) {
                                 curl_free(part);
                                 return url_fail(
-                                    u, h, KB_SSRF_URL_HOST, errstr,
-                                    errstr_size,
-                                    "URL host has characters outside "
-                                    "[A-Za-z0-9.-_] (use its punycode form)");
+                                        u, h, KB_SSRF_URL_HOST, errstr,
+                                        errstr_size,
+                                        "URL host has characters outside "
+                                        "[A-Za-z0-9.-_] (use its punycode "
+                                        "form)");
                         }
                         u->su_host = strdup(part);
-                        if (u->su_host &&
-                            inet_pton(AF_INET, u->su_host, &s4->sin_addr) ==
-                                1) {
+                        if (u->su_host && inet_pton(AF_INET, u->su_host,
+                                                    &s4->sin_addr) == 1) {
                                 s4->sin_family = AF_INET;
                                 u->su_literal = 1;
                         }
@@ -343,8 +341,8 @@ int kb_ssrf_check_addrs(const char *host, int port, const struct addrinfo *ai,
         for (p = ai; p; p = p->ai_next) {
                 char txt[INET6_ADDRSTRLEN];
                 kb_ssrf_class_t cls;
-                if (!p->ai_addr || (p->ai_family != AF_INET &&
-                                    p->ai_family != AF_INET6))
+                if (!p->ai_addr ||
+                    (p->ai_family != AF_INET && p->ai_family != AF_INET6))
                         continue;
                 cls = kb_ssrf_classify(p->ai_addr);
                 if (p->ai_family == AF_INET)
@@ -353,9 +351,9 @@ int kb_ssrf_check_addrs(const char *host, int port, const struct addrinfo *ai,
                                   txt, sizeof(txt));
                 else
                         inet_ntop(
-                            AF_INET6,
-                            &((struct sockaddr_in6 *)p->ai_addr)->sin6_addr,
-                            txt, sizeof(txt));
+                                AF_INET6,
+                                &((struct sockaddr_in6 *)p->ai_addr)->sin6_addr,
+                                txt, sizeof(txt));
                 if (!kb_ssrf_allowed(cls, allow_private)) {
                         snprintf(errstr, errstr_size, "resolves to %s (%s)",
                                  txt, kb_ssrf_class_str(cls));

@@ -30,22 +30,22 @@
 struct addrinfo;
 
 typedef enum {
-        KB_SSRF_PUBLIC = 0,    /* globally routable: allowed */
-        KB_SSRF_LOOPBACK,      /* 127/8, ::1 */
-        KB_SSRF_PRIVATE,       /* 10/8, 172.16/12, 192.168/16, 198.18/15,
-                                * fc00::/7, fec0::/10, 64:ff9b:1::/48 */
-        KB_SSRF_LINK_LOCAL,    /* 169.254/16, fe80::/10 */
-        KB_SSRF_CGNAT,         /* 100.64/10 */
-        KB_SSRF_UNSPECIFIED,   /* 0/8, :: */
-        KB_SSRF_MULTICAST,     /* 224/4, ff00::/8 */
-        KB_SSRF_BROADCAST,     /* 255.255.255.255 */
-        KB_SSRF_RESERVED,      /* 240/4, 192.0.0/24, documentation nets,
-                                * ::/96 (v4-compatible), 100::/64,
-                                * 2001::/32 (Teredo), 2001:db8::/32 */
-        KB_SSRF_METADATA,      /* cloud metadata: 169.254.169.254,
-                                * 169.254.170.2, 169.254.170.23,
-                                * 100.100.100.200, 192.0.0.192,
-                                * fd00:ec2::254, fd00:ec2::23 */
+        KB_SSRF_PUBLIC = 0,  /* globally routable: allowed */
+        KB_SSRF_LOOPBACK,    /* 127/8, ::1 */
+        KB_SSRF_PRIVATE,     /* 10/8, 172.16/12, 192.168/16, 198.18/15,
+                              * fc00::/7, fec0::/10, 64:ff9b:1::/48 */
+        KB_SSRF_LINK_LOCAL,  /* 169.254/16, fe80::/10 */
+        KB_SSRF_CGNAT,       /* 100.64/10 */
+        KB_SSRF_UNSPECIFIED, /* 0/8, :: */
+        KB_SSRF_MULTICAST,   /* 224/4, ff00::/8 */
+        KB_SSRF_BROADCAST,   /* 255.255.255.255 */
+        KB_SSRF_RESERVED,    /* 240/4, 192.0.0/24, documentation nets,
+                              * ::/96 (v4-compatible), 100::/64,
+                              * 2001::/32 (Teredo), 2001:db8::/32 */
+        KB_SSRF_METADATA,    /* cloud metadata: 169.254.169.254,
+                              * 169.254.170.2, 169.254.170.23,
+                              * 100.100.100.200, 192.0.0.192,
+                              * fd00:ec2::254, fd00:ec2::23 */
         KB_SSRF__CNT
 } kb_ssrf_class_t;
 
@@ -70,25 +70,25 @@ int kb_ssrf_allowed(kb_ssrf_class_t cls, int allow_private);
 
 typedef enum {
         KB_SSRF_URL_OK = 0,
-        KB_SSRF_URL_MALFORMED,  /* empty, too long, or libcurl cannot
-                                 * parse it */
-        KB_SSRF_URL_CONTROL,    /* a control character, whitespace or DEL */
-        KB_SSRF_URL_SCHEME,     /* not http or https */
-        KB_SSRF_URL_USERINFO,   /* user, password or login options */
-        KB_SSRF_URL_HOST,       /* missing host, or one with characters
-                                 * outside [A-Za-z0-9.-_] (use punycode),
-                                 * or an IPv6 zone id */
+        KB_SSRF_URL_MALFORMED, /* empty, too long, or libcurl cannot
+                                * parse it */
+        KB_SSRF_URL_CONTROL,   /* a control character, whitespace or DEL */
+        KB_SSRF_URL_SCHEME,    /* not http or https */
+        KB_SSRF_URL_USERINFO,  /* user, password or login options */
+        KB_SSRF_URL_HOST,      /* missing host, or one with characters
+                                * outside [A-Za-z0-9.-_] (use punycode),
+                                * or an IPv6 zone id */
 } kb_ssrf_url_err_t;
 
 /* A URL that passed kb_ssrf_url_parse. Fields prefixed su_. */
 typedef struct kb_ssrf_url_s {
-        char *su_url;       /* owned: the normalized URL to request */
-        char *su_host;      /* owned: the host, IPv6 without brackets */
-        char su_origin[300];/* "scheme://host:port" for logs (no path or
-                             * query: those may carry tokens) */
-        int su_port;        /* explicit, or 80/443 */
+        char *su_url;        /* owned: the normalized URL to request */
+        char *su_host;       /* owned: the host, IPv6 without brackets */
+        char su_origin[300]; /* "scheme://host:port" for logs (no path or
+                              * query: those may carry tokens) */
+        int su_port;         /* explicit, or 80/443 */
         int su_https;
-        int su_literal;     /* the host is an IP literal (su_addr) */
+        int su_literal; /* the host is an IP literal (su_addr) */
         struct sockaddr_storage su_addr;
 } kb_ssrf_url_t;
 

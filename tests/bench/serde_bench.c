@@ -121,7 +121,7 @@ static int tool(int argc, char **argv) {
                         }
                         {
                                 char *s = json_dumps(o, JSON_COMPACT |
-                                                            JSON_SORT_KEYS);
+                                                                JSON_SORT_KEYS);
                                 printf("%s\n", s);
                                 free(s);
                         }
@@ -177,19 +177,20 @@ static int registry_start(char *url, size_t size) {
 }
 
 static const char *item_text =
-    "{\"batch_id\":\"batch-2026-11-22\",\"item_id\":\"req-%d\","
-    "\"item_index\":%d,\"items_total\":1000000,\"model\":\"gpt-4o-mini\","
-    "\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"You are a "
-    "helpful assistant.\"},{\"role\":\"user\",\"content\":\"Summarize item "
-    "%d in one sentence.\"}],\"max_tokens\":64},\"metadata\":{\"team\":"
-    "\"search\",\"run\":\"nightly\"},\"submitted_at\":1763800000000}";
+        "{\"batch_id\":\"batch-2026-11-22\",\"item_id\":\"req-%d\","
+        "\"item_index\":%d,\"items_total\":1000000,\"model\":\"gpt-4o-mini\","
+        "\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"You are a "
+        "helpful assistant.\"},{\"role\":\"user\",\"content\":\"Summarize item "
+        "%d in one sentence.\"}],\"max_tokens\":64},\"metadata\":{\"team\":"
+        "\"search\",\"run\":\"nightly\"},\"submitted_at\":1763800000000}";
 
 static const char *output_text =
-    "{\"id\":\"chatcmpl-abc123\",\"object\":\"chat.completion\",\"created\":"
-    "1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,"
-    "\"message\":{\"role\":\"assistant\",\"content\":\"A one-sentence "
-    "summary of the item.\"},\"finish_reason\":\"stop\"}],\"usage\":{"
-    "\"prompt_tokens\":31,\"completion_tokens\":9,\"total_tokens\":40}}";
+        "{\"id\":\"chatcmpl-abc123\",\"object\":\"chat.completion\","
+        "\"created\":"
+        "1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,"
+        "\"message\":{\"role\":\"assistant\",\"content\":\"A one-sentence "
+        "summary of the item.\"},\"finish_reason\":\"stop\"}],\"usage\":{"
+        "\"prompt_tokens\":31,\"completion_tokens\":9,\"total_tokens\":40}}";
 
 typedef struct run_s {
         double decode_ns, encode_ns;
@@ -199,8 +200,8 @@ typedef struct run_s {
 /* N items: decode the item value, build and encode its result. */
 static int run(kb_serde_t *sd, kb_format_t f, char **values, size_t *lens,
                int n, json_t *output, run_t *rt) {
-        const char *in_topic = f == KB_FORMAT_AVRO ? "bench.avro.items"
-                                                   : "bench.json.items";
+        const char *in_topic =
+                f == KB_FORMAT_AVRO ? "bench.avro.items" : "bench.json.items";
         const char *out_topic = f == KB_FORMAT_AVRO ? "bench.avro.results"
                                                     : "bench.json.results";
         double t0, dec = 0, encd = 0, outb = 0, inb = 0;
@@ -329,8 +330,8 @@ out:
 }
 
 int main(int argc, char **argv) {
-        if (argc >= 2 && (!strcmp(argv[1], "encode") ||
-                          !strcmp(argv[1], "decode")))
+        if (argc >= 2 &&
+            (!strcmp(argv[1], "encode") || !strcmp(argv[1], "decode")))
                 return tool(argc, argv);
         return bench(argc >= 2 ? atoi(argv[1]) : 200000);
 }

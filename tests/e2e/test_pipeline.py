@@ -357,3 +357,25 @@ def test_backpressure_no_eviction(env):
         with open(os.path.join(os.environ.get("KBATCH_BUILD", "build"), "backpressure-rss.txt"), "w") as f:
             f.write(f"{rss}\n")
         assert w.stop() == 0
+
+
+def test_large_responses(env):
+    """A body over http.max_response_bytes is cut off while reading; a body
+    under it but too large for a Kafka message still ends the item (failed,
+    response_too_large, without the body) instead of blocking its partition."""
+    with FakeModel() as fake:
+        conf = env.write_conf(fake.url, extra="http: { max_response_bytes = 4194304; };")
+        env.create_topics(conf, partitions=1)
+        big = dict(item("big", 0, 3)); big["input"]["fake"] = {"body_bytes": 6 * 1024 * 1024}
+        mid = dict(item("big", 1, 3)); mid["input"]["fake"] = {"body_bytes": 2 * 1024 * 1024}
+        env.produce("items", [big, mid, item("big", 2, 3)])
+        w = env.worker(conf)
+        res = {r["item_index"]: r for r in wait_items(env, {"req-0", "req-1", "req-2"}, timeout=60)}
+        assert res[0]["status"] == "failed" and res[0]["error"]["code"] == "response_too_large"
+        assert "4194304" in res[0]["error"]["message"]
+        assert res[1]["status"] == "failed" and res[1]["error"]["code"] == "response_too_large"
+        assert "Kafka message" in res[1]["error"]["message"] and res[1]["output"] is None
+        assert res[2]["status"] == "succeeded"
+        ends = env.end_offsets("items", 1)
+        assert wait_committed(env, "items", 1, ends) == ends
+        assert w.stop() == 0

@@ -1,8 +1,8 @@
 /*
  * fake_model - a fast fake of the OpenAI HTTP API, for tests and benchmarks.
  *
- * Answers POST /v1/chat/completions, /v1/completions, /v1/embeddings and
- * /v1/responses with bodies of the real API's shape, deterministically from
+ * Answers POST /v1/chat/completions, /v1/completions, /v1/embeddings,
+ * /v1/responses and (Anthropic) /v1/messages with bodies of the real API's shape, deterministically from
  * the request body. Latency and failures come from command-line rates,
  * POST /_config, or a "fake" object in the request body; GET /_stats
  * reports what was asked. See --help and usage() for the interface.
@@ -1161,7 +1161,58 @@ static void gen_responses(fm_buf_t *b, json_t *req, uint64_t h, fm_gen_t *g,
               in, out, in + out);
 }
 
-enum { EP_NONE, EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_RESPONSES };
+/** POST /v1/messages: an Anthropic Messages answer. */
+static void gen_messages(fm_buf_t *b, json_t *req, uint64_t h, fm_gen_t *g,
+                         size_t pad) {
+        json_t *msgs = json_object_get(req, "messages");
+        json_t *sys = json_object_get(req, "system");
+        const char *any = NULL, *st = NULL;
+        size_t any_len = 0, i, sl = 0;
+        json_t *m;
+        content_text(sys, &g->g_in_bytes, &st, &sl);
+        json_array_foreach(msgs, i, m) {
+                const char *t = NULL;
+                size_t tl = 0;
+                content_text(json_object_get(m, "content"), &g->g_in_bytes,
+                             &t, &tl);
+                if (!t)
+                        continue;
+                any = t;
+                any_len = tl;
+                const char *role = json_string_value(
+                        json_object_get(m, "role"));
+                if (role && !strcmp(role, "user")) {
+                        g->g_last = t;
+                        g->g_last_len = tl;
+                }
+        }
+        if (!g->g_last) {
+                g->g_last = any;
+                g->g_last_len = any_len;
+        }
+        g->g_max_out = max_tokens_of(req, "max_tokens", NULL);
+        fm_answer_t a = answer_of(g, pad);
+        json_t *model = json_object_get(req, "model");
+
+        buf_s(b, "{\"id\":");
+        buf_hexid(b, "msg_", h, 2);
+        buf_s(b, ",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+        if (json_is_string(model))
+                buf_jstr(b, json_string_value(model),
+                         json_string_length(model));
+        else
+                buf_s(b, "\"fake-model\"");
+        buf_s(b, ",\"content\":[{\"type\":\"text\",\"text\":");
+        buf_answer(b, g, &a, true);
+        buf_f(b, "}],\"stop_reason\":\"%s\",\"stop_sequence\":null,"
+              "\"usage\":{\"input_tokens\":%" PRId64 ",\"output_tokens\":%"
+              PRId64 "}}",
+              a.a_truncated ? "max_tokens" : "end_turn",
+              tokens_of(g->g_in_bytes), a.a_tokens);
+}
+
+enum { EP_NONE, EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_RESPONSES,
+       EP_MESSAGES };
 
 static int endpoint_of(const char *path) {
         if (!strcmp(path, "/v1/chat/completions"))
@@ -1172,6 +1223,8 @@ static int endpoint_of(const char *path) {
                 return EP_EMBEDDINGS;
         if (!strcmp(path, "/v1/responses"))
                 return EP_RESPONSES;
+        if (!strcmp(path, "/v1/messages"))
+                return EP_MESSAGES;
         return EP_NONE;
 }
 
@@ -1193,6 +1246,9 @@ static char *gen_body(int ep, json_t *req, uint64_t h, size_t pad,
                 break;
         case EP_RESPONSES:
                 gen_responses(&b, req, h, &g, pad);
+                break;
+        case EP_MESSAGES:
+                gen_messages(&b, req, h, &g, pad);
                 break;
         }
         return buf_take(&b, len);
@@ -2000,7 +2056,8 @@ static void usage(FILE *f) {
 "  --help                this text\n"
 "\n"
 "Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings,\n"
-"/v1/responses; GET /_stats[?items=0]; POST /_reset; GET|POST /_config.\n"
+"/v1/responses, /v1/messages (Anthropic); GET /_stats[?items=0];\n"
+"POST /_reset; GET|POST /_config.\n"
 "A request body's \"fake\" object forces an answer: {\"status\": 500,\n"
 "\"times\": 2, \"latency_ms\": 100, \"retry_after\": 2, \"mode\":\n"
 "\"reset|hang|garbage|trickle\", \"body_bytes\": N, \"chunk_bytes\": 8,\n"

@@ -26,8 +26,8 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include <errno.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -43,13 +43,13 @@
 
 typedef struct fr_schema_s {
         int id;
-        char *text;  /* as first registered */
-        char *norm;  /* normalized, the identity */
+        char *text; /* as first registered */
+        char *norm; /* normalized, the identity */
 } fr_schema_t;
 
 typedef struct fr_subject_s {
         char *name;
-        int *ids;    /* version v is ids[v-1] */
+        int *ids; /* version v is ids[v-1] */
         int cnt;
 } fr_subject_t;
 
@@ -137,8 +137,9 @@ static enum MHD_Result reply(struct MHD_Connection *c, int status,
 
 static enum MHD_Result error(struct MHD_Connection *c, int status, int code,
                              const char *msg) {
-        return reply(c, status,
-                     json_pack("{s:i,s:s}", "error_code", code, "message", msg));
+        return reply(
+                c, status,
+                json_pack("{s:i,s:s}", "error_code", code, "message", msg));
 }
 
 static int authorized(struct MHD_Connection *c) {
@@ -156,8 +157,8 @@ static int authorized(struct MHD_Connection *c) {
                         return 0;
         }
         if (auth_token) {
-                const char *h = MHD_lookup_connection_value(
-                    c, MHD_HEADER_KIND, "Authorization");
+                const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                            "Authorization");
                 char want[512];
                 snprintf(want, sizeof(want), "Bearer %s", auth_token);
                 if (!h || strcmp(h, want))
@@ -194,10 +195,11 @@ static enum MHD_Result serve(struct MHD_Connection *c, const char *method,
         }
         if (!strncmp(url, "/config", 7)) {
                 if (!strcmp(method, "PUT"))
-                        return reply(c, 200, json_pack("{s:s}", "compatibility",
-                                                       "NONE"));
-                return reply(c, 200, json_pack("{s:s}", "compatibilityLevel",
-                                               "NONE"));
+                        return reply(
+                                c, 200,
+                                json_pack("{s:s}", "compatibility", "NONE"));
+                return reply(c, 200,
+                             json_pack("{s:s}", "compatibilityLevel", "NONE"));
         }
         if (strncmp(url, "/subjects/", 10))
                 return error(c, 404, 404, "HTTP 404 Not Found");
@@ -214,10 +216,10 @@ static enum MHD_Result serve(struct MHD_Connection *c, const char *method,
         if (post && (!*p || !strcmp(p, "/versions"))) {
                 json_t *b = rq->body ? json_loadb(rq->body, rq->len, 0, NULL)
                                      : NULL;
-                const char *text = json_string_value(json_object_get(b,
-                                                     "schema"));
-                const char *type = json_string_value(json_object_get(b,
-                                                     "schemaType"));
+                const char *text =
+                        json_string_value(json_object_get(b, "schema"));
+                const char *type =
+                        json_string_value(json_object_get(b, "schemaType"));
                 char *norm = text ? normalize(text) : NULL;
                 fr_schema_t *s;
                 fr_subject_t *sb;
@@ -232,8 +234,7 @@ static enum MHD_Result serve(struct MHD_Connection *c, const char *method,
                         int v;
                         sb = subject_find(sub, 0);
                         if (!sb)
-                                ret = error(c, 404, 40401,
-                                            "Subject not found");
+                                ret = error(c, 404, 40401, "Subject not found");
                         else if (!s || !(v = subject_version_of(sb, s->id)))
                                 ret = error(c, 404, 40403, "Schema not found");
                         else
@@ -337,10 +338,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
         pthread_mutex_lock(&lock);
         requests++;
         snprintf(key, sizeof(key), "%s %s", method, url);
-        json_object_set_new(by_path, key,
-                            json_integer(json_integer_value(
-                                             json_object_get(by_path, key)) +
-                                         1));
+        json_object_set_new(
+                by_path, key,
+                json_integer(json_integer_value(json_object_get(by_path, key)) +
+                             1));
         d = delay_ms;
         fs = fail_status;
         pthread_mutex_unlock(&lock);
@@ -414,21 +415,40 @@ int main(int argc, char **argv) {
         struct sockaddr_in sa;
         struct MHD_Daemon *d;
         const union MHD_DaemonInfo *di;
-        struct sigaction sig;
         sigset_t mask;
 
         while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
                 switch (o) {
-                case 'p': port = atoi(optarg); break;
-                case 'f': port_file = optarg; break;
-                case 'H': host = optarg; break;
-                case 'd': delay_ms = atoi(optarg); break;
-                case 'u': auth_basic = optarg; break;
-                case 't': auth_token = optarg; break;
-                case 'c': cert_file = optarg; break;
-                case 'k': key_file = optarg; break;
-                case 'h': usage(stdout); return 0;
-                default: usage(stderr); return 2;
+                case 'p':
+                        port = atoi(optarg);
+                        break;
+                case 'f':
+                        port_file = optarg;
+                        break;
+                case 'H':
+                        host = optarg;
+                        break;
+                case 'd':
+                        delay_ms = atoi(optarg);
+                        break;
+                case 'u':
+                        auth_basic = optarg;
+                        break;
+                case 't':
+                        auth_token = optarg;
+                        break;
+                case 'c':
+                        cert_file = optarg;
+                        break;
+                case 'k':
+                        key_file = optarg;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
                 }
         }
         by_path = json_object();
@@ -445,8 +465,8 @@ int main(int argc, char **argv) {
                 return 2;
         }
         if (cert_file || key_file) {
-                if (!cert_file || !key_file ||
-                    !(cert = slurp(cert_file)) || !(key = slurp(key_file))) {
+                if (!cert_file || !key_file || !(cert = slurp(cert_file)) ||
+                    !(key = slurp(key_file))) {
                         fprintf(stderr, "fake_registry: cannot read the TLS "
                                         "certificate and key\n");
                         return 2;
@@ -482,7 +502,6 @@ int main(int argc, char **argv) {
          * one here (no race between a flag check and pause()). */
         {
                 int got;
-                (void)sig;
                 sigwait(&mask, &got);
         }
         MHD_stop_daemon(d);

@@ -104,7 +104,7 @@ static long fake_reg_post(const fake_reg_t *f, const char *path,
         char url[512];
         long st = 0;
         struct curl_slist *h =
-            curl_slist_append(NULL, "Content-Type: application/json");
+                curl_slist_append(NULL, "Content-Type: application/json");
         snprintf(url, sizeof(url), "%s%s", f->fr_url, path);
         curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);

@@ -387,22 +387,22 @@ Test(aggregator, state_record_rejects_malformed) {
             "not json",
             "[1,2]",
             "{}",
-            "{\"v\":2,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"AA==\"}",
-            "{\"v\":1,\"batch_id\":\"b b\",\"items_total\":1,\"map\":\"AA==\"}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":0,\"map\":\"\"}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1000001,\"map\":\"\"}",
+            "{\"v\":2,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"AA==\"}",
+            "{\"v\":1,\"batch_id\":\"b b\",\"items_total\":1,\"statuses\":\"AA==\"}",
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":0,\"statuses\":\"\"}",
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1000001,\"statuses\":\"\"}",
             "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"AAA=\"}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":9,\"map\":\"AA==\"}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"A!==\"}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"AA=A\"}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"AA==\","
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"AAA=\"}",
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":9,\"statuses\":\"AA==\"}",
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"A!==\"}",
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"AA=A\"}",
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"AA==\","
             "\"items_failed\":-1}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"AA==\","
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"AA==\","
             "\"revision\":\"x\"}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"AA==\","
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"AA==\","
             "\"usage\":{\"input_tokens\":-4}}",
-            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"map\":\"AA==\","
+            "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,\"statuses\":\"AA==\","
             "\"extra_indexes\":[\"x\"]}",
         };
         for (size_t i = 0; i < NELEM(bad); i++) {
@@ -428,7 +428,7 @@ Test(aggregator, state_record_rejects_malformed) {
 Test(aggregator, state_record_clears_bits_past_the_end) {
         /* total 1: "/w==" is 0xff, slots 1..3 set: ignored, slot 0 = 3 */
         const char *rec = "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,"
-                          "\"map\":\"/w==\",\"items_expired\":1}";
+                          "\"statuses\":\"/w==\",\"items_expired\":1}";
         char errstr[128];
         kb_bstate_t *bs = kb_bstate_decode(rec, strlen(rec), errstr,
                                            sizeof(errstr));
@@ -480,7 +480,7 @@ Test(aggregator, event_fields) {
         cr_expect_str_eq(json_string_value(json_object_get(o, "callback_url")),
                          "https://cb.example/x");
         cr_expect(json_equal(json_object_get(o, "metadata"), md));
-        cr_expect_null(json_object_get(o, "map"));
+        cr_expect_null(json_object_get(o, "statuses"));
         cr_expect_null(json_object_get(o, "updated_at"));
         json_decref(o);
         free(ev);

@@ -162,6 +162,46 @@ Test(metrics, labeled_histogram) {
         free(s);
 }
 
+Test(metrics, request_and_retry_shortcuts) {
+        static const struct {
+                const char *code, *body, *want_code;
+                double in, out;
+        } c[] = {
+            {"", "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}",
+             "ok", 7, 3},
+            {NULL, "{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}",
+             "ok", 12, 4},
+            {"rate_limited", NULL, "rate_limited", 12, 4},
+            {NULL, "{\"no\":\"usage\"}", "ok", 12, 4},
+        };
+        size_t i;
+        for (i = 0; i < sizeof(c) / sizeof(*c); i++) {
+                json_t *b = c[i].body ? json_loads(c[i].body, 0, NULL) : NULL;
+                kb_metrics_request("r", c[i].code, NULL, b);
+                json_decref(b);
+                cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_TOKENS, "r",
+                                                            "input")),
+                             c[i].in, "case %zu", i);
+                cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_TOKENS, "r",
+                                                            "output")),
+                             c[i].out, "case %zu", i);
+        }
+        cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_MODEL_REQUESTS, "r",
+                                                    "ok")),
+                     3);
+        cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_MODEL_REQUESTS, "r",
+                                                    "rate_limited")),
+                     1);
+        kb_metrics_retry(0);
+        kb_metrics_retry(0);
+        kb_metrics_retry(2);
+        cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_RETRIES, "inprocess",
+                                                    NULL)),
+                     2);
+        cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_RETRIES, "2", NULL)),
+                     1);
+}
+
 static void *hammer(void *arg) {
         int i;
         (void)arg;

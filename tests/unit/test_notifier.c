@@ -16,7 +16,9 @@ static void setup(void) {
         cr_assert(conf, "%s", err);
 }
 
-static void teardown(void) { kb_conf_destroy(conf); }
+static void teardown(void) {
+        kb_conf_destroy(conf);
+}
 
 TestSuite(notifier, .init = setup, .fini = teardown);
 
@@ -42,15 +44,18 @@ Test(notifier, signature_vectors) {
                 const char *body;
                 const char *want;
         } c[] = {
-            {"whsec_test", 1700000000, "{\"event_id\":\"b1:1\"}",
-             "t=1700000000,v1=742cef5e2d11efb5669889aaedacdc26615ff5d03f2507ed"
-             "38a5bb1367c19963"},
-            {"", 0, "",
-             "t=0,v1=b849d5a581847b281957065739df36df2463d1977ea8d6e1e4e6cf33"
-             "fadc68c3"},
-            {big_secret, 1234567890123, big_body,
-             "t=1234567890123,v1=a9808d3217868427b0724b68a4a47a3a682f24acf97c"
-             "1a67620659227aececeb"},
+                {"whsec_test", 1700000000, "{\"event_id\":\"b1:1\"}",
+                 "t=1700000000,v1="
+                 "742cef5e2d11efb5669889aaedacdc26615ff5d03f2507ed"
+                 "38a5bb1367c19963"},
+                {"", 0, "",
+                 "t=0,v1="
+                 "b849d5a581847b281957065739df36df2463d1977ea8d6e1e4e6cf33"
+                 "fadc68c3"},
+                {big_secret, 1234567890123, big_body,
+                 "t=1234567890123,v1="
+                 "a9808d3217868427b0724b68a4a47a3a682f24acf97c"
+                 "1a67620659227aececeb"},
         };
         size_t i;
         memset(big_secret, 'k', 100);
@@ -90,21 +95,21 @@ Test(notifier, backoff_equal_jitter_table) {
                 uint32_t rnd;
                 int64_t want;
         } c[] = {
-            {1000, 300000, 1, 0, 500},            /* [500, 1000] */
-            {1000, 300000, 1, 0xffffffffu, 1000},
-            {1000, 300000, 2, 0, 1000},           /* [1000, 2000] */
-            {1000, 300000, 2, 0xffffffffu, 2000},
-            {1000, 300000, 4, 0xffffffffu, 8000},
-            {1000, 300000, 10, 0xffffffffu, 300000}, /* capped */
-            {1000, 300000, 10, 0, 150000},
-            {1000, 300000, 90, 0xffffffffu, 300000}, /* no overflow */
-            {100, 300000, 3, 0x80000000u, 300},   /* 200 + half of 201 */
-            {0, 300000, 3, 0xffffffffu, 0},
+                {1000, 300000, 1, 0, 500}, /* [500, 1000] */
+                {1000, 300000, 1, 0xffffffffu, 1000},
+                {1000, 300000, 2, 0, 1000}, /* [1000, 2000] */
+                {1000, 300000, 2, 0xffffffffu, 2000},
+                {1000, 300000, 4, 0xffffffffu, 8000},
+                {1000, 300000, 10, 0xffffffffu, 300000}, /* capped */
+                {1000, 300000, 10, 0, 150000},
+                {1000, 300000, 90, 0xffffffffu, 300000}, /* no overflow */
+                {100, 300000, 3, 0x80000000u, 300},      /* 200 + half of 201 */
+                {0, 300000, 3, 0xffffffffu, 0},
         };
         size_t i;
         for (i = 0; i < sizeof(c) / sizeof(*c); i++)
-                cr_expect_eq(kb_notifier_backoff_ms(c[i].base, c[i].max,
-                                                    c[i].n, c[i].rnd),
+                cr_expect_eq(kb_notifier_backoff_ms(c[i].base, c[i].max, c[i].n,
+                                                    c[i].rnd),
                              c[i].want, "case %zu", i);
 }
 
@@ -115,19 +120,19 @@ Test(notifier, retry_or_dead_letter_table) {
                 uint32_t rnd;
                 int64_t want;
         } c[] = {
-            /* max_attempts 8, max_age 1 h, base 1000, max 300000 */
-            {1, 0, -1, 0xffffffffu, 1000},
-            {3, 0, -1, 0xffffffffu, 4000},
-            {7, 0, -1, 0xffffffffu, 64000},
-            {8, 0, -1, 0xffffffffu, -1},             /* attempts used up */
-            {9, 0, -1, 0, -1},
-            {1, 3600000, -1, 0, -1},                 /* too old */
-            {1, 7200000, -1, 0, -1},
-            {1, 3599500, -1, 0xffffffffu, 500},      /* cut to the deadline */
-            {1, -5000, -1, 0xffffffffu, 1000},       /* clock skew: age 0 */
-            {1, 0, 30000, 0, 30000},                 /* Retry-After honoured */
-            {1, 0, 900000, 0, 300000},               /* ... up to the max */
-            {5, 0, 10, 0xffffffffu, 16000},          /* shorter: backoff */
+                /* max_attempts 8, max_age 1 h, base 1000, max 300000 */
+                {1, 0, -1, 0xffffffffu, 1000},
+                {3, 0, -1, 0xffffffffu, 4000},
+                {7, 0, -1, 0xffffffffu, 64000},
+                {8, 0, -1, 0xffffffffu, -1}, /* attempts used up */
+                {9, 0, -1, 0, -1},
+                {1, 3600000, -1, 0, -1}, /* too old */
+                {1, 7200000, -1, 0, -1},
+                {1, 3599500, -1, 0xffffffffu, 500}, /* cut to the deadline */
+                {1, -5000, -1, 0xffffffffu, 1000},  /* clock skew: age 0 */
+                {1, 0, 30000, 0, 30000},            /* Retry-After honoured */
+                {1, 0, 900000, 0, 300000},          /* ... up to the max */
+                {5, 0, 10, 0xffffffffu, 16000},     /* shorter: backoff */
         };
         size_t i;
         conf->notifier_max_age_ms = 3600000;
@@ -143,4 +148,6 @@ Test(notifier, one_attempt_means_no_retry) {
         cr_expect_eq(kb_notifier_retry_wait(conf, 1, 0, -1, 0), -1);
 }
 
-Test(notifier, destroy_null_is_a_no_op) { kb_notifier_destroy(NULL); }
+Test(notifier, destroy_null_is_a_no_op) {
+        kb_notifier_destroy(NULL);
+}

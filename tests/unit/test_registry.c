@@ -13,11 +13,11 @@
 static fake_reg_t reg;
 
 static const char *schema_a =
-    "{\"type\":\"record\",\"name\":\"A\",\"fields\":[{\"name\":\"x\","
-    "\"type\":\"int\"}]}";
+        "{\"type\":\"record\",\"name\":\"A\",\"fields\":[{\"name\":\"x\","
+        "\"type\":\"int\"}]}";
 static const char *schema_b =
-    "{\"type\":\"record\",\"name\":\"B\",\"fields\":[{\"name\":\"y\","
-    "\"type\":\"string\"}]}";
+        "{\"type\":\"record\",\"name\":\"B\",\"fields\":[{\"name\":\"y\","
+        "\"type\":\"string\"}]}";
 
 static kb_registry_t *client(const char *urls, kb_loop_t *loop,
                              const kb_registry_conf_t *base) {
@@ -39,7 +39,9 @@ static kb_registry_t *client(const char *urls, kb_loop_t *loop,
 
 TestSuite(registry, .fini = NULL, .timeout = 30);
 
-static void stop_reg(void) { fake_reg_stop(&reg); }
+static void stop_reg(void) {
+        fake_reg_stop(&reg);
+}
 
 Test(registry, bad_url_lists) {
         kb_registry_conf_t rc;
@@ -68,8 +70,8 @@ Test(registry, register_lookup_fetch_cached, .fini = stop_reg) {
         cr_assert_eq(kb_registry_subject_id(rg, "t-value", schema_a, 0, &ida,
                                             err, sizeof(err)),
                      KB_REG_NOT_FOUND);
-        cr_assert(strstr(err, "subject 't-value': schema not registered"),
-                  "%s", err);
+        cr_assert(strstr(err, "subject 't-value': schema not registered"), "%s",
+                  err);
         cr_assert(strstr(err, "40401"), "%s", err);
         cr_assert_eq(kb_registry_subject_id(rg, "t-value", schema_a, 1, &ida,
                                             err, sizeof(err)),
@@ -84,8 +86,7 @@ Test(registry, register_lookup_fetch_cached, .fini = stop_reg) {
                      KB_REG_OK);
         cr_assert_eq(id2, ida);
         /* learned by id from the registration: no request */
-        cr_assert_eq(kb_registry_schema_by_id(rg, ida, &text, err,
-                                              sizeof(err)),
+        cr_assert_eq(kb_registry_schema_by_id(rg, ida, &text, err, sizeof(err)),
                      KB_REG_OK);
         cr_assert_str_eq(text, schema_a);
         cr_assert_eq(kb_registry_requests(rg), n, "served from the caches");
@@ -93,12 +94,10 @@ Test(registry, register_lookup_fetch_cached, .fini = stop_reg) {
 
         /* a fresh client fetches by id, once */
         rg = client(reg.fr_url, NULL, NULL);
-        cr_assert_eq(kb_registry_schema_by_id(rg, idb, &text, err,
-                                              sizeof(err)),
+        cr_assert_eq(kb_registry_schema_by_id(rg, idb, &text, err, sizeof(err)),
                      KB_REG_OK, "%s", err);
         cr_assert_str_eq(text, schema_b);
-        cr_assert_eq(kb_registry_schema_by_id(rg, idb, &text, err,
-                                              sizeof(err)),
+        cr_assert_eq(kb_registry_schema_by_id(rg, idb, &text, err, sizeof(err)),
                      KB_REG_OK);
         cr_assert_eq(kb_registry_requests(rg), 1);
         /* look-up only, now registered */
@@ -107,15 +106,13 @@ Test(registry, register_lookup_fetch_cached, .fini = stop_reg) {
                      KB_REG_OK, "%s", err);
         cr_assert_eq(id2, idb);
         /* unknown id: NOT_FOUND with the registry's words, cached */
-        cr_assert_eq(kb_registry_schema_by_id(rg, 777, &text, err,
-                                              sizeof(err)),
+        cr_assert_eq(kb_registry_schema_by_id(rg, 777, &text, err, sizeof(err)),
                      KB_REG_NOT_FOUND);
         cr_assert(strstr(err, "schema id 777 not found in the schema "
                               "registry (HTTP 404, error 40403"),
                   "%s", err);
         n = kb_registry_requests(rg);
-        cr_assert_eq(kb_registry_schema_by_id(rg, 777, &text, err,
-                                              sizeof(err)),
+        cr_assert_eq(kb_registry_schema_by_id(rg, 777, &text, err, sizeof(err)),
                      KB_REG_NOT_FOUND);
         cr_assert_eq(kb_registry_requests(rg), n);
         cr_assert(kb_registry_healthy(rg, err, sizeof(err)));
@@ -129,8 +126,8 @@ Test(registry, rejected_schema, .fini = stop_reg) {
         char err[512];
         fake_reg_start(&reg, 0, NULL);
         rg = client(reg.fr_url, NULL, NULL);
-        cr_assert_eq(kb_registry_subject_id(rg, "t-value", "not json {", 1,
-                                            &id, err, sizeof(err)),
+        cr_assert_eq(kb_registry_subject_id(rg, "t-value", "not json {", 1, &id,
+                                            err, sizeof(err)),
                      KB_REG_REJECTED);
         cr_assert(strstr(err, "422"), "%s", err);
         cr_assert(kb_registry_healthy(rg, err, sizeof(err)));
@@ -194,8 +191,9 @@ Test(registry, all_down_then_back, .fini = stop_reg) {
         cr_assert(kb_registry_healthy(rg, why, sizeof(why)), "no request yet");
         cr_assert_eq(kb_registry_schema_by_id(rg, 1, &text, err, sizeof(err)),
                      KB_REG_UNAVAILABLE);
-        cr_assert(strstr(err, "schema registry unavailable: GET /schemas/ids/1"),
-                  "%s", err);
+        cr_assert(
+                strstr(err, "schema registry unavailable: GET /schemas/ids/1"),
+                "%s", err);
         cr_assert_eq(kb_registry_requests(rg), 1);
         cr_assert_eq(kb_registry_schema_by_id(rg, 1, &text, err, sizeof(err)),
                      KB_REG_UNAVAILABLE);
@@ -241,25 +239,67 @@ typedef struct auth_case_s {
         const char *name;
         const char *server[3];
         const char *user, *password, *bearer_env, *bearer_file_text;
-        int userinfo;    /* credentials in the URL */
+        int userinfo; /* credentials in the URL */
         kb_registry_res_t want;
 } auth_case_t;
 
 static const auth_case_t auth_cases[] = {
-        {"basic_ok", {"--user", "alice:s3cret", NULL}, "alice", "s3cret", NULL,
-         NULL, 0, KB_REG_OK},
-        {"basic_wrong", {"--user", "alice:s3cret", NULL}, "alice", "nope", NULL,
-         NULL, 0, KB_REG_UNAVAILABLE},
-        {"basic_missing", {"--user", "alice:s3cret", NULL}, NULL, NULL, NULL,
-         NULL, 0, KB_REG_UNAVAILABLE},
-        {"basic_in_url", {"--user", "alice:s3cret", NULL}, NULL, NULL, NULL,
-         NULL, 1, KB_REG_OK},
-        {"bearer_env", {"--token", "tok-123", NULL}, NULL, NULL,
-         "KB_TEST_REG_TOKEN", NULL, 0, KB_REG_OK},
-        {"bearer_file", {"--token", "tok-123", NULL}, NULL, NULL, NULL,
-         "tok-123\n", 0, KB_REG_OK},
-        {"bearer_missing", {"--token", "tok-123", NULL}, NULL, NULL, NULL, NULL,
-         0, KB_REG_UNAVAILABLE},
+        {"basic_ok",
+         {"--user", "alice:s3cret", NULL},
+         "alice",
+         "s3cret",
+         NULL,
+         NULL,
+         0,
+         KB_REG_OK},
+        {"basic_wrong",
+         {"--user", "alice:s3cret", NULL},
+         "alice",
+         "nope",
+         NULL,
+         NULL,
+         0,
+         KB_REG_UNAVAILABLE},
+        {"basic_missing",
+         {"--user", "alice:s3cret", NULL},
+         NULL,
+         NULL,
+         NULL,
+         NULL,
+         0,
+         KB_REG_UNAVAILABLE},
+        {"basic_in_url",
+         {"--user", "alice:s3cret", NULL},
+         NULL,
+         NULL,
+         NULL,
+         NULL,
+         1,
+         KB_REG_OK},
+        {"bearer_env",
+         {"--token", "tok-123", NULL},
+         NULL,
+         NULL,
+         "KB_TEST_REG_TOKEN",
+         NULL,
+         0,
+         KB_REG_OK},
+        {"bearer_file",
+         {"--token", "tok-123", NULL},
+         NULL,
+         NULL,
+         NULL,
+         "tok-123\n",
+         0,
+         KB_REG_OK},
+        {"bearer_missing",
+         {"--token", "tok-123", NULL},
+         NULL,
+         NULL,
+         NULL,
+         NULL,
+         0,
+         KB_REG_UNAVAILABLE},
 };
 
 /* Credentials the registry refuses are the operator's problem: the answer

@@ -26,8 +26,12 @@ static kb_conf_t *conf_with(const char *format, const char *url) {
         return c;
 }
 
-static void setup(void) { fake_reg_start(&reg, 0, NULL); }
-static void teardown(void) { fake_reg_stop(&reg); }
+static void setup(void) {
+        fake_reg_start(&reg, 0, NULL);
+}
+static void teardown(void) {
+        fake_reg_stop(&reg);
+}
 
 TestSuite(serde, .init = setup, .fini = teardown, .timeout = 30);
 
@@ -39,12 +43,12 @@ static kb_serde_t *new_serde(const kb_conf_t *c, kb_loop_t *loop) {
 }
 
 static const char *item_text =
-    "{\"batch_id\":\"b-1\",\"item_id\":\"req-7\",\"item_index\":7,"
-    "\"items_total\":10,\"model\":\"gpt-test\",\"operation\":\"chat."
-    "completions\",\"input\":{\"messages\":[{\"role\":\"user\",\"content\":"
-    "\"h\\u00e9llo\"}],\"temperature\":0.5},\"deadline\":4102444800000,"
-    "\"callback_url\":\"https://example.com/hook\",\"metadata\":{\"team\":"
-    "\"a\",\"run\":\"7\"},\"submitted_at\":1700000000000}";
+        "{\"batch_id\":\"b-1\",\"item_id\":\"req-7\",\"item_index\":7,"
+        "\"items_total\":10,\"model\":\"gpt-test\",\"operation\":\"chat."
+        "completions\",\"input\":{\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"h\\u00e9llo\"}],\"temperature\":0.5},\"deadline\":4102444800000,"
+        "\"callback_url\":\"https://example.com/hook\",\"metadata\":{\"team\":"
+        "\"a\",\"run\":\"7\"},\"submitted_at\":1700000000000}";
 
 static json_t *item_json(void) {
         json_t *j = json_loads(item_text, 0, NULL);
@@ -64,9 +68,9 @@ Test(serde, schemas_compiled_in) {
                          json_string_value(json_object_get(j, "namespace")),
                          json_string_value(json_object_get(j, "name")));
                 cr_assert_str_eq(want, kb_serde_schema_name(t));
-                cr_assert_str_eq(json_string_value(json_object_get(j,
-                                                   "namespace")),
-                                 "kbatch.v1");
+                cr_assert_str_eq(
+                        json_string_value(json_object_get(j, "namespace")),
+                        "kbatch.v1");
                 json_decref(j);
         }
 }
@@ -108,7 +112,8 @@ Test(serde, json_format_needs_no_registry) {
         kb_conf_destroy(c);
 }
 
-/* ---- round trips ---------------------------------------------------------- */
+/* ---- round trips ----------------------------------------------------------
+ */
 
 /* Encodes the item JSON as Avro with our schema, decodes it with the items
  * pipeline's function: same fields as the JSON decoder gives. */
@@ -153,10 +158,10 @@ typedef struct result_case_s {
         const char *name;
         kb_item_status_t status;
         int http_status;
-        const char *output;     /* JSON text or NULL */
+        const char *output; /* JSON text or NULL */
         const char *code;
         int has_usage;
-        int null_ids;           /* an invalid item without item_id/model */
+        int null_ids; /* an invalid item without item_id/model */
 } result_case_t;
 
 static const result_case_t result_cases[] = {
@@ -203,7 +208,8 @@ Test(serde, result_round_trips) {
                         kb_codec_usage_from_output(out, &res);
                 }
                 res.error_code = rc->code;
-                res.error_message = rc->code ? "what happened: \"quoted\"" : NULL;
+                res.error_message =
+                        rc->code ? "what happened: \"quoted\"" : NULL;
                 res.attempts = 2;
                 res.started_at = 1700000000123;
                 res.finished_at = 1700000000456;
@@ -241,14 +247,16 @@ Test(serde, batch_event_round_trip) {
         kb_conf_t *c = conf_with("avro", reg.fr_url);
         kb_serde_t *sd = new_serde(c, NULL);
         json_t *ev = json_loads(
-            "{\"event_id\":\"b-1:1\",\"type\":\"batch.completed\","
-            "\"revision\":1,\"batch_id\":\"b-1\",\"status\":"
-            "\"partial_succeeded\",\"items_total\":10,\"items_succeeded\":8,"
-            "\"items_failed\":2,\"items_cancelled\":0,\"items_expired\":0,"
-            "\"usage\":{\"input_tokens\":30,\"output_tokens\":20,"
-            "\"total_tokens\":50},\"first_result_at\":1700000000000,"
-            "\"completed_at\":1700000009000,\"metadata\":{\"team\":\"a\"}}",
-            0, NULL);
+                "{\"event_id\":\"b-1:1\",\"type\":\"batch.completed\","
+                "\"revision\":1,\"batch_id\":\"b-1\",\"status\":"
+                "\"partial_succeeded\",\"items_total\":10,\"items_succeeded\":"
+                "8,"
+                "\"items_failed\":2,\"items_cancelled\":0,\"items_expired\":0,"
+                "\"usage\":{\"input_tokens\":30,\"output_tokens\":20,"
+                "\"total_tokens\":50},\"first_result_at\":1700000000000,"
+                "\"completed_at\":1700000009000,\"metadata\":{\"team\":\"a\"},"
+                "\"callback_url\":\"https://example.com/hook\"}",
+                0, NULL);
         json_t *got = NULL;
         char *buf, err[256];
         size_t len;
@@ -277,10 +285,11 @@ Test(serde, batch_state_bytes_are_base64_in_json) {
         kb_conf_t *c = conf_with("avro", reg.fr_url);
         kb_serde_t *sd = new_serde(c, NULL);
         json_t *st = json_loads(
-            "{\"batch_id\":\"b\",\"revision\":0,\"items_total\":5,"
-            "\"items_succeeded\":1,\"items_failed\":0,\"items_cancelled\":0,"
-            "\"items_expired\":0,\"statuses\":\"AQIDBA==\"}",
-            0, NULL);
+                "{\"batch_id\":\"b\",\"revision\":0,\"items_total\":5,"
+                "\"items_succeeded\":1,\"items_failed\":0,\"items_cancelled\":"
+                "0,"
+                "\"items_expired\":0,\"statuses\":\"AQIDBA==\"}",
+                0, NULL);
         json_t *got = NULL;
         char *buf, err[256];
         size_t len;
@@ -326,7 +335,8 @@ static const evo_case_t evo_cases[] = {
          "{\"name\":\"operation\",\"type\":[\"null\",\"string\"],\"default\":"
          "null},"
          "{\"name\":\"input\",\"type\":\"string\"},"
-         "{\"name\":\"deadline\",\"type\":[\"null\",\"long\"],\"default\":null},"
+         "{\"name\":\"deadline\",\"type\":[\"null\",\"long\"],\"default\":null}"
+         ","
          "{\"name\":\"callback_url\",\"type\":[\"null\",\"string\"],"
          "\"default\":null},"
          "{\"name\":\"metadata\",\"type\":[\"null\",{\"type\":\"map\","
@@ -376,8 +386,9 @@ static const evo_case_t evo_cases[] = {
          "{\"name\":\"items_total\",\"type\":\"int\"},"
          "{\"name\":\"model\",\"type\":\"string\"},"
          "{\"name\":\"input\",\"type\":\"string\"}]}",
-         0, "'item_index': the writer's string cannot be read as the reader's "
-            "int"},
+         0,
+         "'item_index': the writer's string cannot be read as the reader's "
+         "int"},
 };
 
 Test(serde, evolution) {
@@ -410,10 +421,9 @@ Test(serde, evolution) {
                 fake_reg_register(&reg, subject, ec->schema);
                 /* ids are given in registration order (the results schema
                  * is not registered yet) */
-                cr_assert_eq(kb_serde_encode_with_schema(ec->schema,
-                                                         (int32_t)i + 1, j,
-                                                         &buf, &len, err,
-                                                         sizeof(err)),
+                cr_assert_eq(kb_serde_encode_with_schema(
+                                     ec->schema, (int32_t)i + 1, j, &buf, &len,
+                                     err, sizeof(err)),
                              KB_SERDE_OK, "%s: %s", ec->name, err);
                 r = kb_serde_item_decode(sd, "kbatch.items", NULL, buf, len, 0,
                                          &it, err, sizeof(err));
@@ -424,17 +434,19 @@ Test(serde, evolution) {
                         cr_assert_str_eq(it.model, "gpt-test");
                         cr_assert(json_is_object(it.input));
                         cr_assert_str_eq(
-                            json_string_value(json_object_get(it.input,
-                                                              "messages")
-                                                  ? json_object_get(
-                                                        json_array_get(
-                                                            json_object_get(
-                                                                it.input,
-                                                                "messages"),
-                                                            0),
-                                                        "content")
-                                                  : NULL),
-                            "h\xc3\xa9llo");
+                                json_string_value(
+                                        json_object_get(it.input, "messages")
+                                                ? json_object_get(
+                                                          json_array_get(
+                                                                  json_object_get(
+                                                                          it.input,
+                                                                          "mess"
+                                                                          "age"
+                                                                          "s"),
+                                                                  0),
+                                                          "content")
+                                                : NULL),
+                                "h\xc3\xa9llo");
                         if (!strcmp(ec->name, "lacks_optional_fields")) {
                                 cr_assert_null(it.operation);
                                 cr_assert_null(it.metadata);
@@ -444,8 +456,8 @@ Test(serde, evolution) {
                                 cr_assert_eq(it.deadline, 2000000000);
                 } else {
                         cr_assert_eq(r, KB_CODEC_UNDECODABLE, "%s", ec->name);
-                        cr_assert(strstr(err, ec->err_part), "%s: %s",
-                                  ec->name, err);
+                        cr_assert(strstr(err, ec->err_part), "%s: %s", ec->name,
+                                  err);
                         cr_assert(strstr(err, "cannot be read as "
                                               "kbatch.v1.BatchItem"),
                                   "%s", err);
@@ -465,9 +477,9 @@ typedef enum { MK_RAW, MK_CUT, MK_TRAIL, MK_CORRUPT, MK_ID } mk_t;
 typedef struct err_case_s {
         const char *name;
         mk_t mk;
-        const char *raw;  /* MK_RAW */
+        const char *raw; /* MK_RAW */
         size_t raw_len;
-        int arg;          /* MK_CUT: bytes removed; MK_ID: the id */
+        int arg; /* MK_CUT: bytes removed; MK_ID: the id */
         const char *err_part;
 } err_case_t;
 
@@ -482,10 +494,12 @@ static const err_case_t err_cases[] = {
          "value of 3 bytes is too short for the Confluent wire format"},
         {"unknown_id", MK_ID, NULL, 0, 4242,
          "schema id 4242 not found in the schema registry"},
-        {"truncated", MK_CUT, NULL, 0, 10, "Avro value truncated or corrupt "
-                                           "(schema id 1"},
-        {"header_only", MK_CUT, NULL, 0, -1, "Avro value truncated or corrupt "
-                                             "(schema id 1, 0 bytes"},
+        {"truncated", MK_CUT, NULL, 0, 10,
+         "Avro value truncated or corrupt "
+         "(schema id 1"},
+        {"header_only", MK_CUT, NULL, 0, -1,
+         "Avro value truncated or corrupt "
+         "(schema id 1, 0 bytes"},
         {"trailing_bytes", MK_TRAIL, NULL, 0, 0,
          "corrupt: 1 bytes left over after the record"},
         {"huge_length", MK_CORRUPT, NULL, 0, 0,
@@ -531,9 +545,9 @@ Test(serde, decoding_errors) {
                         /* the first field's string length: huge, -1, or a
                          * varint that never ends */
                         static const char *const lens[] = {
-                            "\xfe\xff\xff\xff\x0f", "\x01",
-                            "\xff\xff\xff\xff\xff\xff\xff\xff\xff"
-                            "\xff\x01"};
+                                "\xfe\xff\xff\xff\x0f", "\x01",
+                                "\xff\xff\xff\xff\xff\xff\xff\xff\xff"
+                                "\xff\x01"};
                         size_t ll = strlen(lens[ec->arg]);
                         memcpy(buf, good, 5);
                         memcpy(buf + 5, lens[ec->arg], ll);
@@ -550,12 +564,11 @@ Test(serde, decoding_errors) {
                         len = good_len;
                         break;
                 }
-                cr_assert_eq(kb_serde_item_decode(sd, "kbatch.items", NULL,
-                                                  buf, len, 0, &it, err,
+                cr_assert_eq(kb_serde_item_decode(sd, "kbatch.items", NULL, buf,
+                                                  len, 0, &it, err,
                                                   sizeof(err)),
                              KB_CODEC_UNDECODABLE, "%s: %s", ec->name, err);
-                cr_assert(strstr(err, ec->err_part), "%s: '%s'", ec->name,
-                          err);
+                cr_assert(strstr(err, ec->err_part), "%s: '%s'", ec->name, err);
                 kb_item_clear(&it);
                 cr_assert_eq(kb_serde_decode(sd, "kbatch.items",
                                              KB_MSG_BATCH_ITEM, buf, len, &o,
@@ -622,13 +635,12 @@ Test(serde, registry_down_is_retry_then_recovers) {
         cr_assert(strstr(err, "schema registry unavailable for"), "%s", err);
         cr_assert(strstr(err, "/schemas/ids/1"), "%s", err);
         /* the encoding side waits too (results schema id unknown) */
-        cr_assert_eq(kb_serde_item_decode(sd2, "kbatch.items",
-                                          "kbatch.results", buf, len, 0, &it,
-                                          err, sizeof(err)),
+        cr_assert_eq(kb_serde_item_decode(sd2, "kbatch.items", "kbatch.results",
+                                          buf, len, 0, &it, err, sizeof(err)),
                      KB_CODEC_RETRY);
         /* the first process keeps working from its cache */
-        cr_assert_eq(kb_serde_item_decode(sd, "kbatch.items", NULL, buf, len,
-                                          0, &it, err, sizeof(err)),
+        cr_assert_eq(kb_serde_item_decode(sd, "kbatch.items", NULL, buf, len, 0,
+                                          &it, err, sizeof(err)),
                      KB_CODEC_OK, "%s", err);
         kb_item_clear(&it);
 
@@ -639,8 +651,8 @@ Test(serde, registry_down_is_retry_then_recovers) {
         for (i = 0; i < 100 && r == KB_CODEC_RETRY; i++) {
                 struct timespec ts = {0, 50 * 1000 * 1000};
                 nanosleep(&ts, NULL);
-                r = kb_serde_item_decode(sd2, "kbatch.items", NULL, buf, len,
-                                         0, &it, err, sizeof(err));
+                r = kb_serde_item_decode(sd2, "kbatch.items", NULL, buf, len, 0,
+                                         &it, err, sizeof(err));
         }
         cr_assert_eq(r, KB_CODEC_OK, "%s", err);
         cr_assert_str_eq(it.item_id, "req-7");
