@@ -21,17 +21,17 @@ struct kb_admin_s {
         int ad_port;
         _Atomic int64_t ad_heartbeat; /* kb_now_ms() of the last loop turn */
         _Atomic int ad_ready;
-        pthread_mutex_t ad_lock;      /* ad_why */
+        pthread_mutex_t ad_lock; /* ad_why */
         char ad_why[512];
-        int ad_published;             /* kb_admin_set_ready called once */
+        int ad_published; /* kb_admin_set_ready called once */
 };
 
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
                              const char *ctype, char *body, size_t len,
                              int must_free) {
         struct MHD_Response *r = MHD_create_response_from_buffer(
-            len, body, must_free ? MHD_RESPMEM_MUST_FREE
-                                 : MHD_RESPMEM_MUST_COPY);
+                len, body,
+                must_free ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_MUST_COPY);
         enum MHD_Result ret;
         if (!r) {
                 if (must_free)
@@ -49,7 +49,7 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
 
 static enum MHD_Result reply_text(struct MHD_Connection *conn,
                                   unsigned int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 static enum MHD_Result reply_text(struct MHD_Connection *conn,
                                   unsigned int status, const char *fmt, ...) {
         char buf[1024];
@@ -62,8 +62,8 @@ static enum MHD_Result reply_text(struct MHD_Connection *conn,
                 n = 0;
         if ((size_t)n >= sizeof(buf))
                 n = sizeof(buf) - 1;
-        return reply(conn, status, "text/plain; charset=utf-8", buf,
-                     (size_t)n, 0);
+        return reply(conn, status, "text/plain; charset=utf-8", buf, (size_t)n,
+                     0);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
@@ -157,8 +157,7 @@ static int split_listen(const char *listen, char *host, size_t host_size,
         return 0;
 }
 
-kb_admin_t *kb_admin_new(const char *listen, char *errstr,
-                         size_t errstr_size) {
+kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size) {
         kb_admin_t *ad;
         char host[256], port[16];
         struct addrinfo hints, *ai = NULL;
@@ -167,8 +166,8 @@ kb_admin_t *kb_admin_new(const char *listen, char *errstr,
                              MHD_USE_ERROR_LOG;
         int rc;
 
-        if (!listen || split_listen(listen, host, sizeof(host), port,
-                                    sizeof(port)) != 0) {
+        if (!listen ||
+            split_listen(listen, host, sizeof(host), port, sizeof(port)) != 0) {
                 snprintf(errstr, errstr_size,
                          "admin.listen: bad address '%s' (HOST:PORT)",
                          listen ? listen : "");
@@ -196,22 +195,25 @@ kb_admin_t *kb_admin_new(const char *listen, char *errstr,
         errno = 0;
         /* The logger first: it applies to the options after it. */
         ad->ad_mhd = MHD_start_daemon(
-            flags, 0, NULL, NULL, on_request, ad, MHD_OPTION_EXTERNAL_LOGGER,
-            mhd_log, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
-            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_END);
+                flags, 0, NULL, NULL, on_request, ad,
+                MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
+                ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
+                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
+                MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
+                MHD_OPTION_END);
         freeaddrinfo(ai);
         if (!ad->ad_mhd) {
-                snprintf(errstr, errstr_size, "admin.listen '%s': cannot listen: %s",
-                         listen, strerror(errno ? errno : EADDRINUSE));
+                snprintf(errstr, errstr_size,
+                         "admin.listen '%s': cannot listen: %s", listen,
+                         strerror(errno ? errno : EADDRINUSE));
                 kb_admin_destroy(ad);
                 return NULL;
         }
         di = MHD_get_daemon_info(ad->ad_mhd, MHD_DAEMON_INFO_BIND_PORT);
         ad->ad_port = di ? di->port : atoi(port);
         kb_metrics_process_info();
-        kb_log(KB_LOG_INFO, "admin", "admin server listening on %s%s%s:%d "
+        kb_log(KB_LOG_INFO, "admin",
+               "admin server listening on %s%s%s:%d "
                "(/healthz, /readyz, /metrics)",
                strchr(host, ':') ? "[" : "", host[0] ? host : "0.0.0.0",
                strchr(host, ':') ? "]" : "", ad->ad_port);
@@ -227,7 +229,9 @@ void kb_admin_destroy(kb_admin_t *ad) {
         free(ad);
 }
 
-int kb_admin_port(const kb_admin_t *ad) { return ad ? ad->ad_port : 0; }
+int kb_admin_port(const kb_admin_t *ad) {
+        return ad ? ad->ad_port : 0;
+}
 
 void kb_admin_heartbeat(kb_admin_t *ad, int64_t now_ms) {
         if (ad)

@@ -30,8 +30,7 @@ typedef struct kb_admin_s kb_admin_t;
  * kb_admin_port). listen is borrowed for the call. The heartbeat starts
  * fresh and readiness false ("starting"). NULL + errstr when the address
  * does not resolve or cannot be bound. */
-kb_admin_t *kb_admin_new(const char *listen, char *errstr,
-                         size_t errstr_size);
+kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size);
 
 /* Stops the server thread (waits for requests being answered) and frees
  * everything. NULL is a no-op. */

@@ -40,101 +40,155 @@ static const double b_request[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                    0.5,   1,    2.5,   5,    10,  30,
                                    60,    120,  300,   600};
 /* Item life: the same, plus retry tiers (default delays 5 s .. 5 min). */
-static const double b_item[] = {0.01, 0.05, 0.1, 0.25, 0.5,  1,    2.5,
-                                5,    10,   30,  60,   120,  300,  600,
-                                1800, 3600};
+static const double b_item[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,   2.5,  5,
+                                10,   30,   60,  120,  300, 600, 1800, 3600};
 /* Retry timing: DESIGN.md asks for due + a few ms. */
-static const double b_late[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                0.1,   0.25,   0.5,   1,    2.5,   5,
-                                10,    30};
+static const double b_late[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                0.25,  0.5,    1,     2.5,  5,     10,   30};
 
 #define B(a) a, (int)(sizeof(a) / sizeof(a[0]))
 
 static const mfamily_t families[KB_M__CNT] = {
-    [KB_M_ITEMS_CONSUMED] = {"kbatch_items_consumed_total",
-                             "Messages taken from the items topic and its "
-                             "retry tiers.",
-                             MT_COUNTER, {NULL, NULL}, NULL, 0},
-    [KB_M_ITEMS_COMPLETED] = {"kbatch_items_completed_total",
-                              "Items that ended with a terminal result, by "
-                              "status.",
-                              MT_COUNTER, {"status", NULL}, NULL, 0},
-    [KB_M_MODEL_REQUESTS] = {"kbatch_model_requests_total",
-                             "Finished model API requests, by route (its "
-                             "model glob) and outcome code (ok or an "
-                             "error.code).",
-                             MT_COUNTER, {"route", "code"}, NULL, 0},
-    [KB_M_MODEL_REQUEST_SECONDS] = {"kbatch_model_request_seconds",
-                                    "Duration of model API requests.",
-                                    MT_HISTOGRAM, {"route", NULL},
-                                    B(b_request)},
-    [KB_M_INFLIGHT] = {"kbatch_inflight",
-                       "Items in the pipeline (consumed, not yet "
-                       "acknowledged).",
-                       MT_GAUGE, {NULL, NULL}, NULL, 0},
-    [KB_M_RETRIES] = {"kbatch_retries_total",
-                      "Retries scheduled, by tier (inprocess or the retry "
-                      "topic's number).",
-                      MT_COUNTER, {"tier", NULL}, NULL, 0},
-    [KB_M_DLQ] = {"kbatch_dlq_total",
-                  "Messages copied to the items dead-letter topic, by error "
-                  "code.",
-                  MT_COUNTER, {"code", NULL}, NULL, 0},
-    [KB_M_BATCHES_COMPLETED] = {"kbatch_batches_completed_total",
-                                "batch.completed events published, by batch "
-                                "status.",
-                                MT_COUNTER, {"status", NULL}, NULL, 0},
-    [KB_M_CONSUMER_LAG] = {"kbatch_consumer_lag",
-                           "Messages behind on the items topic and retry "
-                           "tiers (committed offset to high watermark), "
-                           "summed over the assigned partitions, from "
-                           "librdkafka's statistics.",
-                           MT_GAUGE, {NULL, NULL}, NULL, 0},
-    [KB_M_TOKENS] = {"kbatch_tokens_total",
-                     "Tokens reported in the model responses' usage, by "
-                     "route and kind (input, output).",
-                     MT_COUNTER, {"route", "kind"}, NULL, 0},
-    [KB_M_BATCHES_UPDATED] = {"kbatch_batches_updated_total",
-                              "batch.updated events published (a later "
-                              "result changed a completed batch), by batch "
-                              "status.",
-                              MT_COUNTER, {"status", NULL}, NULL, 0},
-    [KB_M_ITEM_SECONDS] = {"kbatch_item_seconds",
-                           "Time from an item's first consumption to its "
-                           "terminal result, retries included.",
-                           MT_HISTOGRAM, {NULL, NULL}, B(b_item)},
-    [KB_M_RETRY_LATENESS_SECONDS] = {"kbatch_retry_lateness_seconds",
-                                     "How late after its kbatch-not-before "
-                                     "a retry-tier item started.",
-                                     MT_HISTOGRAM, {NULL, NULL},
-                                     B(b_late)},
-    [KB_M_ROUTE_INFLIGHT] = {"kbatch_route_inflight",
-                             "Model requests in flight, by route.",
-                             MT_GAUGE, {"route", NULL}, NULL, 0},
-    [KB_M_ROUTE_CONCURRENCY_LIMIT] = {"kbatch_route_concurrency_limit",
-                                      "Current (adaptive) concurrency limit, "
-                                      "by route.",
-                                      MT_GAUGE, {"route", NULL}, NULL, 0},
-    [KB_M_ROUTE_QUEUE] = {"kbatch_route_queue",
-                          "Items waiting for room on their route.", MT_GAUGE,
-                          {"route", NULL}, NULL, 0},
-    [KB_M_READY] = {"kbatch_ready",
-                    "1 when the worker is ready (what /readyz answers).",
-                    MT_GAUGE, {NULL, NULL}, NULL, 0},
-    [KB_M_BUILD_INFO] = {"kbatch_build_info",
-                         "Version and git revision of this build; always 1.",
-                         MT_GAUGE, {"version", "revision"}, NULL, 0},
-    [KB_M_START_TIME_SECONDS] = {"kbatch_start_time_seconds",
-                                 "Start time of the process, unix seconds.",
-                                 MT_GAUGE, {NULL, NULL}, NULL, 0},
+        [KB_M_ITEMS_CONSUMED] = {"kbatch_items_consumed_total",
+                                 "Messages taken from the items topic and its "
+                                 "retry tiers.",
+                                 MT_COUNTER,
+                                 {NULL, NULL},
+                                 NULL,
+                                 0},
+        [KB_M_ITEMS_COMPLETED] = {"kbatch_items_completed_total",
+                                  "Items that ended with a terminal result, by "
+                                  "status.",
+                                  MT_COUNTER,
+                                  {"status", NULL},
+                                  NULL,
+                                  0},
+        [KB_M_MODEL_REQUESTS] = {"kbatch_model_requests_total",
+                                 "Finished model API requests, by route (its "
+                                 "model glob) and outcome code (ok or an "
+                                 "error.code).",
+                                 MT_COUNTER,
+                                 {"route", "code"},
+                                 NULL,
+                                 0},
+        [KB_M_MODEL_REQUEST_SECONDS] = {"kbatch_model_request_seconds",
+                                        "Duration of model API requests.",
+                                        MT_HISTOGRAM,
+                                        {"route", NULL},
+                                        B(b_request)},
+        [KB_M_INFLIGHT] = {"kbatch_inflight",
+                           "Items in the pipeline (consumed, not yet "
+                           "acknowledged).",
+                           MT_GAUGE,
+                           {NULL, NULL},
+                           NULL,
+                           0},
+        [KB_M_RETRIES] = {"kbatch_retries_total",
+                          "Retries scheduled, by tier (inprocess or the retry "
+                          "topic's number).",
+                          MT_COUNTER,
+                          {"tier", NULL},
+                          NULL,
+                          0},
+        [KB_M_DLQ] =
+                {"kbatch_dlq_total",
+                 "Messages copied to the items dead-letter topic, by error "
+                 "code.",
+                 MT_COUNTER,
+                 {"code", NULL},
+                 NULL,
+                 0},
+        [KB_M_BATCHES_COMPLETED] =
+                {"kbatch_batches_completed_total",
+                 "batch.completed events published, by batch "
+                 "status.",
+                 MT_COUNTER,
+                 {"status", NULL},
+                 NULL,
+                 0},
+        [KB_M_CONSUMER_LAG] = {"kbatch_consumer_lag",
+                               "Messages behind on the items topic and retry "
+                               "tiers (committed offset to high watermark), "
+                               "summed over the assigned partitions, from "
+                               "librdkafka's statistics.",
+                               MT_GAUGE,
+                               {NULL, NULL},
+                               NULL,
+                               0},
+        [KB_M_TOKENS] = {"kbatch_tokens_total",
+                         "Tokens reported in the model responses' usage, by "
+                         "route and kind (input, output).",
+                         MT_COUNTER,
+                         {"route", "kind"},
+                         NULL,
+                         0},
+        [KB_M_BATCHES_UPDATED] = {"kbatch_batches_updated_total",
+                                  "batch.updated events published (a later "
+                                  "result changed a completed batch), by batch "
+                                  "status.",
+                                  MT_COUNTER,
+                                  {"status", NULL},
+                                  NULL,
+                                  0},
+        [KB_M_ITEM_SECONDS] = {"kbatch_item_seconds",
+                               "Time from an item's first consumption to its "
+                               "terminal result, retries included.",
+                               MT_HISTOGRAM,
+                               {NULL, NULL},
+                               B(b_item)},
+        [KB_M_RETRY_LATENESS_SECONDS] = {"kbatch_retry_lateness_seconds",
+                                         "How late after its kbatch-not-before "
+                                         "a retry-tier item started.",
+                                         MT_HISTOGRAM,
+                                         {NULL, NULL},
+                                         B(b_late)},
+        [KB_M_ROUTE_INFLIGHT] = {"kbatch_route_inflight",
+                                 "Model requests in flight, by route.",
+                                 MT_GAUGE,
+                                 {"route", NULL},
+                                 NULL,
+                                 0},
+        [KB_M_ROUTE_CONCURRENCY_LIMIT] =
+                {"kbatch_route_concurrency_limit",
+                 "Current (adaptive) concurrency limit, "
+                 "by route.",
+                 MT_GAUGE,
+                 {"route", NULL},
+                 NULL,
+                 0},
+        [KB_M_ROUTE_QUEUE] = {"kbatch_route_queue",
+                              "Items waiting for room on their route.",
+                              MT_GAUGE,
+                              {"route", NULL},
+                              NULL,
+                              0},
+        [KB_M_READY] = {"kbatch_ready",
+                        "1 when the worker is ready (what /readyz answers).",
+                        MT_GAUGE,
+                        {NULL, NULL},
+                        NULL,
+                        0},
+        [KB_M_BUILD_INFO] =
+                {"kbatch_build_info",
+                 "Version and git revision of this build; always 1.",
+                 MT_GAUGE,
+                 {"version", "revision"},
+                 NULL,
+                 0},
+        [KB_M_START_TIME_SECONDS] = {"kbatch_start_time_seconds",
+                                     "Start time of the process, unix seconds.",
+                                     MT_GAUGE,
+                                     {NULL, NULL},
+                                     NULL,
+                                     0},
 };
 
 struct kb_metric_s {
         _Atomic(kb_metric_t *) m_next;
         const mfamily_t *m_fam;
         char *m_l[2];
-        _Atomic uint64_t m_bits;     /* value (double bits); histogram sum */
-        _Atomic uint64_t m_count;    /* histogram */
+        _Atomic uint64_t m_bits;  /* value (double bits); histogram sum */
+        _Atomic uint64_t m_count; /* histogram */
         _Atomic uint64_t m_buckets[MAX_BUCKETS + 1]; /* per bucket, not
                                                       * cumulative; [n] is
                                                       * above the last bound */
@@ -161,8 +215,7 @@ static kb_metric_t *find(kb_metric_t *m, int n, const char *l1,
         return NULL;
 }
 
-kb_metric_t *kb_metrics_get(kb_metric_id_t id, const char *l1,
-                            const char *l2) {
+kb_metric_t *kb_metrics_get(kb_metric_id_t id, const char *l1, const char *l2) {
         const mfamily_t *mf;
         kb_metric_t *m, *last;
         int n;
@@ -220,8 +273,8 @@ static uint64_t d2bits(double d) {
 static void atomic_add_double(_Atomic uint64_t *p, double v) {
         uint64_t old = atomic_load_explicit(p, memory_order_relaxed);
         while (!atomic_compare_exchange_weak_explicit(
-            p, &old, d2bits(bits2d(old) + v), memory_order_relaxed,
-            memory_order_relaxed))
+                p, &old, d2bits(bits2d(old) + v), memory_order_relaxed,
+                memory_order_relaxed))
                 ;
 }
 
@@ -258,8 +311,8 @@ double kb_metric_value(const kb_metric_t *m) {
 
 uint64_t kb_metric_count(const kb_metric_t *m) {
         return m && m->m_fam->mf_type == MT_HISTOGRAM
-                   ? atomic_load(&((kb_metric_t *)m)->m_count)
-                   : 0;
+                       ? atomic_load(&((kb_metric_t *)m)->m_count)
+                       : 0;
 }
 
 const char *kb_metrics_name(kb_metric_id_t id) {
@@ -285,9 +338,9 @@ void kb_metrics_request(const char *route, const char *code, CURL *easy,
         kb_metrics_inc(KB_M_MODEL_REQUESTS, route, code);
         if (easy &&
             curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &us) == CURLE_OK)
-                kb_metric_observe(kb_metrics_get(KB_M_MODEL_REQUEST_SECONDS,
-                                                 route, NULL),
-                                  (double)us / 1e6);
+                kb_metric_observe(
+                        kb_metrics_get(KB_M_MODEL_REQUEST_SECONDS, route, NULL),
+                        (double)us / 1e6);
         memset(&res, 0, sizeof(res));
         if (!output || !kb_codec_usage_from_output(output, &res))
                 return;
@@ -321,7 +374,8 @@ void kb_metrics_reset(void) {
         pthread_mutex_unlock(&reg_lock);
 }
 
-/* ---- rendering ------------------------------------------------------------ */
+/* ---- rendering ------------------------------------------------------------
+ */
 
 typedef struct {
         char *b_data;
@@ -349,10 +403,12 @@ static void buf_add(buf_t *b, const char *s, size_t n) {
         b->b_data[b->b_len] = '\0';
 }
 
-static void buf_s(buf_t *b, const char *s) { buf_add(b, s, strlen(s)); }
+static void buf_s(buf_t *b, const char *s) {
+        buf_add(b, s, strlen(s));
+}
 
 static void buf_f(buf_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+        __attribute__((format(printf, 2, 3)));
 static void buf_f(buf_t *b, const char *fmt, ...) {
         char tmp[256];
         va_list ap;
@@ -361,8 +417,8 @@ static void buf_f(buf_t *b, const char *fmt, ...) {
         n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
         va_end(ap);
         if (n > 0)
-                buf_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n
-                                                        : sizeof(tmp) - 1);
+                buf_add(b, tmp,
+                        (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
 /* A sample value: integers exactly, others in the shortest of %.15g and
@@ -428,10 +484,11 @@ static void sample(buf_t *b, const char *name, const char *suffix,
 
 static void render_histogram(buf_t *b, kb_metric_t *m) {
         const mfamily_t *mf = m->m_fam;
-        uint64_t count = atomic_load_explicit(&m->m_count, memory_order_acquire);
+        uint64_t count =
+                atomic_load_explicit(&m->m_count, memory_order_acquire);
         uint64_t cum = 0;
-        double sum = bits2d(atomic_load_explicit(&m->m_bits,
-                                                 memory_order_relaxed));
+        double sum =
+                bits2d(atomic_load_explicit(&m->m_bits, memory_order_relaxed));
         char le[64];
         int i;
         for (i = 0; i < mf->mf_bucket_cnt; i++) {
@@ -466,9 +523,8 @@ char *kb_metrics_render(size_t *lenp) {
                                                 : "histogram");
                 for (m = atomic_load_explicit(&reg_head[i],
                                               memory_order_acquire);
-                     m;
-                     m = atomic_load_explicit(&m->m_next,
-                                              memory_order_acquire)) {
+                     m; m = atomic_load_explicit(&m->m_next,
+                                                 memory_order_acquire)) {
                         if (mf->mf_type == MT_HISTOGRAM)
                                 render_histogram(&b, m);
                         else
@@ -497,10 +553,10 @@ int kb_metrics_rdstats_parse(const char *json, size_t len, kb_rdstats_t *rs) {
                 json_decref(root);
                 return -1;
         }
-        rs->rs_consumer = json_is_string(json_object_get(root, "type")) &&
-                          !strcmp(json_string_value(
-                                      json_object_get(root, "type")),
-                                  "consumer");
+        rs->rs_consumer =
+                json_is_string(json_object_get(root, "type")) &&
+                !strcmp(json_string_value(json_object_get(root, "type")),
+                        "consumer");
         json_object_foreach(json_object_get(root, "brokers"), k, v) {
                 json_t *st = json_object_get(v, "state");
                 if (json_is_string(st) && !strcmp(json_string_value(st), "UP"))
@@ -539,7 +595,8 @@ const char *kb_metrics_stats_interval(const kb_conf_t *conf) {
         return KB_METRICS_STATS_MS;
 }
 
-/* ---- W3C trace context ------------------------------------------------------ */
+/* ---- W3C trace context ------------------------------------------------------
+ */
 
 static int lower_hex(const char *s, size_t n) {
         size_t i;

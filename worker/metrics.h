@@ -44,16 +44,16 @@ typedef enum {
         KB_M_TOKENS,                /* counter {route,kind}: kind "input" or
                                      * "output", from the responses' usage */
         /* more */
-        KB_M_BATCHES_UPDATED,       /* counter {status}: batch.updated */
-        KB_M_ITEM_SECONDS,          /* histogram: first seen -> terminal */
-        KB_M_RETRY_LATENESS_SECONDS,/* histogram: retry-tier start after its
-                                     * kbatch-not-before */
-        KB_M_ROUTE_INFLIGHT,        /* gauge {route}: calls in flight */
+        KB_M_BATCHES_UPDATED,         /* counter {status}: batch.updated */
+        KB_M_ITEM_SECONDS,            /* histogram: first seen -> terminal */
+        KB_M_RETRY_LATENESS_SECONDS,  /* histogram: retry-tier start after its
+                                       * kbatch-not-before */
+        KB_M_ROUTE_INFLIGHT,          /* gauge {route}: calls in flight */
         KB_M_ROUTE_CONCURRENCY_LIMIT, /* gauge {route}: current limit */
-        KB_M_ROUTE_QUEUE,           /* gauge {route}: items waiting */
-        KB_M_READY,                 /* gauge: 1 when /readyz answers 200 */
-        KB_M_BUILD_INFO,            /* gauge {version,revision}: 1 */
-        KB_M_START_TIME_SECONDS,    /* gauge: process start, unix time */
+        KB_M_ROUTE_QUEUE,             /* gauge {route}: items waiting */
+        KB_M_READY,                   /* gauge: 1 when /readyz answers 200 */
+        KB_M_BUILD_INFO,              /* gauge {version,revision}: 1 */
+        KB_M_START_TIME_SECONDS,      /* gauge: process start, unix time */
         KB_M__CNT
 } kb_metric_id_t;
 
@@ -114,11 +114,11 @@ void kb_metrics_reset(void);
 /* What kbatch reads from one statistics JSON document (the stats_cb of a
  * client with statistics.interval.ms > 0). */
 typedef struct kb_rdstats_s {
-        int rs_consumer;    /* 1 for a consumer's statistics */
-        int64_t rs_lag;     /* sum of consumer_lag over the partitions it
-                             * consumes (desired, partition id >= 0, lag
-                             * known); -1 when none is known */
-        int rs_brokers_up;  /* brokers in state "UP" */
+        int rs_consumer;   /* 1 for a consumer's statistics */
+        int64_t rs_lag;    /* sum of consumer_lag over the partitions it
+                            * consumes (desired, partition id >= 0, lag
+                            * known); -1 when none is known */
+        int rs_brokers_up; /* brokers in state "UP" */
 } kb_rdstats_t;
 
 /* Parses a statistics document (json: len bytes, borrowed). 0, or -1 when
@@ -132,7 +132,8 @@ int kb_metrics_rdstats_parse(const char *json, size_t len, kb_rdstats_t *rs);
 #define KB_METRICS_STATS_MS "5000"
 const char *kb_metrics_stats_interval(const kb_conf_t *conf);
 
-/* ---- W3C trace context ------------------------------------------------------ */
+/* ---- W3C trace context ------------------------------------------------------
+ */
 
 /* Keeps tp when it holds a valid W3C traceparent ("00-<32 hex>-<16 hex>-<2
  * hex>", ids not all zero; a later version with at least these fields is

@@ -17,16 +17,20 @@ gitrev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 log=$KB_DEPLOY_BUILD/image-build.log
 kb_say "podman build -f deploy/Dockerfile -t $tag (log: ${log#"$KB_ROOT"/})"
 t0=$(date +%s)
-if ! podman build --pull=never --network host --layers \
-        -f deploy/Dockerfile --ignorefile deploy/Dockerfile.dockerignore \
-        --build-arg KBATCH_GITREV="$gitrev" \
-        --build-arg KBATCH_VERSION="$(cat VERSION)" \
-        -t "$tag" . > "$log" 2>&1; then
-        tail -40 "$log" >&2
-        exit 1
-fi
+build() {   # build [ARGS...]: podman build of deploy/Dockerfile, log appended
+        podman build --pull=never --network host --layers \
+                -f deploy/Dockerfile --ignorefile deploy/Dockerfile.dockerignore \
+                --build-arg KBATCH_GITREV="$gitrev" \
+                --build-arg KBATCH_VERSION="$(cat VERSION)" \
+                "$@" . >> "$log" 2>&1 || { tail -40 "$log" >&2; exit 1; }
+}
+: > "$log"
+# The build stage gets a tag of its own, so that its layers (the -dev
+# packages above all) stay as the cache of the next build; then the image.
+build --target build -t localhost/kbatch-build:cache
+build -t "$tag"
 # vfs keeps a full copy of the tree per layer: drop what no image uses any
-# more (earlier builds' layers). The layers of this build stay as its cache.
+# more (the layers of earlier builds).
 podman image prune -f >/dev/null 2>&1 || true
 size=$(podman image inspect "$tag" --format '{{.Size}}')
 kb_say "image $tag built in $(( $(date +%s) - t0 ))s: $(( size / 1000000 )) MB"

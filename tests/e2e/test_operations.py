@@ -286,22 +286,30 @@ def test_no_secret_in_the_logs(env):
                  "sasl.mechanisms": "PLAIN", "sasl.username": "ops",
                  "sasl.password": sasl_password, "debug": "generic,broker,conf,security"}
         conf = env.write_conf(routes=routes, kafka_props=props, log_level="debug",
-                              admin_listen="127.0.0.1:0", extra=FAST)
+                              admin_listen="127.0.0.1:0",
+                              extra=FAST + "notifier: { allow_private = true; };")
         env.create_topics(conf, partitions=1)
-        envs = {"OPS_API_KEY": api_key, "KBATCH_WEBHOOK_SECRET": webhook_secret}
-        envs.update(ROLES_BOTH)
-        env.produce("items", [item("s", 0, 3), fated("s", 1, 3, {"status": 401}),
-                              fated("s", 2, 3, {"status": 500, "times": 1})])
+        envs = {"OPS_API_KEY": api_key, "KBATCH_WEBHOOK_SECRET": webhook_secret,
+                "KBATCH_WORKER_ROLES": "items,aggregator,notifier"}
+        # the batch's webhook (signed with the secret) goes to the fake too
+        hook = {"callback_url": f"{fake.url}/v1/embeddings"}
+        env.produce("items", [item("s", 0, 3, **hook),
+                              fated("s", 1, 3, {"status": 401}, **hook),
+                              fated("s", 2, 3, {"status": 500, "times": 1}, **hook)])
         w = env.worker(conf, env=envs)
         port = admin_port(w)
         res, _ = wait_results(env, 3)
         assert sorted(r["status"] for r in res) == ["failed", "succeeded", "succeeded"]
         env.consume("batches", count=1, timeout=60, isolation="read_committed")
+        fake.wait_for(lambda st: st["by_path"].get("/v1/embeddings", 0) >= 1, timeout=30)
         _, metrics = get(port, "/metrics")
         assert w.stop() == 0
-        # the key was in use ...
-        sent = {k.lower(): v for k, v in fake.stats()["headers_seen"].items()}
+        # the key and the webhook secret were in use ...
+        st = fake.stats()
+        sent = {k.lower(): v for k, v in st["by_item"]["s:req-0"]["last_headers"].items()}
         assert sent["authorization"] == f"Bearer {api_key}"
+        hook_sent = {k.lower(): v for k, v in st["headers_seen"].items()}
+        assert hook_sent["kbatch-signature"].startswith("t="), hook_sent
         # ... and the run logged plenty (debug, librdkafka debug contexts)
         with open(w.logpath, "rb") as f:
             logs = f.read().decode(errors="replace")

@@ -45,22 +45,25 @@ Test(metrics, counters_gauges_and_labels) {
                 double add, set;
                 const char *line;
         } c[] = {
-            {KB_M_ITEMS_CONSUMED, NULL, NULL, 3, 0,
-             "kbatch_items_consumed_total 3"},
-            {KB_M_ITEMS_COMPLETED, "succeeded", NULL, 2, 0,
-             "kbatch_items_completed_total{status=\"succeeded\"} 2"},
-            {KB_M_MODEL_REQUESTS, "gpt-*", "rate_limited", 1, 0,
-             "kbatch_model_requests_total{route=\"gpt-*\",code=\"rate_limited\"} 1"},
-            /* label values past the family's labels are ignored */
-            {KB_M_DLQ, "invalid_item", "ignored", 1, 0,
-             "kbatch_dlq_total{code=\"invalid_item\"} 1"},
-            /* escaping: backslash, quote, line feed */
-            {KB_M_TOKENS, "a\\b\"c\nd", "input", 1.5, 0,
-             "kbatch_tokens_total{route=\"a\\\\b\\\"c\\nd\",kind=\"input\"} 1.5"},
-            {KB_M_INFLIGHT, NULL, NULL, 0, 42, "kbatch_inflight 42"},
-            {KB_M_CONSUMER_LAG, NULL, NULL, 0, 1e6, "kbatch_consumer_lag 1000000"},
-            {KB_M_ROUTE_QUEUE, "", NULL, 0, 0.1,
-             "kbatch_route_queue{route=\"\"} 0.1"},
+                {KB_M_ITEMS_CONSUMED, NULL, NULL, 3, 0,
+                 "kbatch_items_consumed_total 3"},
+                {KB_M_ITEMS_COMPLETED, "succeeded", NULL, 2, 0,
+                 "kbatch_items_completed_total{status=\"succeeded\"} 2"},
+                {KB_M_MODEL_REQUESTS, "gpt-*", "rate_limited", 1, 0,
+                 "kbatch_model_requests_total{route=\"gpt-*\",code=\"rate_"
+                 "limited\"} 1"},
+                /* label values past the family's labels are ignored */
+                {KB_M_DLQ, "invalid_item", "ignored", 1, 0,
+                 "kbatch_dlq_total{code=\"invalid_item\"} 1"},
+                /* escaping: backslash, quote, line feed */
+                {KB_M_TOKENS, "a\\b\"c\nd", "input", 1.5, 0,
+                 "kbatch_tokens_total{route=\"a\\\\b\\\"c\\nd\",kind=\"input\"}"
+                 " 1.5"},
+                {KB_M_INFLIGHT, NULL, NULL, 0, 42, "kbatch_inflight 42"},
+                {KB_M_CONSUMER_LAG, NULL, NULL, 0, 1e6,
+                 "kbatch_consumer_lag 1000000"},
+                {KB_M_ROUTE_QUEUE, "", NULL, 0, 0.1,
+                 "kbatch_route_queue{route=\"\"} 0.1"},
         };
         size_t i;
         char *s;
@@ -124,10 +127,11 @@ Test(metrics, histogram_buckets_are_cumulative_and_inclusive) {
                 const char *le;
                 int want;
         } c[] = {
-            {"0.001", 2}, {"0.0025", 3}, {"0.005", 3}, {"0.01", 4},
-            {"5", 4},     {"10", 5},     {"30", 5},    {"+Inf", 6},
+                {"0.001", 2}, {"0.0025", 3}, {"0.005", 3}, {"0.01", 4},
+                {"5", 4},     {"10", 5},     {"30", 5},    {"+Inf", 6},
         };
-        kb_metric_t *h = kb_metrics_get(KB_M_RETRY_LATENESS_SECONDS, NULL, NULL);
+        kb_metric_t *h =
+                kb_metrics_get(KB_M_RETRY_LATENESS_SECONDS, NULL, NULL);
         char line[256], *s;
         size_t i;
         for (i = 0; i < sizeof(obs) / sizeof(*obs); i++)
@@ -140,7 +144,8 @@ Test(metrics, histogram_buckets_are_cumulative_and_inclusive) {
                          c[i].le, c[i].want);
                 cr_expect(has_line(s, line), "missing '%s' in:\n%s", line, s);
         }
-        cr_expect(has_line(s, "kbatch_retry_lateness_seconds_count 6"), "%s", s);
+        cr_expect(has_line(s, "kbatch_retry_lateness_seconds_count 6"), "%s",
+                  s);
         cr_expect(strstr(s, "\nkbatch_retry_lateness_seconds_sum 107.01"), "%s",
                   s);
         cr_expect_float_eq(kb_metric_value(h), 107.0135, 1e-9);
@@ -152,13 +157,18 @@ Test(metrics, labeled_histogram) {
         char *s;
         kb_metric_observe(h, 0.3);
         s = render();
-        cr_expect(has_line(s, "kbatch_model_request_seconds_bucket{route=\"m\",le=\"0.25\"} 0"),
+        cr_expect(has_line(s, "kbatch_model_request_seconds_bucket{route=\"m\","
+                              "le=\"0.25\"} 0"),
                   "%s", s);
-        cr_expect(has_line(s, "kbatch_model_request_seconds_bucket{route=\"m\",le=\"0.5\"} 1"),
+        cr_expect(has_line(s, "kbatch_model_request_seconds_bucket{route=\"m\","
+                              "le=\"0.5\"} 1"),
                   "%s", s);
-        cr_expect(has_line(s, "kbatch_model_request_seconds_bucket{route=\"m\",le=\"+Inf\"} 1"));
-        cr_expect(has_line(s, "kbatch_model_request_seconds_sum{route=\"m\"} 0.3"));
-        cr_expect(has_line(s, "kbatch_model_request_seconds_count{route=\"m\"} 1"));
+        cr_expect(has_line(s, "kbatch_model_request_seconds_bucket{route=\"m\","
+                              "le=\"+Inf\"} 1"));
+        cr_expect(has_line(
+                s, "kbatch_model_request_seconds_sum{route=\"m\"} 0.3"));
+        cr_expect(has_line(
+                s, "kbatch_model_request_seconds_count{route=\"m\"} 1"));
         free(s);
 }
 
@@ -167,36 +177,37 @@ Test(metrics, request_and_retry_shortcuts) {
                 const char *code, *body, *want_code;
                 double in, out;
         } c[] = {
-            {"", "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}",
-             "ok", 7, 3},
-            {NULL, "{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}",
-             "ok", 12, 4},
-            {"rate_limited", NULL, "rate_limited", 12, 4},
-            {NULL, "{\"no\":\"usage\"}", "ok", 12, 4},
+                {"",
+                 "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}",
+                 "ok", 7, 3},
+                {NULL, "{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}",
+                 "ok", 12, 4},
+                {"rate_limited", NULL, "rate_limited", 12, 4},
+                {NULL, "{\"no\":\"usage\"}", "ok", 12, 4},
         };
         size_t i;
         for (i = 0; i < sizeof(c) / sizeof(*c); i++) {
                 json_t *b = c[i].body ? json_loads(c[i].body, 0, NULL) : NULL;
                 kb_metrics_request("r", c[i].code, NULL, b);
                 json_decref(b);
-                cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_TOKENS, "r",
-                                                            "input")),
+                cr_expect_eq(kb_metric_value(
+                                     kb_metrics_get(KB_M_TOKENS, "r", "input")),
                              c[i].in, "case %zu", i);
                 cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_TOKENS, "r",
                                                             "output")),
                              c[i].out, "case %zu", i);
         }
-        cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_MODEL_REQUESTS, "r",
-                                                    "ok")),
-                     3);
+        cr_expect_eq(
+                kb_metric_value(kb_metrics_get(KB_M_MODEL_REQUESTS, "r", "ok")),
+                3);
         cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_MODEL_REQUESTS, "r",
                                                     "rate_limited")),
                      1);
         kb_metrics_retry(0);
         kb_metrics_retry(0);
         kb_metrics_retry(2);
-        cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_RETRIES, "inprocess",
-                                                    NULL)),
+        cr_expect_eq(kb_metric_value(
+                             kb_metrics_get(KB_M_RETRIES, "inprocess", NULL)),
                      2);
         cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_RETRIES, "2", NULL)),
                      1);
@@ -230,12 +241,12 @@ Test(metrics, concurrent_updates_are_exact) {
                 total += kb_metric_value(kb_metrics_get(KB_M_RETRIES, l, NULL));
         }
         cr_expect_eq(total, 400000);
-        cr_expect_eq(kb_metric_count(kb_metrics_get(KB_M_ITEM_SECONDS, NULL,
-                                                    NULL)),
-                     400000);
-        cr_expect_eq(kb_metric_value(kb_metrics_get(KB_M_ITEM_SECONDS, NULL,
-                                                    NULL)),
-                     200000);
+        cr_expect_eq(
+                kb_metric_count(kb_metrics_get(KB_M_ITEM_SECONDS, NULL, NULL)),
+                400000);
+        cr_expect_eq(
+                kb_metric_value(kb_metrics_get(KB_M_ITEM_SECONDS, NULL, NULL)),
+                200000);
 }
 
 Test(metrics, build_info) {
@@ -256,27 +267,32 @@ Test(metrics, rdstats_lag_and_brokers) {
                 int64_t lag;
                 int up;
         } c[] = {
-            {"not json", -1, 0, -1, 0},
-            {"{}", 0, 0, -1, 0},
-            {"{\"type\":\"producer\",\"brokers\":{\"b1\":{\"state\":\"UP\"},"
-             "\"b2\":{\"state\":\"DOWN\"},\"b3\":{\"state\":\"UP\"}}}",
-             0, 0, -1, 2},
-            /* summed over topics and partitions; -1 lags, the internal
-             * partition -1 and partitions not desired are skipped */
-            {"{\"type\":\"consumer\",\"brokers\":{\"b\":{\"state\":\"INIT\"}},"
-             "\"topics\":{"
-             "\"a\":{\"partitions\":{"
-             "\"0\":{\"partition\":0,\"desired\":true,\"consumer_lag\":5},"
-             "\"1\":{\"partition\":1,\"desired\":true,\"consumer_lag\":-1},"
-             "\"2\":{\"partition\":2,\"desired\":false,\"consumer_lag\":100},"
-             "\"-1\":{\"partition\":-1,\"desired\":false,\"consumer_lag\":7}}},"
-             "\"b\":{\"partitions\":{"
-             "\"3\":{\"partition\":3,\"desired\":true,\"consumer_lag\":0},"
-             "\"4\":{\"partition\":4,\"consumer_lag\":11}}}}}",
-             0, 1, 16, 0},
-            {"{\"type\":\"consumer\",\"topics\":{\"a\":{\"partitions\":{"
-             "\"0\":{\"partition\":0,\"desired\":true,\"consumer_lag\":-1}}}}}",
-             0, 1, -1, 0},
+                {"not json", -1, 0, -1, 0},
+                {"{}", 0, 0, -1, 0},
+                {"{\"type\":\"producer\",\"brokers\":{\"b1\":{\"state\":\"UP\"}"
+                 ","
+                 "\"b2\":{\"state\":\"DOWN\"},\"b3\":{\"state\":\"UP\"}}}",
+                 0, 0, -1, 2},
+                /* summed over topics and partitions; -1 lags, the internal
+                 * partition -1 and partitions not desired are skipped */
+                {"{\"type\":\"consumer\",\"brokers\":{\"b\":{\"state\":"
+                 "\"INIT\"}},"
+                 "\"topics\":{"
+                 "\"a\":{\"partitions\":{"
+                 "\"0\":{\"partition\":0,\"desired\":true,\"consumer_lag\":5},"
+                 "\"1\":{\"partition\":1,\"desired\":true,\"consumer_lag\":-1},"
+                 "\"2\":{\"partition\":2,\"desired\":false,\"consumer_lag\":"
+                 "100},"
+                 "\"-1\":{\"partition\":-1,\"desired\":false,\"consumer_lag\":"
+                 "7}}},"
+                 "\"b\":{\"partitions\":{"
+                 "\"3\":{\"partition\":3,\"desired\":true,\"consumer_lag\":0},"
+                 "\"4\":{\"partition\":4,\"consumer_lag\":11}}}}}",
+                 0, 1, 16, 0},
+                {"{\"type\":\"consumer\",\"topics\":{\"a\":{\"partitions\":{"
+                 "\"0\":{\"partition\":0,\"desired\":true,\"consumer_lag\":-1}}"
+                 "}}}",
+                 0, 1, -1, 0},
         };
         size_t i;
         for (i = 0; i < sizeof(c) / sizeof(*c); i++) {
@@ -305,7 +321,8 @@ Test(metrics, stats_interval_default_and_override) {
         cr_expect_str_eq(kb_metrics_stats_interval(&conf), "0");
 }
 
-/* ---- traceparent ------------------------------------------------------------ */
+/* ---- traceparent ------------------------------------------------------------
+ */
 
 static int is_fresh_traceparent(const char *tp) {
         size_t i;
@@ -323,20 +340,22 @@ Test(metrics, traceparent_kept_or_started) {
                 const char *in;
                 int kept;
         } c[] = {
-            {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 1},
-            {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", 1},
-            /* a later version may carry more fields */
-            {"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-xyz", 1},
-            {"", 0},
-            {"garbage", 0},
-            /* version 00 is exactly 55 characters */
-            {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x", 0},
-            {"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 0},
-            {"00-00000000000000000000000000000000-b7ad6b7169203331-01", 0},
-            {"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", 0},
-            {"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", 0},
-            {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g", 0},
-            {"00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 0},
+                {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 1},
+                {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", 1},
+                /* a later version may carry more fields */
+                {"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-xyz",
+                 1},
+                {"", 0},
+                {"garbage", 0},
+                /* version 00 is exactly 55 characters */
+                {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+                 0},
+                {"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 0},
+                {"00-00000000000000000000000000000000-b7ad6b7169203331-01", 0},
+                {"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", 0},
+                {"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", 0},
+                {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g", 0},
+                {"00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 0},
         };
         size_t i;
         for (i = 0; i < sizeof(c) / sizeof(*c); i++) {
@@ -362,7 +381,8 @@ Test(metrics, traceparent_ids_differ) {
         cr_expect_eq(kb_metrics_traceparent(a, 40), 0);
 }
 
-/* ---- the admin server ------------------------------------------------------- */
+/* ---- the admin server -------------------------------------------------------
+ */
 
 typedef struct {
         char *data;
@@ -456,7 +476,8 @@ Test(metrics, admin_endpoints) {
 }
 
 Test(metrics, admin_bad_addresses) {
-        static const char *bad[] = {"", "nope", "127.0.0.1:", "host.invalid:8080"};
+        static const char *bad[] = {"", "nope",
+                                    "127.0.0.1:", "host.invalid:8080"};
         char err[256];
         size_t i;
         for (i = 0; i < sizeof(bad) / sizeof(*bad); i++) {

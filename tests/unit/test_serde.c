@@ -255,6 +255,7 @@ Test(serde, batch_event_round_trip) {
                 "\"usage\":{\"input_tokens\":30,\"output_tokens\":20,"
                 "\"total_tokens\":50},\"first_result_at\":1700000000000,"
                 "\"completed_at\":1700000009000,\"metadata\":{\"team\":\"a\"},"
+                "\"items_invalid\":0,\"updated_at\":null,"
                 "\"callback_url\":\"https://example.com/hook\"}",
                 0, NULL);
         json_t *got = NULL;
