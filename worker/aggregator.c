@@ -1475,6 +1475,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
                 set_fatal(ag, rd_kafka_name(rk), buf);
                 return;
         }
+        if (kb_kafka_error(rk, err, reason)) {
+                /* authentication failed: logged once, stop */
+                ag->ag_fatal = 1;
+                kb_loop_stop_requested = 1;
+                return;
+        }
         kb_log(err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
                        err == RD_KAFKA_RESP_ERR__AUTHENTICATION
                    ? KB_LOG_ERROR

@@ -28,11 +28,11 @@ int kb_bf_format_parse(const char *s) {
 
 /* The endpoints every route knows (routes.c default_ops). */
 static const kb_kv_t default_ops[] = {
-    {"chat.completions", "/v1/chat/completions"},
-    {"responses", "/v1/responses"},
-    {"embeddings", "/v1/embeddings"},
-    {"completions", "/v1/completions"},
-    {"messages", "/v1/messages"},
+        {"chat.completions", "/v1/chat/completions"},
+        {"responses", "/v1/responses"},
+        {"embeddings", "/v1/embeddings"},
+        {"completions", "/v1/completions"},
+        {"messages", "/v1/messages"},
 };
 
 /* Length of a UTF-8 string in code points (jansson guarantees validity). */
@@ -164,8 +164,7 @@ static int parse_anthropic(const json_t *o, kb_bf_line_t *line, char *errstr,
                 snprintf(errstr, errstr_size, "'params' is not a JSON object");
                 return -1;
         }
-        if (!(model = req_str(params, "params.", "model", errstr,
-                              errstr_size)))
+        if (!(model = req_str(params, "params.", "model", errstr, errstr_size)))
                 return -1;
         line->bl_model = strdup(model);
         line->bl_operation = strdup("messages");
@@ -180,9 +179,9 @@ static int parse_native(const json_t *o, kb_bf_line_t *line, char *errstr,
         /* item_id, or custom_id as the other formats call it */
         if (take_id(o,
                     !json_object_get(o, "item_id") &&
-                            json_object_get(o, "custom_id")
-                        ? "custom_id"
-                        : "item_id",
+                                    json_object_get(o, "custom_id")
+                            ? "custom_id"
+                            : "item_id",
                     line, errstr, errstr_size))
                 return -1;
         if (!(model = req_str(o, "", "model", errstr, errstr_size)))
@@ -298,8 +297,8 @@ fail:
 json_t *kb_bf_item_json(const kb_bf_line_t *line, int64_t index,
                         const kb_bf_batch_t *b) {
         json_t *o = json_object(), *md = NULL;
-        const char *cb = b->bb_callback_url ? b->bb_callback_url
-                                            : line->bl_callback_url;
+        const char *cb =
+                b->bb_callback_url ? b->bb_callback_url : line->bl_callback_url;
         int64_t deadline = b->bb_deadline ? b->bb_deadline : line->bl_deadline;
         if (!o)
                 return NULL;
@@ -419,8 +418,7 @@ int64_t kb_bf_ids_add(kb_bf_ids_t *ids, const char *id, int64_t line) {
 
 static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-void kb_bf_batch_id_generate(int64_t now_ms, const uint8_t rnd[10],
-                             char *out) {
+void kb_bf_batch_id_generate(int64_t now_ms, const uint8_t rnd[10], char *out) {
         uint64_t t = (uint64_t)now_ms & 0xffffffffffffull;
         int i, bit;
         out[0] = 'b';
@@ -530,8 +528,8 @@ int64_t kb_bf_time_parse(const char *s, int64_t now_ms) {
                 off = 0;
         else if ((*p == '+' || *p == '-') && isdigit((unsigned char)p[1]) &&
                  isdigit((unsigned char)p[2]) && p[3] == ':' &&
-                 isdigit((unsigned char)p[4]) &&
-                 isdigit((unsigned char)p[5]) && !p[6])
+                 isdigit((unsigned char)p[4]) && isdigit((unsigned char)p[5]) &&
+                 !p[6])
                 off = (((p[1] - '0') * 10 + (p[2] - '0')) * 60 +
                        (p[4] - '0') * 10 + (p[5] - '0')) *
                       60000LL * (*p == '-' ? -1 : 1);
@@ -566,8 +564,8 @@ int kb_bf_metadata_add(json_t *md, const char *kv, char *errstr,
                 json_decref(k);
         }
         if (!val) {
-                snprintf(errstr, errstr_size, "--metadata '%.100s' is not UTF-8",
-                         kv);
+                snprintf(errstr, errstr_size,
+                         "--metadata '%.100s' is not UTF-8", kv);
                 return -1;
         }
         if (utf8_len(key) > KB_METADATA_KEY_MAX) {
@@ -589,8 +587,8 @@ int kb_bf_metadata_add(json_t *md, const char *kv, char *errstr,
         if (!json_object_get(md, key) &&
             json_object_size(md) >= KB_METADATA_MAX) {
                 json_decref(val);
-                snprintf(errstr, errstr_size,
-                         "more than %d --metadata entries", KB_METADATA_MAX);
+                snprintf(errstr, errstr_size, "more than %d --metadata entries",
+                         KB_METADATA_MAX);
                 return -1;
         }
         json_object_set_new(md, key, val);
@@ -642,7 +640,8 @@ static json_t *openai_line(const json_t *r, const char *status) {
         char buf[KB_BATCH_ID_MAX + 32], hex[64];
         const char *bid = jstr(r, "batch_id");
         snprintf(buf, sizeof(buf), "%s:%lld", bid ? bid : "",
-                 (long long)json_integer_value(json_object_get(r, "item_index")));
+                 (long long)json_integer_value(
+                         json_object_get(r, "item_index")));
         if (sha256_hex(buf, strlen(buf), 12, hex))
                 snprintf(hex, sizeof(hex), "%s", "000000000000000000000000");
         snprintf(buf, sizeof(buf), "batch_req_%s", hex);
@@ -653,9 +652,9 @@ static json_t *openai_line(const json_t *r, const char *status) {
                 const json_t *rid = json_object_get(r, "request_id");
                 json_object_set_new(resp, "status_code", json_incref(http));
                 json_object_set_new(resp, "request_id",
-                                    json_is_string(rid) ? json_incref(
-                                                              (json_t *)rid)
-                                                        : json_null());
+                                    json_is_string(rid)
+                                            ? json_incref((json_t *)rid)
+                                            : json_null());
                 json_object_set_new(resp, "body", jcopy(r, "output"));
                 json_object_set_new(o, "response", resp);
         } else
@@ -722,10 +721,11 @@ static json_t *anthropic_line(const json_t *r, const char *status) {
                         error_of(r, &code, &msg);
                         snprintf(m, sizeof(m), "%s: %s", code, msg);
                         json_object_set_new(
-                            inner, "type",
-                            json_string(anthropic_error_type(
-                                code, (int)json_integer_value(json_object_get(
-                                          r, "http_status")))));
+                                inner, "type",
+                                json_string(anthropic_error_type(
+                                        code,
+                                        (int)json_integer_value(json_object_get(
+                                                r, "http_status")))));
                         json_object_set_new(inner, "message", json_string(m));
                         json_object_set_new(e, "type", json_string("error"));
                         json_object_set_new(e, "error", inner);
@@ -763,8 +763,8 @@ json_t *kb_bf_output_line(kb_bf_out_t fmt, const json_t *result,
 
 struct kb_bf_collect_s {
         int64_t co_total;
-        uint8_t *co_slots;  /* SLOT_* per item_index */
-        json_t **co_pending;/* per item_index, allocated on first use */
+        uint8_t *co_slots;   /* SLOT_* per item_index */
+        json_t **co_pending; /* per item_index, allocated on first use */
         int64_t co_seen;
         int64_t co_succeeded;
 };

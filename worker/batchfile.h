@@ -31,11 +31,11 @@
 #define KB_BF_LINES_MAX 1000000
 
 typedef enum {
-        KB_BF_AUTO = 0,   /* each line: whichever format it has */
-        KB_BF_OPENAI,     /* custom_id, method, url, body */
-        KB_BF_ANTHROPIC,  /* custom_id, params */
-        KB_BF_NATIVE,     /* a BatchItem (batch_id, item_index and
-                           * items_total are assigned by submit) */
+        KB_BF_AUTO = 0,  /* each line: whichever format it has */
+        KB_BF_OPENAI,    /* custom_id, method, url, body */
+        KB_BF_ANTHROPIC, /* custom_id, params */
+        KB_BF_NATIVE,    /* a BatchItem (batch_id, item_index and
+                          * items_total are assigned by submit) */
 } kb_bf_format_t;
 
 /* "auto", "openai", "anthropic", "native". */
@@ -87,7 +87,7 @@ json_t *kb_bf_item_json(const kb_bf_line_t *line, int64_t index,
 
 typedef struct kb_bf_ids_s kb_bf_ids_t;
 
-kb_bf_ids_t *kb_bf_ids_new(void);       /* NULL on out of memory */
+kb_bf_ids_t *kb_bf_ids_new(void);         /* NULL on out of memory */
 void kb_bf_ids_destroy(kb_bf_ids_t *ids); /* NULL is a no-op */
 
 /* Adds id (copied), seen on line `line`. Returns 0 when new, the line it
@@ -102,8 +102,7 @@ int64_t kb_bf_ids_add(kb_bf_ids_t *ids, const char *id, int64_t line);
 /* A new batch id "b-" + 26 characters of Crockford base32: 48 bits of
  * now_ms then the 80 bits of rnd (10 bytes), so ids sort by creation time
  * (ULID layout). out: at least KB_BF_BATCH_ID_SIZE bytes. */
-void kb_bf_batch_id_generate(int64_t now_ms, const uint8_t rnd[10],
-                             char *out);
+void kb_bf_batch_id_generate(int64_t now_ms, const uint8_t rnd[10], char *out);
 
 /* The batch id of an idempotency key: "b-" + the first 24 hex digits of
  * SHA-256(key). The same key always gives the same id. out: at least
@@ -155,8 +154,7 @@ int kb_bf_out_parse(const char *s);
  *   an errored item whose output is an Anthropic error object carries it.
  * native: a copy of the ItemResult.
  * *is_error (may be NULL) is 1 unless the result succeeded. */
-json_t *kb_bf_output_line(kb_bf_out_t fmt, const json_t *result,
-                          int *is_error);
+json_t *kb_bf_output_line(kb_bf_out_t fmt, const json_t *result, int *is_error);
 
 /* ---- the collector: one result per item ---- */
 

@@ -92,7 +92,7 @@ typedef struct {
         int co_no_wait;
         int co_verbose;
         int co_quiet;
-        int64_t co_timeout_ms;  /* 0: none */
+        int64_t co_timeout_ms; /* 0: none */
         int64_t co_lookback_ms;
 } collect_opts_t;
 
@@ -154,8 +154,8 @@ static int partition_of(rd_kafka_t *rk, const kb_conf_t *conf,
                          topic);
         else {
                 *cntp = md->topics[0].partition_cnt;
-                *partp = rd_kafka_msg_partitioner_murmur2(
-                    rkt, key, strlen(key), *cntp, NULL, NULL);
+                *partp = rd_kafka_msg_partitioner_murmur2(rkt, key, strlen(key),
+                                                          *cntp, NULL, NULL);
                 ret = 0;
         }
         if (md)
@@ -173,7 +173,7 @@ typedef struct {
 } progress_t;
 
 static void progress_show(progress_t *pg, int force, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
         va_list ap;
         int64_t now;
@@ -274,23 +274,23 @@ typedef struct {
         rd_kafka_t *cl_rk;
         const char *cl_rtopic, *cl_btopic;
         int32_t cl_rpart, cl_bpart;
-        kb_bf_collect_t *cl_co;   /* once items_total is known */
-        int64_t cl_total;         /* 0: not known yet */
-        json_t *cl_event;         /* latest batch event, or NULL */
+        kb_bf_collect_t *cl_co; /* once items_total is known */
+        int64_t cl_total;       /* 0: not known yet */
+        json_t *cl_event;       /* latest batch event, or NULL */
         int64_t cl_event_rev;
-        int64_t cl_start_ts;      /* results read from this timestamp */
-        int64_t cl_rstart;        /* ... this offset (the first read) */
-        int64_t cl_rpos;          /* next results offset, -1: unknown */
-        int64_t cl_rend_event;    /* results end offset after the event */
-        int cl_beof;              /* batches partition at its end */
+        int64_t cl_start_ts;   /* results read from this timestamp */
+        int64_t cl_rstart;     /* ... this offset (the first read) */
+        int64_t cl_rpos;       /* next results offset, -1: unknown */
+        int64_t cl_rend_event; /* results end offset after the event */
+        int cl_beof;           /* batches partition at its end */
         int64_t cl_bpos;
-        int64_t cl_read;          /* results messages read */
-        int64_t cl_mine;          /* ... of this batch */
+        int64_t cl_read; /* results messages read */
+        int64_t cl_mine; /* ... of this batch */
         int64_t cl_dups, cl_out_of_range, cl_foreign, cl_undecodable;
         int64_t cl_events_read;
         int64_t cl_seeks;
         outfile_t cl_out, cl_err;
-        int cl_split;             /* errors go to cl_err */
+        int cl_split; /* errors go to cl_err */
         int64_t cl_written_ok, cl_written_err;
 } collect_t;
 
@@ -320,8 +320,7 @@ static int ensure_collector(collect_t *cl, int64_t total, char *errstr,
         if (!(cl->cl_co = kb_bf_collect_new(total))) {
                 snprintf(errstr, errstr_size,
                          "batch %s has items_total %lld (1-%d expected)",
-                         cl->cl_opts->co_id, (long long)total,
-                         KB_BF_LINES_MAX);
+                         cl->cl_opts->co_id, (long long)total, KB_BF_LINES_MAX);
                 return -1;
         }
         cl->cl_total = total;
@@ -349,9 +348,9 @@ static int offsets_at(collect_t *cl, int64_t ts, int64_t *roff, int64_t *boff,
         }
         l = rd_kafka_topic_partition_list_new(2);
         rd_kafka_topic_partition_list_add(l, cl->cl_rtopic, cl->cl_rpart)
-            ->offset = ts;
+                ->offset = ts;
         rd_kafka_topic_partition_list_add(l, cl->cl_btopic, cl->cl_bpart)
-            ->offset = ts;
+                ->offset = ts;
         err = rd_kafka_offsets_for_times(cl->cl_rk, l, 30000);
         if (err) {
                 snprintf(errstr, errstr_size, "offsets by time: %s",
@@ -363,8 +362,7 @@ static int offsets_at(collect_t *cl, int64_t ts, int64_t *roff, int64_t *boff,
                 if (l->elems[i].err) {
                         snprintf(errstr, errstr_size,
                                  "offsets by time of %s[%d]: %s",
-                                 l->elems[i].topic,
-                                 (int)l->elems[i].partition,
+                                 l->elems[i].topic, (int)l->elems[i].partition,
                                  rd_kafka_err2str(l->elems[i].err));
                         rd_kafka_topic_partition_list_destroy(l);
                         return -1;
@@ -388,8 +386,8 @@ static int on_result(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
         if (sr == KB_SERDE_RETRY) {
                 snprintf(errstr, errstr_size,
                          "cannot decode a result of %s[%d]@%lld: %s",
-                         cl->cl_rtopic, (int)m->partition,
-                         (long long)m->offset, err);
+                         cl->cl_rtopic, (int)m->partition, (long long)m->offset,
+                         err);
                 return -1;
         }
         if (sr != KB_SERDE_OK || !json_is_object(r)) {
@@ -467,10 +465,9 @@ static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
         json_decref(cl->cl_event);
         cl->cl_event = ev;
         cl->cl_event_rev = rev;
-        if (ensure_collector(cl,
-                             json_integer_value(
-                                 json_object_get(ev, "items_total")),
-                             errstr, errstr_size))
+        if (ensure_collector(
+                    cl, json_integer_value(json_object_get(ev, "items_total")),
+                    errstr, errstr_size))
                 return -1;
         /* Every result the aggregator counted is below the end offset of
          * the results partition now. */
@@ -478,8 +475,7 @@ static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
                                              cl->cl_rpart, &lo, &hi, 30000);
         if (e) {
                 snprintf(errstr, errstr_size, "offsets of %s[%d]: %s",
-                         cl->cl_rtopic, (int)cl->cl_rpart,
-                         rd_kafka_err2str(e));
+                         cl->cl_rtopic, (int)cl->cl_rpart, rd_kafka_err2str(e));
                 return -1;
         }
         cl->cl_rend_event = hi;
@@ -498,7 +494,7 @@ static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
                         l = rd_kafka_topic_partition_list_new(1);
                         rd_kafka_topic_partition_list_add(l, cl->cl_rtopic,
                                                           cl->cl_rpart)
-                            ->offset = roff;
+                                ->offset = roff;
                         se = rd_kafka_seek_partitions(cl->cl_rk, l, 30000);
                         rd_kafka_topic_partition_list_destroy(l);
                         if (se) {
@@ -543,8 +539,8 @@ static void show_progress(collect_t *cl, progress_t *pg, int64_t t0) {
                 progress_show(pg, 0,
                               "collect %s: [%s] %3d%% %lld/%lld results%s",
                               cl->cl_opts->co_id, bar,
-                              (int)(seen * 100 / cl->cl_total),
-                              (long long)seen, (long long)cl->cl_total,
+                              (int)(seen * 100 / cl->cl_total), (long long)seen,
+                              (long long)cl->cl_total,
                               cl->cl_event ? ", batch complete" : "");
         }
 }
@@ -554,9 +550,8 @@ static void show_progress(collect_t *cl, progress_t *pg, int64_t t0) {
 static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
                         size_t errstr_size) {
         const collect_opts_t *co = cl->cl_opts;
-        int64_t t0 = kb_now_ms(), deadline = co->co_timeout_ms
-                                                 ? t0 + co->co_timeout_ms
-                                                 : 0;
+        int64_t t0 = kb_now_ms(),
+                deadline = co->co_timeout_ms ? t0 + co->co_timeout_ms : 0;
         int64_t rend0 = -1, bend0 = -1, lo;
         size_t idlen = strlen(co->co_id);
         rd_kafka_resp_err_t e;
@@ -564,11 +559,11 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
         if (co->co_no_wait) {
                 /* What is there now. */
                 if ((e = rd_kafka_query_watermark_offsets(
-                         cl->cl_rk, cl->cl_rtopic, cl->cl_rpart, &lo, &rend0,
-                         30000)) ||
+                             cl->cl_rk, cl->cl_rtopic, cl->cl_rpart, &lo,
+                             &rend0, 30000)) ||
                     (e = rd_kafka_query_watermark_offsets(
-                         cl->cl_rk, cl->cl_btopic, cl->cl_bpart, &lo, &bend0,
-                         30000))) {
+                             cl->cl_rk, cl->cl_btopic, cl->cl_bpart, &lo,
+                             &bend0, 30000))) {
                         snprintf(errstr, errstr_size, "end offsets: %s",
                                  rd_kafka_err2str(e));
                         return -1;
@@ -600,7 +595,7 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
                                  (long long)(co->co_timeout_ms / 1000),
                                  co->co_id,
                                  (long long)(cl->cl_co ? kb_bf_collect_seen(
-                                                             cl->cl_co)
+                                                                 cl->cl_co)
                                                        : 0),
                                  (long long)cl->cl_total);
                         return -1;
@@ -610,8 +605,7 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
                         continue;
                 if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                         if (m->partition == cl->cl_rpart &&
-                            !strcmp(rd_kafka_topic_name(m->rkt),
-                                    cl->cl_rtopic))
+                            !strcmp(rd_kafka_topic_name(m->rkt), cl->cl_rtopic))
                                 cl->cl_rpos = m->offset;
                         else {
                                 cl->cl_beof = 1;
@@ -688,8 +682,8 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                                      sizeof(errstr)))
                         goto fail;
         }
-        cl->cl_start_ts = (first > 0 ? first : kb_wall_ms()) -
-                          co->co_lookback_ms;
+        cl->cl_start_ts =
+                (first > 0 ? first : kb_wall_ms()) - co->co_lookback_ms;
         if (offsets_at(cl, cl->cl_start_ts, &roff, &boff, errstr,
                        sizeof(errstr)))
                 goto fail;
@@ -707,9 +701,9 @@ static int collect_run(collect_t *cl, progress_t *pg) {
         cl->cl_rstart = roff;
         l = rd_kafka_topic_partition_list_new(2);
         rd_kafka_topic_partition_list_add(l, cl->cl_rtopic, cl->cl_rpart)
-            ->offset = roff;
+                ->offset = roff;
         rd_kafka_topic_partition_list_add(l, cl->cl_btopic, cl->cl_bpart)
-            ->offset = boff;
+                ->offset = boff;
         err = rd_kafka_assign(cl->cl_rk, l);
         rd_kafka_topic_partition_list_destroy(l);
         if (err) {
@@ -733,8 +727,7 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                 while ((r = kb_bf_collect_next_pending(cl->cl_co,
                                                        &pending_pos))) {
                         if (write_line(cl,
-                                       cl->cl_split ? &cl->cl_err
-                                                    : &cl->cl_out,
+                                       cl->cl_split ? &cl->cl_err : &cl->cl_out,
                                        r, errstr, sizeof(errstr)))
                                 goto fail;
                         cl->cl_written_err++;
@@ -753,8 +746,7 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                         (long long)cl->cl_read, cl->cl_rtopic,
                         (int)cl->cl_rpart, (long long)cl->cl_rstart,
                         (long long)cl->cl_mine, co->co_id, (long long)seen,
-                        (long long)cl->cl_dups,
-                        (long long)cl->cl_out_of_range,
+                        (long long)cl->cl_dups, (long long)cl->cl_out_of_range,
                         (long long)cl->cl_events_read, cl->cl_btopic,
                         (int)cl->cl_bpart, (long long)cl->cl_read);
         if (st == 0) {
@@ -775,22 +767,22 @@ static int collect_run(collect_t *cl, progress_t *pg) {
         }
         if (!co->co_quiet) {
                 const char *status =
-                    cl->cl_event ? json_string_value(json_object_get(
-                                       cl->cl_event, "status"))
-                                 : NULL;
+                        cl->cl_event ? json_string_value(json_object_get(
+                                               cl->cl_event, "status"))
+                                     : NULL;
                 fprintf(stderr,
                         "kbatch collect: batch %s%s%s%s: %lld succeeded -> "
                         "%s, %lld not -> %s\n",
                         co->co_id, status ? " (" : "", status ? status : "",
                         status ? ")" : "", (long long)cl->cl_written_ok,
                         co->co_out && strcmp(co->co_out, "-")
-                            ? co->co_out
-                            : "standard output",
+                                ? co->co_out
+                                : "standard output",
                         (long long)cl->cl_written_err,
                         co->co_errors ? co->co_errors
                         : co->co_out && strcmp(co->co_out, "-")
-                            ? co->co_out
-                            : "standard output");
+                                ? co->co_out
+                                : "standard output");
                 if (seen < cl->cl_total)
                         fprintf(stderr,
                                 "kbatch collect: %lld of %lld items have no "
@@ -817,13 +809,17 @@ out:
 
 int kb_cmd_collect(int argc, char **argv) {
         enum { O_ERRORS = 256, O_FORMAT, O_NO_WAIT, O_TIMEOUT, O_LOOKBACK };
-        static const struct option opts[] = {
-            {"config", 1, NULL, 'c'},      {"output", 1, NULL, 'o'},
-            {"errors", 1, NULL, O_ERRORS}, {"format", 1, NULL, O_FORMAT},
-            {"no-wait", 0, NULL, O_NO_WAIT}, {"timeout", 1, NULL, O_TIMEOUT},
-            {"lookback", 1, NULL, O_LOOKBACK}, {"verbose", 0, NULL, 'v'},
-            {"quiet", 0, NULL, 'q'},       {"help", 0, NULL, 'h'},
-            {NULL, 0, NULL, 0}};
+        static const struct option opts[] = {{"config", 1, NULL, 'c'},
+                                             {"output", 1, NULL, 'o'},
+                                             {"errors", 1, NULL, O_ERRORS},
+                                             {"format", 1, NULL, O_FORMAT},
+                                             {"no-wait", 0, NULL, O_NO_WAIT},
+                                             {"timeout", 1, NULL, O_TIMEOUT},
+                                             {"lookback", 1, NULL, O_LOOKBACK},
+                                             {"verbose", 0, NULL, 'v'},
+                                             {"quiet", 0, NULL, 'q'},
+                                             {"help", 0, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
         collect_opts_t co;
         collect_t cl;
         progress_t pg;
@@ -866,8 +862,7 @@ int kb_cmd_collect(int argc, char **argv) {
                                 fprintf(stderr,
                                         "kbatch collect: --%s '%.100s' is "
                                         "not a duration (90s, 30m, 24h)\n",
-                                        c == O_TIMEOUT ? "timeout"
-                                                       : "lookback",
+                                        c == O_TIMEOUT ? "timeout" : "lookback",
                                         optarg);
                                 return 2;
                         }
@@ -875,7 +870,7 @@ int kb_cmd_collect(int argc, char **argv) {
                                 co.co_timeout_ms = kb_bf_duration_parse(optarg);
                         else
                                 co.co_lookback_ms =
-                                    kb_bf_duration_parse(optarg);
+                                        kb_bf_duration_parse(optarg);
                         break;
                 case 'v':
                         co.co_verbose = 1;

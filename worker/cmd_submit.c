@@ -39,73 +39,81 @@
 #include "serde.h"
 
 static void usage(FILE *out) {
-        fprintf(
-            out,
-            "usage: kbatch submit FILE.jsonl|- [-c FILE] [--batch-id ID | "
-            "--idempotency-key K]\n"
-            "                     [--metadata KEY=VALUE]... [--callback-url "
-            "URL]\n"
-            "                     [--deadline TIME | --completion-window D]\n"
-            "                     [--format auto|openai|anthropic|native] "
-            "[--dry-run] [--force] [-q]\n"
-            "  Publishes the requests of FILE (- for standard input) as one "
-            "batch and\n"
-            "  prints its batch id on stdout. Lines: OpenAI Batch input "
-            "(custom_id,\n"
-            "  method, url, body), Anthropic Message Batches (custom_id, "
-            "params) or\n"
-            "  native BatchItems (item_id, model, input, ...). The whole "
-            "file is\n"
-            "  validated first; every bad line is reported as FILE:LINE: "
-            "message and\n"
-            "  nothing is published (exit 2).\n"
-            "  -c, --config FILE          configuration (default: "
-            "$KBATCH_CONFIG,\n"
-            "                             else ./worker.conf, else "
-            "built-in)\n"
-            "  --batch-id ID              the batch id (1-%d of "
-            "[A-Za-z0-9._:-]);\n"
-            "                             default: a new one, sortable by "
-            "time\n"
-            "  --idempotency-key K        derive the batch id from K: "
-            "running the same\n"
-            "                             submission again does not publish "
-            "it twice\n"
-            "  --metadata KEY=VALUE       batch metadata (up to %d), echoed "
-            "on results\n"
-            "                             and the batch event\n"
-            "  --callback-url URL         webhook for the batch's "
-            "completion\n"
-            "  --deadline TIME            items not started by then end "
-            "`expired`: a\n"
-            "                             duration from now (24h, 90m), "
-            "epoch ms or\n"
-            "                             RFC 3339 (2026-11-22T10:00:00Z)\n"
-            "  --completion-window D      the same as --deadline D (OpenAI's "
-            "name)\n"
-            "  --format F                 require every line in format F "
-            "(default:\n"
-            "                             auto, each line as it comes)\n"
-            "  --dry-run                  validate only; connect to nothing\n"
-            "  --force                    publish even when the batch id is "
-            "known\n"
-            "  -q, --quiet                no progress and no summary on "
-            "stderr\n"
-            "Exit codes: 0 published (or already known), 1 runtime failure, "
-            "2 bad\n"
-            "usage, configuration or input file.\n",
-            KB_BATCH_ID_MAX, KB_METADATA_MAX);
+        fprintf(out,
+                "usage: kbatch submit FILE.jsonl|- [-c FILE] [--batch-id ID | "
+                "--idempotency-key K]\n"
+                "                     [--metadata KEY=VALUE]... "
+                "[--callback-url "
+                "URL]\n"
+                "                     [--deadline TIME | --completion-window "
+                "D]\n"
+                "                     [--format auto|openai|anthropic|native] "
+                "[--dry-run] [--force] [-q]\n"
+                "  Publishes the requests of FILE (- for standard input) as "
+                "one "
+                "batch and\n"
+                "  prints its batch id on stdout. Lines: OpenAI Batch input "
+                "(custom_id,\n"
+                "  method, url, body), Anthropic Message Batches (custom_id, "
+                "params) or\n"
+                "  native BatchItems (item_id, model, input, ...). The whole "
+                "file is\n"
+                "  validated first; every bad line is reported as FILE:LINE: "
+                "message and\n"
+                "  nothing is published (exit 2).\n"
+                "  -c, --config FILE          configuration (default: "
+                "$KBATCH_CONFIG,\n"
+                "                             else ./worker.conf, else "
+                "built-in)\n"
+                "  --batch-id ID              the batch id (1-%d of "
+                "[A-Za-z0-9._:-]);\n"
+                "                             default: a new one, sortable by "
+                "time\n"
+                "  --idempotency-key K        derive the batch id from K: "
+                "running the same\n"
+                "                             submission again does not "
+                "publish "
+                "it twice\n"
+                "  --metadata KEY=VALUE       batch metadata (up to %d), "
+                "echoed "
+                "on results\n"
+                "                             and the batch event\n"
+                "  --callback-url URL         webhook for the batch's "
+                "completion\n"
+                "  --deadline TIME            items not started by then end "
+                "`expired`: a\n"
+                "                             duration from now (24h, 90m), "
+                "epoch ms or\n"
+                "                             RFC 3339 (2026-11-22T10:00:00Z)\n"
+                "  --completion-window D      the same as --deadline D "
+                "(OpenAI's "
+                "name)\n"
+                "  --format F                 require every line in format F "
+                "(default:\n"
+                "                             auto, each line as it comes)\n"
+                "  --dry-run                  validate only; connect to "
+                "nothing\n"
+                "  --force                    publish even when the batch id "
+                "is "
+                "known\n"
+                "  -q, --quiet                no progress and no summary on "
+                "stderr\n"
+                "Exit codes: 0 published (or already known), 1 runtime "
+                "failure, "
+                "2 bad\n"
+                "usage, configuration or input file.\n",
+                KB_BATCH_ID_MAX, KB_METADATA_MAX);
 }
 
 typedef struct {
-        const char *so_path;       /* "-": stdin */
-        const char *so_name;       /* for messages: path or "<stdin>" */
+        const char *so_path; /* "-": stdin */
+        const char *so_name; /* for messages: path or "<stdin>" */
         const char *so_conf;
         const char *so_batch_id;
         const char *so_key;
-        json_t *so_metadata;       /* owned */
+        json_t *so_metadata; /* owned */
         const char *so_callback_url;
-        int64_t so_deadline;       /* epoch ms, 0: none */
+        int64_t so_deadline; /* epoch ms, 0: none */
         kb_bf_format_t so_format;
         int so_dry_run;
         int so_force;
@@ -133,7 +141,7 @@ static void progress_init(progress_t *pg, int quiet) {
 }
 
 static void progress_show(progress_t *pg, int force, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
         va_list ap;
         int64_t now;
@@ -181,9 +189,9 @@ typedef struct {
         const char *sv_batch_id;
         kb_kv_t *sv_ops; /* route operations (borrowed from conf) */
         size_t sv_op_cnt;
-        int64_t sv_items;        /* requests read */
-        int64_t sv_bad;          /* bad lines */
-        char *sv_callback;       /* the one callback_url of native lines */
+        int64_t sv_items;  /* requests read */
+        int64_t sv_bad;    /* bad lines */
+        char *sv_callback; /* the one callback_url of native lines */
         int64_t sv_callback_line;
 } validate_t;
 
@@ -208,7 +216,7 @@ static int trim_line(char *s, ssize_t *len) {
 }
 
 static void bad_line(validate_t *sv, int64_t lineno, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 static void bad_line(validate_t *sv, int64_t lineno, const char *fmt, ...) {
         va_list ap;
         fprintf(stderr, "%s:%lld: ", sv->sv_opts->so_name, (long long)lineno);
@@ -232,8 +240,8 @@ static void batch_of(const submit_opts_t *so, const char *batch_id,
 }
 
 /* Validates one non-blank line (the n-th request, 1-based). */
-static void validate_line(validate_t *sv, kb_bf_ids_t *ids, char *s,
-                          size_t len, int64_t lineno, int64_t n) {
+static void validate_line(validate_t *sv, kb_bf_ids_t *ids, char *s, size_t len,
+                          int64_t lineno, int64_t n) {
         kb_bf_line_t l;
         kb_bf_batch_t b;
         kb_item_t it;
@@ -275,16 +283,16 @@ static void validate_line(validate_t *sv, kb_bf_ids_t *ids, char *s,
         /* The item as it will be published (the largest items_total, for
          * its size): every BatchItem rule of SPEC §2, and the size limit
          * the workers apply. */
-        batch_of(sv->sv_opts, sv->sv_batch_id, KB_ITEMS_TOTAL_MAX,
-                 kb_wall_ms(), &b);
+        batch_of(sv->sv_opts, sv->sv_batch_id, KB_ITEMS_TOTAL_MAX, kb_wall_ms(),
+                 &b);
         o = kb_bf_item_json(&l, n - 1, &b);
         dump = o ? json_dumps(o, JSON_COMPACT) : NULL;
         dlen = dump ? strlen(dump) : 0;
         if (!dump)
                 bad_line(sv, lineno, "out of memory");
         else if (kb_codec_item_from_json(
-                     o, dlen, (size_t)sv->sv_conf->worker_max_item_bytes, &it,
-                     err, sizeof(err)) != KB_CODEC_OK) {
+                         o, dlen, (size_t)sv->sv_conf->worker_max_item_bytes,
+                         &it, err, sizeof(err)) != KB_CODEC_OK) {
                 if (strstr(err, "bytes, over the limit"))
                         bad_line(sv, lineno,
                                  "the item is %zu bytes, over "
@@ -377,9 +385,8 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
 }
 
 /* 0 when the items topic exists, -1 with errstr. */
-static int check_topic(rd_kafka_t *rk, const char *topic,
-                       const kb_conf_t *conf, char *errstr,
-                       size_t errstr_size) {
+static int check_topic(rd_kafka_t *rk, const char *topic, const kb_conf_t *conf,
+                       char *errstr, size_t errstr_size) {
         rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
@@ -439,9 +446,8 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
                         fprintf(stderr,
                                 "kbatch submit: batch %s already exists with "
                                 "%lld items, %s has %lld%s\n",
-                                sv->sv_batch_id,
-                                (long long)bs->bs_items_total, so->so_name,
-                                (long long)sv->sv_items,
+                                sv->sv_batch_id, (long long)bs->bs_items_total,
+                                so->so_name, (long long)sv->sv_items,
                                 so->so_key ? " (the idempotency key was used "
                                              "for another submission)"
                                            : "");
@@ -458,7 +464,7 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
                                         "publishes it again)\n",
                                         sv->sv_batch_id,
                                         kb_batch_status_str(
-                                            kb_bstate_status(bs)),
+                                                kb_bstate_status(bs)),
                                         (long long)bs->bs_done,
                                         (long long)bs->bs_items_total);
                         kb_bstate_destroy(bs);
@@ -471,8 +477,7 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
 
         batch_of(so, sv->sv_batch_id, sv->sv_items, now, &b);
         errno = 0;
-        for (first_line = 1;
-             !interrupted && (len = getline(&s, &cap, in)) >= 0;
+        for (first_line = 1; !interrupted && (len = getline(&s, &cap, in)) >= 0;
              first_line = 0) {
                 kb_bf_line_t l;
                 json_t *o;
@@ -484,8 +489,8 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
                         strip_bom(s, &len);
                 if (trim_line(s, &len))
                         continue;
-                if (kb_bf_line_parse(s, (size_t)len, so->so_format,
-                                     sv->sv_ops, sv->sv_op_cnt, &l, errstr,
+                if (kb_bf_line_parse(s, (size_t)len, so->so_format, sv->sv_ops,
+                                     sv->sv_op_cnt, &l, errstr,
                                      sizeof(errstr))) {
                         /* validated in pass 1: the input changed */
                         snprintf(errstr + strlen(errstr),
@@ -510,13 +515,12 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
                          (long long)n);
                 for (;;) {
                         err = rd_kafka_producev(
-                            rk, RD_KAFKA_V_TOPIC(topic),
-                            RD_KAFKA_V_KEY(key, strlen(key)),
-                            RD_KAFKA_V_VALUE(buf, blen),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                            RD_KAFKA_V_END);
-                        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL ||
-                            interrupted)
+                                rk, RD_KAFKA_V_TOPIC(topic),
+                                RD_KAFKA_V_KEY(key, strlen(key)),
+                                RD_KAFKA_V_VALUE(buf, blen),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                                RD_KAFKA_V_END);
+                        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || interrupted)
                                 break;
                         rd_kafka_poll(rk, 50);
                 }
@@ -557,8 +561,9 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
                         "kbatch submit: %s: %lld of %lld items of batch %s "
                         "published%s%s; `kbatch submit --batch-id %s --force "
                         "%s` publishes the batch again\n",
-                        interrupted ? "interrupted" : "not every item was "
-                                                      "acknowledged",
+                        interrupted ? "interrupted"
+                                    : "not every item was "
+                                      "acknowledged",
                         (long long)dr.dr_ok, (long long)sv->sv_items,
                         sv->sv_batch_id, dr.dr_failed ? ": " : "",
                         dr.dr_failed ? dr.dr_err : "", sv->sv_batch_id,
@@ -569,8 +574,9 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         printf("%s\n", sv->sv_batch_id);
         fflush(stdout);
         if (!so->so_quiet)
-                fprintf(stderr, "kbatch submit: batch %s: %lld items "
-                                "published to %s\n",
+                fprintf(stderr,
+                        "kbatch submit: batch %s: %lld items "
+                        "published to %s\n",
                         sv->sv_batch_id, (long long)sv->sv_items, topic);
         rc = 0;
         goto out;
@@ -630,19 +636,19 @@ int kb_cmd_submit(int argc, char **argv) {
                 O_FORCE,
         };
         static const struct option opts[] = {
-            {"config", 1, NULL, 'c'},
-            {"batch-id", 1, NULL, O_BATCH_ID},
-            {"idempotency-key", 1, NULL, O_KEY},
-            {"metadata", 1, NULL, O_METADATA},
-            {"callback-url", 1, NULL, O_CALLBACK},
-            {"deadline", 1, NULL, O_DEADLINE},
-            {"completion-window", 1, NULL, O_WINDOW},
-            {"format", 1, NULL, O_FORMAT},
-            {"dry-run", 0, NULL, O_DRY_RUN},
-            {"force", 0, NULL, O_FORCE},
-            {"quiet", 0, NULL, 'q'},
-            {"help", 0, NULL, 'h'},
-            {NULL, 0, NULL, 0}};
+                {"config", 1, NULL, 'c'},
+                {"batch-id", 1, NULL, O_BATCH_ID},
+                {"idempotency-key", 1, NULL, O_KEY},
+                {"metadata", 1, NULL, O_METADATA},
+                {"callback-url", 1, NULL, O_CALLBACK},
+                {"deadline", 1, NULL, O_DEADLINE},
+                {"completion-window", 1, NULL, O_WINDOW},
+                {"format", 1, NULL, O_FORMAT},
+                {"dry-run", 0, NULL, O_DRY_RUN},
+                {"force", 0, NULL, O_FORCE},
+                {"quiet", 0, NULL, 'q'},
+                {"help", 0, NULL, 'h'},
+                {NULL, 0, NULL, 0}};
         submit_opts_t so;
         validate_t sv;
         progress_t pg;
@@ -691,21 +697,26 @@ int kb_cmd_submit(int argc, char **argv) {
                         }
                         deadline_arg = optarg;
                         so.so_deadline =
-                            c == O_WINDOW
-                                ? (kb_bf_duration_parse(optarg) > 0
-                                       ? kb_wall_ms() +
-                                             kb_bf_duration_parse(optarg)
-                                       : -1)
-                                : kb_bf_time_parse(optarg, kb_wall_ms());
+                                c == O_WINDOW
+                                        ? (kb_bf_duration_parse(optarg) > 0
+                                                   ? kb_wall_ms() +
+                                                             kb_bf_duration_parse(
+                                                                     optarg)
+                                                   : -1)
+                                        : kb_bf_time_parse(optarg,
+                                                           kb_wall_ms());
                         if (so.so_deadline <= 0) {
-                                rc = usage_error(
-                                    c == O_WINDOW
-                                        ? "--completion-window '%.100s' is "
-                                          "not a duration (24h, 90m, 30s)"
-                                        : "--deadline '%.100s' is not a "
-                                          "duration (24h), epoch ms or RFC "
-                                          "3339 time",
-                                    optarg);
+                                rc = usage_error(c == O_WINDOW
+                                                         ? "--completion-"
+                                                           "window '%.100s' is "
+                                                           "not a duration "
+                                                           "(24h, 90m, 30s)"
+                                                         : "--deadline "
+                                                           "'%.100s' is not a "
+                                                           "duration (24h), "
+                                                           "epoch ms or RFC "
+                                                           "3339 time",
+                                                 optarg);
                                 goto out;
                         }
                         break;
@@ -842,8 +853,9 @@ int kb_cmd_submit(int argc, char **argv) {
                 goto out;
         }
         if (!sv.sv_items) {
-                fprintf(stderr, "kbatch submit: %s has no requests; nothing "
-                                "published\n",
+                fprintf(stderr,
+                        "kbatch submit: %s has no requests; nothing "
+                        "published\n",
                         so.so_name);
                 rc = 2;
                 goto out;

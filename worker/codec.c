@@ -51,6 +51,16 @@ static size_t utf8_len(const char *s) {
         return n;
 }
 
+/* 1 when s holds a control character (C0 or DEL). The item id goes into
+ * request headers (Idempotency-Key, kbatch-item-id): a CR or LF there
+ * would add headers of the item producer's choosing to the model request. */
+static int has_ctl(const char *s) {
+        for (; *s; s++)
+                if ((unsigned char)*s < 0x20 || *s == 0x7f)
+                        return 1;
+        return 0;
+}
+
 /* A JSON integer that fits int64 (jansson rejects overflowing literals with
  * a decode error, and reals are not integers). */
 static int get_int(const json_t *o, const char *k, int64_t *out, int *present) {
@@ -174,6 +184,8 @@ kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
         else if (item->item_id[0] == '\0' ||
                  utf8_len(item->item_id) > KB_ITEM_ID_MAX)
                 FAIL("'item_id' must be 1-%d characters", KB_ITEM_ID_MAX);
+        else if (has_ctl(item->item_id))
+                FAIL("'item_id' must not contain control characters");
         if (get_str(o, "model", &item->model, &present) || !present)
                 FAIL("'model' is %s", present ? "not a string" : "missing");
         else if (item->model[0] == '\0')

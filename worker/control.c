@@ -82,8 +82,14 @@ kb_control_t *kb_control_new(const kb_conf_t *conf, kb_loop_t *loop,
                 goto fail;
         }
         rkt = rd_kafka_topic_new(ct->ct_rk, topic, NULL);
-        if (rd_kafka_metadata(ct->ct_rk, 0, rkt, &md, 10000) || !md ||
-            md->topic_cnt != 1 || md->topics[0].err ||
+        if (kb_kafka_metadata(ct->ct_rk, 0, rkt, &md, 10000, errstr,
+                              errstr_size) ==
+            RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+                /* errstr: the one line that says so */
+                rd_kafka_topic_destroy(rkt);
+                goto fail;
+        }
+        if (!md || md->topic_cnt != 1 || md->topics[0].err ||
             md->topics[0].partition_cnt < 1) {
                 snprintf(errstr, errstr_size,
                          "cannot read the control topic %s: %s", topic,

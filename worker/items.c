@@ -24,6 +24,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "offsets.h"
+#include "partset.h"
 #include "retry.h"
 #include "routes.h"
 #include "serde.h"
@@ -64,7 +65,6 @@ typedef enum {
                             * again */
 } job_timer_t;
 
-typedef struct kb_part_s kb_part_t;
 typedef struct kb_job_s kb_job_t;
 
 /* One message to publish for a job: its result, or its DLQ copy. */
@@ -126,22 +126,6 @@ struct kb_job_s {
         int64_t jb_produce_at;   /* mono ms: re-produce not before */
 };
 
-/* An assigned partition of a consumed topic. Never freed while the pipeline
- * lives: jobs refer to it with the epoch of their assignment, so a job that
- * outlives a revocation finds an epoch mismatch and touches nothing. */
-struct kb_part_s {
-        char *pt_topic;
-        int32_t pt_partition;
-        int pt_assigned;
-        uint64_t pt_epoch;
-        kb_offsets_t *pt_ot;
-        int pt_jobs;          /* jobs of this epoch alive */
-        int pt_pause;         /* PAUSE_* reasons it is paused for */
-        int pt_paused;        /* paused in the consumer (pt_pause != 0) */
-        int pt_delayed;       /* jobs held until their retry is due */
-        int pt_revoking;
-};
-
 TAILQ_HEAD(kb_timers_s, kb_job_s);
 
 struct kb_items_s {
@@ -155,9 +139,7 @@ struct kb_items_s {
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
         const char *it_worker;    /* instance id */
-        kb_part_t **it_parts;
-        size_t it_part_cnt, it_part_cap;
-        uint64_t it_epoch;
+        kb_partset_t *it_ps;      /* assigned partitions, commits */
         LIST_HEAD(, kb_job_s) it_jobs;
         TAILQ_HEAD(, kb_job_s) it_produce_retryq;
         struct kb_timers_s it_timers;      /* sorted by jb_due */
@@ -167,75 +149,16 @@ struct kb_items_s {
         int it_held;              /* of which retry-tier messages held until
                                    * due (not counted against the limit) */
         int64_t it_full_since_ms;
-        int it_all_paused;        /* paused everything for the global limit */
         int it_stopping;          /* no more consuming */
         int it_fatal;
-        int it_assigned_once;
         int it_producer_up;       /* statistics: 1 a broker is UP, -1 none,
                                    * 0 none received yet (readiness) */
-        int64_t it_next_commit;
-        int64_t it_commit_hold_until; /* mono ms: no periodic commits before */
-        char it_meta[KB_OFFSETS_META_MAX + 1];
 };
 
 /* ---- partitions ---------------------------------------------------- */
 
-static kb_part_t *part_find(kb_items_t *it, const char *topic, int32_t p,
-                            int create) {
-        size_t i;
-        kb_part_t *pt;
-        for (i = 0; i < it->it_part_cnt; i++) {
-                pt = it->it_parts[i];
-                if (pt->pt_partition == p && !strcmp(pt->pt_topic, topic))
-                        return pt;
-        }
-        if (!create)
-                return NULL;
-        if (it->it_part_cnt == it->it_part_cap) {
-                size_t cap = it->it_part_cap ? it->it_part_cap * 2 : 16;
-                kb_part_t **n = realloc(it->it_parts, cap * sizeof(*n));
-                if (!n)
-                        return NULL;
-                it->it_parts = n;
-                it->it_part_cap = cap;
-        }
-        if (!(pt = calloc(1, sizeof(*pt))))
-                return NULL;
-        pt->pt_topic = strdup(topic);
-        pt->pt_partition = p;
-        it->it_parts[it->it_part_cnt++] = pt;
-        return pt;
-}
-
 static int part_current(const kb_job_t *jb) {
-        return jb->jb_part && jb->jb_part->pt_assigned &&
-               jb->jb_part->pt_epoch == jb->jb_epoch;
-}
-
-/* Why a partition is paused; it fetches again when no reason is left. */
-#define PAUSE_WINDOW 0x1 /* its offset window is full */
-#define PAUSE_GLOBAL 0x2 /* worker.max_inflight reached for long */
-#define PAUSE_DELAY  0x4 /* the head of a retry tier is not due yet */
-#define PAUSE_STOP   0x8 /* shutting down */
-
-static void part_pause(kb_items_t *it, kb_part_t *pt, int reason, int on) {
-        rd_kafka_topic_partition_list_t *l;
-        int pause;
-        if (on)
-                pt->pt_pause |= reason;
-        else
-                pt->pt_pause &= ~reason;
-        pause = pt->pt_pause != 0;
-        if (!pt->pt_assigned || pt->pt_paused == pause)
-                return;
-        l = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(l, pt->pt_topic, pt->pt_partition);
-        if (pause)
-                rd_kafka_pause_partitions(it->it_consumer, l);
-        else
-                rd_kafka_resume_partitions(it->it_consumer, l);
-        rd_kafka_topic_partition_list_destroy(l);
-        pt->pt_paused = pause;
+        return kb_part_current(jb->jb_part, jb->jb_epoch);
 }
 
 /* ---- jobs ------------------------------------------------------------ */
@@ -773,8 +696,8 @@ static void timer_remove(kb_items_t *it, kb_job_t *jb) {
         if (jb->jb_timer == TIMER_DUE) {
                 it->it_held--;
                 if (part_current(jb) &&
-                    --jb->jb_part->pt_delayed < KB_HOLD_MAX)
-                        part_pause(it, jb->jb_part, PAUSE_DELAY, 0);
+                    --jb->jb_part->pt_held < KB_HOLD_MAX)
+                        kb_partset_pause(it->it_ps, jb->jb_part, KB_PAUSE_DELAY, 0);
         }
 }
 
@@ -1125,6 +1048,14 @@ static void job_begin(kb_items_t *it, kb_job_t *jb) {
                         sizeof(jb->jb_traceparent));
         kb_kafka_header(m, "tracestate", jb->jb_tracestate,
                         sizeof(jb->jb_tracestate));
+        /* W3C tracestate is printable ASCII; anything else (a CR or LF
+         * would add headers to the model request) drops it. */
+        for (i = 0; jb->jb_tracestate[i]; i++)
+                if ((unsigned char)jb->jb_tracestate[i] < 0x20 ||
+                    (unsigned char)jb->jb_tracestate[i] > 0x7e) {
+                        jb->jb_tracestate[0] = '\0';
+                        break;
+                }
         /* No (valid) traceparent: the item starts its own trace. */
         if (kb_metrics_traceparent(jb->jb_traceparent,
                                    sizeof(jb->jb_traceparent)))
@@ -1145,8 +1076,8 @@ static void job_begin(kb_items_t *it, kb_job_t *jb) {
                         timer_add(it, jb, TIMER_DUE, kb_now_ms() + (nb - now));
                         it->it_held++;
                         if (part_current(jb) &&
-                            ++jb->jb_part->pt_delayed >= KB_HOLD_MAX)
-                                part_pause(it, jb->jb_part, PAUSE_DELAY, 1);
+                            ++jb->jb_part->pt_held >= KB_HOLD_MAX)
+                                kb_partset_pause(it->it_ps, jb->jb_part, KB_PAUSE_DELAY, 1);
                         return;
                 }
                 if (nb)
@@ -1190,7 +1121,8 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
                 rd_kafka_message_destroy(m);
                 return;
         }
-        pt = part_find(it, rd_kafka_topic_name(m->rkt), m->partition, 0);
+        pt = kb_partset_find(it->it_ps, rd_kafka_topic_name(m->rkt),
+                             m->partition);
         if (!pt || !pt->pt_assigned || pt->pt_revoking) {
                 rd_kafka_message_destroy(m);
                 return;
@@ -1201,7 +1133,7 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
                  * go back to it and wait for the window to move. */
                 rd_kafka_topic_partition_list_t *l =
                     rd_kafka_topic_partition_list_new(1);
-                part_pause(it, pt, PAUSE_WINDOW, 1);
+                kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 1);
                 rd_kafka_topic_partition_list_add(l, pt->pt_topic,
                                                   pt->pt_partition)
                     ->offset = m->offset;
@@ -1219,7 +1151,7 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
                 return;
         }
         if (kb_offsets_window_full(pt->pt_ot))
-                part_pause(it, pt, PAUSE_WINDOW, 1);
+                kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 1);
         if (!(jb = calloc(1, sizeof(*jb)))) {
                 kb_log(KB_LOG_ERROR, "items", "out of memory");
                 it->it_fatal = 1;
@@ -1245,65 +1177,15 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
  * only is NULL). sync: wait for the broker, and commit even when the
  * position did not change since the last (async) commit: that one may have
  * failed with a rebalance error we have not heard of yet. */
-static void commit_parts(kb_items_t *it, kb_part_t **only, size_t only_cnt,
-                         int sync) {
-        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(
-            (int)(only ? only_cnt : it->it_part_cnt));
-        size_t i, n = only ? only_cnt : it->it_part_cnt;
-        rd_kafka_resp_err_t err;
-        for (i = 0; i < n; i++) {
-                kb_part_t *pt = only ? only[i] : it->it_parts[i];
-                int64_t off;
-                rd_kafka_topic_partition_t *tp;
-                if (!pt->pt_assigned || !pt->pt_ot)
-                        continue;
-                if ((!kb_offsets_committable(pt->pt_ot, &off, it->it_meta,
-                                             sizeof(it->it_meta)) &&
-                     !sync) ||
-                    off < 0)
-                        continue;
-                tp = rd_kafka_topic_partition_list_add(l, pt->pt_topic,
-                                                       pt->pt_partition);
-                tp->offset = off;
-                tp->metadata_size = strlen(it->it_meta);
-                tp->metadata = tp->metadata_size ? strdup(it->it_meta) : NULL;
-                if (!tp->metadata)
-                        tp->metadata_size = 0;
-                /* Optimistic: a failed commit is retried with the next
-                 * change (and at revocation/shutdown synchronously). */
-                kb_offsets_committed(pt->pt_ot, off, it->it_meta);
-        }
-        if (l->cnt > 0) {
-                err = rd_kafka_commit(it->it_consumer, l, !sync);
-                if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
-                        kb_log(KB_LOG_WARN, "items", "commit failed: %s",
-                               rd_kafka_err2str(err));
-                        for (i = 0; i < n; i++) {
-                                kb_part_t *pt = only ? only[i] : it->it_parts[i];
-                                if (pt->pt_ot)
-                                        kb_offsets_committed(pt->pt_ot, -1, "");
-                        }
-                }
-        }
-        rd_kafka_topic_partition_list_destroy(l);
-}
-
 static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *offsets, void *opaque) {
         kb_items_t *it = opaque;
-        int i;
         if (err == RD_KAFKA_RESP_ERR_NO_ERROR ||
             err == RD_KAFKA_RESP_ERR__NO_OFFSET)
                 return;
         kb_log(KB_LOG_WARN, "items", "offset commit failed: %s",
                rd_kafka_err2str(err));
-        /* Forget what we thought was committed so it is sent again. */
-        for (i = 0; offsets && i < offsets->cnt; i++) {
-                kb_part_t *pt = part_find(it, offsets->elems[i].topic,
-                                          offsets->elems[i].partition, 0);
-                if (pt && pt->pt_ot)
-                        kb_offsets_committed(pt->pt_ot, -1, "");
-        }
+        kb_partset_commit_failed(it->it_ps, offsets);
 }
 
 static void producer_poll(kb_items_t *it) {
@@ -1350,6 +1232,9 @@ static void drop_unstarted(kb_items_t *it, kb_part_t *pt) {
 /* Ends the part's epoch: jobs still alive are abandoned (calls aborted; a
  * job whose result is with the producer stays until its report, touching
  * nothing). */
+/* Ends the part's epoch for its jobs: those still alive are abandoned
+ * (calls aborted; a job whose result is with the producer stays until its
+ * report, touching nothing). */
 static void part_release(kb_items_t *it, kb_part_t *pt) {
         kb_job_t *jb, *tmp;
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
@@ -1361,125 +1246,31 @@ static void part_release(kb_items_t *it, kb_part_t *pt) {
                 } else
                         job_destroy(jb);
         }
-        kb_offsets_destroy(pt->pt_ot);
-        pt->pt_ot = NULL;
-        pt->pt_assigned = 0;
-        pt->pt_revoking = 0;
-        pt->pt_paused = 0;
-        pt->pt_pause = 0;
-        pt->pt_delayed = 0;
-        pt->pt_jobs = 0;
-}
-
-static void on_assign(kb_items_t *it, rd_kafka_topic_partition_list_t *parts) {
-        rd_kafka_resp_err_t err;
-        int i;
-        rd_kafka_error_t *e;
-        /* Where each partition was left, with the done-above map. A blocking
-         * call, as allowed at rebalance. */
-        err = rd_kafka_committed(it->it_consumer, parts, 30000);
-        if (err)
-                kb_log(KB_LOG_WARN, "items",
-                       "fetching committed offsets failed: %s",
-                       rd_kafka_err2str(err));
-        for (i = 0; i < parts->cnt; i++) {
-                rd_kafka_topic_partition_t *tp = &parts->elems[i];
-                kb_part_t *pt = part_find(it, tp->topic, tp->partition, 1);
-                if (!pt)
-                        continue;
-                pt->pt_assigned = 1;
-                pt->pt_epoch = ++it->it_epoch;
-                pt->pt_jobs = 0;
-                pt->pt_paused = 0;
-                pt->pt_pause = 0;
-                pt->pt_delayed = 0;
-                pt->pt_revoking = 0;
-                kb_offsets_destroy(pt->pt_ot);
-                pt->pt_ot = kb_offsets_new((size_t)it->it_conf->worker_offsets_window);
-                if (tp->offset >= 0) {
-                        if (kb_offsets_reset(pt->pt_ot, tp->offset,
-                                             tp->metadata, tp->metadata_size) < 0)
-                                kb_log(KB_LOG_WARN, "items",
-                                       "%s[%d]: ignoring unreadable commit "
-                                       "metadata",
-                                       tp->topic, (int)tp->partition);
-                }
-                kb_log(KB_LOG_INFO, "items", "assigned %s[%d] at offset %lld%s",
-                       tp->topic, (int)tp->partition, (long long)tp->offset,
-                       tp->metadata_size ? " (with done-above map)" : "");
-        }
-        if (!strcmp(rd_kafka_rebalance_protocol(it->it_consumer), "COOPERATIVE"))
-                e = rd_kafka_incremental_assign(it->it_consumer, parts);
-        else {
-                e = NULL;
-                err = rd_kafka_assign(it->it_consumer, parts);
-                if (err)
-                        kb_log(KB_LOG_ERROR, "items", "assign: %s",
-                               rd_kafka_err2str(err));
-        }
-        if (e) {
-                kb_log(KB_LOG_ERROR, "items", "incremental assign: %s",
-                       rd_kafka_error_string(e));
-                rd_kafka_error_destroy(e);
-        }
-        it->it_assigned_once = 1;
-        it->it_commit_hold_until = 0;
-        /* If we were paused for the global limit, the new ones start paused
-         * too on the next serve. */
-        it->it_all_paused = 0;
 }
 
 static void on_revoke(kb_items_t *it, rd_kafka_topic_partition_list_t *parts,
                       int lost) {
-        kb_part_t **pts = calloc((size_t)parts->cnt + 1, sizeof(*pts));
         size_t n = 0, i;
-        rd_kafka_error_t *e = NULL;
-        for (i = 0; i < (size_t)parts->cnt; i++) {
-                kb_part_t *pt = part_find(it, parts->elems[i].topic,
-                                          parts->elems[i].partition, 0);
-                if (pt && pt->pt_assigned) {
-                        pt->pt_revoking = 1;
-                        pts[n++] = pt;
-                }
-        }
-        if (!lost) {
+        kb_part_t **pts = kb_partset_revoking(it->it_ps, parts, &n);
+        if (!lost && pts) {
                 int64_t deadline = kb_now_ms() + it->it_conf->worker_revoke_drain_ms;
                 for (i = 0; i < n; i++)
                         drop_unstarted(it, pts[i]);
                 drain(it, pts, n, deadline);
-                commit_parts(it, pts, n, 1);
-                /* A cooperative revoke is followed at once by a second
-                 * rebalance. librdkafka < 2.8 declares the whole assignment
-                 * lost when a commit races that rebalance's generation bump
-                 * (librdkafka#4059), and the work done since the last commit
-                 * would run again elsewhere: hold periodic commits until the
-                 * rebalance ends with its assign callback. */
-                it->it_commit_hold_until = kb_now_ms() + 30000;
         }
-        for (i = 0; i < n; i++) {
-                kb_log(KB_LOG_INFO, "items", "%s %s[%d]%s",
-                       lost ? "lost" : "revoked", pts[i]->pt_topic,
-                       (int)pts[i]->pt_partition,
-                       pts[i]->pt_jobs ? " (with unfinished jobs)" : "");
+        for (i = 0; pts && i < n; i++)
                 part_release(it, pts[i]);
-        }
+        if (pts)
+                kb_partset_revoked(it->it_ps, pts, n, lost);
         free(pts);
-        if (!strcmp(rd_kafka_rebalance_protocol(it->it_consumer), "COOPERATIVE"))
-                e = rd_kafka_incremental_unassign(it->it_consumer, parts);
-        else
-                rd_kafka_assign(it->it_consumer, NULL);
-        if (e) {
-                kb_log(KB_LOG_WARN, "items", "incremental unassign: %s",
-                       rd_kafka_error_string(e));
-                rd_kafka_error_destroy(e);
-        }
+        kb_partset_unassign(it->it_ps, parts);
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
         kb_items_t *it = opaque;
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
-                on_assign(it, parts);
+                kb_partset_assign(it->it_ps, parts);
         else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
                 on_revoke(it, parts, rd_kafka_assignment_lost(rk));
         else {
@@ -1496,6 +1287,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
                 char buf[512];
                 rd_kafka_fatal_error(rk, buf, sizeof(buf));
                 kb_log(KB_LOG_ERROR, "kafka", "fatal error: %s", buf);
+                it->it_fatal = 1;
+                kb_loop_stop_requested = 1;
+                return;
+        }
+        if (kb_kafka_error(rk, err, reason)) {
+                /* authentication failed: logged once, stop */
                 it->it_fatal = 1;
                 kb_loop_stop_requested = 1;
                 return;
@@ -1526,7 +1323,7 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
 
 int kb_items_readiness(kb_items_t *it, char *why, size_t why_size) {
         char sw[400];
-        if (!it->it_assigned_once) {
+        if (!kb_partset_assigned_once(it->it_ps)) {
                 snprintf(why, why_size, "items: no partition assignment yet "
                          "(joining group %s)", it->it_conf->kafka_group_id);
                 return 0;
@@ -1655,10 +1452,17 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         rd_kafka_conf_set_offset_commit_cb(kc, commit_cb);
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, it);
+        if (!(it->it_ps = kb_partset_new(
+                  "items", (size_t)conf->worker_offsets_window,
+                  conf->worker_commit_interval_ms))) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+        }
         if (!(it->it_consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
                                              errstr_size)))
                 goto fail;
         kc = NULL;
+        kb_partset_set_consumer(it->it_ps, it->it_consumer);
         rd_kafka_poll_set_consumer(it->it_consumer);
         it->it_cq = rd_kafka_queue_get_consumer(it->it_consumer);
         if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
@@ -1681,7 +1485,6 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
                          rd_kafka_err2str(err));
                 goto fail;
         }
-        it->it_next_commit = kb_now_ms() + conf->worker_commit_interval_ms;
         kb_log(KB_LOG_INFO, "items", "consuming %s in group %s (%zu routes)",
                conf->topics_name[KB_TOPIC_ITEMS], conf->kafka_group_id,
                kb_routes_cnt(it->it_routes));
@@ -1694,14 +1497,6 @@ fail:
 }
 
 /* Pauses (or resumes) every assigned partition for the global limit. */
-static void pause_all(kb_items_t *it, int reason, int pause) {
-        size_t i;
-        for (i = 0; i < it->it_part_cnt; i++)
-                if (it->it_parts[i]->pt_assigned)
-                        part_pause(it, it->it_parts[i], reason, pause);
-        if (reason == PAUSE_GLOBAL)
-                it->it_all_paused = pause;
-}
 
 int kb_items_serve(kb_items_t *it, int64_t now) {
         const kb_conf_t *conf = it->it_conf;
@@ -1747,14 +1542,14 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 int full = qfull || active >= max;
                 if (!full) {
                         it->it_full_since_ms = 0;
-                        if (it->it_all_paused && active < max * 3 / 4 + 1)
-                                pause_all(it, PAUSE_GLOBAL, 0);
+                        if (kb_partset_all_paused(it->it_ps) && active < max * 3 / 4 + 1)
+                                kb_partset_pause_all(it->it_ps, KB_PAUSE_GLOBAL, 0);
                 }
-                if (!full || it->it_all_paused) {
+                if (!full || kb_partset_all_paused(it->it_ps)) {
                         rd_kafka_message_t *m;
                         int budget = 10000;
                         while ((it->it_inflight - it->it_held - waiting < max ||
-                                it->it_all_paused) &&
+                                kb_partset_all_paused(it->it_ps)) &&
                                budget-- > 0 &&
                                (m = rd_kafka_consumer_poll(it->it_consumer, 0)))
                                 handle_message(it, m);
@@ -1765,7 +1560,7 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                         if (!it->it_full_since_ms)
                                 it->it_full_since_ms = now;
                         else if (now - it->it_full_since_ms >= 500)
-                                pause_all(it, PAUSE_GLOBAL, 1);
+                                kb_partset_pause_all(it->it_ps, KB_PAUSE_GLOBAL, 1);
                         if (wait > 100)
                                 wait = 100;
                 }
@@ -1785,19 +1580,18 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
         }
 
         /* Partitions paused by their offset window resume when it moved. */
-        for (i = 0; i < it->it_part_cnt; i++) {
-                kb_part_t *pt = it->it_parts[i];
-                if (pt->pt_assigned && (pt->pt_pause & PAUSE_WINDOW) &&
+        for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
+                kb_part_t *pt = kb_partset_get(it->it_ps, i);
+                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
                     !kb_offsets_window_full(pt->pt_ot))
-                        part_pause(it, pt, PAUSE_WINDOW, 0);
+                        kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 0);
         }
 
-        if (now >= it->it_next_commit && now >= it->it_commit_hold_until) {
-                commit_parts(it, NULL, 0, 0);
-                it->it_next_commit = now + conf->worker_commit_interval_ms;
+        {
+                int w = kb_partset_commit_due(it->it_ps, now);
+                if (w < wait)
+                        wait = w;
         }
-        if (it->it_next_commit - now < wait)
-                wait = (int)(it->it_next_commit - now);
         return wait < 0 ? 0 : wait;
 }
 
@@ -1810,7 +1604,7 @@ void kb_items_shutdown(kb_items_t *it, int drain_ms) {
         kb_log(KB_LOG_INFO, "items", "stopping: %d items in flight, draining "
                "for up to %d ms", it->it_inflight, drain_ms);
         /* Stop fetching. */
-        pause_all(it, PAUSE_STOP, 1);
+        kb_partset_pause_all(it->it_ps, KB_PAUSE_STOP, 1);
         /* Items not started yet are left for the next owner. */
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
                 if (jb->jb_state == JOB_WAITING || jb->jb_state == JOB_TIMER)
@@ -1826,7 +1620,7 @@ void kb_items_shutdown(kb_items_t *it, int drain_ms) {
         if (err)
                 kb_log(KB_LOG_WARN, "items", "flush: %s", rd_kafka_err2str(err));
         producer_poll(it);
-        commit_parts(it, NULL, 0, 1);
+        kb_partset_commit(it->it_ps, NULL, 0, 1);
         /* Leave the group: the revoke callback commits again (no-op). */
         err = rd_kafka_consumer_close(it->it_consumer);
         if (err)
@@ -1839,7 +1633,7 @@ void kb_items_shutdown(kb_items_t *it, int drain_ms) {
 int kb_items_fatal(const kb_items_t *it) { return it->it_fatal; }
 
 int kb_items_ready(const kb_items_t *it) {
-        return it->it_assigned_once;
+        return kb_partset_assigned_once(it->it_ps);
 }
 
 void kb_items_destroy(kb_items_t *it) {
@@ -1858,12 +1652,7 @@ void kb_items_destroy(kb_items_t *it) {
                 rd_kafka_destroy(it->it_consumer);
         if (it->it_producer)
                 rd_kafka_destroy(it->it_producer);
-        for (i = 0; i < it->it_part_cnt; i++) {
-                kb_offsets_destroy(it->it_parts[i]->pt_ot);
-                free(it->it_parts[i]->pt_topic);
-                free(it->it_parts[i]);
-        }
-        free(it->it_parts);
+        kb_partset_destroy(it->it_ps);
         for (i = 0; it->it_retry_topics && i < (size_t)it->it_retry_cnt; i++)
                 free(it->it_retry_topics[i]);
         free(it->it_retry_topics);

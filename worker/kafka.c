@@ -1,10 +1,13 @@
 /* kafka: see kafka.h. */
 #include "kafka.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "loop.h"
 #include "offsets.h"
 #include <jansson.h>
 
@@ -22,7 +25,112 @@ int kb_kafka_conf_set(rd_kafka_conf_t *kc, const char *name, const char *value,
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf) {
+        /* librdkafka sends every connection failure it logs as FAIL to the
+         * error callback too, where kbatch judges it (an error line for an
+         * authentication failure or all brokers down, a warning for a
+         * broker that went away): logged here as warnings, so that one
+         * failure makes one error line, not three. */
+        if (level < 4 && fac && !strcmp(fac, "FAIL"))
+                level = 4;
         kb_log_rdkafka_cb(rk, level, fac, buf);
+}
+
+/* ---- authentication failures ------------------------------------------ */
+
+static pthread_mutex_t auth_lock = PTHREAD_MUTEX_INITIALIZER;
+static int auth_failed;    /* under auth_lock */
+static int auth_reported;  /* under auth_lock */
+static char auth_reason[512];
+
+int kb_kafka_auth_failed(char *why, size_t why_size) {
+        int r;
+        pthread_mutex_lock(&auth_lock);
+        r = auth_failed;
+        if (r && why && why_size)
+                snprintf(why, why_size,
+                         "Kafka authentication failed: %s (check "
+                         "kafka.properties: security_protocol, "
+                         "sasl_mechanisms, sasl_username, sasl_password)",
+                         auth_reason);
+        pthread_mutex_unlock(&auth_lock);
+        return r;
+}
+
+int kb_kafka_error(rd_kafka_t *rk, int err, const char *reason) {
+        char why[800];
+        int report = 0;
+        (void)rk;
+        pthread_mutex_lock(&auth_lock);
+        if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION && !auth_failed) {
+                auth_failed = 1;
+                snprintf(auth_reason, sizeof(auth_reason), "%s",
+                         reason ? reason : "");
+        }
+        if (auth_failed && !auth_reported) {
+                auth_reported = 1;
+                report = 1;
+        }
+        err = auth_failed;
+        pthread_mutex_unlock(&auth_lock);
+        if (report) {
+                kb_kafka_auth_failed(why, sizeof(why));
+                kb_log(KB_LOG_ERROR, "kafka", "%s", why);
+        }
+        return err;
+}
+
+/* The error callback of clients whose owner sets none (the control reader,
+ * CLI commands): records authentication failures for kb_kafka_metadata();
+ * the rest is in librdkafka's own log lines. */
+static void default_error_cb(rd_kafka_t *rk, int err, const char *reason,
+                             void *opaque) {
+        (void)opaque;
+        if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+                pthread_mutex_lock(&auth_lock);
+                if (!auth_failed) {
+                        auth_failed = 1;
+                        snprintf(auth_reason, sizeof(auth_reason), "%s",
+                                 reason ? reason : "");
+                }
+                pthread_mutex_unlock(&auth_lock);
+        }
+        (void)rk;
+}
+
+rd_kafka_resp_err_t kb_kafka_metadata(rd_kafka_t *rk, int all_topics,
+                                      rd_kafka_topic_t *only,
+                                      const struct rd_kafka_metadata **mdp,
+                                      int timeout_ms, char *errstr,
+                                      size_t errstr_size) {
+        int64_t until = kb_now_ms() + timeout_ms;
+        int step = 250; /* grows: a slow cluster still gets its answer */
+        rd_kafka_resp_err_t err;
+        for (;;) {
+                int64_t left = until - kb_now_ms();
+                err = rd_kafka_metadata(rk, all_topics, only, mdp,
+                                        left < step ? (left > 0 ? (int)left : 1)
+                                                    : step);
+                if (!err)
+                        return err;
+                if (step < 4000)
+                        step *= 2;
+                *mdp = NULL;
+                rd_kafka_poll(rk, 0); /* serves the error callback */
+                if (kb_kafka_auth_failed(errstr, errstr_size)) {
+                        pthread_mutex_lock(&auth_lock);
+                        auth_reported = 1; /* the caller reports errstr */
+                        pthread_mutex_unlock(&auth_lock);
+                        return RD_KAFKA_RESP_ERR__AUTHENTICATION;
+                }
+                if (kb_now_ms() >= until || kb_loop_stop_requested) {
+                        snprintf(errstr, errstr_size, "%s",
+                                 rd_kafka_err2str(err));
+                        return err;
+                }
+                if (err != RD_KAFKA_RESP_ERR__TIMED_OUT &&
+                    err != RD_KAFKA_RESP_ERR__TRANSPORT)
+                        usleep(100 * 1000);
+        }
 }
 
 rd_kafka_conf_t *kb_kafka_conf_new(const kb_conf_t *conf, const char *role,
@@ -43,6 +151,7 @@ rd_kafka_conf_t *kb_kafka_conf_new(const kb_conf_t *conf, const char *role,
                                       errstr_size))
                         goto fail;
         rd_kafka_conf_set_log_cb(kc, log_cb);
+        rd_kafka_conf_set_error_cb(kc, default_error_cb);
         return kc;
 fail:
         rd_kafka_conf_destroy(kc);
@@ -181,8 +290,14 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
         {
                 /* Fail fast, and clearly, when the cluster is unreachable. */
                 const struct rd_kafka_metadata *md = NULL;
-                rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, NULL, &md,
-                                                          10000);
+                char why[800];
+                rd_kafka_resp_err_t e = kb_kafka_metadata(
+                    rk, 0, NULL, &md, 10000, why, sizeof(why));
+                if (e == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+                        snprintf(errstr, errstr_size, "%s", why);
+                        rd_kafka_destroy(rk);
+                        goto out;
+                }
                 if (e) {
                         snprintf(errstr, errstr_size,
                                  "cannot reach Kafka at %s: %s",

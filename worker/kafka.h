@@ -17,6 +17,37 @@
 rd_kafka_conf_t *kb_kafka_conf_new(const kb_conf_t *conf, const char *role,
                                    char *errstr, size_t errstr_size);
 
+/* Authentication failures (wrong SASL credentials, an unsupported
+ * mechanism) do not heal by reconnecting, and librdkafka would reconnect
+ * forever, logging each failure: kbatch stops instead, with one clear error
+ * line. Every client of kb_kafka_conf_new() records them (a default error
+ * callback); clients with their own error callback call kb_kafka_error()
+ * from it.
+ *
+ * kb_kafka_error(): 1 when the process must stop because a client failed
+ * to authenticate (err is RD_KAFKA_RESP_ERR__AUTHENTICATION, or one was
+ * seen before): the first call logs the one error line ("Kafka
+ * authentication failed: <librdkafka's reason> (check kafka.properties:
+ * ...)"); later errors are not worth a line. 0 otherwise: the caller
+ * handles err as before. Thread-safe. */
+int kb_kafka_error(rd_kafka_t *rk, int err, const char *reason);
+
+/* 1 when any client of this process failed to authenticate; then why (may
+ * be NULL) gets the error line's text. Thread-safe. */
+int kb_kafka_auth_failed(char *why, size_t why_size);
+
+/* rd_kafka_metadata() for start-up checks that gives up at once when the
+ * client fails to authenticate (returns RD_KAFKA_RESP_ERR__AUTHENTICATION,
+ * errstr: the error line's text, which the caller reports) instead of
+ * waiting timeout_ms. Serves rk's error callback (rd_kafka_poll): only for
+ * handles whose main queue holds nothing else yet. Other failures: the
+ * error code, errstr its text. */
+rd_kafka_resp_err_t kb_kafka_metadata(rd_kafka_t *rk, int all_topics,
+                                      rd_kafka_topic_t *only,
+                                      const struct rd_kafka_metadata **mdp,
+                                      int timeout_ms, char *errstr,
+                                      size_t errstr_size);
+
 /* Sets one property, "name: message" into errstr on failure. */
 int kb_kafka_conf_set(rd_kafka_conf_t *kc, const char *name, const char *value,
                       char *errstr, size_t errstr_size);

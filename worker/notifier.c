@@ -33,6 +33,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "offsets.h"
+#include "partset.h"
 #include "serde.h"
 #include "ssrf.h"
 
@@ -142,7 +143,6 @@ typedef struct kb_gai_s {
         LIST_ENTRY(kb_gai_s) g_link; /* nt_orphans */
 } kb_gai_t;
 
-typedef struct kb_npart_s kb_npart_t;
 typedef struct kb_nevent_s kb_nevent_t;
 
 struct kb_nevent_s {
@@ -154,7 +154,7 @@ struct kb_nevent_s {
         ev_state_t ev_state;
         int ev_in_prodq;
         rd_kafka_message_t *ev_msg; /* owned */
-        kb_npart_t *ev_part;        /* NULL: orphaned by a revocation */
+        kb_part_t *ev_part;        /* NULL: orphaned by a revocation */
         uint64_t ev_epoch;
         int64_t ev_offset;
         int64_t ev_ts; /* wall ms: the message timestamp */
@@ -187,23 +187,6 @@ struct kb_nevent_s {
         int64_t ev_produce_at; /* mono ms: produce again not before */
 };
 
-/* An assigned (or once assigned) partition of the batches topic. Never
- * freed while the role lives; events refer to it with their epoch. */
-struct kb_npart_s {
-        int32_t np_partition;
-        int np_assigned;
-        uint64_t np_epoch;
-        kb_offsets_t *np_ot;
-        int np_events; /* events of this epoch alive */
-        int np_pause;  /* PAUSE_* reasons */
-        int np_paused; /* paused in the consumer */
-        int np_revoking;
-};
-
-#define PAUSE_WINDOW 0x1 /* its offset window is full */
-#define PAUSE_GLOBAL 0x2 /* too many events held */
-#define PAUSE_STOP   0x4 /* shutting down */
-
 TAILQ_HEAD(kb_nevq_s, kb_nevent_s);
 
 struct kb_notifier_s {
@@ -221,9 +204,7 @@ struct kb_notifier_s {
         size_t nt_secret_len;
         time_t nt_secret_mtime;
         int64_t nt_secret_checked;
-        kb_npart_t **nt_parts;
-        size_t nt_part_cnt, nt_part_cap;
-        uint64_t nt_epoch;
+        kb_partset_t *nt_ps; /* assigned partitions, commits */
         LIST_HEAD(, kb_nevent_s) nt_events;
         struct kb_nevq_s nt_ready;
         struct kb_nevq_s nt_resolving;
@@ -232,72 +213,14 @@ struct kb_notifier_s {
         LIST_HEAD(, kb_gai_s) nt_orphans;
         int nt_events_cnt; /* events alive */
         int nt_active;     /* RESOLVING + CALLING */
-        int nt_all_paused;
         int nt_stopping;
         int nt_fatal;
-        int nt_assigned_once;
-        int64_t nt_next_commit;
-        int64_t nt_commit_hold_until;
-        char nt_meta[KB_OFFSETS_META_MAX + 1];
 };
 
 /* ---- partitions -------------------------------------------------------- */
 
-static kb_npart_t *part_find(kb_notifier_t *nt, int32_t p, int create) {
-        size_t i;
-        kb_npart_t *np;
-        for (i = 0; i < nt->nt_part_cnt; i++)
-                if (nt->nt_parts[i]->np_partition == p)
-                        return nt->nt_parts[i];
-        if (!create)
-                return NULL;
-        if (nt->nt_part_cnt == nt->nt_part_cap) {
-                size_t cap = nt->nt_part_cap ? nt->nt_part_cap * 2 : 16;
-                kb_npart_t **n = realloc(nt->nt_parts, cap * sizeof(*n));
-                if (!n)
-                        return NULL;
-                nt->nt_parts = n;
-                nt->nt_part_cap = cap;
-        }
-        if (!(np = calloc(1, sizeof(*np))))
-                return NULL;
-        np->np_partition = p;
-        nt->nt_parts[nt->nt_part_cnt++] = np;
-        return np;
-}
-
 static int part_current(const kb_nevent_t *ev) {
-        return ev->ev_part && ev->ev_part->np_assigned &&
-               ev->ev_part->np_epoch == ev->ev_epoch;
-}
-
-static void part_pause(kb_notifier_t *nt, kb_npart_t *np, int reason, int on) {
-        rd_kafka_topic_partition_list_t *l;
-        int pause;
-        if (on)
-                np->np_pause |= reason;
-        else
-                np->np_pause &= ~reason;
-        pause = np->np_pause != 0;
-        if (!np->np_assigned || np->np_paused == pause)
-                return;
-        l = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(l, nt->nt_topic, np->np_partition);
-        if (pause)
-                rd_kafka_pause_partitions(nt->nt_consumer, l);
-        else
-                rd_kafka_resume_partitions(nt->nt_consumer, l);
-        rd_kafka_topic_partition_list_destroy(l);
-        np->np_paused = pause;
-}
-
-static void pause_all(kb_notifier_t *nt, int reason, int on) {
-        size_t i;
-        for (i = 0; i < nt->nt_part_cnt; i++)
-                if (nt->nt_parts[i]->np_assigned)
-                        part_pause(nt, nt->nt_parts[i], reason, on);
-        if (reason == PAUSE_GLOBAL)
-                nt->nt_all_paused = on;
+        return kb_part_current(ev->ev_part, ev->ev_epoch);
 }
 
 /* ---- the resolver ------------------------------------------------------ */
@@ -398,7 +321,7 @@ static void ev_destroy(kb_nevent_t *ev) {
         if (ev->ev_msg)
                 rd_kafka_message_destroy(ev->ev_msg);
         if (part_current(ev))
-                ev->ev_part->np_events--;
+                ev->ev_part->pt_jobs--;
         LIST_REMOVE(ev, ev_all);
         nt->nt_events_cnt--;
         free(ev);
@@ -407,7 +330,7 @@ static void ev_destroy(kb_nevent_t *ev) {
 /* Delivered, skipped or dead-lettered: the offset is done. */
 static void ev_finish(kb_nevent_t *ev) {
         if (part_current(ev))
-                kb_offsets_mark_done(ev->ev_part->np_ot, ev->ev_offset);
+                kb_offsets_mark_done(ev->ev_part->pt_ot, ev->ev_offset);
         ev_destroy(ev);
 }
 
@@ -1081,7 +1004,7 @@ static void ev_start(kb_notifier_t *nt, kb_nevent_t *ev) {
 
 /* Takes ownership of m. */
 static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
-        kb_npart_t *np;
+        kb_part_t *pt;
         kb_nevent_t *ev;
         kb_offsets_res_t r;
         rd_kafka_timestamp_type_t tt;
@@ -1093,19 +1016,19 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
                 rd_kafka_message_destroy(m);
                 return;
         }
-        np = part_find(nt, m->partition, 0);
-        if (!np || !np->np_assigned || np->np_revoking) {
+        pt = kb_partset_find(nt->nt_ps, nt->nt_topic, m->partition);
+        if (!pt || !pt->pt_assigned || pt->pt_revoking) {
                 rd_kafka_message_destroy(m);
                 return;
         }
-        r = kb_offsets_track(np->np_ot, m->offset);
+        r = kb_offsets_track(pt->pt_ot, m->offset);
         if (r == KB_OFFSETS_FULL) {
                 rd_kafka_topic_partition_list_t *l =
                         rd_kafka_topic_partition_list_new(1);
                 rd_kafka_error_t *e;
-                part_pause(nt, np, PAUSE_WINDOW, 1);
+                kb_partset_pause(nt->nt_ps, pt, KB_PAUSE_WINDOW, 1);
                 rd_kafka_topic_partition_list_add(l, nt->nt_topic,
-                                                  np->np_partition)
+                                                  pt->pt_partition)
                         ->offset = m->offset;
                 if ((e = rd_kafka_seek_partitions(nt->nt_consumer, l, 5000)))
                         rd_kafka_error_destroy(e);
@@ -1117,8 +1040,8 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
                 rd_kafka_message_destroy(m);
                 return;
         }
-        if (kb_offsets_window_full(np->np_ot))
-                part_pause(nt, np, PAUSE_WINDOW, 1);
+        if (kb_offsets_window_full(pt->pt_ot))
+                kb_partset_pause(nt->nt_ps, pt, KB_PAUSE_WINDOW, 1);
         if (!(ev = calloc(1, sizeof(*ev)))) {
                 kb_log(KB_LOG_ERROR, "notifier", "out of memory");
                 nt->nt_fatal = 1;
@@ -1128,11 +1051,11 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
         }
         ev->ev_nt = nt;
         ev->ev_msg = m;
-        ev->ev_part = np;
-        ev->ev_epoch = np->np_epoch;
+        ev->ev_part = pt;
+        ev->ev_epoch = pt->pt_epoch;
         ev->ev_offset = m->offset;
         ev->ev_ts = rd_kafka_message_timestamp(m, &tt);
-        np->np_events++;
+        pt->pt_jobs++;
         LIST_INSERT_HEAD(&nt->nt_events, ev, ev_all);
         nt->nt_events_cnt++;
         ev_start(nt, ev);
@@ -1140,68 +1063,19 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
 
 /* ---- commits and rebalances --------------------------------------------- */
 
-/* Commits the committable position of the given parts (all when only is
- * NULL); sync: wait, and commit even an unchanged position. */
-static void commit_parts(kb_notifier_t *nt, kb_npart_t **only, size_t cnt,
-                         int sync) {
-        size_t i, n = only ? cnt : nt->nt_part_cnt;
-        rd_kafka_topic_partition_list_t *l =
-                rd_kafka_topic_partition_list_new((int)n + 1);
-        rd_kafka_resp_err_t err;
-        for (i = 0; i < n; i++) {
-                kb_npart_t *np = only ? only[i] : nt->nt_parts[i];
-                rd_kafka_topic_partition_t *tp;
-                int64_t off;
-                if (!np->np_assigned || !np->np_ot)
-                        continue;
-                if ((!kb_offsets_committable(np->np_ot, &off, nt->nt_meta,
-                                             sizeof(nt->nt_meta)) &&
-                     !sync) ||
-                    off < 0)
-                        continue;
-                tp = rd_kafka_topic_partition_list_add(l, nt->nt_topic,
-                                                       np->np_partition);
-                tp->offset = off;
-                tp->metadata_size = strlen(nt->nt_meta);
-                tp->metadata = tp->metadata_size ? strdup(nt->nt_meta) : NULL;
-                if (!tp->metadata)
-                        tp->metadata_size = 0;
-                kb_offsets_committed(np->np_ot, off, nt->nt_meta);
-        }
-        if (l->cnt > 0) {
-                err = rd_kafka_commit(nt->nt_consumer, l, !sync);
-                if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
-                        kb_log(KB_LOG_WARN, "notifier", "commit failed: %s",
-                               rd_kafka_err2str(err));
-                        for (i = 0; i < n; i++) {
-                                kb_npart_t *np =
-                                        only ? only[i] : nt->nt_parts[i];
-                                if (np->np_ot)
-                                        kb_offsets_committed(np->np_ot, -1, "");
-                        }
-                }
-        }
-        rd_kafka_topic_partition_list_destroy(l);
-}
-
 static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *offsets, void *opaque) {
         kb_notifier_t *nt = opaque;
-        int i;
         if (err == RD_KAFKA_RESP_ERR_NO_ERROR ||
             err == RD_KAFKA_RESP_ERR__NO_OFFSET)
                 return;
         kb_log(KB_LOG_WARN, "notifier", "offset commit failed: %s",
                rd_kafka_err2str(err));
-        for (i = 0; offsets && i < offsets->cnt; i++) {
-                kb_npart_t *np = part_find(nt, offsets->elems[i].partition, 0);
-                if (np && np->np_ot)
-                        kb_offsets_committed(np->np_ot, -1, "");
-        }
+        kb_partset_commit_failed(nt->nt_ps, offsets);
 }
 
 /* 1 when the event belongs to one of the parts (all when parts is NULL). */
-static int ev_of(const kb_nevent_t *ev, kb_npart_t **parts, size_t cnt) {
+static int ev_of(const kb_nevent_t *ev, kb_part_t **parts, size_t cnt) {
         size_t i;
         if (!parts)
                 return 1;
@@ -1215,7 +1089,7 @@ static int ev_of(const kb_nevent_t *ev, kb_npart_t **parts, size_t cnt) {
 
 /* Drops the events of the parts that are not calling or producing (the
  * next owner consumes them again). */
-static void drop_unstarted(kb_notifier_t *nt, kb_npart_t **parts, size_t cnt) {
+static void drop_unstarted(kb_notifier_t *nt, kb_part_t **parts, size_t cnt) {
         kb_nevent_t *ev, *tmp;
         LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
                 if (ev_of(ev, parts, cnt) && ev->ev_state != EV_CALLING &&
@@ -1227,7 +1101,7 @@ static void drop_unstarted(kb_notifier_t *nt, kb_npart_t **parts, size_t cnt) {
 /* Drives transfers and delivery reports (never the consumer) until no
  * event of the parts is calling or producing, or the deadline passes.
  * Events whose attempt fails meanwhile go back to waiting: drop them. */
-static void drain(kb_notifier_t *nt, kb_npart_t **parts, size_t cnt,
+static void drain(kb_notifier_t *nt, kb_part_t **parts, size_t cnt,
                   int64_t deadline) {
         for (;;) {
                 kb_nevent_t *ev, *tmp;
@@ -1251,121 +1125,41 @@ static void drain(kb_notifier_t *nt, kb_npart_t **parts, size_t cnt,
 
 /* Ends the part's epoch: events still calling are aborted; one whose DLQ
  * copy is with the producer stays until its report, touching nothing. */
-static void part_release(kb_notifier_t *nt, kb_npart_t *np) {
+static void part_release(kb_notifier_t *nt, kb_part_t *pt) {
         kb_nevent_t *ev, *tmp;
         LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
-                if (ev->ev_part != np || ev->ev_epoch != np->np_epoch)
+                if (ev->ev_part != pt || ev->ev_epoch != pt->pt_epoch)
                         continue;
                 if (ev->ev_state == EV_PRODUCING) {
-                        np->np_events--;
+                        pt->pt_jobs--;
                         ev->ev_part = NULL;
                 } else
                         ev_destroy(ev);
         }
-        kb_offsets_destroy(np->np_ot);
-        np->np_ot = NULL;
-        np->np_assigned = 0;
-        np->np_revoking = 0;
-        np->np_paused = 0;
-        np->np_pause = 0;
-        np->np_events = 0;
-}
-
-static int cooperative(kb_notifier_t *nt) {
-        return !strcmp(rd_kafka_rebalance_protocol(nt->nt_consumer),
-                       "COOPERATIVE");
 }
 
 static void on_assign(kb_notifier_t *nt,
                       rd_kafka_topic_partition_list_t *parts) {
-        rd_kafka_resp_err_t err;
-        rd_kafka_error_t *e = NULL;
-        int i;
-        err = rd_kafka_committed(nt->nt_consumer, parts, 30000);
-        if (err)
-                kb_log(KB_LOG_WARN, "notifier",
-                       "fetching committed offsets failed: %s",
-                       rd_kafka_err2str(err));
-        for (i = 0; i < parts->cnt; i++) {
-                rd_kafka_topic_partition_t *tp = &parts->elems[i];
-                kb_npart_t *np = part_find(nt, tp->partition, 1);
-                if (!np)
-                        continue;
-                np->np_assigned = 1;
-                np->np_epoch = ++nt->nt_epoch;
-                np->np_events = 0;
-                np->np_paused = 0;
-                np->np_pause = 0;
-                np->np_revoking = 0;
-                kb_offsets_destroy(np->np_ot);
-                np->np_ot = kb_offsets_new(
-                        (size_t)nt->nt_conf->worker_offsets_window);
-                if (tp->offset >= 0 &&
-                    kb_offsets_reset(np->np_ot, tp->offset, tp->metadata,
-                                     tp->metadata_size) < 0)
-                        kb_log(KB_LOG_WARN, "notifier",
-                               "%s[%d]: ignoring unreadable commit metadata",
-                               tp->topic, (int)tp->partition);
-                kb_log(KB_LOG_INFO, "notifier",
-                       "assigned %s[%d] at offset %lld%s", tp->topic,
-                       (int)tp->partition, (long long)tp->offset,
-                       tp->metadata_size ? " (with done-above map)" : "");
-        }
-        if (cooperative(nt))
-                e = rd_kafka_incremental_assign(nt->nt_consumer, parts);
-        else if ((err = rd_kafka_assign(nt->nt_consumer, parts)))
-                kb_log(KB_LOG_ERROR, "notifier", "assign: %s",
-                       rd_kafka_err2str(err));
-        if (e) {
-                kb_log(KB_LOG_ERROR, "notifier", "incremental assign: %s",
-                       rd_kafka_error_string(e));
-                rd_kafka_error_destroy(e);
-        }
-        nt->nt_assigned_once = 1;
-        nt->nt_commit_hold_until = 0;
-        nt->nt_all_paused = 0;
+        kb_partset_assign(nt->nt_ps, parts);
         if (nt->nt_stopping)
-                pause_all(nt, PAUSE_STOP, 1);
+                kb_partset_pause_all(nt->nt_ps, KB_PAUSE_STOP, 1);
 }
 
 static void on_revoke(kb_notifier_t *nt, rd_kafka_topic_partition_list_t *parts,
                       int lost) {
-        kb_npart_t **nps = calloc((size_t)parts->cnt + 1, sizeof(*nps));
         size_t n = 0, i;
-        rd_kafka_error_t *e = NULL;
-        for (i = 0; nps && i < (size_t)parts->cnt; i++) {
-                kb_npart_t *np = part_find(nt, parts->elems[i].partition, 0);
-                if (np && np->np_assigned) {
-                        np->np_revoking = 1;
-                        nps[n++] = np;
-                }
-        }
+        kb_part_t **pts = kb_partset_revoking(nt->nt_ps, parts, &n);
         if (!lost && n) {
-                drop_unstarted(nt, nps, n);
-                drain(nt, nps, n,
+                drop_unstarted(nt, pts, n);
+                drain(nt, pts, n,
                       kb_now_ms() + nt->nt_conf->worker_revoke_drain_ms);
-                commit_parts(nt, nps, n, 1);
-                /* See items.c: librdkafka#4059. */
-                if (cooperative(nt))
-                        nt->nt_commit_hold_until = kb_now_ms() + 30000;
         }
-        for (i = 0; i < n; i++) {
-                kb_log(KB_LOG_INFO, "notifier", "%s %s[%d]%s",
-                       lost ? "lost" : "revoked", nt->nt_topic,
-                       (int)nps[i]->np_partition,
-                       nps[i]->np_events ? " (with unfinished events)" : "");
-                part_release(nt, nps[i]);
-        }
-        free(nps);
-        if (cooperative(nt))
-                e = rd_kafka_incremental_unassign(nt->nt_consumer, parts);
-        else
-                rd_kafka_assign(nt->nt_consumer, NULL);
-        if (e) {
-                kb_log(KB_LOG_WARN, "notifier", "incremental unassign: %s",
-                       rd_kafka_error_string(e));
-                rd_kafka_error_destroy(e);
-        }
+        for (i = 0; pts && i < n; i++)
+                part_release(nt, pts[i]);
+        if (pts)
+                kb_partset_revoked(nt->nt_ps, pts, n, lost);
+        free(pts);
+        kb_partset_unassign(nt->nt_ps, parts);
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -1389,6 +1183,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
                 char buf[512];
                 rd_kafka_fatal_error(rk, buf, sizeof(buf));
                 kb_log(KB_LOG_ERROR, "kafka", "fatal error: %s", buf);
+                nt->nt_fatal = 1;
+                kb_loop_stop_requested = 1;
+                return;
+        }
+        if (kb_kafka_error(rk, err, reason)) {
+                /* authentication failed: logged once, stop */
                 nt->nt_fatal = 1;
                 kb_loop_stop_requested = 1;
                 return;
@@ -1500,10 +1300,17 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
         rd_kafka_conf_set_offset_commit_cb(kc, commit_cb);
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, nt);
+        if (!(nt->nt_ps = kb_partset_new("notifier",
+                                         (size_t)conf->worker_offsets_window,
+                                         conf->worker_commit_interval_ms))) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+        }
         if (!(nt->nt_consumer =
                       rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size)))
                 goto fail;
         kc = NULL;
+        kb_partset_set_consumer(nt->nt_ps, nt->nt_consumer);
         rd_kafka_poll_set_consumer(nt->nt_consumer);
         nt->nt_cq = rd_kafka_queue_get_consumer(nt->nt_consumer);
         if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
@@ -1522,7 +1329,6 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                          rd_kafka_err2str(err));
                 goto fail;
         }
-        nt->nt_next_commit = kb_now_ms() + conf->worker_commit_interval_ms;
         kb_log(KB_LOG_INFO, "notifier",
                "consuming %s in group %s (private addresses %s)", nt->nt_topic,
                conf->kafka_notifier_group_id,
@@ -1560,11 +1366,11 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
         if (!nt->nt_stopping) {
                 rd_kafka_message_t *m;
                 int budget = 1000;
-                if (nt->nt_events_cnt >= max_pending && !nt->nt_all_paused)
-                        pause_all(nt, PAUSE_GLOBAL, 1);
-                else if (nt->nt_all_paused &&
+                if (nt->nt_events_cnt >= max_pending && !kb_partset_all_paused(nt->nt_ps))
+                        kb_partset_pause_all(nt->nt_ps, KB_PAUSE_GLOBAL, 1);
+                else if (kb_partset_all_paused(nt->nt_ps) &&
                          nt->nt_events_cnt < max_pending * 3 / 4 + 1)
-                        pause_all(nt, PAUSE_GLOBAL, 0);
+                        kb_partset_pause_all(nt->nt_ps, KB_PAUSE_GLOBAL, 0);
                 while (budget-- > 0 &&
                        (m = rd_kafka_consumer_poll(nt->nt_consumer, 0)))
                         handle_message(nt, m);
@@ -1595,19 +1401,18 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
                         wait = KB_NT_DNS_POLL_MS;
         }
 
-        for (i = 0; i < nt->nt_part_cnt; i++) {
-                kb_npart_t *np = nt->nt_parts[i];
-                if (np->np_assigned && (np->np_pause & PAUSE_WINDOW) &&
-                    !kb_offsets_window_full(np->np_ot))
-                        part_pause(nt, np, PAUSE_WINDOW, 0);
+        for (i = 0; i < kb_partset_cnt(nt->nt_ps); i++) {
+                kb_part_t *pt = kb_partset_get(nt->nt_ps, i);
+                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
+                    !kb_offsets_window_full(pt->pt_ot))
+                        kb_partset_pause(nt->nt_ps, pt, KB_PAUSE_WINDOW, 0);
         }
 
-        if (now >= nt->nt_next_commit && now >= nt->nt_commit_hold_until) {
-                commit_parts(nt, NULL, 0, 0);
-                nt->nt_next_commit = now + conf->worker_commit_interval_ms;
+        {
+                int w = kb_partset_commit_due(nt->nt_ps, now);
+                if (w < wait)
+                        wait = w;
         }
-        if (nt->nt_next_commit - now < wait)
-                wait = (int)(nt->nt_next_commit - now);
         return wait < 0 ? 0 : wait;
 }
 
@@ -1621,7 +1426,7 @@ void kb_notifier_shutdown(kb_notifier_t *nt, int drain_ms) {
                "stopping: %d events held, %d requests in flight, draining "
                "for up to %d ms",
                nt->nt_events_cnt, nt->nt_active, drain_ms);
-        pause_all(nt, PAUSE_STOP, 1);
+        kb_partset_pause_all(nt->nt_ps, KB_PAUSE_STOP, 1);
         drain(nt, NULL, 0, deadline);
         LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
                 if (ev->ev_state != EV_PRODUCING)
@@ -1632,7 +1437,7 @@ void kb_notifier_shutdown(kb_notifier_t *nt, int drain_ms) {
                 kb_log(KB_LOG_WARN, "notifier", "flush: %s",
                        rd_kafka_err2str(err));
         producer_poll(nt);
-        commit_parts(nt, NULL, 0, 1);
+        kb_partset_commit(nt->nt_ps, NULL, 0, 1);
         err = rd_kafka_consumer_close(nt->nt_consumer);
         if (err)
                 kb_log(KB_LOG_WARN, "notifier", "consumer close: %s",
@@ -1644,7 +1449,7 @@ void kb_notifier_shutdown(kb_notifier_t *nt, int drain_ms) {
 }
 
 int kb_notifier_ready(const kb_notifier_t *nt) {
-        return nt->nt_assigned_once;
+        return kb_partset_assigned_once(nt->nt_ps);
 }
 
 int kb_notifier_fatal(const kb_notifier_t *nt) {
@@ -1654,7 +1459,6 @@ int kb_notifier_fatal(const kb_notifier_t *nt) {
 void kb_notifier_destroy(kb_notifier_t *nt) {
         kb_nevent_t *ev, *tmp;
         kb_gai_t *g, *gtmp;
-        size_t i;
         if (!nt)
                 return;
         LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
@@ -1676,11 +1480,7 @@ void kb_notifier_destroy(kb_notifier_t *nt) {
                 rd_kafka_destroy(nt->nt_consumer);
         if (nt->nt_producer)
                 rd_kafka_destroy(nt->nt_producer);
-        for (i = 0; i < nt->nt_part_cnt; i++) {
-                kb_offsets_destroy(nt->nt_parts[i]->np_ot);
-                free(nt->nt_parts[i]);
-        }
-        free(nt->nt_parts);
+        kb_partset_destroy(nt->nt_ps);
         kb_serde_destroy(nt->nt_serde);
         secret_set(nt, NULL, 0);
         free(nt);

@@ -49,7 +49,7 @@ class Env:
         return self.prefix + name
 
     def write_conf(self, base_url="http://127.0.0.1:8000", extra="",
-                   routes=None, max_inflight=1000, worker_extra="", name="worker.conf",
+                   routes=None, max_inflight=1000, worker_extra="", name="worker.conf", commit_interval_ms=1000,
                    kafka_props=None, admin_listen="", log_level="info"):
         if routes is None:
             routes = f'( {{ model = "*"; base_url = "{base_url}"; max_inflight = 100000; }} )'
@@ -72,7 +72,7 @@ worker: {{
   roles = ["items"];
   max_inflight = {max_inflight};
   shutdown_drain_ms = 10000;
-  commit_interval_ms = 200;
+  commit_interval_ms = {commit_interval_ms};
   {worker_extra}
 }};
 admin: {{ listen = "{admin_listen}"; }};

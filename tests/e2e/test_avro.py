@@ -210,7 +210,8 @@ SAMPLES = {
         "items_failed": 1, "items_cancelled": 0, "items_expired": 0,
         "usage": {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30},
         "first_result_at": 1700000000000, "completed_at": 1700000002000,
-        "metadata": {"team": "a"}}),
+        "metadata": {"team": "a"}, "items_invalid": 0, "updated_at": 1700000003000,
+        "callback_url": "https://example.com/hook"}),
     "ControlCommand": ("control", {
         "batch_id": "b-1", "action": "cancel", "requested_at": 1700000000000,
         "reason": "user asked"}),

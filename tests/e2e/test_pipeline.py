@@ -290,7 +290,7 @@ def test_sigkill_restart_loses_nothing(env):
         deadline = time.time() + 60
         while fake.stats(items=False)["requests_total"] < 1000 and time.time() < deadline:
             time.sleep(0.1)
-        time.sleep(0.7)   # let a commit with a done-above map happen
+        time.sleep(1.5)   # let a commit (every 1 s) with a done-above map happen
         w.stop(signal.SIGKILL)
         committed = env.describe(conf)[env.topic("items")]["partition_offsets"]
         # offset -> item, to know which items the committed state says are done

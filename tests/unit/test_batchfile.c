@@ -23,87 +23,90 @@ static const struct {
         const char *model;     /* when ok */
         const char *err;       /* substring of the reason, when not ok */
 } lines[] = {
-    /* OpenAI Batch */
-    {OAI("{\"model\":\"gpt-4o-mini\"," MSGS "}"), KB_BF_AUTO, 1, KB_BF_OPENAI,
-     "chat.completions", "gpt-4o-mini", NULL},
-    {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/embeddings\","
-     "\"body\":{\"model\":\"emb\",\"input\":\"x\"}}",
-     KB_BF_AUTO, 1, KB_BF_OPENAI, "embeddings", "emb", NULL},
-    {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/responses\","
-     "\"body\":{\"model\":\"m\",\"input\":\"x\"}}",
-     KB_BF_OPENAI, 1, KB_BF_OPENAI, "responses", "m", NULL},
-    {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/moderations\","
-     "\"body\":{\"model\":\"m\",\"input\":\"x\"}}",
-     KB_BF_AUTO, 1, KB_BF_OPENAI, "moderations", "m", NULL},
-    /* the default operation wins over a route mapping the same path */
-    {OAI("{\"model\":\"m\"}"), KB_BF_AUTO, 1, KB_BF_OPENAI, "chat.completions",
-     "m", NULL},
-    {"{\"custom_id\":\"e\",\"method\":\"GET\",\"url\":\"/v1/embeddings\","
-     "\"body\":{\"model\":\"m\"}}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'method' must be \"POST\""},
-    {"{\"custom_id\":\"e\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":"
-     "\"m\"}}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'method' is missing"},
-    {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/nope\","
-     "\"body\":{\"model\":\"m\"}}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'url' \"/v1/nope\" is not an endpoint"},
-    {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/embeddings\"}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'body' is missing"},
-    {OAI("[1]"), KB_BF_AUTO, 0, 0, NULL, NULL, "'body' is not a JSON object"},
-    {OAI("{" MSGS "}"), KB_BF_AUTO, 0, 0, NULL, NULL, "'body.model' is missing"},
-    {OAI("{\"model\":3}"), KB_BF_AUTO, 0, 0, NULL, NULL,
-     "'body.model' is not a string"},
-    {OAI("{\"model\":\"\"}"), KB_BF_AUTO, 0, 0, NULL, NULL,
-     "'body.model' is empty"},
-    {"{\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":"
-     "\"m\"}}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'custom_id' is missing"},
-    {"{\"custom_id\":7,\"method\":\"POST\",\"url\":\"/v1/embeddings\","
-     "\"body\":{\"model\":\"m\"}}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'custom_id' is not a string"},
-    {"{\"custom_id\":\"\",\"method\":\"POST\",\"url\":\"/v1/embeddings\","
-     "\"body\":{\"model\":\"m\"}}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'custom_id' is empty"},
-    /* Anthropic Message Batches */
-    {"{\"custom_id\":\"a-1\",\"params\":{\"model\":\"claude-x\","
-     "\"max_tokens\":64," MSGS "}}",
-     KB_BF_AUTO, 1, KB_BF_ANTHROPIC, "messages", "claude-x", NULL},
-    {"{\"custom_id\":\"a-1\",\"params\":\"x\"}", KB_BF_AUTO, 0, 0, NULL, NULL,
-     "'params' is not a JSON object"},
-    {"{\"custom_id\":\"a-1\",\"params\":{" MSGS "}}", KB_BF_AUTO, 0, 0, NULL,
-     NULL, "'params.model' is missing"},
-    {"{\"custom_id\":\"a-1\"}", KB_BF_ANTHROPIC, 0, 0, NULL, NULL,
-     "'params' is missing"},
-    /* native */
-    {"{\"item_id\":\"n-1\",\"model\":\"m\",\"input\":{\"x\":1}}", KB_BF_AUTO,
-     1, KB_BF_NATIVE, NULL, "m", NULL},
-    {"{\"custom_id\":\"n-1\",\"model\":\"m\",\"input\":{},\"operation\":"
-     "\"embeddings\",\"deadline\":5,\"metadata\":{\"k\":\"v\"}}",
-     KB_BF_NATIVE, 1, KB_BF_NATIVE, "embeddings", "m", NULL},
-    {"{\"batch_id\":\"old\",\"item_id\":\"n\",\"item_index\":9,"
-     "\"items_total\":10,\"model\":\"m\",\"input\":{}}",
-     KB_BF_AUTO, 1, KB_BF_NATIVE, NULL, "m", NULL},
-    {"{\"item_id\":\"n-1\",\"input\":{}}", KB_BF_AUTO, 0, 0, NULL, NULL,
-     "'model' is missing"},
-    {"{\"item_id\":\"n-1\",\"model\":\"m\",\"input\":\"hi\"}", KB_BF_AUTO, 0, 0,
-     NULL, NULL, "'input' is not a JSON object"},
-    {"{\"item_id\":\"n-1\",\"model\":\"m\"}", KB_BF_NATIVE, 0, 0, NULL, NULL,
-     "'input' is missing"},
-    {"{\"item_id\":\"n\",\"model\":\"m\",\"input\":{},\"deadline\":\"x\"}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'deadline' is not a positive integer"},
-    {"{\"item_id\":\"n\",\"model\":\"m\",\"input\":{},\"metadata\":[]}",
-     KB_BF_AUTO, 0, 0, NULL, NULL, "'metadata' is not an object"},
-    /* not a request at all */
-    {"", KB_BF_AUTO, 0, 0, NULL, NULL, "not valid JSON"},
-    {"{\"custom_id\":\"a\",", KB_BF_AUTO, 0, 0, NULL, NULL, "not valid JSON"},
-    {"[1,2]", KB_BF_AUTO, 0, 0, NULL, NULL, "not a JSON object"},
-    {"{\"custom_id\":\"a\",\"custom_id\":\"b\"}", KB_BF_AUTO, 0, 0, NULL, NULL,
-     "duplicate"},
-    {"{\"custom_id\":\"a\"}", KB_BF_AUTO, 0, 0, NULL, NULL,
-     "expected an OpenAI Batch line"},
-    /* a forced format */
-    {"{\"custom_id\":\"a-1\",\"params\":{\"model\":\"c\"}}", KB_BF_OPENAI, 0,
-     0, NULL, NULL, "'method' is missing"},
+        /* OpenAI Batch */
+        {OAI("{\"model\":\"gpt-4o-mini\"," MSGS "}"), KB_BF_AUTO, 1,
+         KB_BF_OPENAI, "chat.completions", "gpt-4o-mini", NULL},
+        {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/embeddings\","
+         "\"body\":{\"model\":\"emb\",\"input\":\"x\"}}",
+         KB_BF_AUTO, 1, KB_BF_OPENAI, "embeddings", "emb", NULL},
+        {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/responses\","
+         "\"body\":{\"model\":\"m\",\"input\":\"x\"}}",
+         KB_BF_OPENAI, 1, KB_BF_OPENAI, "responses", "m", NULL},
+        {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/moderations\","
+         "\"body\":{\"model\":\"m\",\"input\":\"x\"}}",
+         KB_BF_AUTO, 1, KB_BF_OPENAI, "moderations", "m", NULL},
+        /* the default operation wins over a route mapping the same path */
+        {OAI("{\"model\":\"m\"}"), KB_BF_AUTO, 1, KB_BF_OPENAI,
+         "chat.completions", "m", NULL},
+        {"{\"custom_id\":\"e\",\"method\":\"GET\",\"url\":\"/v1/embeddings\","
+         "\"body\":{\"model\":\"m\"}}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'method' must be \"POST\""},
+        {"{\"custom_id\":\"e\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":"
+         "\"m\"}}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'method' is missing"},
+        {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/nope\","
+         "\"body\":{\"model\":\"m\"}}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'url' \"/v1/nope\" is not an endpoint"},
+        {"{\"custom_id\":\"e\",\"method\":\"POST\",\"url\":\"/v1/embeddings\"}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'body' is missing"},
+        {OAI("[1]"), KB_BF_AUTO, 0, 0, NULL, NULL,
+         "'body' is not a JSON object"},
+        {OAI("{" MSGS "}"), KB_BF_AUTO, 0, 0, NULL, NULL,
+         "'body.model' is missing"},
+        {OAI("{\"model\":3}"), KB_BF_AUTO, 0, 0, NULL, NULL,
+         "'body.model' is not a string"},
+        {OAI("{\"model\":\"\"}"), KB_BF_AUTO, 0, 0, NULL, NULL,
+         "'body.model' is empty"},
+        {"{\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":"
+         "\"m\"}}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'custom_id' is missing"},
+        {"{\"custom_id\":7,\"method\":\"POST\",\"url\":\"/v1/embeddings\","
+         "\"body\":{\"model\":\"m\"}}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'custom_id' is not a string"},
+        {"{\"custom_id\":\"\",\"method\":\"POST\",\"url\":\"/v1/embeddings\","
+         "\"body\":{\"model\":\"m\"}}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'custom_id' is empty"},
+        /* Anthropic Message Batches */
+        {"{\"custom_id\":\"a-1\",\"params\":{\"model\":\"claude-x\","
+         "\"max_tokens\":64," MSGS "}}",
+         KB_BF_AUTO, 1, KB_BF_ANTHROPIC, "messages", "claude-x", NULL},
+        {"{\"custom_id\":\"a-1\",\"params\":\"x\"}", KB_BF_AUTO, 0, 0, NULL,
+         NULL, "'params' is not a JSON object"},
+        {"{\"custom_id\":\"a-1\",\"params\":{" MSGS "}}", KB_BF_AUTO, 0, 0,
+         NULL, NULL, "'params.model' is missing"},
+        {"{\"custom_id\":\"a-1\"}", KB_BF_ANTHROPIC, 0, 0, NULL, NULL,
+         "'params' is missing"},
+        /* native */
+        {"{\"item_id\":\"n-1\",\"model\":\"m\",\"input\":{\"x\":1}}",
+         KB_BF_AUTO, 1, KB_BF_NATIVE, NULL, "m", NULL},
+        {"{\"custom_id\":\"n-1\",\"model\":\"m\",\"input\":{},\"operation\":"
+         "\"embeddings\",\"deadline\":5,\"metadata\":{\"k\":\"v\"}}",
+         KB_BF_NATIVE, 1, KB_BF_NATIVE, "embeddings", "m", NULL},
+        {"{\"batch_id\":\"old\",\"item_id\":\"n\",\"item_index\":9,"
+         "\"items_total\":10,\"model\":\"m\",\"input\":{}}",
+         KB_BF_AUTO, 1, KB_BF_NATIVE, NULL, "m", NULL},
+        {"{\"item_id\":\"n-1\",\"input\":{}}", KB_BF_AUTO, 0, 0, NULL, NULL,
+         "'model' is missing"},
+        {"{\"item_id\":\"n-1\",\"model\":\"m\",\"input\":\"hi\"}", KB_BF_AUTO,
+         0, 0, NULL, NULL, "'input' is not a JSON object"},
+        {"{\"item_id\":\"n-1\",\"model\":\"m\"}", KB_BF_NATIVE, 0, 0, NULL,
+         NULL, "'input' is missing"},
+        {"{\"item_id\":\"n\",\"model\":\"m\",\"input\":{},\"deadline\":\"x\"}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'deadline' is not a positive integer"},
+        {"{\"item_id\":\"n\",\"model\":\"m\",\"input\":{},\"metadata\":[]}",
+         KB_BF_AUTO, 0, 0, NULL, NULL, "'metadata' is not an object"},
+        /* not a request at all */
+        {"", KB_BF_AUTO, 0, 0, NULL, NULL, "not valid JSON"},
+        {"{\"custom_id\":\"a\",", KB_BF_AUTO, 0, 0, NULL, NULL,
+         "not valid JSON"},
+        {"[1,2]", KB_BF_AUTO, 0, 0, NULL, NULL, "not a JSON object"},
+        {"{\"custom_id\":\"a\",\"custom_id\":\"b\"}", KB_BF_AUTO, 0, 0, NULL,
+         NULL, "duplicate"},
+        {"{\"custom_id\":\"a\"}", KB_BF_AUTO, 0, 0, NULL, NULL,
+         "expected an OpenAI Batch line"},
+        /* a forced format */
+        {"{\"custom_id\":\"a-1\",\"params\":{\"model\":\"c\"}}", KB_BF_OPENAI,
+         0, 0, NULL, NULL, "'method' is missing"},
 };
 
 Test(batchfile, lines) {
@@ -138,11 +141,13 @@ Test(batchfile, lines) {
 /* The line's item is a valid BatchItem; the batch's options apply. */
 Test(batchfile, item_json) {
         static const char *src[] = {
-            OAI("{\"model\":\"gpt\"," MSGS "}"),
-            "{\"custom_id\":\"a\",\"params\":{\"model\":\"claude\"," MSGS "}}",
-            "{\"item_id\":\"n\",\"model\":\"m\",\"input\":{\"q\":1},"
-            "\"metadata\":{\"team\":\"line\",\"own\":\"x\"},\"deadline\":77,"
-            "\"callback_url\":\"https://own\"}",
+                OAI("{\"model\":\"gpt\"," MSGS "}"),
+                "{\"custom_id\":\"a\",\"params\":{\"model\":\"claude\"," MSGS
+                "}}",
+                "{\"item_id\":\"n\",\"model\":\"m\",\"input\":{\"q\":1},"
+                "\"metadata\":{\"team\":\"line\",\"own\":\"x\"},\"deadline\":"
+                "77,"
+                "\"callback_url\":\"https://own\"}",
         };
         json_t *md = json_pack("{s:s,s:s}", "team", "batch", "env", "prod");
         kb_bf_batch_t b = {.bb_batch_id = "b-1",
@@ -169,12 +174,12 @@ Test(batchfile, item_json) {
                 cr_assert_eq(it.submitted_at, 1000);
                 cr_assert(json_equal(it.input, l.bl_input));
                 cr_assert_str_eq(
-                    json_string_value(json_object_get(it.metadata, "env")),
-                    "prod");
+                        json_string_value(json_object_get(it.metadata, "env")),
+                        "prod");
                 if (i == 2) {
                         /* the line's own metadata wins over the batch's */
                         cr_assert_str_eq(json_string_value(json_object_get(
-                                             it.metadata, "team")),
+                                                 it.metadata, "team")),
                                          "line");
                         cr_assert_eq(it.deadline, 77);
                         cr_assert_str_eq(it.callback_url, "https://own");
@@ -187,11 +192,11 @@ Test(batchfile, item_json) {
                 b.bb_callback_url = "https://batch";
                 json_decref(o);
                 o = kb_bf_item_json(&l, (int64_t)i, &b);
-                cr_assert_eq(
-                    json_integer_value(json_object_get(o, "deadline")), 99);
+                cr_assert_eq(json_integer_value(json_object_get(o, "deadline")),
+                             99);
                 cr_assert_str_eq(
-                    json_string_value(json_object_get(o, "callback_url")),
-                    "https://batch");
+                        json_string_value(json_object_get(o, "callback_url")),
+                        "https://batch");
                 b.bb_deadline = 0;
                 b.bb_callback_url = NULL;
                 json_decref(o);
@@ -219,7 +224,7 @@ Test(batchfile, batch_ids) {
         uint8_t r1[10] = {0}, r2[10] = {0xff, 0xff, 0xff, 0xff, 0xff,
                                         0xff, 0xff, 0xff, 0xff, 0xff};
         char a[KB_BF_BATCH_ID_SIZE], b[KB_BF_BATCH_ID_SIZE],
-            c[KB_BF_BATCH_ID_SIZE];
+                c[KB_BF_BATCH_ID_SIZE];
         kb_bf_batch_id_generate(1700000000000LL, r2, a);
         kb_bf_batch_id_generate(1700000000001LL, r1, b);
         cr_assert_eq(strlen(a), 28);
@@ -243,10 +248,10 @@ Test(batchfile, durations_and_times) {
         static const struct {
                 const char *s;
                 int64_t ms;
-        } d[] = {{"24h", 86400000},  {"90s", 90000}, {"500ms", 500},
+        } d[] = {{"24h", 86400000},  {"90s", 90000},    {"500ms", 500},
                  {"1h30m", 5400000}, {"2d", 172800000}, {"15m", 900000},
-                 {"", -1},           {"h", -1},      {"10", -1},
-                 {"0s", -1},         {"5y", -1},     {"-5s", -1},
+                 {"", -1},           {"h", -1},         {"10", -1},
+                 {"0s", -1},         {"5y", -1},        {"-5s", -1},
                  {"99999d", -1}};
         size_t i;
         for (i = 0; i < sizeof(d) / sizeof(*d); i++)
@@ -291,8 +296,8 @@ Test(batchfile, metadata_args) {
         }
         cr_assert_eq(json_object_size(md), 16);
         cr_assert_eq(kb_bf_metadata_add(md, "k17=v", err, sizeof(err)), -1);
-        cr_assert_eq(kb_bf_metadata_add(md, "team=other", err, sizeof(err)),
-                     0, "replacing a key is not a new entry");
+        cr_assert_eq(kb_bf_metadata_add(md, "team=other", err, sizeof(err)), 0,
+                     "replacing a key is not a new entry");
         json_decref(md);
 }
 
@@ -305,10 +310,10 @@ static json_t *result(const char *status, int http, const char *output,
                             http ? json_integer(http) : json_null());
         json_object_set_new(r, "output",
                             output ? json_loads(output, 0, NULL) : json_null());
-        json_object_set_new(r, "error",
-                            code ? json_pack("{s:s,s:s}", "code", code,
-                                             "message", "why")
-                                 : json_null());
+        json_object_set_new(
+                r, "error",
+                code ? json_pack("{s:s,s:s}", "code", code, "message", "why")
+                     : json_null());
         return r;
 }
 
@@ -320,34 +325,34 @@ Test(batchfile, openai_output) {
                 int is_error;
                 const char *want; /* the line, key order as produced */
         } c[] = {
-            {"succeeded", 200, "{\"id\":\"chatcmpl-1\"}", NULL, 0,
-             "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
-             "\"response\": {\"status_code\": 200, \"request_id\": null, "
-             "\"body\": {\"id\": \"chatcmpl-1\"}}, \"error\": null}"},
-            {"failed", 400, "{\"error\":{\"message\":\"bad\"}}",
-             "client_error", 1,
-             "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
-             "\"response\": {\"status_code\": 400, \"request_id\": null, "
-             "\"body\": {\"error\": {\"message\": \"bad\"}}}, \"error\": "
-             "{\"code\": \"client_error\", \"message\": \"why\"}}"},
-            {"failed", 0, NULL, "max_attempts_exceeded", 1,
-             "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
-             "\"response\": null, \"error\": {\"code\": "
-             "\"max_attempts_exceeded\", \"message\": \"why\"}}"},
-            {"expired", 0, NULL, "expired", 1,
-             "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
-             "\"response\": null, \"error\": {\"code\": \"batch_expired\", "
-             "\"message\": \"why\"}}"},
-            {"cancelled", 0, NULL, "cancelled", 1,
-             "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
-             "\"response\": null, \"error\": {\"code\": "
-             "\"batch_cancelled\", \"message\": \"why\"}}"},
+                {"succeeded", 200, "{\"id\":\"chatcmpl-1\"}", NULL, 0,
+                 "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
+                 "\"response\": {\"status_code\": 200, \"request_id\": null, "
+                 "\"body\": {\"id\": \"chatcmpl-1\"}}, \"error\": null}"},
+                {"failed", 400, "{\"error\":{\"message\":\"bad\"}}",
+                 "client_error", 1,
+                 "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
+                 "\"response\": {\"status_code\": 400, \"request_id\": null, "
+                 "\"body\": {\"error\": {\"message\": \"bad\"}}}, \"error\": "
+                 "{\"code\": \"client_error\", \"message\": \"why\"}}"},
+                {"failed", 0, NULL, "max_attempts_exceeded", 1,
+                 "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
+                 "\"response\": null, \"error\": {\"code\": "
+                 "\"max_attempts_exceeded\", \"message\": \"why\"}}"},
+                {"expired", 0, NULL, "expired", 1,
+                 "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
+                 "\"response\": null, \"error\": {\"code\": \"batch_expired\", "
+                 "\"message\": \"why\"}}"},
+                {"cancelled", 0, NULL, "cancelled", 1,
+                 "{\"id\": \"batch_req_X\", \"custom_id\": \"req-7\", "
+                 "\"response\": null, \"error\": {\"code\": "
+                 "\"batch_cancelled\", \"message\": \"why\"}}"},
         };
         size_t i;
         char *id0 = NULL;
         for (i = 0; i < sizeof(c) / sizeof(*c); i++) {
-                json_t *r = result(c[i].status, c[i].http, c[i].output,
-                                   c[i].code);
+                json_t *r =
+                        result(c[i].status, c[i].http, c[i].output, c[i].code);
                 int is_error = -1;
                 json_t *o = kb_bf_output_line(KB_BF_OUT_OPENAI, r, &is_error);
                 json_t *want = json_loads(c[i].want, 0, NULL);
@@ -360,8 +365,7 @@ Test(batchfile, openai_output) {
                         id0 = strdup(id);
                 cr_assert_str_eq(id, id0);
                 json_object_set_new(o, "id", json_string("batch_req_X"));
-                cr_assert(json_equal(o, want), "%zu: %s", i,
-                          json_dumps(o, 0));
+                cr_assert(json_equal(o, want), "%zu: %s", i, json_dumps(o, 0));
                 json_decref(want);
                 json_decref(o);
                 json_decref(r);
@@ -372,10 +376,10 @@ Test(batchfile, openai_output) {
                 json_t *o;
                 json_object_set_new(r, "request_id", json_string("req_abc"));
                 o = kb_bf_output_line(KB_BF_OUT_OPENAI, r, NULL);
-                cr_assert_str_eq(json_string_value(json_object_get(
-                                     json_object_get(o, "response"),
-                                     "request_id")),
-                                 "req_abc");
+                cr_assert_str_eq(
+                        json_string_value(json_object_get(
+                                json_object_get(o, "response"), "request_id")),
+                        "req_abc");
                 json_decref(o);
                 json_decref(r);
         }
@@ -390,36 +394,38 @@ Test(batchfile, anthropic_output) {
                 const char *output, *code;
                 const char *want_result;
         } c[] = {
-            {"succeeded", 200, "{\"id\":\"msg_1\",\"type\":\"message\"}", NULL,
-             "{\"type\": \"succeeded\", \"message\": {\"id\": \"msg_1\", "
-             "\"type\": \"message\"}}"},
-            {"failed", 400,
-             "{\"type\":\"error\",\"error\":{\"type\":"
-             "\"invalid_request_error\",\"message\":\"m\"}}",
-             "client_error",
-             "{\"type\": \"errored\", \"error\": {\"type\": \"error\", "
-             "\"error\": {\"type\": \"invalid_request_error\", \"message\": "
-             "\"m\"}}}"},
-            {"failed", 0, NULL, "max_attempts_exceeded",
-             "{\"type\": \"errored\", \"error\": {\"type\": \"error\", "
-             "\"error\": {\"type\": \"api_error\", \"message\": "
-             "\"max_attempts_exceeded: why\"}}}"},
-            {"failed", 429, "{\"error\":\"x\"}", "rate_limited",
-             "{\"type\": \"errored\", \"error\": {\"type\": \"error\", "
-             "\"error\": {\"type\": \"rate_limit_error\", \"message\": "
-             "\"rate_limited: why\"}}}"},
-            {"cancelled", 0, NULL, "cancelled", "{\"type\": \"canceled\"}"},
-            {"expired", 0, NULL, "expired", "{\"type\": \"expired\"}"},
+                {"succeeded", 200, "{\"id\":\"msg_1\",\"type\":\"message\"}",
+                 NULL,
+                 "{\"type\": \"succeeded\", \"message\": {\"id\": \"msg_1\", "
+                 "\"type\": \"message\"}}"},
+                {"failed", 400,
+                 "{\"type\":\"error\",\"error\":{\"type\":"
+                 "\"invalid_request_error\",\"message\":\"m\"}}",
+                 "client_error",
+                 "{\"type\": \"errored\", \"error\": {\"type\": \"error\", "
+                 "\"error\": {\"type\": \"invalid_request_error\", "
+                 "\"message\": "
+                 "\"m\"}}}"},
+                {"failed", 0, NULL, "max_attempts_exceeded",
+                 "{\"type\": \"errored\", \"error\": {\"type\": \"error\", "
+                 "\"error\": {\"type\": \"api_error\", \"message\": "
+                 "\"max_attempts_exceeded: why\"}}}"},
+                {"failed", 429, "{\"error\":\"x\"}", "rate_limited",
+                 "{\"type\": \"errored\", \"error\": {\"type\": \"error\", "
+                 "\"error\": {\"type\": \"rate_limit_error\", \"message\": "
+                 "\"rate_limited: why\"}}}"},
+                {"cancelled", 0, NULL, "cancelled", "{\"type\": \"canceled\"}"},
+                {"expired", 0, NULL, "expired", "{\"type\": \"expired\"}"},
         };
         size_t i;
         for (i = 0; i < sizeof(c) / sizeof(*c); i++) {
-                json_t *r = result(c[i].status, c[i].http, c[i].output,
-                                   c[i].code);
+                json_t *r =
+                        result(c[i].status, c[i].http, c[i].output, c[i].code);
                 json_t *o = kb_bf_output_line(KB_BF_OUT_ANTHROPIC, r, NULL);
                 json_t *want = json_loads(c[i].want_result, 0, NULL);
                 cr_assert_str_eq(
-                    json_string_value(json_object_get(o, "custom_id")),
-                    "req-7");
+                        json_string_value(json_object_get(o, "custom_id")),
+                        "req-7");
                 cr_assert(json_equal(json_object_get(o, "result"), want),
                           "%zu: %s", i, json_dumps(o, 0));
                 json_decref(want);
@@ -452,17 +458,17 @@ Test(batchfile, collector) {
                 const char *status;
                 kb_bf_keep_t want;
         } seq[] = {
-            {0, "succeeded", KB_BF_KEEP_FINAL},
-            {0, "succeeded", KB_BF_DUPLICATE},
-            {0, "failed", KB_BF_DUPLICATE},
-            {1, "failed", KB_BF_KEEP_PENDING},
-            {1, "failed", KB_BF_DUPLICATE},
-            {1, "succeeded", KB_BF_KEEP_FINAL}, /* a replayed item */
-            {1, "succeeded", KB_BF_DUPLICATE},
-            {2, "expired", KB_BF_KEEP_PENDING},
-            {3, "cancelled", KB_BF_KEEP_PENDING},
-            {4, "succeeded", KB_BF_OUT_OF_RANGE},
-            {-1, "succeeded", KB_BF_OUT_OF_RANGE},
+                {0, "succeeded", KB_BF_KEEP_FINAL},
+                {0, "succeeded", KB_BF_DUPLICATE},
+                {0, "failed", KB_BF_DUPLICATE},
+                {1, "failed", KB_BF_KEEP_PENDING},
+                {1, "failed", KB_BF_DUPLICATE},
+                {1, "succeeded", KB_BF_KEEP_FINAL}, /* a replayed item */
+                {1, "succeeded", KB_BF_DUPLICATE},
+                {2, "expired", KB_BF_KEEP_PENDING},
+                {3, "cancelled", KB_BF_KEEP_PENDING},
+                {4, "succeeded", KB_BF_OUT_OF_RANGE},
+                {-1, "succeeded", KB_BF_OUT_OF_RANGE},
         };
         kb_bf_collect_t *co = kb_bf_collect_new(4);
         json_t *r;
@@ -472,8 +478,7 @@ Test(batchfile, collector) {
         cr_assert_null(kb_bf_collect_new(KB_BF_LINES_MAX + 1));
         for (i = 0; i < sizeof(seq) / sizeof(*seq); i++) {
                 r = res_at(seq[i].index, seq[i].status);
-                cr_assert_eq(kb_bf_collect_offer(co, r), seq[i].want, "%zu",
-                             i);
+                cr_assert_eq(kb_bf_collect_offer(co, r), seq[i].want, "%zu", i);
                 json_decref(r);
         }
         r = json_pack("{s:s}", "status", "succeeded");
