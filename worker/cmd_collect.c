@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "aggregator.h"
@@ -201,11 +202,14 @@ static void progress_clear(progress_t *pg) {
 
 /* ---- the collection ---- */
 
-/* An output file written under a temporary name (or stdout). */
+/* An output file written under a temporary name (or stdout, or a path
+ * that is not a regular file, such as /dev/null or a FIFO, written as it
+ * is: renaming a file onto a device would replace the device). */
 typedef struct {
         const char *of_path; /* NULL: stdout */
         char *of_tmp;        /* owned */
         FILE *of_fp;
+        int of_direct;       /* of_path opened as it is */
 } outfile_t;
 
 static int outfile_open(outfile_t *of, const char *path, char *errstr,
@@ -217,6 +221,19 @@ static int outfile_open(outfile_t *of, const char *path, char *errstr,
                 return 0;
         }
         of->of_path = path;
+        {
+                struct stat st;
+                if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+                        if (!(of->of_fp = fopen(path, "w"))) {
+                                snprintf(errstr, errstr_size,
+                                         "cannot open %s: %s", path,
+                                         strerror(errno));
+                                return -1;
+                        }
+                        of->of_direct = 1;
+                        return 0;
+                }
+        }
         if (asprintf(&of->of_tmp, "%s.tmp-%d", path, (int)getpid()) < 0) {
                 of->of_tmp = NULL;
                 snprintf(errstr, errstr_size, "out of memory");
@@ -238,6 +255,15 @@ static int outfile_close(outfile_t *of, int keep, char *errstr,
         int ret = 0;
         if (!of->of_fp)
                 return 0;
+        if (of->of_direct) {
+                if (fclose(of->of_fp) && keep) {
+                        snprintf(errstr, errstr_size, "writing %s: %s",
+                                 of->of_path, strerror(errno));
+                        ret = -1;
+                }
+                of->of_fp = NULL;
+                return ret;
+        }
         if (!of->of_tmp) {
                 if (fflush(of->of_fp) || ferror(of->of_fp)) {
                         snprintf(errstr, errstr_size,

@@ -70,7 +70,7 @@ import() {   # import TARBALL NAME
                 return 0
         fi
         kb_say "podman import $(basename "$1") as $2"
-        podman import --change 'CMD ["/bin/bash"]' "$1" "$2" >/dev/null
+        podman import -q --change 'CMD ["/bin/bash"]' "$1" "$2" >/dev/null
 }
 import "$full" "$KB_BASE_BUILD"
 import "$slim" "$KB_BASE_RUNTIME"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Sourced by the tests/deploy scripts: paths, pinned versions and the podman
 # set-up this machine needs (no Docker engine; podman with runc, cgroupfs,
 # vfs storage and no default ulimits, see DESIGN.md "container").

@@ -568,3 +568,32 @@ def test_topics_describe_shows_settings(env):
     assert d[env.topic("items.retry.1")]["config"]["retention.ms"] == str(7 * 86400_000)
     assert d[env.topic("batch-state")]["config"]["cleanup.policy"] == "compact"
     assert d[env.topic("results")]["config"]["cleanup.policy"] == "delete"
+
+
+def test_collect_to_a_fifo_keeps_it_a_fifo(env, tmp_path):
+    """-o naming something that is not a regular file (a FIFO here, /dev/null
+    in real use) is written as it is: the write-to-temp-then-rename used for
+    regular files would replace it."""
+    import os
+    import stat
+    import threading
+    with FakeModel() as fake:
+        conf = env.write_conf(fake.url)
+        env.create_topics(conf, partitions=2)
+        path = str(tmp_path / "batch.jsonl")
+        openai_file(path, 5)
+        batch_id = submit(env, conf, path).stdout.strip()
+        w = env.worker(conf, env=ROLES)
+        fifo = tmp_path / "out.fifo"
+        os.mkfifo(fifo)
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(open(fifo).read().splitlines()))
+        reader.start()
+        r = subprocess.run(collect_cmd(conf, batch_id, "-o", str(fifo), "--timeout", "120s"),
+                           capture_output=True, text=True, timeout=180)
+        reader.join(30)
+        assert r.returncode == 0, r.stderr
+        assert len(got) == 5
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+        assert w.stop() == 0
