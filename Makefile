@@ -47,7 +47,8 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 INTEG_SRCS:= $(wildcard tests/integration/test_*.c)
 INTEG_BINS:= $(INTEG_SRCS:tests/integration/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test test-unit test-integration test-e2e demo bench clean format check-deps
+.PHONY: all deps test test-unit test-integration test-e2e demo bench clean format check-deps \
+        test-san test-fuzz fuzz test-chaos test-deploy
 # serde_bench: the serde micro-benchmark (make bench) and the encode/decode
 # tool of tests/e2e/test_avro.py; links the library.
 SERDE_BENCH := $(BUILD)/serde_bench
@@ -93,7 +94,9 @@ deps:
 # The whole suite. Each part fails loudly; e2e starts its own broker and fakes.
 test: deps
 	@$(MAKE) --no-print-directory all $(UNIT_BINS) $(INTEG_BINS)
-	@$(MAKE) --no-print-directory test-unit test-integration test-e2e
+	@$(MAKE) --no-print-directory test-unit test-integration test-san test-e2e
+	@if tests/deploy/available.sh; then $(MAKE) --no-print-directory test-deploy; \
+	else echo "test-deploy: skipped (podman neither installed nor installable)"; fi
 
 test-unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t --jobs 2; done
@@ -103,6 +106,32 @@ test-integration: $(INTEG_BINS)
 
 test-e2e: all
 	@KBATCH_BUILD=$(BUILD) tests/e2e/run.sh
+
+# The container image (podman, from debootstrap'ed Debian) and the
+# Kubernetes manifests (kustomize + kubeconform, offline); docs/deploy.md.
+test-deploy: deps
+	@tests/deploy/run.sh
+
+# Unit and integration tests again, built with ASan + UBSan (build/san/).
+test-san:
+	@$(MAKE) --no-print-directory SAN=address,undefined all
+	@$(MAKE) --no-print-directory SAN=address,undefined test-unit test-integration
+
+# libFuzzer targets (tests/fuzz/, clang, build/fuzz/): the saved corpora and
+# regressions, then FUZZ_SECONDS of fuzzing per target. `make fuzz`: longer
+# runs by hand (FUZZ_LONG_SECONDS per target) that grow the saved corpora
+# (docs/reliability.md).
+FUZZ_SECONDS ?= 10
+FUZZ_LONG_SECONDS ?= 600
+test-fuzz:
+	@tests/fuzz/run.sh check $(FUZZ_SECONDS)
+
+fuzz:
+	@tests/fuzz/run.sh fuzz $(FUZZ_LONG_SECONDS)
+
+# Chaos scenarios against a real broker (tests/chaos/, docs/reliability.md).
+test-chaos: all
+	@KBATCH_BUILD=$(BUILD) tests/chaos/run.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
