@@ -83,7 +83,10 @@ int64_t kb_http_retry_after_ms(const char *value, time_t now) {
                         return -1;
                 if (t <= now)
                         return 0;
-                int64_t ms = ((int64_t)t - (int64_t)now) * 1000;
-                return ms > cap ? cap : ms;
+                /* In seconds first: a date centuries ahead (curl_getdate
+                 * takes any year) would overflow the product. */
+                if ((int64_t)t - (int64_t)now > cap / 1000)
+                        return cap;
+                return ((int64_t)t - (int64_t)now) * 1000;
         }
 }

@@ -168,6 +168,29 @@ class Sampler(threading.Thread):
         return max(vals) if vals else None
 
 
+def machine_cpu():
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    idle = v[3] + v[4]
+    return (sum(v) - idle) / CLK_TCK, sum(v) / CLK_TCK
+
+
+def thread_cpu(pid, top=6):
+    """The busiest threads of a process: [[name, CPU seconds since start]]."""
+    out = []
+    for t in glob.glob(f"/proc/{pid}/task/*/stat"):
+        try:
+            with open(t) as f:
+                text = f.read()
+            name = text[text.index("(") + 1:text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            out.append([name, round((int(fields[11]) + int(fields[12])) / CLK_TCK, 2)])
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(out, key=lambda x: -x[1])[:top]
+
+
 def stop_process(p, timeout=20):
     if p is None or p.poll() is not None:
         return p.returncode if p else None
@@ -519,7 +542,11 @@ def run_contender(kafka, scn, name, base, workdir, broker_pid, registry):
     kafka.create(ctx["results"], PARTITIONS, {"message.timestamp.type": "LogAppendTime"})
     fake = Fake(workdir, rid, scn["latency"], scn["fail"])
     ctx["url"] = fake.url
-    proc, why = start_contender(name, scn, ctx)
+    try:
+        proc, why = start_contender(name, scn, ctx)
+    except Exception:
+        fake.stop()
+        raise
     if proc is None:
         fake.stop()
         res["skipped"] = why
@@ -536,6 +563,7 @@ def run_contender(kafka, scn, name, base, workdir, broker_pid, registry):
         retry_topics = sorted(t for t in kafka.admin.list_topics(timeout=10).topics
                               if t.startswith(base["items"] + ".retry."))
     t_start = now_ms()
+    m0, h0, l0 = machine_cpu(), sum(os.times()[:2]), loadavg()
     done_at, committed = None, 0
     exited = None
     try:
@@ -557,6 +585,8 @@ def run_contender(kafka, scn, name, base, workdir, broker_pid, registry):
             if now_ms() - t_start > RUN_TIMEOUT_S * 1000:
                 break
     finally:
+        m1, h1 = machine_cpu(), sum(os.times()[:2])
+        threads = thread_cpu(proc.pid)
         probe.close()
         sampler.stop()
         rc = stop_process(proc, timeout=30)
@@ -575,7 +605,7 @@ def run_contender(kafka, scn, name, base, workdir, broker_pid, registry):
     end = done_at if done_at is not None else now_ms()
     res["seconds"] = (end - t0) / 1000
     res["committed"] = committed
-    res["items_per_s"] = base["n"] / res["seconds"] if done_at else committed / res["seconds"]
+    res["items_per_s"] = base["n"] / res["seconds"] if done_at else None
     c0, c1 = sampler.cpu_at("contender", t0), sampler.cpu_at("contender", end)
     if c0 is not None and c1 is not None:
         res["cpu_s"] = c1 - c0
@@ -586,6 +616,14 @@ def run_contender(kafka, scn, name, base, workdir, broker_pid, registry):
         if a is not None and b is not None:
             res[f"{k}_cpu_s"] = b - a
     res["peak_rss"] = sampler.peak_rss("contender")
+    res["threads"] = threads
+    # Interference: CPU used by everything else on the machine meanwhile.
+    ours = sum((sampler.cpu_at(k, end) or 0) - (sampler.cpu_at(k, t_start) or 0)
+               for k in ("contender", "fake", "broker")) + (h1 - h0)
+    span = max(1e-3, (end - t_start) / 1000)
+    res["load_start"] = l0
+    res["machine_busy_cores"] = (m1[0] - m0[0]) / span
+    res["other_busy_cores"] = max(0.0, (m1[0] - m0[0]) - ours) / span
 
     # correctness and added latency, from the results topic
     decode = base["decode_result"]
@@ -607,6 +645,10 @@ def run_contender(kafka, scn, name, base, workdir, broker_pid, registry):
     expected = base["keys"]
     missing = sum(1 for k in expected if k not in seen)
     extra = sum(1 for k in seen if k not in expected) + extra_msgs
+    res["results_per_s"] = len(seen) / res["seconds"]
+    if not res["complete"] and seen and "cpu_s" in res:   # per item done
+        res["cpu_s_per_1000"] = res["cpu_s"] / len(seen) * 1000
+        res["cpu_us_per_item"] = res["cpu_s"] / len(seen) * 1e6
     res.update(results=len(msgs), duplicates=dup, missing=missing, unexpected=extra,
                statuses=statuses, correct=(missing == 0 and dup == 0 and extra == 0))
     if lat:
@@ -621,7 +663,7 @@ def run_contender(kafka, scn, name, base, workdir, broker_pid, registry):
             if b > a:
                 res["steady_items_per_s"] = (len(ts) * 0.8) / ((b - a) / 1000)
     res["items_called"] = len(responses)
-    log(f"{rid}: {res['items_per_s']:.0f} items/s, cpu {res.get('cpu_us_per_item', 0):.0f} us/item, "
+    log(f"{rid}: {res['items_per_s'] or 0:.0f} items/s, cpu {res.get('cpu_us_per_item', 0):.0f} us/item, "
         f"rss {(res['peak_rss'] or 0) / 2**20:.0f} MiB, p50 {res.get('added_p50_ms')} ms, "
         f"correct={res['correct']} (missing {missing}, dup {dup}, {statuses})")
     return res
@@ -642,7 +684,9 @@ def ceiling_http(scn, workdir):
     if not wrk:
         return {"error": "wrk not installed"}
     fake = Fake(workdir, f"{scn['name']}.wrk", scn["latency"], scn["fail"])
-    secs = max(WRK_SECONDS, int(4 * scn["latency"] / 1000) + 2)
+    # wrk counts completed requests over the window: the first round (one
+    # latency) completes nothing, so the window is 20 latencies long.
+    secs = max(WRK_SECONDS, min(40, int(20 * scn["latency"] / 1000)))
     try:
         r = subprocess.run([wrk, "-t", "2", "-c", str(scn["inflight"]), "-d", f"{secs}s",
                             "--timeout", "60s", "-s", os.path.join(HERE, "wrk_post.lua"),
@@ -700,7 +744,7 @@ def fmt(v, spec, dash="—"):
 
 
 def render_md(report):
-    m = report["machine"]
+    m, st = report["machine"], report["settings"]
     L = [f"# kbatch benchmark — {report['started']}", "",
          f"Machine: {m['cpus']} CPUs ({m['cpu_model']}{', ' + m['virtualization'] if m.get('virtualization') else ''}), "
          f"{m['memory']}, {m['os']}, Linux {m['kernel']}. "
@@ -710,15 +754,17 @@ def render_md(report):
          f"{m['java']}; {m['python']} with {', '.join(m['python_packages'])}; "
          f"Parallel Consumer {m['parallel_consumer']}; {m['wrk']}.",
          "",
-         f"Settings: {PARTITIONS} partitions, commit interval {COMMIT_MS} ms for every contender, "
-         f"retry base {RETRY_BASE_MS} ms, max attempts {MAX_ATTEMPTS}, batches of {BATCH_SIZE} items, "
-         f"Parallel Consumer heap `{PC_HEAP}`, scale {SCALE}. Total time {report['seconds']:.0f} s.",
+         f"Settings: {st['partitions']} partitions, commit interval {st['commit_ms']} ms for every "
+         f"contender, retry base {st['retry_base_ms']} ms, max attempts {st['max_attempts']}, "
+         f"batches of {st['batch_size']} items, Parallel Consumer heap `{st['pc_heap']}`, "
+         f"scale {st['scale']}. Total time {report['seconds']:.0f} s.",
          "",
          "items/s: items ÷ (offsets committed to the end − first request at the fake); "
          "steady: the middle 80% of results ÷ the span of their broker timestamps. "
          "CPU: the contender's user+system CPU over that span. RSS: the contender's peak. "
          "Added latency: the result's broker append time − the fake's response time for that item. "
-         "Correct: every item has exactly one result.", ""]
+         "Correct: every item has exactly one result. Other load: CPU used meanwhile by "
+         "processes outside the benchmark (e.g. other test runs), in cores.", ""]
     for s in report["scenarios"]:
         L.append(f"## {s['title']}")
         L.append("")
@@ -729,25 +775,30 @@ def render_md(report):
                  + (f", {s['fail'] * 100:.0f}% HTTP 500" if s["fail"] else "") + f", {s['format']}.")
         L.append("")
         L.append("| contender | items/s | steady items/s | CPU s / 1,000 items | CPU µs / item "
-                 "| peak RSS MiB | added p50 ms | added p99 ms | correct | results (status) |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+                 "| peak RSS MiB | added p50 ms | added p99 ms | correct | results (status) "
+                 "| other load (cores) |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
         for r in s["runs"]:
             name = CONTENDER_TITLES.get(r["contender"], r["contender"])
             if r.get("skipped"):
-                L.append(f"| {name} | not available: {r['skipped']} | | | | | | | | |")
+                L.append(f"| {name} | not available: {r['skipped']} | | | | | | | | | |")
                 continue
             st = ", ".join(f"{k} {v}" for k, v in sorted(r.get("statuses", {}).items(),
                                                          key=lambda kv: str(kv[0])))
             corr = "yes" if r.get("correct") else \
                 f"NO (missing {r.get('missing')}, duplicates {r.get('duplicates')})"
+            ips = fmt(r.get("items_per_s"), ",.0f")
             if not r.get("complete"):
-                corr += f"; did not finish in {RUN_TIMEOUT_S} s"
-            L.append(f"| {name} | {fmt(r.get('items_per_s'), ',.0f')} | "
+                corr += f"; did not finish in {r['seconds']:.0f} s"
+                got = sum(r.get("statuses", {}).values())
+                ips = (f"did not finish: {got} results in {r['seconds']:.0f} s "
+                       f"({r.get('results_per_s', 0):,.0f}/s)")
+            L.append(f"| {name} | {ips} | "
                      f"{fmt(r.get('steady_items_per_s'), ',.0f')} | "
                      f"{fmt(r.get('cpu_s_per_1000'), '.3f')} | {fmt(r.get('cpu_us_per_item'), ',.0f')} | "
                      f"{fmt(r['peak_rss'] / 2**20 if r.get('peak_rss') else None, '.0f')} | "
                      f"{fmt(r.get('added_p50_ms'), '.1f')} | {fmt(r.get('added_p99_ms'), '.1f')} | "
-                     f"{corr} | {st} |")
+                     f"{corr} | {st} | {fmt(r.get('other_busy_cores'), '.2f')} |")
         c = s.get("ceilings", {})
         cc, ch = c.get("consume", {}), c.get("http", {})
         L.append("")
@@ -809,6 +860,11 @@ def goals(report):
 # ---------------------------------------------------------------- main
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        # Re-renders a report's Markdown from its JSON.
+        with open(sys.argv[2]) as f:
+            print(render_md(json.load(f)))
+        return
     bootstrap = os.environ.get("BENCH_BOOTSTRAP")
     if not bootstrap:
         sys.exit("bench: BENCH_BOOTSTRAP is not set (run tests/bench/run.sh)")

@@ -73,4 +73,9 @@ Test(http, retry_after) {
             kb_http_retry_after_ms("Tue, 14 Nov 2023 22:13:25 GMT", now), 5000);
         cr_expect_eq(
             kb_http_retry_after_ms("Tue, 14 Nov 2023 22:13:00 GMT", now), 0);
+        /* a date in the year 400000000: capped, not an overflow (found by
+         * tests/fuzz/fuzz_retry_after; UBSan in make test-san) */
+        cr_expect_eq(
+            kb_http_retry_after_ms("Sun, 06 Nov 400000000 08:49:37 GMT", now),
+            24LL * 3600 * 1000);
 }
