@@ -117,6 +117,7 @@ struct kb_job_s {
         char jb_errbuf[CURL_ERROR_SIZE];
         int jb_attempts;
         int64_t jb_started_at;   /* wall ms of the first call */
+        int64_t jb_sent_ms;      /* mono ms this attempt's call started */
         int64_t jb_first_at;     /* wall ms when the job was first seen */
         char jb_traceparent[64];
         char jb_tracestate[512];
@@ -592,6 +593,7 @@ static int job_call(kb_job_t *jb) {
         CURL *e;
 
         jb->jb_attempts++;
+        jb->jb_sent_ms = kb_now_ms();
         if (!jb->jb_started_at)
                 jb->jb_started_at = kb_wall_ms();
         snprintf(url, sizeof(url), "%s%s", rt->rt_base_url, path);
@@ -823,7 +825,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                                         : KB_ROUTE_OTHER,
             kb_http_retry_after_ms(
                 jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL)),
-            kb_now_ms());
+            jb->jb_sent_ms, kb_now_ms());
 
         memset(&res, 0, sizeof(res));
         res.http_status = (int)status;

@@ -233,7 +233,8 @@ static void refill(kb_route_t *rt, int64_t now_ms) {
 }
 
 void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
-                         int64_t retry_after_ms, int64_t now_ms) {
+                         int64_t retry_after_ms, int64_t sent_ms,
+                         int64_t now_ms) {
         int max = rt->rt_conf->max_inflight;
         int halve = 0;
         switch (sig) {
@@ -260,7 +261,12 @@ void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
                 return;
         }
         rt->rt_ok_streak = 0;
-        if (halve && now_ms - rt->rt_decreased_ms >= 1000) {
+        /* Once per round, as TCP does: a call sent before the last halving
+         * saw the old limit and says nothing about the new one. A time
+         * gate instead lets the limit climb past the provider's between
+         * two halvings, and every slot above it then turns into a 429 as
+         * fast as the provider can refuse. */
+        if (halve && (!rt->rt_decreased_ms || sent_ms >= rt->rt_decreased_ms)) {
                 int before = rt->rt_limit;
                 rt->rt_limit = rt->rt_limit / 2 > 1 ? rt->rt_limit / 2 : 1;
                 rt->rt_decreased_ms = now_ms;

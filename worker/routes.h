@@ -84,9 +84,11 @@ typedef enum {
 } kb_route_signal_t;
 
 /* Feeds a finished call's outcome to the route's limits. retry_after_ms:
- * the server's Retry-After (-1 when none). now_ms: monotonic. */
+ * the server's Retry-After (-1 when none). sent_ms: when the call was
+ * started; now_ms: now (both monotonic). */
 void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
-                         int64_t retry_after_ms, int64_t now_ms);
+                         int64_t retry_after_ms, int64_t sent_ms,
+                         int64_t now_ms);
 
 /* May a call with `est_tokens` estimated tokens start now? 1: yes (the
  * buckets are charged). 0: not yet; *wait_ms gets how long until it may

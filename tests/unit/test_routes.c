@@ -62,33 +62,37 @@ Test(routes, adaptive_concurrency) {
         int64_t t = 100000;
         int i;
         cr_assert_eq(rt->rt_limit, 64);
-        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t);
+        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t - 50, t);
         cr_expect_eq(rt->rt_limit, 32);
-        /* A burst of 429s within a second halves once. */
+        /* 429s of calls sent before that halving do not halve again, however
+         * late they come back... */
         for (i = 0; i < 20; i++)
-                kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t + 10 + i);
+                kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t - 1 - i,
+                                    t + 10 + i * 100);
         cr_expect_eq(rt->rt_limit, 32);
-        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t + 1001);
+        /* ...a 429 of a call sent after it does, however soon */
+        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1, t, t + 5);
         cr_expect_eq(rt->rt_limit, 16);
         /* grows by one per `limit` successes */
         for (i = 0; i < 15; i++)
-                kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 2000);
+                kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 1900, t + 2000);
         cr_expect_eq(rt->rt_limit, 16);
-        kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 2000);
+        kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 1900, t + 2000);
         cr_expect_eq(rt->rt_limit, 17);
         /* ... never above max_inflight */
         for (i = 0; i < 10000; i++)
-                kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 3000);
+                kb_route_on_outcome(rt, KB_ROUTE_OK, -1, t + 2900, t + 3000);
         cr_expect_eq(rt->rt_limit, 64);
         /* a timeout storm halves; a lone timeout does not */
-        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 5000);
-        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 5100);
+        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 4000, t + 5000);
+        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 4100, t + 5100);
         cr_expect_eq(rt->rt_limit, 64);
-        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 5200);
+        kb_route_on_outcome(rt, KB_ROUTE_TIMEOUT, -1, t + 4200, t + 5200);
         cr_expect_eq(rt->rt_limit, 32);
         /* never below one */
         for (i = 0; i < 20; i++)
                 kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, -1,
+                                    t + 10000 + i * 1000,
                                     t + 10000 + i * 1000);
         cr_expect_eq(rt->rt_limit, 1);
 }
@@ -98,7 +102,7 @@ Test(routes, retry_after_blocks_the_route) {
         load("routes = ( { model = \"*\"; base_url = \"http://a\"; } );");
         kb_route_t *rt = kb_routes_get(routes, 0);
         cr_expect(kb_route_admit(rt, 10, 1000, &w));
-        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, 2000, 1000);
+        kb_route_on_outcome(rt, KB_ROUTE_THROTTLED, 2000, 990, 1000);
         cr_expect(!kb_route_admit(rt, 10, 1500, &w));
         cr_expect_eq(w, 1500);
         cr_expect(kb_route_admit(rt, 10, 3000, &w));
