@@ -97,6 +97,27 @@ static void default_error_cb(rd_kafka_t *rk, int err, const char *reason,
         (void)rk;
 }
 
+/* Does a one-topic answer say the topic is still being set up (created a
+ * moment ago and not yet known to this broker, or without a leader)? */
+static int topic_settling(const struct rd_kafka_metadata *md) {
+        const struct rd_kafka_metadata_topic *t;
+        int i;
+        if (!md || md->topic_cnt != 1)
+                return 0;
+        t = &md->topics[0];
+        if (t->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+            t->err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
+                return 1;
+        if (t->err)
+                return 0;
+        if (t->partition_cnt < 1)
+                return 1;
+        for (i = 0; i < t->partition_cnt; i++)
+                if (t->partitions[i].leader < 0)
+                        return 1;
+        return 0;
+}
+
 rd_kafka_resp_err_t kb_kafka_metadata(rd_kafka_t *rk, int all_topics,
                                       rd_kafka_topic_t *only,
                                       const struct rd_kafka_metadata **mdp,
@@ -110,6 +131,15 @@ rd_kafka_resp_err_t kb_kafka_metadata(rd_kafka_t *rk, int all_topics,
                 err = rd_kafka_metadata(rk, all_topics, only, mdp,
                                         left < step ? (left > 0 ? (int)left : 1)
                                                     : step);
+                if (!err && only && kb_now_ms() < until &&
+                    !kb_loop_stop_requested && topic_settling(*mdp)) {
+                        /* Just created, or its leader moving: not an
+                         * answer yet. Its error is returned at the end. */
+                        rd_kafka_metadata_destroy(*mdp);
+                        *mdp = NULL;
+                        usleep(100 * 1000);
+                        continue;
+                }
                 if (!err)
                         return err;
                 if (step < 4000)

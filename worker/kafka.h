@@ -41,7 +41,9 @@ int kb_kafka_auth_failed(char *why, size_t why_size);
  * errstr: the error line's text, which the caller reports) instead of
  * waiting timeout_ms. Serves rk's error callback (rd_kafka_poll): only for
  * handles whose main queue holds nothing else yet. Other failures: the
- * error code, errstr its text. */
+ * error code, errstr its text. With `only`, an answer that says the topic
+ * is unknown or leaderless is asked again until timeout_ms (a topic created
+ * a moment ago), and then returned as it is. */
 rd_kafka_resp_err_t kb_kafka_metadata(rd_kafka_t *rk, int all_topics,
                                       rd_kafka_topic_t *only,
                                       const struct rd_kafka_metadata **mdp,

@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -168,4 +169,55 @@ Test(kafka_mock, produce_through_leader_outage) {
         cr_expect_eq(failed, 0);
         rd_kafka_destroy(rk);
         expect_partition(1, 300);
+}
+
+static void *settle_late(void *arg) {
+        usleep(800 * 1000);
+        rd_kafka_mock_topic_set_error(mcluster, (const char *)arg,
+                                      RD_KAFKA_RESP_ERR_NO_ERROR);
+        return NULL;
+}
+
+/* A topic created a moment ago (a worker started right after `kbatch
+ * topics create`): while the broker still answers "unknown topic" (the
+ * mock cluster's topic error, cleared after 0.8 s), kb_kafka_metadata asks
+ * again, instead of returning that answer at once. */
+Test(kafka_mock, metadata_waits_for_a_topic_being_created) {
+        char err[512];
+        rd_kafka_conf_t *kc = kb_kafka_conf_new(conf, "test", err, sizeof(err));
+        rd_kafka_t *rk;
+        rd_kafka_topic_t *rkt;
+        const struct rd_kafka_metadata *md = NULL;
+        pthread_t th;
+        cr_assert(kc, "%s", err);
+        rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, err, sizeof(err));
+        cr_assert(rk, "%s", err);
+        cr_assert_eq(rd_kafka_mock_topic_create(mcluster, "late", 3, 1), 0);
+        rd_kafka_mock_topic_set_error(mcluster, "late",
+                                      RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+        rkt = rd_kafka_topic_new(rk, "late", NULL);
+        cr_assert_eq(pthread_create(&th, NULL, settle_late, "late"), 0);
+        cr_assert_eq(kb_kafka_metadata(rk, 0, rkt, &md, 10000, err, sizeof(err)),
+                     RD_KAFKA_RESP_ERR_NO_ERROR, "%s", err);
+        pthread_join(th, NULL);
+        cr_assert(md);
+        cr_assert_eq(md->topic_cnt, 1);
+        cr_expect_eq(md->topics[0].err, RD_KAFKA_RESP_ERR_NO_ERROR, "%s",
+                     rd_kafka_err2str(md->topics[0].err));
+        cr_expect_eq(md->topics[0].partition_cnt, 3);
+        rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        /* a topic that never comes: its error, once the time is up */
+        cr_assert_eq(rd_kafka_mock_topic_create(mcluster, "never", 1, 1), 0);
+        rd_kafka_mock_topic_set_error(mcluster, "never",
+                                      RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+        rkt = rd_kafka_topic_new(rk, "never", NULL);
+        cr_assert_eq(kb_kafka_metadata(rk, 0, rkt, &md, 1000, err, sizeof(err)),
+                     RD_KAFKA_RESP_ERR_NO_ERROR, "%s", err);
+        cr_assert(md);
+        cr_expect_eq(md->topics[0].err, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+                     "%s", rd_kafka_err2str(md->topics[0].err));
+        rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        rd_kafka_destroy(rk);
 }
