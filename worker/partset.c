@@ -20,6 +20,8 @@ struct kb_partset_s {
         int ps_assigned_once;
         int64_t ps_next_commit;
         int64_t ps_hold_until;  /* no periodic commits before (#4059) */
+        int ps_stopping;        /* paused for KB_PAUSE_STOP: closing */
+        int ps_cooperative;     /* the last rebalance protocol seen */
         char ps_meta[KB_OFFSETS_META_MAX + 1];
 };
 
@@ -119,13 +121,20 @@ void kb_partset_pause_all(kb_partset_t *ps, int reason, int on) {
                         kb_partset_pause(ps, ps->ps_parts[i], reason, on);
         if (reason == KB_PAUSE_GLOBAL)
                 ps->ps_all_paused = on;
+        if (reason == KB_PAUSE_STOP)
+                ps->ps_stopping = on;
 }
 
 int kb_partset_all_paused(const kb_partset_t *ps) { return ps->ps_all_paused; }
 
-static int cooperative(const kb_partset_t *ps) {
-        return !strcmp(rd_kafka_rebalance_protocol(ps->ps_consumer),
-                       "COOPERATIVE");
+static int cooperative(kb_partset_t *ps) {
+        const char *p = rd_kafka_rebalance_protocol(ps->ps_consumer);
+        /* NULL once the consumer is no longer in its group (the rebalance
+         * callbacks rd_kafka_consumer_close() serves): the protocol it had.
+         * (strcmp(NULL) crashed a worker on SIGTERM.) */
+        if (p)
+                ps->ps_cooperative = !strcmp(p, "COOPERATIVE");
+        return ps->ps_cooperative;
 }
 
 void kb_partset_assign(kb_partset_t *ps,
@@ -133,7 +142,13 @@ void kb_partset_assign(kb_partset_t *ps,
         rd_kafka_resp_err_t err;
         rd_kafka_error_t *e = NULL;
         int i;
-        err = rd_kafka_committed(ps->ps_consumer, parts, 30000);
+        /* Stopping: an assignment that arrives now (served by
+         * rd_kafka_consumer_close()) is never consumed, and the fetch can
+         * wait out its whole timeout there (seen after a broker restart:
+         * 30 s per rebalance, a SIGTERM that took over a minute). */
+        err = ps->ps_stopping ? RD_KAFKA_RESP_ERR_NO_ERROR
+                              : rd_kafka_committed(ps->ps_consumer, parts,
+                                                   30000);
         if (err)
                 kb_log(KB_LOG_WARN, ps->ps_fac,
                        "fetching committed offsets failed: %s",
@@ -171,6 +186,15 @@ void kb_partset_assign(kb_partset_t *ps,
                        rd_kafka_error_string(e));
                 rd_kafka_error_destroy(e);
         }
+        /* librdkafka keeps a partition paused across its revocation (or
+         * loss) and a new assignment to the same consumer (librdkafka#1849).
+         * It starts unpaused here (pt_pause is 0): tell librdkafka, or a
+         * partition paused when it was lost (the in-flight limit during a
+         * broker outage) would never be fetched again. */
+        if (!ps->ps_stopping && parts->cnt > 0 &&
+            (err = rd_kafka_resume_partitions(ps->ps_consumer, parts)))
+                kb_log(KB_LOG_WARN, ps->ps_fac, "resume: %s",
+                       rd_kafka_err2str(err));
         ps->ps_assigned_once = 1;
         ps->ps_hold_until = 0;
         /* New partitions are not paused for the global limit; the role

@@ -65,7 +65,9 @@ int kb_partset_all_paused(const kb_partset_t *ps);
 
 /* Rebalance callback, assignment: fetches the committed offsets with their
  * done-above maps (blocking, as allowed at rebalance), starts a tracker per
- * partition, and applies the assignment. */
+ * partition, and applies the assignment. Once the set is paused for
+ * KB_PAUSE_STOP (shutting down), nothing is fetched: the assignment is only
+ * applied, as the consumer's close requires. */
 void kb_partset_assign(kb_partset_t *ps,
                        rd_kafka_topic_partition_list_t *parts);
 
