@@ -57,12 +57,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         return 0;
 }
 
+/* Whether d (n bytes) contains needle (lower case), ignoring case. */
 static int has_ci(const uint8_t *d, size_t n, const char *needle) {
-        size_t k = strlen(needle), i;
-        for (i = 0; i + k <= n; i++)
-                if (!strncasecmp((const char *)d + i, needle, k))
-                        return 1;
-        return 0;
+        static char low[65536];
+        size_t i;
+        for (i = 0; i < n && i < sizeof(low); i++)
+                low[i] = (char)((d[i] >= 'A' && d[i] <= 'Z') ? d[i] + 32 : d[i]);
+        return memmem(low, i, needle, strlen(needle)) != NULL;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

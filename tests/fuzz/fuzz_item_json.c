@@ -3,7 +3,8 @@
  *
  * Checks beyond "no crash, no leak, no UB":
  * - the result is one of the four outcomes, and OK only with every required
- *   field filled and inside the SPEC §2 limits;
+ *   field filled and inside the SPEC §2 limits, and an item_id that is safe
+ *   in an HTTP header;
  * - UNDECODABLE leaves the item empty;
  * - the encoded ItemResult (for any item but an UNDECODABLE one) is a JSON
  *   object that parses back, whatever bytes the item carried. */
@@ -42,6 +43,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK(size <= max_bytes);
                 CHECK(it.batch_id && kb_codec_batch_id_valid(it.batch_id));
                 CHECK(it.item_id && it.item_id[0]);
+                /* it goes into request headers: no CR, LF or other
+                 * control character (header injection) */
+                for (const char *p = it.item_id; *p; p++)
+                        CHECK((unsigned char)*p >= 0x20 && *p != 0x7f);
                 CHECK(it.model && it.model[0]);
                 CHECK(it.items_total >= 1 &&
                       it.items_total <= KB_ITEMS_TOTAL_MAX);
