@@ -35,7 +35,7 @@ usage() {
     cat >&2 <<'EOF'
 usage: kafka.sh fetch | start | stop [--clean] | status
   env: KAFKA_RUN_DIR KAFKA_CACHE_DIR KAFKA_HEAP_OPTS KAFKA_JVM_OPTS
-       KAFKA_EXTRA_PROPS KAFKA_START_TIMEOUT KAFKA_STOP_TIMEOUT
+       KAFKA_EXTRA_PROPS KAFKA_FORMAT_ARGS KAFKA_START_TIMEOUT KAFKA_STOP_TIMEOUT
        KAFKA_OFFSETS_PARTITIONS KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_MVN_OPTS
 EOF
     exit 2
@@ -351,10 +351,14 @@ format_storage() {
     cid=$(new_cluster_id)
     log "formatting KRaft storage (cluster id $cid)"
     cds_args
+    # KAFKA_FORMAT_ARGS: extra StorageTool arguments, split on blanks, never
+    # globbed (e.g. --add-scram SCRAM-SHA-512=[name=u,password=p]).
+    local fargs=()
+    [ -n "${KAFKA_FORMAT_ARGS:-}" ] && read -r -a fargs <<<"$KAFKA_FORMAT_ARGS"
     # shellcheck disable=SC2086
     java $HEAP_OPTS "${CDS_ARGS[@]}" -Dlog4j.configuration="file:$RUN_DIR/log4j-tools.properties" \
         -cp "$LIB_DIR/*" kafka.tools.StorageTool format \
-        -t "$cid" -c "$RUN_DIR/server.properties" >&2 </dev/null \
+        -t "$cid" -c "$RUN_DIR/server.properties" "${fargs[@]}" >&2 </dev/null \
         || die "kafka.tools.StorageTool format failed"
     echo "$cid" >"$RUN_DIR/cluster.id"
 }
