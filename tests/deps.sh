@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential pkg-config librdkafka-dev libcurl4-openssl-dev libjansson-dev
       libavro-dev libconfig-dev libmicrohttpd-dev libssl-dev libcriterion-dev
-      python3 python3-venv default-jre-headless maven curl)
+      python3 python3-venv default-jre-headless maven curl valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
