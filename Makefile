@@ -94,7 +94,7 @@ deps:
 # The whole suite. Each part fails loudly; e2e starts its own broker and fakes.
 test: deps
 	@$(MAKE) --no-print-directory all $(UNIT_BINS) $(INTEG_BINS)
-	@$(MAKE) --no-print-directory test-unit test-integration test-san test-e2e
+	@$(MAKE) --no-print-directory test-unit test-integration test-san test-fuzz test-e2e test-chaos
 	@if tests/deploy/available.sh; then $(MAKE) --no-print-directory test-deploy; \
 	else echo "test-deploy: skipped (podman neither installed nor installable)"; fi
 

@@ -1,6 +1,7 @@
 """Fixtures for the e2e suite: a real Kafka broker, the fake model API and
 real `kbatch` processes. Every test gets its own topic prefix and group ids,
 so tests share one broker without seeing each other's messages."""
+import base64
 import json
 import os
 import signal
@@ -17,6 +18,16 @@ from fakes import FakeModel
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.join(ROOT, os.environ.get("KBATCH_BUILD", "build"))
 KBATCH = os.path.join(BUILD, "kbatch")
+
+
+def decode_meta(meta):
+    """The done-above map of a commit's metadata, as a set: "kb1:" + base64
+    bitmap, bit i = offset committed + i done (SPEC §5)."""
+    if not meta or not meta.startswith("kb1:"):
+        return set()
+    b64 = meta[4:]
+    raw = base64.b64decode(b64 + "=" * (-len(b64) % 4))
+    return {i for i in range(len(raw) * 8) if raw[i // 8] >> (i % 8) & 1}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """The core item pipeline on a real broker, the fake model API and real
 kbatch worker processes (issue: core item pipeline)."""
-import base64
 import json
 import os
 import signal
@@ -9,7 +8,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from conftest import item
+from conftest import decode_meta, item
 from fakes import FakeModel
 
 
@@ -43,15 +42,6 @@ def results_until(env, done, timeout=120):
 def wait_items(env, want, timeout=120):
     """Reads results until every item_id in `want` has one; returns all."""
     return results_until(env, lambda out: want <= {r["item_id"] for r in out}, timeout)
-
-
-def decode_meta(meta):
-    """kb1:<base64 bitmap>, bit i = offset committed+i done."""
-    if not meta or not meta.startswith("kb1:"):
-        return set()
-    b64 = meta[4:]
-    raw = base64.b64decode(b64 + "=" * (-len(b64) % 4))
-    return {i for i in range(len(raw) * 8) if raw[i // 8] >> (i % 8) & 1}
 
 
 def wait_committed(env, topic, parts, want, timeout=30):
