@@ -122,7 +122,8 @@ def test_sigkill_one_of_three_workers_every_few_seconds(env, supervise, closing,
         # rebalances without pause (a kill every 3-5 s, sessions expire
         # after 6 s) and librdkafka defers commits meanwhile, so much more
         # runs twice (docs/reliability.md): a loose bound, for regressions
-        assert rep["duplicate_rate"] <= (0.25 if static else 3.0), rep
+        # (it grows with the number of kills, 17-55 so far: 1.3-2.3)
+        assert rep["duplicate_rate"] <= (0.25 if static else 4.0), rep
 
 
 def test_broker_down_15s(env, supervise, closing, kafka_run_dir):
