@@ -657,7 +657,13 @@ static int job_call(kb_job_t *jb) {
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        /* Wait for a connection being set up rather than open another,
+         * when it may carry HTTP/2 streams: only over TLS, where ALPN says
+         * so at once. Over plain HTTP libcurl counts a connection as a
+         * candidate until its first answer, so a slow call held back every
+         * new one (a route timeout then failed them unsent). */
+        if (!strncasecmp(rt->rt_base_url, "https://", 8))
+                curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
                          (curl_off_t)it->it_conf->http_max_response_bytes);

@@ -45,7 +45,10 @@ def test_transient_then_success_and_final_errors(env):
         assert res[1]["latency_ms"] >= 2000, res[1]["latency_ms"]
         assert res[2]["status"] == "failed" and res[2]["attempts"] == 1
         assert res[2]["error"]["code"] == "client_error" and res[2]["http_status"] == 400
-        assert res[3]["status"] == "succeeded" and res[3]["attempts"] >= 2   # reset retried
+        # reset retried: by kbatch, or (on a reused connection, and that may
+        # happen twice) by libcurl itself, which kbatch does not count as an
+        # attempt; the fake's count below shows both resets happened
+        assert res[3]["status"] == "succeeded" and 1 <= res[3]["attempts"] <= 3, res[3]
         assert res[4]["status"] == "succeeded" and res[4]["attempts"] == 2   # timeout retried
         assert res[5]["status"] == "succeeded" and res[5]["attempts"] == 1
         st = fake.stats()["by_item"]

@@ -131,3 +131,32 @@ def test_api_key_file_rotation(env, tmp_path):
         results_until(env, lambda out: len(out) >= 2, timeout=30)
         assert fake.stats()["by_item"]["k:req-1"]["last_headers"]["authorization"] == "Bearer sk-new"
         assert w.stop() == 0
+
+
+def test_a_slow_call_does_not_hold_back_the_next(env):
+    """A call whose answer is slow must not make the next one wait for its
+    connection: over plain HTTP libcurl cannot know whether a connection
+    still waiting for its first answer could carry HTTP/2 streams, and with
+    CURLOPT_PIPEWAIT it queued new calls behind it (a 1.5 s route timeout
+    then failed them without a request sent)."""
+    with FakeModel() as fake:
+        routes = f'( {{ model = "*"; base_url = "{fake.url}"; timeout_ms = 20000; }} )'
+        conf = env.write_conf(routes=routes)
+        env.create_topics(conf, partitions=1)
+        w = env.worker(conf)
+        w.wait_assigned()
+        slow = item("slow", 0, 2)
+        slow["input"]["fake"] = {"latency_ms": 5000}
+        env.produce("items", [slow])
+        deadline = time.time() + 30
+        while fake.stats(items=False)["inflight"] < 1:
+            assert time.time() < deadline, "the slow call never started"
+            time.sleep(0.05)
+        env.produce("items", [item("slow", 1, 2)])
+        res = results_until(env, lambda out: len(out) >= 2, timeout=60)
+        by = {r["item_index"]: r for r in res}
+        assert by[0]["status"] == "succeeded" and by[0]["latency_ms"] >= 5000
+        assert by[1]["status"] == "succeeded" and by[1]["attempts"] == 1
+        # it ran while the slow one was still waiting for its answer
+        assert by[1]["finished_at"] < by[0]["finished_at"], (by[0], by[1])
+        assert w.stop() == 0
