@@ -665,6 +665,10 @@ static int job_call(kb_job_t *jb) {
         if (!strncasecmp(rt->rt_base_url, "https://", 8))
                 curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        /* libcurl's receive buffer, one per transfer in flight (16 KiB by
+         * default): most model responses are a few KiB, and a larger one
+         * only takes more reads. */
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
         curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
                          (curl_off_t)it->it_conf->http_max_response_bytes);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)rc->tls_verify);
