@@ -412,9 +412,11 @@ def test_aborted_transactions_rewind(env, events):
     rs = [result(f"ab-{k}", i, 400, status="failed" if i % 7 == 0 else "succeeded")
           for k in range(3) for i in range(400)]
     random.Random(5).shuffle(rs)
+    # spread over ~3 s: a rewind (seek, re-fetch) takes ~0.5 s, and the
+    # test wants several transactions with content, so several aborts
     for n in range(0, len(rs), 100):
         publish_results(env, rs[n:n + 100])
-        time.sleep(0.05)
+        time.sleep(0.25)
     events.wait(lambda evs: all(events.completed(f"ab-{k}") for k in range(3)), timeout=90)
     events.poll(3)
     assert len(events.events) == 3, events.events
