@@ -28,6 +28,7 @@ struct kb_offsets_s {
         int       ot_started; /* low/next are meaningful */
         int64_t   ot_low;     /* lowest offset not done (or next) */
         int64_t   ot_next;    /* one past the highest offset in the window */
+        int64_t   ot_blocked; /* the offset last answered FULL, or -1 */
         size_t    ot_pending; /* tracked (OK) and not done */
 
         /* Done bits from the committed metadata: bit i is ot_skip_base + i;
@@ -265,6 +266,7 @@ kb_offsets_t *kb_offsets_new(size_t max_window) {
         ot->ot_mask       = ring_bits - 1;
         ot->ot_last_off   = -1;
         ot->ot_last_valid = 1;
+        ot->ot_blocked    = -1;
         return ot;
 }
 
@@ -280,6 +282,7 @@ int kb_offsets_reset(kb_offsets_t *ot, int64_t committed, const char *meta,
                      size_t meta_len) {
         skip_clear(ot);
         ot->ot_pending = 0;
+        ot->ot_blocked = -1;
         if (!meta)
                 meta_len = 0;
         if (committed < 0) {
@@ -324,8 +327,21 @@ kb_offsets_res_t kb_offsets_track(kb_offsets_t *ot, int64_t offset) {
         if (offset < ot->ot_next)
                 return ring_get(ot, offset) ? KB_OFFSETS_STALE
                                             : KB_OFFSETS_DUP;
-        if ((uint64_t)(offset - ot->ot_low) >= ot->ot_window)
-                return KB_OFFSETS_FULL;
+        if ((uint64_t)(offset - ot->ot_low) >= ot->ot_window) {
+                if (ot->ot_low < ot->ot_next) {
+                        /* Something below is still in flight: wait for it
+                         * (kb_offsets_window_full() says so until then). */
+                        ot->ot_blocked = offset;
+                        return KB_OFFSETS_FULL;
+                }
+                /* Nothing in flight: everything up to offset is a gap (an
+                 * aborted transaction's records that read_committed skips,
+                 * compaction, an offset reset past retention), so done.
+                 * Move the window there instead of waiting for a low end
+                 * that can never move (issue 15). */
+                ot->ot_low = ot->ot_next = offset;
+        }
+        ot->ot_blocked = -1;
 
         ring_fill(ot, ot->ot_next, offset); /* gaps count as done */
         kb_offsets_res_t res =
@@ -353,8 +369,15 @@ int kb_offsets_mark_done(kb_offsets_t *ot, int64_t offset) {
 }
 
 int kb_offsets_window_full(const kb_offsets_t *ot) {
-        return ot->ot_started &&
-               (uint64_t)(ot->ot_next - ot->ot_low) >= ot->ot_window;
+        if (!ot->ot_started)
+                return 0;
+        if ((uint64_t)(ot->ot_next - ot->ot_low) >= ot->ot_window)
+                return 1;
+        /* An offset was refused as beyond the bound: full until the low end
+         * moved close enough to it, or nothing is in flight any more (then
+         * it is taken, the gap below it counted as done). */
+        return ot->ot_blocked >= 0 && ot->ot_low < ot->ot_next &&
+               (uint64_t)(ot->ot_blocked - ot->ot_low) >= ot->ot_window;
 }
 
 size_t kb_offsets_pending(const kb_offsets_t *ot) {

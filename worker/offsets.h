@@ -20,7 +20,9 @@
  *   offset < low (or invalid: negative, INT64_MAX)  KB_OFFSETS_STALE
  *   low <= offset < next, done (or gap, or skipped) KB_OFFSETS_STALE
  *   low <= offset < next, tracked, not done         KB_OFFSETS_DUP
- *   offset - low >= window bound                    KB_OFFSETS_FULL
+ *   offset - low >= window bound, some in flight    KB_OFFSETS_FULL
+ *   offset - low >= window bound, none in flight    the window moves to
+ *                                                   offset (the gap is done)
  *   next <= offset, in the committed metadata       KB_OFFSETS_SKIP
  *   next <= offset otherwise                        KB_OFFSETS_OK
  * Only OK asks the caller to process the message; for every other answer the
@@ -86,7 +88,8 @@ kb_offsets_res_t kb_offsets_track(kb_offsets_t *ot, int64_t offset);
  * offset is not in the window [low, next). */
 int kb_offsets_mark_done(kb_offsets_t *ot, int64_t offset);
 
-/* True when next - low has reached the bound. */
+/* True when next - low has reached the bound, or an offset answered FULL
+ * is still beyond it while something below is in flight. */
 int kb_offsets_window_full(const kb_offsets_t *ot);
 
 /* Number of tracked offsets (answered KB_OFFSETS_OK) not yet done. */

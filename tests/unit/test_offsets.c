@@ -702,6 +702,55 @@ Test(offsets, full_at_the_bound) {
         kb_offsets_destroy(ot);
 }
 
+/* Issue 15: a gap wider than the window (an aborted upstream transaction of
+ * >= 16,384 records, which read_committed skips; an offset reset past
+ * retention) stalled the partition forever: track answered FULL while
+ * window_full() said 0 because next - low was 0, so the partition was
+ * resumed, sought back and refused again. */
+Test(offsets, gap_wider_than_the_window) {
+        int64_t w = KB_OFFSETS_WINDOW_DEFAULT;
+        kb_offsets_t *ot = new_ot(0);
+        int64_t off;
+        char meta[META_BUF];
+        cr_assert_eq(kb_offsets_track(ot, 10), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_mark_done(ot, 10), 0);
+        /* Nothing in flight: the gap counts as done, the window moves. */
+        cr_assert_eq(kb_offsets_track(ot, 10 + 3 * w), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_window_full(ot), 0);
+        meta_of(ot, &off, meta);
+        cr_assert_eq(off, 10 + 3 * w);
+        cr_assert_str_eq(meta, "");
+        cr_assert_eq(kb_offsets_track(ot, 11), KB_OFFSETS_STALE);
+        cr_assert_eq(kb_offsets_mark_done(ot, 10 + 3 * w), 0);
+        meta_of(ot, &off, meta);
+        cr_assert_eq(off, 10 + 3 * w + 1);
+        kb_offsets_destroy(ot);
+
+        /* Something in flight below: FULL, and the window says full until
+         * it is done (the caller keeps the partition paused), then the
+         * refused offset is taken. */
+        ot = new_ot(0);
+        cr_assert_eq(kb_offsets_track(ot, 0), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_track(ot, 5 * w), KB_OFFSETS_FULL);
+        cr_assert_eq(kb_offsets_window_full(ot), 1);
+        cr_assert_eq(kb_offsets_track(ot, 5 * w), KB_OFFSETS_FULL);
+        cr_assert_eq(kb_offsets_mark_done(ot, 0), 0);
+        cr_assert_eq(kb_offsets_window_full(ot), 0);
+        cr_assert_eq(kb_offsets_track(ot, 5 * w), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_pending(ot), 1);
+        meta_of(ot, &off, meta);
+        cr_assert_eq(off, 5 * w);
+        kb_offsets_destroy(ot);
+
+        /* The same after a reset from committed metadata (skip set). */
+        ot = new_ot(8);
+        cr_assert_eq(kb_offsets_reset(ot, 0, "kb1:BA", 6), 0);
+        cr_assert_eq(kb_offsets_track(ot, 0), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_mark_done(ot, 0), 0);
+        cr_assert_eq(kb_offsets_track(ot, 1000), KB_OFFSETS_OK);
+        kb_offsets_destroy(ot);
+}
+
 Test(offsets, worst_case_metadata_fits) {
         static const struct {
                 int step;  /* offsets o with (o % step == 0) marked done */
@@ -907,6 +956,7 @@ typedef struct {
         size_t window;
         int started;
         int64_t low, next;
+        int64_t blocked; /* the offset last answered FULL, or -1 */
         size_t pending;
         uint8_t *st;   /* per offset, for offsets < next */
         uint8_t *skip; /* per offset: the committed metadata says done */
@@ -941,8 +991,14 @@ static int ref_track(ref_t *r, int64_t o) {
                 return KB_OFFSETS_STALE;
         if (o < r->next)
                 return r->st[o] == R_DONE ? KB_OFFSETS_STALE : KB_OFFSETS_DUP;
-        if (o - r->low >= (int64_t)r->window)
-                return KB_OFFSETS_FULL;
+        if (o - r->low >= (int64_t)r->window) {
+                if (r->low < r->next) {
+                        r->blocked = o;
+                        return KB_OFFSETS_FULL;
+                }
+                r->low = r->next = o; /* nothing in flight: a gap, done */
+        }
+        r->blocked = -1;
         ref_grow(r, o);
         for (int64_t g = r->next; g < o; g++)
                 r->st[g] = R_DONE;
@@ -998,6 +1054,7 @@ static int ref_committable(ref_t *r, int64_t *off, char *meta) {
 
 static void ref_reset(ref_t *r, int64_t committed, const char *meta) {
         r->pending = 0;
+        r->blocked = -1;
         memset(r->skip, 0, (size_t)r->cap);
         r->skip_end = 0;
         r->started = 1;
@@ -1028,7 +1085,10 @@ static void ref_reset(ref_t *r, int64_t committed, const char *meta) {
 static void compare(kb_offsets_t *ot, ref_t *r, int full_meta, int iter) {
         cr_assert_eq(kb_offsets_pending(ot), r->pending, "iter %d", iter);
         cr_assert_eq(kb_offsets_window_full(ot),
-                     r->started && r->next - r->low >= (int64_t)r->window,
+                     r->started && (r->next - r->low >= (int64_t)r->window ||
+                                    (r->blocked >= 0 && r->low < r->next &&
+                                     r->blocked - r->low >=
+                                         (int64_t)r->window)),
                      "iter %d", iter);
         int64_t off, roff;
         char meta[META_BUF], rmeta[META_BUF];
@@ -1061,6 +1121,7 @@ Test(offsets, random_against_reference_model, .timeout = 120) {
                 rng_state = cases[c].seed * 0x2545f4914f6cdd1dULL;
                 kb_offsets_t *ot = new_ot(cases[c].window);
                 ref_t r = {0};
+                r.blocked = -1;
                 r.window = cases[c].window == 0 ? KB_OFFSETS_WINDOW_DEFAULT
                            : cases[c].window > KB_OFFSETS_WINDOW_MAX
                                ? KB_OFFSETS_WINDOW_MAX
