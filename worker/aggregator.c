@@ -228,10 +228,20 @@ static void take_info(kb_bstate_t *bs, const kb_bresult_t *br, int64_t now) {
                 bs->bs_last_result_at = at;
         if (br->br_deadline > bs->bs_deadline)
                 bs->bs_deadline = br->br_deadline;
-        if (!bs->bs_callback_url && br->br_callback_url && *br->br_callback_url)
+        /* Only what is within SPEC §2's bounds enters the state: results
+         * are written by anyone who can write the topic, and an unbounded
+         * field made a state record larger than a Kafka message (every
+         * transaction of the partition aborted, forever). */
+        if (!bs->bs_callback_url && br->br_callback_url &&
+            *br->br_callback_url &&
+            kb_codec_str_within(br->br_callback_url, KB_CALLBACK_URL_MAX))
                 bs->bs_callback_url = strdup(br->br_callback_url);
-        if (!bs->bs_metadata && br->br_metadata)
-                bs->bs_metadata = json_deep_copy(br->br_metadata);
+        if (!bs->bs_metadata && br->br_metadata) {
+                char err[256];
+                if (!kb_codec_metadata_check(br->br_metadata, err,
+                                             sizeof(err)))
+                        bs->bs_metadata = json_deep_copy(br->br_metadata);
+        }
 }
 
 /* After counts changed: completion or revision timestamps. */
@@ -565,10 +575,16 @@ kb_bstate_t *kb_bstate_decode(const void *buf, size_t len, char *errstr,
                 BAD("bad usage");
         kb_bits2_count(bs->bs_map, total, cnt);
         bs->bs_done = total - cnt[0];
-        if ((id = jstr(o, "callback_url")))
+        /* Bounded as on the way in (a record written before the bounds
+         * existed may hold more). */
+        if ((id = jstr(o, "callback_url")) &&
+            kb_codec_str_within(id, KB_CALLBACK_URL_MAX))
                 bs->bs_callback_url = strdup(id);
-        if ((v = json_object_get(o, "metadata")) && json_is_object(v))
-                bs->bs_metadata = json_incref(v);
+        if ((v = json_object_get(o, "metadata")) && json_is_object(v)) {
+                char err[256];
+                if (!kb_codec_metadata_check(v, err, sizeof(err)))
+                        bs->bs_metadata = json_incref(v);
+        }
         if ((v = json_object_get(o, "extra_indexes")) && json_is_array(v) &&
             json_array_size(v) > 0) {
                 size_t n = json_array_size(v);

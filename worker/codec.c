@@ -91,6 +91,17 @@ static int get_str(const json_t *o, const char *k, char **out, int *present) {
                         snprintf(err, errstr_size, __VA_ARGS__);               \
         } while (0)
 
+/* A string field over its bound is an error, and is dropped: it must not
+ * reach the result, the batch state or the event (a 900,000-character
+ * callback_url made every batch-state transaction of its partition fail). */
+static int over_bound(char **s, size_t max) {
+        if (!*s || utf8_len(*s) <= max)
+                return 0;
+        free(*s);
+        *s = NULL;
+        return 1;
+}
+
 kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     size_t max_bytes, kb_item_t *item,
                                     char *errstr, size_t errstr_size) {
@@ -182,7 +193,7 @@ kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
         if (get_str(o, "item_id", &item->item_id, &present) || !present)
                 FAIL("'item_id' is %s", present ? "not a string" : "missing");
         else if (item->item_id[0] == '\0' ||
-                 utf8_len(item->item_id) > KB_ITEM_ID_MAX)
+                 over_bound(&item->item_id, KB_ITEM_ID_MAX))
                 FAIL("'item_id' must be 1-%d characters", KB_ITEM_ID_MAX);
         else if (has_ctl(item->item_id))
                 FAIL("'item_id' must not contain control characters");
@@ -190,10 +201,18 @@ kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
                 FAIL("'model' is %s", present ? "not a string" : "missing");
         else if (item->model[0] == '\0')
                 FAIL("'model' is empty");
+        else if (over_bound(&item->model, KB_MODEL_MAX))
+                FAIL("'model' is longer than %d characters", KB_MODEL_MAX);
         if (get_str(o, "operation", &item->operation, &present))
                 FAIL("'operation' is not a string");
+        else if (over_bound(&item->operation, KB_OPERATION_MAX))
+                FAIL("'operation' is longer than %d characters",
+                     KB_OPERATION_MAX);
         if (get_str(o, "callback_url", &item->callback_url, &present))
                 FAIL("'callback_url' is not a string");
+        else if (over_bound(&item->callback_url, KB_CALLBACK_URL_MAX))
+                FAIL("'callback_url' is longer than %d characters",
+                     KB_CALLBACK_URL_MAX);
         if (get_int(o, "deadline", &item->deadline, &present))
                 FAIL("'deadline' is not an integer (epoch ms)");
         else if (present && item->deadline <= 0)
@@ -212,34 +231,12 @@ kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
         }
         {
                 json_t *md = json_object_get(o, "metadata");
+                char merr[256];
                 if (md && !json_is_null(md)) {
-                        const char *k;
-                        json_t *v;
-                        if (!json_is_object(md))
-                                FAIL("'metadata' is not an object");
-                        else if (json_object_size(md) > KB_METADATA_MAX)
-                                FAIL("'metadata' has more than %d entries",
-                                     KB_METADATA_MAX);
-                        else {
-                                json_object_foreach(md, k, v) {
-                                        if (utf8_len(k) > KB_METADATA_KEY_MAX)
-                                                FAIL("'metadata' key longer "
-                                                     "than %d characters",
-                                                     KB_METADATA_KEY_MAX);
-                                        else if (!json_is_string(v))
-                                                FAIL("'metadata.%.64s' is not "
-                                                     "a string",
-                                                     k);
-                                        else if (utf8_len(json_string_value(
-                                                     v)) > KB_METADATA_VAL_MAX)
-                                                FAIL("'metadata.%.64s' is "
-                                                     "longer than %d "
-                                                     "characters",
-                                                     k, KB_METADATA_VAL_MAX);
-                                }
-                                if (!err[0])
-                                        item->metadata = json_incref(md);
-                        }
+                        if (kb_codec_metadata_check(md, merr, sizeof(merr)))
+                                FAIL("%s", merr);
+                        else if (!err[0])
+                                item->metadata = json_incref(md);
                 }
         }
         if (max_bytes && len > max_bytes) {
@@ -251,6 +248,46 @@ kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
         if (!addressable)
                 return KB_CODEC_UNADDRESSABLE;
         return err[0] ? KB_CODEC_INVALID : KB_CODEC_OK;
+}
+
+int kb_codec_metadata_check(const json_t *md, char *errstr,
+                            size_t errstr_size) {
+        const char *k;
+        json_t *v;
+        if (!json_is_object(md)) {
+                snprintf(errstr, errstr_size, "'metadata' is not an object");
+                return -1;
+        }
+        if (json_object_size(md) > KB_METADATA_MAX) {
+                snprintf(errstr, errstr_size,
+                         "'metadata' has more than %d entries", KB_METADATA_MAX);
+                return -1;
+        }
+        json_object_foreach((json_t *)md, k, v) {
+                if (utf8_len(k) > KB_METADATA_KEY_MAX) {
+                        snprintf(errstr, errstr_size,
+                                 "'metadata' key longer than %d characters",
+                                 KB_METADATA_KEY_MAX);
+                        return -1;
+                }
+                if (!json_is_string(v)) {
+                        snprintf(errstr, errstr_size,
+                                 "'metadata.%.64s' is not a string", k);
+                        return -1;
+                }
+                if (utf8_len(json_string_value(v)) > KB_METADATA_VAL_MAX) {
+                        snprintf(errstr, errstr_size,
+                                 "'metadata.%.64s' is longer than %d "
+                                 "characters",
+                                 k, KB_METADATA_VAL_MAX);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+int kb_codec_str_within(const char *s, size_t max_chars) {
+        return !s || utf8_len(s) <= max_chars;
 }
 
 static int64_t obj_int(const json_t *o, const char *k, int *found) {

@@ -34,6 +34,12 @@ typedef enum {
 #define KB_METADATA_MAX     16
 #define KB_METADATA_KEY_MAX 64
 #define KB_METADATA_VAL_MAX 512
+/* Bounds of the other strings an item carries into its result, the batch
+ * state and the batch event (docs/limits.md): with them a result without
+ * its output, and a batch-state record, always fit a Kafka message. */
+#define KB_MODEL_MAX        256
+#define KB_OPERATION_MAX    64
+#define KB_CALLBACK_URL_MAX 2048
 
 typedef struct kb_item_s {
         char *batch_id;       /* NULL when absent/invalid */
@@ -69,6 +75,15 @@ kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
 
 /* Valid batch_id: 1..128 of [A-Za-z0-9._:-]. */
 int kb_codec_batch_id_valid(const char *s);
+
+/* 0 when md is a metadata object within SPEC §2's bounds (at most 16
+ * entries, keys <= 64 and string values <= 512 characters); else -1 and
+ * the reason in errstr. */
+int kb_codec_metadata_check(const json_t *md, char *errstr,
+                            size_t errstr_size);
+
+/* 1 when s is NULL or at most max_chars characters (UTF-8) long. */
+int kb_codec_str_within(const char *s, size_t max_chars);
 
 typedef enum {
         KB_STATUS_NONE = 0, /* not terminal (2-bit value 0) */

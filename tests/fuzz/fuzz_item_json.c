@@ -55,6 +55,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK(!it.metadata ||
                       json_object_size(it.metadata) <= KB_METADATA_MAX);
         }
+        /* Whatever the outcome, no string over its bound is kept: it
+         * would reach the result, the batch state and the event (issue
+         * 15: a huge callback_url made the state larger than a message). */
+        CHECK(kb_codec_str_within(it.item_id, KB_ITEM_ID_MAX));
+        CHECK(kb_codec_str_within(it.model, KB_MODEL_MAX));
+        CHECK(kb_codec_str_within(it.operation, KB_OPERATION_MAX));
+        CHECK(kb_codec_str_within(it.callback_url, KB_CALLBACK_URL_MAX));
         if (r != KB_CODEC_UNADDRESSABLE) {
                 /* addressable: a result is published for it */
                 kb_result_t res;

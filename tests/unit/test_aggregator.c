@@ -558,3 +558,64 @@ Test(aggregator, decodes_codec_results) {
         cr_expect_null(kb_bresult_decode("{", 1, &br, errstr, sizeof(errstr)));
         cr_expect_null(kb_bresult_decode(NULL, 0, &br, errstr, sizeof(errstr)));
 }
+
+/* Issue 15: a result carrying a 900,000-character callback_url (or
+ * metadata over SPEC §2's bounds) made the batch-state record larger than
+ * a Kafka message: every transaction of the partition aborted, forever.
+ * Only bounded fields enter the state, so the largest record possible (a
+ * 1,000,000-item batch with every bounded field at its maximum) stays far
+ * below the smallest kafka.message_max_bytes (1 MiB). */
+Test(aggregator, state_record_is_bounded) {
+        kb_bstate_t *bs = kb_bstate_new("b-huge", KB_ITEMS_TOTAL_MAX);
+        kb_bresult_t br = result(0, KB_ITEMS_TOTAL_MAX, S);
+        char *big = malloc(900001), *v, *url, *enc;
+        json_t *md = json_object();
+        size_t len;
+        memset(big, 'a', 900000);
+        big[900000] = '\0';
+        br.br_callback_url = big;
+        json_object_set_new(md, "k", json_string(big));
+        br.br_metadata = md;
+        cr_assert_eq(kb_bstate_apply(bs, &br, 1), KB_APPLY_COUNTED);
+        cr_expect_null(bs->bs_callback_url);
+        cr_expect_null(bs->bs_metadata);
+        /* At the bounds: taken. Multi-byte characters count as one. */
+        url = malloc(KB_CALLBACK_URL_MAX * 4 + 1);
+        for (int i = 0; i < KB_CALLBACK_URL_MAX; i++)
+                memcpy(url + 4 * i, "\xf0\x9f\x98\x80", 4);
+        url[KB_CALLBACK_URL_MAX * 4] = '\0';
+        json_decref(md);
+        md = json_object();
+        v = malloc(KB_METADATA_VAL_MAX * 4 + 1);
+        for (int i = 0; i < KB_METADATA_VAL_MAX; i++)
+                memcpy(v + 4 * i, "\xf0\x9f\x98\x80", 4);
+        v[KB_METADATA_VAL_MAX * 4] = '\0';
+        for (int i = 0; i < KB_METADATA_MAX; i++) {
+                char k[KB_METADATA_KEY_MAX + 1];
+                memset(k, 'k', KB_METADATA_KEY_MAX);
+                snprintf(k + KB_METADATA_KEY_MAX - 3, 4, "%03d", i);
+                json_object_set_new(md, k, json_string(v));
+        }
+        br = result(1, KB_ITEMS_TOTAL_MAX, F);
+        br.br_callback_url = url;
+        br.br_metadata = md;
+        kb_bstate_destroy(bs);
+        bs = kb_bstate_new("b-huge", KB_ITEMS_TOTAL_MAX);
+        cr_assert_eq(kb_bstate_apply(bs, &br, 1), KB_APPLY_COUNTED);
+        cr_expect_str_eq(bs->bs_callback_url, url);
+        cr_expect(json_equal(bs->bs_metadata, md));
+        /* Every item terminal with a status of its own: the densest map. */
+        for (int64_t i = 2; i < KB_ITEMS_TOTAL_MAX; i++) {
+                br = result(i, KB_ITEMS_TOTAL_MAX, i % 3 ? S : F);
+                kb_bstate_apply(bs, &br, 1);
+        }
+        enc = kb_bstate_encode(bs, &len);
+        cr_assert(enc);
+        cr_expect_lt(len, 524288, "state record is %zu bytes", len);
+        free(enc);
+        kb_bstate_destroy(bs);
+        json_decref(md);
+        free(big);
+        free(url);
+        free(v);
+}

@@ -207,3 +207,57 @@ Test(codec, result_encode_fields) {
         free(s);
         kb_item_clear(&it);
 }
+
+/* Issue 15: every string an item carries into its result, the batch state
+ * and the event is bounded; one over its bound makes the item invalid and
+ * is dropped, so it never reaches them (a huge callback_url made the
+ * batch-state record too large for a Kafka message). */
+Test(codec, strings_are_bounded_and_dropped_over_the_bound) {
+        static const struct {
+                const char *field;
+                size_t max;
+        } f[] = {{"model", KB_MODEL_MAX},
+                 {"operation", KB_OPERATION_MAX},
+                 {"callback_url", KB_CALLBACK_URL_MAX},
+                 {"item_id", KB_ITEM_ID_MAX}};
+        for (size_t i = 0; i < sizeof(f) / sizeof(*f); i++) {
+                for (int over = 0; over <= 1; over++) {
+                        size_t n = f[i].max + (size_t)over;
+                        char *v = malloc(n * 2 + 1), *buf;
+                        kb_item_t it;
+                        char err[256];
+                        kb_codec_res_t r;
+                        for (size_t k = 0; k < n; k++)
+                                memcpy(v + 2 * k, "\xc3\xa9", 2); /* é */
+                        v[2 * n] = '\0';
+                        json_t *o = json_pack(
+                            "{s:s,s:s,s:i,s:i,s:s,s:{}}", "batch_id", "b",
+                            "item_id", "x", "item_index", 0, "items_total", 1,
+                            "model", "m", "input");
+                        json_object_set_new(o, f[i].field, json_string(v));
+                        buf = json_dumps(o, JSON_COMPACT);
+                        json_decref(o);
+                        cr_assert(buf);
+                        r = kb_codec_item_decode(buf, strlen(buf), 0, &it, err,
+                                                 sizeof(err));
+                        const char *got =
+                            !strcmp(f[i].field, "model")       ? it.model
+                            : !strcmp(f[i].field, "operation") ? it.operation
+                            : !strcmp(f[i].field, "item_id")   ? it.item_id
+                                                               : it.callback_url;
+                        if (over) {
+                                cr_expect_eq(r, KB_CODEC_INVALID, "%s",
+                                             f[i].field);
+                                cr_expect(strstr(err, f[i].field), "%s", err);
+                                cr_expect_null(got, "%s kept", f[i].field);
+                        } else {
+                                cr_expect_eq(r, KB_CODEC_OK, "%s: %s",
+                                             f[i].field, err);
+                                cr_expect_str_eq(got, v);
+                        }
+                        kb_item_clear(&it);
+                        free(buf);
+                        free(v);
+                }
+        }
+}
