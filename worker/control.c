@@ -17,13 +17,81 @@ struct kb_control_s {
         const kb_conf_t *ct_conf;
         rd_kafka_t *ct_rk;
         rd_kafka_queue_t *ct_q;
-        json_t *ct_cancelled;     /* batch_id -> reason */
+        kb_cancelset_t *ct_cancelled;
         int ct_parts;             /* partitions not yet caught up */
         int ct_ready;
         int64_t ct_started_ms;
+        int64_t ct_sweep_ms;      /* mono ms of the next sweep */
         kb_control_cancel_cb *ct_cb;
         void *ct_opaque;
 };
+
+/* ---- the set of cancelled batches ------------------------------------ */
+
+/* batch_id -> [reason, cancelled at (wall ms)], in insertion order (jansson
+ * keeps it), so the oldest are first. */
+struct kb_cancelset_s {
+        json_t *cs_map;
+        int64_t cs_max_age_ms;
+        size_t cs_max;
+};
+
+kb_cancelset_t *kb_cancelset_new(int64_t max_age_ms, size_t max_cnt) {
+        kb_cancelset_t *cs = calloc(1, sizeof(*cs));
+        if (!cs || !(cs->cs_map = json_object())) {
+                free(cs);
+                return NULL;
+        }
+        cs->cs_max_age_ms = max_age_ms;
+        cs->cs_max = max_cnt;
+        return cs;
+}
+
+void kb_cancelset_destroy(kb_cancelset_t *cs) {
+        if (!cs)
+                return;
+        json_decref(cs->cs_map);
+        free(cs);
+}
+
+int kb_cancelset_add(kb_cancelset_t *cs, const char *batch_id,
+                     const char *reason, int64_t at_ms) {
+        if (json_object_get(cs->cs_map, batch_id))
+                return 0;
+        json_object_set_new(cs->cs_map, batch_id,
+                            json_pack("[sI]", reason ? reason : "",
+                                      (json_int_t)at_ms));
+        while (json_object_size(cs->cs_map) > cs->cs_max) /* the oldest */
+                json_object_del(cs->cs_map,
+                                json_object_iter_key(
+                                    json_object_iter(cs->cs_map)));
+        return 1;
+}
+
+const char *kb_cancelset_get(const kb_cancelset_t *cs, const char *batch_id) {
+        json_t *e = json_object_get(cs->cs_map, batch_id);
+        return e ? json_string_value(json_array_get(e, 0)) : NULL;
+}
+
+size_t kb_cancelset_size(const kb_cancelset_t *cs) {
+        return json_object_size(cs->cs_map);
+}
+
+size_t kb_cancelset_sweep(kb_cancelset_t *cs, int64_t now_ms) {
+        const char *k;
+        json_t *v;
+        void *tmp;
+        size_t n = 0;
+        json_object_foreach_safe(cs->cs_map, tmp, k, v) {
+                int64_t at = json_integer_value(json_array_get(v, 1));
+                if (now_ms - at <= cs->cs_max_age_ms &&
+                    json_object_size(cs->cs_map) <= cs->cs_max)
+                        break; /* the rest are younger */
+                json_object_del(cs->cs_map, k);
+                n++;
+        }
+        return n;
+}
 
 int kb_control_parse(const void *buf, size_t len, char *batch_id,
                      size_t batch_id_size, char *reason, size_t reason_size) {
@@ -60,7 +128,13 @@ kb_control_t *kb_control_new(const kb_conf_t *conf, kb_loop_t *loop,
         ct->ct_conf = conf;
         ct->ct_cb = cb;
         ct->ct_opaque = opaque;
-        ct->ct_cancelled = json_object();
+        /* A cancellation older than the look-back is not read again at
+         * start either: forget it the same way (and bound the set). */
+        if (!(ct->ct_cancelled = kb_cancelset_new(conf->control_lookback_ms,
+                                                  KB_CONTROL_CANCELLED_MAX))) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+        }
         ct->ct_started_ms = kb_now_ms();
         if (!(kc = kb_kafka_conf_new(conf, "control", errstr, errstr_size)))
                 goto fail;
@@ -143,7 +217,7 @@ void kb_control_destroy(kb_control_t *ct) {
                 rd_kafka_consumer_close(ct->ct_rk);
                 rd_kafka_destroy(ct->ct_rk);
         }
-        json_decref(ct->ct_cancelled);
+        kb_cancelset_destroy(ct->ct_cancelled);
         free(ct);
 }
 
@@ -159,7 +233,7 @@ int kb_control_serve(kb_control_t *ct, int64_t now) {
                                 kb_log(KB_LOG_INFO, "control",
                                        "control topic read: %zu cancelled "
                                        "batches",
-                                       json_object_size(ct->ct_cancelled));
+                                       kb_cancelset_size(ct->ct_cancelled));
                         }
                 } else if (m->err) {
                         kb_log(KB_LOG_WARN, "control", "%s",
@@ -167,10 +241,13 @@ int kb_control_serve(kb_control_t *ct, int64_t now) {
                 } else if (kb_control_parse(m->payload, m->len, batch,
                                             sizeof(batch), reason,
                                             sizeof(reason))) {
-                        if (!json_object_get(ct->ct_cancelled, batch)) {
+                        rd_kafka_timestamp_type_t tt;
+                        int64_t at = rd_kafka_message_timestamp(m, &tt);
+                        if (at <= 0)
+                                at = kb_wall_ms();
+                        if (kb_cancelset_add(ct->ct_cancelled, batch, reason,
+                                             at)) {
                                 const char *kv[] = {"batch_id", batch, NULL};
-                                json_object_set_new(ct->ct_cancelled, batch,
-                                                    json_string(reason));
                                 kb_logkv(KB_LOG_INFO, "control", kv,
                                          "batch cancelled%s%s",
                                          reason[0] ? ": " : "", reason);
@@ -180,6 +257,10 @@ int kb_control_serve(kb_control_t *ct, int64_t now) {
                         }
                 }
                 rd_kafka_message_destroy(m);
+        }
+        if (now >= ct->ct_sweep_ms) {
+                ct->ct_sweep_ms = now + 60000;
+                kb_cancelset_sweep(ct->ct_cancelled, kb_wall_ms());
         }
         if (!ct->ct_ready &&
             now - ct->ct_started_ms > KB_CONTROL_STARTUP_GRACE_MS) {
@@ -195,9 +276,7 @@ int kb_control_ready(const kb_control_t *ct) { return ct->ct_ready; }
 
 const char *kb_control_cancelled(const kb_control_t *ct,
                                  const char *batch_id) {
-        json_t *r;
         if (!batch_id)
                 return NULL;
-        r = json_object_get(ct->ct_cancelled, batch_id);
-        return r ? json_string_value(r) : NULL;
+        return kb_cancelset_get(ct->ct_cancelled, batch_id);
 }

@@ -16,6 +16,22 @@
 
 typedef struct kb_control_s kb_control_t;
 
+/* The set of cancelled batches (exposed for tests). Entries older than
+ * max_age_ms are forgotten by a sweep, and so are the oldest beyond
+ * max_cnt: the set never grows without bound (issue 15). */
+typedef struct kb_cancelset_s kb_cancelset_t;
+#define KB_CONTROL_CANCELLED_MAX 100000
+kb_cancelset_t *kb_cancelset_new(int64_t max_age_ms, size_t max_cnt);
+void kb_cancelset_destroy(kb_cancelset_t *cs); /* NULL is a no-op */
+/* 1 when added, 0 when batch_id was there already. */
+int kb_cancelset_add(kb_cancelset_t *cs, const char *batch_id,
+                     const char *reason, int64_t at_ms);
+/* The reason (borrowed until the next change), or NULL. */
+const char *kb_cancelset_get(const kb_cancelset_t *cs, const char *batch_id);
+size_t kb_cancelset_size(const kb_cancelset_t *cs);
+/* Forgets what is too old or too many; returns how many. */
+size_t kb_cancelset_sweep(kb_cancelset_t *cs, int64_t now_ms);
+
 /* Called once per newly cancelled batch (batch_id and reason borrowed for
  * the call). */
 typedef void(kb_control_cancel_cb)(const char *batch_id, const char *reason,

@@ -432,3 +432,32 @@ void kb_log_rdkafka_cb(const void *rk, int level, const char *fac,
         kv[4] = NULL;
         kb_log_write(l, "rdkafka", kv, "%s", buf ? buf : "");
 }
+
+void kb_url_redact(const char *url, size_t len, char *out, size_t out_size) {
+        const char *s = NULL, *at = NULL, *colon = NULL, *p, *end = url + len;
+        if (!out_size)
+                return;
+        for (p = url; p + 3 <= end; p++)
+                if (!strncmp(p, "://", 3)) {
+                        s = p + 3;
+                        break;
+                }
+        /* The authority ends at the first '/', '?' or '#'; its last '@'
+         * ends the userinfo. */
+        for (p = s; p && p < end && *p != '/' && *p != '?' && *p != '#'; p++)
+                if (*p == '@')
+                        at = p;
+        for (p = s; at && p < at; p++)
+                if (*p == ':') {
+                        colon = p;
+                        break;
+                }
+        if (colon)
+                snprintf(out, out_size, "%.*s***%.*s", (int)(colon + 1 - url),
+                         url, (int)(end - at), at);
+        else if (at) /* user only, or a token as the user: hide it too */
+                snprintf(out, out_size, "%.*s***%.*s", (int)(s - url), url,
+                         (int)(end - at), at);
+        else
+                snprintf(out, out_size, "%.*s", (int)len, url);
+}

@@ -78,4 +78,11 @@ void kb_log_vwrite(kb_log_level_t level, const char *facility,
 void kb_log_rdkafka_cb(const void *rk, int level, const char *fac,
                        const char *buf);
 
+/* Writes url (len bytes) to out (NUL-terminated, cut to out_size) with
+ * the credentials of its userinfo replaced by three stars: the password of
+ * "https://user:pass@host/x" (user kept), or the whole userinfo of
+ * "https://token@host". Every URL that may reach a log,
+ * an error message, a metric or a health reason goes through it. */
+void kb_url_redact(const char *url, size_t len, char *out, size_t out_size);
+
 #endif

@@ -5,9 +5,12 @@
  * once at a time (one request, rg_req_t); the request tries the URLs in
  * turn, starting with the last one that answered, and the entry ends
  * OK, NOT_FOUND, REJECTED, or FAILED (every URL unavailable: asked again
- * after a backoff). The list of entries is short (a handful of schemas per
- * topic), so it is searched linearly; the serde keeps its own per-id
- * pointers for the hot path. */
+ * after a backoff). Entries by subject are few (kbatch's own schemas) and
+ * searched linearly. Entries by id are indexed by a hash table and bounded
+ * (RG_IDS_MAX, the oldest not in flight evicted first), and ids never seen
+ * are asked at most RG_NEW_IDS_PER_S a second: a stream of random ids in
+ * bad Avro payloads must not grow memory, CPU or registry traffic without
+ * bound (issue 15). The serde keeps its own copies of the schemas it uses. */
 #include "registry.h"
 
 #include <curl/curl.h>
@@ -17,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <time.h>
 
 #include "log.h"
@@ -28,6 +32,9 @@
 #define RG_BACKOFF_MIN_MS 250
 #define RG_BACKOFF_MAX_MS 10000
 #define RG_CONTENT_TYPE   "application/vnd.schemaregistry.v1+json"
+#define RG_IDX_SIZE       1024 /* buckets of the by-id index (power of 2) */
+#define RG_IDS_MAX        1024 /* by-id entries kept */
+#define RG_NEW_IDS_PER_S  20   /* ids never seen asked per second (burst) */
 
 typedef enum {
         ENT_NEW = 0, /* never asked */
@@ -42,6 +49,8 @@ typedef struct rg_req_s rg_req_t;
 
 typedef struct rg_entry_s {
         struct rg_entry_s *en_next;
+        struct rg_entry_s *en_hnext;             /* by id: hash chain */
+        TAILQ_ENTRY(rg_entry_s) en_age;          /* by id: oldest first */
         int en_by_subject; /* 0: schema by id, 1: id by subject */
         int32_t en_id;     /* by id: the key; by subject: the answer */
         char *en_subject;  /* by subject: key */
@@ -74,13 +83,22 @@ struct rg_req_s {
 struct kb_registry_s {
         kb_loop_t *rg_loop; /* NULL: blocking */
         char *rg_urls[RG_MAX_URLS];
+        char *rg_shown[RG_MAX_URLS]; /* the same, credentials redacted: what
+                                      * logs, errors and /readyz may show */
         int rg_url_cnt;
         int rg_cur; /* the URL that answered last */
         char *rg_user, *rg_password, *rg_bearer_env, *rg_bearer_file;
         char *rg_ca_file, *rg_cert_file, *rg_key_file;
         int rg_tls_verify;
         int rg_timeout_ms;
+        size_t rg_ids_max;
+        int rg_new_per_s;
         rg_entry_t *rg_entries;
+        rg_entry_t *rg_idx[RG_IDX_SIZE];         /* by-id entries */
+        TAILQ_HEAD(, rg_entry_s) rg_ids_age;
+        size_t rg_ids_cnt;
+        double rg_new_tokens;                    /* new ids that may be asked */
+        int64_t rg_new_at;                       /* mono ms of the refill */
         uint64_t rg_generation;
         uint64_t rg_requests;
         /* health, read by other threads */
@@ -130,6 +148,10 @@ kb_registry_t *kb_registry_new(const kb_registry_conf_t *rc, kb_loop_t *loop,
                                          RG_MAX_URLS);
                                 goto fail;
                         }
+                        if (!(rg->rg_shown[rg->rg_url_cnt] = malloc(n + 8)))
+                                goto oom;
+                        kb_url_redact(p, n, rg->rg_shown[rg->rg_url_cnt],
+                                      n + 8);
                         if (!(rg->rg_urls[rg->rg_url_cnt++] = strndup(p, n)))
                                 goto oom;
                 }
@@ -151,6 +173,13 @@ kb_registry_t *kb_registry_new(const kb_registry_conf_t *rc, kb_loop_t *loop,
         rg->rg_key_file = dup_or_null(rc->rc_key_file);
         rg->rg_tls_verify = rc->rc_tls_verify;
         rg->rg_timeout_ms = rc->rc_timeout_ms > 0 ? rc->rc_timeout_ms : 5000;
+        TAILQ_INIT(&rg->rg_ids_age);
+        rg->rg_ids_max = rc->rc_ids_max > 0 ? (size_t)rc->rc_ids_max
+                                            : RG_IDS_MAX;
+        rg->rg_new_per_s = rc->rc_new_ids_per_s > 0 ? rc->rc_new_ids_per_s
+                                                    : RG_NEW_IDS_PER_S;
+        rg->rg_new_tokens = rg->rg_new_per_s;
+        rg->rg_new_at = kb_now_ms();
         return rg;
 oom:
         snprintf(errstr, errstr_size, "out of memory");
@@ -187,8 +216,10 @@ void kb_registry_destroy(kb_registry_t *rg) {
                 free(en->en_schema);
                 free(en);
         }
-        for (i = 0; i < rg->rg_url_cnt; i++)
+        for (i = 0; i < RG_MAX_URLS; i++) {
                 free(rg->rg_urls[i]);
+                free(rg->rg_shown[i]);
+        }
         free(rg->rg_user);
         if (rg->rg_password) {
                 memset(rg->rg_password, 0, strlen(rg->rg_password));
@@ -384,21 +415,17 @@ static void error_text(const rg_req_t *rq, long status, char *buf,
 }
 
 static rg_entry_t *entry_new(kb_registry_t *rg);
+static rg_entry_t *id_find(kb_registry_t *rg, int32_t id);
+static rg_entry_t *id_add(kb_registry_t *rg, int32_t id);
 
 /* A subject answer also tells the schema of an id: cache it by id too, so
  * that reading back what we wrote needs no request. */
 static void id_learned(kb_registry_t *rg, int32_t id, const char *schema) {
-        rg_entry_t *en;
-        for (en = rg->rg_entries; en; en = en->en_next)
-                if (!en->en_by_subject && en->en_id == id)
-                        break;
+        rg_entry_t *en = id_find(rg, id);
         if (en && (en->en_state == ENT_OK || en->en_state == ENT_ASKING))
                 return;
-        if (!en) {
-                if (!(en = entry_new(rg)))
-                        return;
-                en->en_id = id;
-        }
+        if (!en && !(en = id_add(rg, id)))
+                return;
         free(en->en_schema);
         if ((en->en_schema = strdup(schema)))
                 en->en_state = ENT_OK;
@@ -530,7 +557,7 @@ static int attempt_done(rg_req_t *rq, CURLcode cc) {
                 error_text(rq, status, why, sizeof(why));
         n = strlen(rq->rq_errs);
         snprintf(rq->rq_errs + n, sizeof(rq->rq_errs) - n, "%s%s: %s",
-                 n ? "; " : "", rg->rg_urls[rq->rq_url], why);
+                 n ? "; " : "", rg->rg_shown[rq->rq_url], why);
         rq->rq_tried++;
         if (rq->rq_tried < rg->rg_url_cnt) {
                 rq->rq_url = (rq->rq_url + 1) % rg->rg_url_cnt;
@@ -679,25 +706,99 @@ static rg_entry_t *entry_new(kb_registry_t *rg) {
         return en;
 }
 
+static size_t id_bucket(int32_t id) {
+        return ((uint32_t)id * 2654435761u) & (RG_IDX_SIZE - 1);
+}
+
+static rg_entry_t *id_find(kb_registry_t *rg, int32_t id) {
+        rg_entry_t *en;
+        for (en = rg->rg_idx[id_bucket(id)]; en; en = en->en_hnext)
+                if (en->en_id == id)
+                        return en;
+        return NULL;
+}
+
+/* Forgets a by-id entry (not in flight): off the index, the age list and
+ * the list of entries. */
+static void id_evict(kb_registry_t *rg, rg_entry_t *en) {
+        rg_entry_t **pp;
+        for (pp = &rg->rg_idx[id_bucket(en->en_id)]; *pp;
+             pp = &(*pp)->en_hnext)
+                if (*pp == en) {
+                        *pp = en->en_hnext;
+                        break;
+                }
+        for (pp = &rg->rg_entries; *pp; pp = &(*pp)->en_next)
+                if (*pp == en) {
+                        *pp = en->en_next;
+                        break;
+                }
+        TAILQ_REMOVE(&rg->rg_ids_age, en, en_age);
+        rg->rg_ids_cnt--;
+        free(en->en_schema);
+        free(en);
+}
+
+/* A new by-id entry; the oldest not in flight is forgotten beyond
+ * RG_IDS_MAX (its schema, if it had one, is asked again when needed). */
+static rg_entry_t *id_add(kb_registry_t *rg, int32_t id) {
+        rg_entry_t *en, *old;
+        if (rg->rg_ids_cnt >= rg->rg_ids_max)
+                TAILQ_FOREACH(old, &rg->rg_ids_age, en_age)
+                        if (!old->en_req) {
+                                id_evict(rg, old);
+                                break;
+                        }
+        if (!(en = entry_new(rg)))
+                return NULL;
+        en->en_id = id;
+        en->en_hnext = rg->rg_idx[id_bucket(id)];
+        rg->rg_idx[id_bucket(id)] = en;
+        TAILQ_INSERT_TAIL(&rg->rg_ids_age, en, en_age);
+        rg->rg_ids_cnt++;
+        return en;
+}
+
+/* May an id never seen be asked now? A token bucket of RG_NEW_IDS_PER_S. */
+static int new_id_allowed(kb_registry_t *rg) {
+        int64_t now = kb_now_ms();
+        rg->rg_new_tokens += (double)(now - rg->rg_new_at) *
+                             rg->rg_new_per_s / 1000.0;
+        rg->rg_new_at = now;
+        if (rg->rg_new_tokens > rg->rg_new_per_s)
+                rg->rg_new_tokens = rg->rg_new_per_s;
+        if (rg->rg_new_tokens < 1.0)
+                return 0;
+        rg->rg_new_tokens -= 1.0;
+        return 1;
+}
+
 kb_registry_res_t kb_registry_schema_by_id(kb_registry_t *rg, int32_t id,
                                            const char **schemap, char *errstr,
                                            size_t errstr_size) {
-        rg_entry_t *en;
+        rg_entry_t *en = id_find(rg, id);
         kb_registry_res_t r;
-        for (en = rg->rg_entries; en; en = en->en_next)
-                if (!en->en_by_subject && en->en_id == id)
-                        break;
         if (!en) {
-                if (!(en = entry_new(rg))) {
+                if (!new_id_allowed(rg)) {
+                        snprintf(errstr, errstr_size,
+                                 "waiting for the schema registry (schema id "
+                                 "%d: more than %d new ids a second)",
+                                 (int)id, rg->rg_new_per_s);
+                        return KB_REG_PENDING;
+                }
+                if (!(en = id_add(rg, id))) {
                         snprintf(errstr, errstr_size, "out of memory");
                         return KB_REG_UNAVAILABLE;
                 }
-                en->en_id = id;
         }
         r = answer(rg, en, errstr, errstr_size);
         if (r == KB_REG_OK)
                 *schemap = en->en_schema;
         return r;
+}
+
+size_t kb_registry_ids_cached(const kb_registry_t *rg) {
+        return rg->rg_ids_cnt;
 }
 
 kb_registry_res_t kb_registry_subject_id(kb_registry_t *rg, const char *subject,

@@ -59,6 +59,9 @@ typedef struct kb_registry_conf_s {
         const char *rc_key_file;    /* its private key */
         int rc_tls_verify;          /* verify peer and host name */
         int rc_timeout_ms;          /* per request and URL */
+        int rc_ids_max;             /* entries by id kept (0: 1024) */
+        int rc_new_ids_per_s;       /* ids never seen asked a second
+                                     * (0: 20) */
 } kb_registry_conf_t;
 
 typedef struct kb_registry_s kb_registry_t;
@@ -73,7 +76,9 @@ kb_registry_t *kb_registry_new(const kb_registry_conf_t *rc, kb_loop_t *loop,
 void kb_registry_destroy(kb_registry_t *rg);
 
 /* The schema text of id. On KB_REG_OK *schemap points to the cached text
- * (NUL-terminated, borrowed until kb_registry_destroy). Anything else
+ * (NUL-terminated, borrowed until the next call: entries by id are bounded
+ * and the oldest may be forgotten). Ids never seen are asked at most 20 a
+ * second (kb_registry_conf_t); beyond, PENDING (ask again later). Anything else
  * fills errstr with the reason: PENDING/UNAVAILABLE (ask again later),
  * NOT_FOUND (40403), REJECTED (not an Avro schema). */
 kb_registry_res_t kb_registry_schema_by_id(kb_registry_t *rg, int32_t id,
@@ -92,6 +97,9 @@ kb_registry_res_t kb_registry_subject_id(kb_registry_t *rg, const char *subject,
 /* Changes whenever an asynchronous answer (or failure) arrives: callers that
  * wait for one retry when it moved. */
 uint64_t kb_registry_generation(const kb_registry_t *rg);
+
+/* Entries by id held (bounded, for tests and metrics). */
+size_t kb_registry_ids_cached(const kb_registry_t *rg);
 
 /* Health, safe to call from any thread (the admin server's /readyz): 1 when
  * the last request got an answer (or none was made yet); 0 with the reason

@@ -465,3 +465,33 @@ Test(log, parse) {
         cr_expect_eq(kb_log_format_parse("yaml"), -1);
         cr_expect_eq(kb_log_format_parse(NULL), -1);
 }
+
+/* Issue 15: credentials in URLs never reach a log, an error or /readyz. */
+Test(log, url_redact_table) {
+        static const struct {
+                const char *in, *out;
+        } cases[] = {
+            {"https://user:pass@host:8081/x", "https://user:***@host:8081/x"},
+            {"http://u:p%40ss@h", "http://u:***@h"},
+            {"https://token@host/p", "https://***@host/p"},
+            {"https://host:8081/apis/ccompat/v7", "https://host:8081/apis/ccompat/v7"},
+            {"https://host/a@b", "https://host/a@b"},
+            {"https://host?x=a@b", "https://host?x=a@b"},
+            {"https://u:p@h/x@y", "https://u:***@h/x@y"},
+            {"no-scheme:pass@host", "no-scheme:pass@host"},
+            {"", ""},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+                char out[256];
+                kb_url_redact(cases[i].in, strlen(cases[i].in), out,
+                              sizeof(out));
+                cr_expect_str_eq(out, cases[i].out, "case %zu", i);
+        }
+        /* cut to the buffer, still terminated */
+        {
+                char out[8];
+                kb_url_redact("https://u:secret@h", 18, out, sizeof(out));
+                cr_expect_eq(strlen(out), 7);
+                cr_expect_null(strstr(out, "secret"));
+        }
+}

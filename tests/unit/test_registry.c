@@ -441,3 +441,101 @@ Test(registry, async, .fini = stop_reg) {
         cr_assert_eq(kb_loop_transfers(loop), 0);
         kb_loop_destroy(loop);
 }
+
+/* Issue 15: an entry per distinct schema id was kept forever and searched
+ * linearly, and every new id sent a request: random ids in bad Avro
+ * payloads grew memory, CPU and registry traffic without bound. Now the
+ * by-id entries are bounded, indexed, and new ids are asked at most 20 a
+ * second (then PENDING: the item waits and asks again). */
+Test(registry, random_ids_are_bounded, .fini = stop_reg) {
+        kb_registry_t *rg;
+        const char *text;
+        char err[512];
+        int32_t id;
+        int notfound = 0, pending = 0;
+        uint64_t n0;
+
+        fake_reg_start(&reg, 0, NULL);
+        rg = client(reg.fr_url, NULL, NULL);
+        cr_assert_eq(kb_registry_subject_id(rg, "t-value", schema_a, 1, &id,
+                                            err, sizeof(err)),
+                     KB_REG_OK, "%s", err);
+        n0 = kb_registry_requests(rg);
+        for (int i = 0; i < 3000; i++) {
+                kb_registry_res_t r = kb_registry_schema_by_id(
+                    rg, 100000 + i, &text, err, sizeof(err));
+                if (r == KB_REG_NOT_FOUND)
+                        notfound++;
+                else if (r == KB_REG_PENDING)
+                        pending++;
+                else
+                        cr_assert_fail("id %d: %s", 100000 + i, err);
+        }
+        /* a burst of 20 was asked, the rest must wait */
+        cr_expect_leq(notfound, 25, "%d asked", notfound);
+        cr_expect_eq(notfound + pending, 3000);
+        cr_expect_leq(kb_registry_requests(rg) - n0, 25);
+        cr_expect(strstr(err, "new ids a second"), "%s", err);
+        cr_expect_leq(kb_registry_ids_cached(rg), 26);
+        /* what we registered is still answered from the cache */
+        n0 = kb_registry_requests(rg);
+        cr_expect_eq(kb_registry_schema_by_id(rg, id, &text, err, sizeof(err)),
+                     KB_REG_OK, "%s", err);
+        cr_expect_str_eq(text, schema_a);
+        cr_expect_eq(kb_registry_requests(rg), n0);
+        kb_registry_destroy(rg);
+}
+
+/* The bound itself: more ids than the bound over time, memory stays (a
+ * small bound and a high rate, to keep the test short). */
+Test(registry, id_cache_is_bounded, .fini = stop_reg) {
+        kb_registry_t *rg;
+        kb_registry_conf_t rc;
+        const char *text;
+        char err[512];
+        memset(&rc, 0, sizeof(rc));
+        rc.rc_tls_verify = 1;
+        rc.rc_timeout_ms = 2000;
+        rc.rc_ids_max = 50;
+        rc.rc_new_ids_per_s = 100000;
+        fake_reg_start(&reg, 0, NULL);
+        rg = client(reg.fr_url, NULL, &rc);
+        for (int i = 0; i < 300; i++) {
+                kb_registry_res_t r;
+                while ((r = kb_registry_schema_by_id(rg, 500000 + i, &text, err,
+                                                     sizeof(err))) ==
+                       KB_REG_PENDING)
+                        usleep(20 * 1000);
+                cr_assert_eq(r, KB_REG_NOT_FOUND, "%s", err);
+        }
+        cr_expect_eq(kb_registry_ids_cached(rg), 50);
+        /* the newest are kept: answered without a request */
+        {
+                uint64_t n = kb_registry_requests(rg);
+                cr_expect_eq(kb_registry_schema_by_id(rg, 500299, &text, err,
+                                                      sizeof(err)),
+                             KB_REG_NOT_FOUND);
+                cr_expect_eq(kb_registry_requests(rg), n);
+        }
+        kb_registry_destroy(rg);
+}
+
+/* Issue 15: a registry URL of the documented form https://user:pass@host
+ * appeared verbatim in WARN logs and in the /readyz reason. */
+Test(registry, credentials_never_in_errors_or_health) {
+        kb_registry_t *rg;
+        const char *text;
+        char err[512], why[512];
+        rg = client("http://alice:s3cret-pw@127.0.0.1:1,"
+                    "http://tok3n-abc@127.0.0.1:2", NULL, NULL);
+        cr_assert_eq(kb_registry_schema_by_id(rg, 1, &text, err, sizeof(err)),
+                     KB_REG_UNAVAILABLE);
+        cr_expect(strstr(err, "alice:***@127.0.0.1:1"), "%s", err);
+        cr_expect(strstr(err, "***@127.0.0.1:2"), "%s", err);
+        cr_expect_null(strstr(err, "s3cret"), "%s", err);
+        cr_expect_null(strstr(err, "tok3n"), "%s", err);
+        cr_assert_eq(kb_registry_healthy(rg, why, sizeof(why)), 0);
+        cr_expect_null(strstr(why, "s3cret"), "%s", why);
+        cr_expect_null(strstr(why, "tok3n"), "%s", why);
+        kb_registry_destroy(rg);
+}
