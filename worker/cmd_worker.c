@@ -97,13 +97,16 @@ int kb_cmd_worker(int argc, char **argv) {
                 rc = 1;
                 goto out;
         }
-        if ((conf->worker_roles & KB_ROLE_ITEMS) &&
-            !(items = kb_items_new(conf, loop, errstr, sizeof(errstr)))) {
-                /* Nothing has connected yet: what fails here is the
-                 * configuration (client settings, route keys). */
-                kb_log(KB_LOG_ERROR, "worker", "items: %s", errstr);
-                rc = 2;
-                goto out;
+        if (conf->worker_roles & KB_ROLE_ITEMS) {
+                int runtime = 0;
+                if (!(items = kb_items_new(conf, loop, &runtime, errstr,
+                                           sizeof(errstr)))) {
+                        /* The configuration (client settings, route keys),
+                         * or a cluster that cannot be reached (runtime). */
+                        kb_log(KB_LOG_ERROR, "worker", "items: %s", errstr);
+                        rc = runtime ? 1 : 2;
+                        goto out;
+                }
         }
         if ((conf->worker_roles & KB_ROLE_AGGREGATOR) &&
             !(agg = kb_aggregator_new(conf, loop, errstr, sizeof(errstr)))) {

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE /* asprintf */
 #endif
 #include "conf.h"
+#include "log.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -97,6 +98,8 @@ static const kb_conf_setting_t kb_conf_settings[] = {
               kafka_aggregator_group_id, NULL),
         S_STR("kafka.notifier_group_id", 1, 255, "kbatch-notifier",
               kafka_notifier_group_id, NULL),
+        S_INT("kafka.message_max_bytes", 1048576, 104857600, "2097152",
+              kafka_message_max_bytes),
 
         S_STR("topics.prefix", 0, 200, "kbatch.", topics_prefix, check_topic),
         S_STR("topics.items", 1, 240, "items", topics_base[KB_TOPIC_ITEMS],
@@ -1778,6 +1781,40 @@ static int check_all(kb_conf_ctx_t *ctx) {
         char hn[256];
         size_t i, j;
 
+        /* Message size limits (docs/limits.md): an item must fit a message
+         * of its topic, and its retry or DLQ copy (the same bytes plus
+         * kbatch's headers) the producer's message.max.bytes. */
+        if (c->worker_max_item_bytes > c->kafka_message_max_bytes)
+                return conf_fail(
+                    ctx,
+                    loc_of(ctx, "worker.max_item_bytes",
+                           "kafka.message_max_bytes"),
+                    NULL,
+                    "'worker.max_item_bytes' (%d) must not exceed "
+                    "'kafka.message_max_bytes' (%d)",
+                    c->worker_max_item_bytes, c->kafka_message_max_bytes);
+        for (i = 0; i < c->kafka_property_cnt; i++) {
+                const kb_kv_t *kv = &c->kafka_properties[i];
+                long long v;
+                if (strcmp(kv->k, "message.max.bytes"))
+                        continue;
+                v = strtoll(kv->v, NULL, 10);
+                if (v < (long long)c->kafka_message_max_bytes +
+                            KB_COPY_HEADROOM_BYTES)
+                        return conf_fail(
+                            ctx,
+                            loc_of(ctx, "kafka.message_max_bytes",
+                                   "kafka.message_max_bytes"),
+                            "kafka.properties.message_max_bytes",
+                            "must be at least kafka.message_max_bytes + "
+                            "%d (%lld) so that retry and dead-letter copies "
+                            "of the largest item can be produced (got %s)",
+                            KB_COPY_HEADROOM_BYTES,
+                            (long long)c->kafka_message_max_bytes +
+                                KB_COPY_HEADROOM_BYTES,
+                            kv->v);
+        }
+
         if (c->retry_inprocess_attempts > c->retry_max_attempts)
                 return conf_fail(
                     ctx,
@@ -2041,29 +2078,11 @@ static void print_str(FILE *out, const char *s) {
         fputc('"', out);
 }
 
-/* Appends url (len bytes) to buf with its userinfo password replaced:
- * https://user:***@host. */
+/* Appends url (len bytes) to buf with its userinfo password replaced. */
 static void redact_url(char *buf, size_t size, const char *url, size_t len) {
-        const char *s = NULL, *at = NULL, *colon = NULL, *p, *end = url + len;
         size_t o = strlen(buf);
-        for (p = url; p + 3 <= end; p++)
-                if (!strncmp(p, "://", 3)) {
-                        s = p + 3;
-                        break;
-                }
-        for (p = s; p && p < end && *p != '/'; p++)
-                if (*p == '@')
-                        at = p;
-        for (p = s; at && p < at; p++)
-                if (*p == ':') {
-                        colon = p;
-                        break;
-                }
-        if (colon)
-                snprintf(buf + o, size - o, "%.*s***%.*s",
-                         (int)(colon + 1 - url), url, (int)(end - at), at);
-        else
-                snprintf(buf + o, size - o, "%.*s", (int)len, url);
+        if (o < size)
+                kb_url_redact(url, len, buf + o, size - o);
 }
 
 /* A (comma-separated list of) URL(s), passwords redacted. */

@@ -23,6 +23,11 @@ typedef enum {
 const char *kb_conf_err_str(kb_conf_err_t err);
 
 /* Roles (worker.roles). */
+/* What a retry or dead-letter copy may add to an item's message: kbatch's
+ * SPEC §3 headers (the error message is cut at 1 KiB). Retry and DLQ topics
+ * allow kafka.message_max_bytes plus this, and so does the producer. */
+#define KB_COPY_HEADROOM_BYTES 65536
+
 #define KB_ROLE_ITEMS      0x1
 #define KB_ROLE_AGGREGATOR 0x2
 #define KB_ROLE_NOTIFIER   0x4
@@ -78,6 +83,7 @@ typedef struct kb_conf_s {
         char *kafka_group_id;            /* "kbatch-workers" */
         char *kafka_aggregator_group_id; /* "kbatch-aggregator" */
         char *kafka_notifier_group_id;   /* "kbatch-notifier" */
+        int kafka_message_max_bytes;     /* 2097152: topics' max.message.bytes */
         kb_kv_t *kafka_properties;       /* passed to every client; k is
                                           * librdkafka's dotted name */
         size_t kafka_property_cnt;

@@ -124,6 +124,8 @@ struct kb_job_s {
         kb_out_t jb_outs[KB_MAX_OUTS];
         int jb_out_cnt;
         int jb_in_retryq;        /* on it_produce_retryq */
+        int jb_shrunk;           /* the result was replaced by a smaller
+                                  * one (job_shrink_result) */
         int64_t jb_produce_at;   /* mono ms: re-produce not before */
 };
 
@@ -150,6 +152,8 @@ struct kb_items_s {
         int it_held;              /* of which retry-tier messages held until
                                    * due (not counted against the limit) */
         int64_t it_full_since_ms;
+        int64_t it_expire_scan_ms;  /* mono ms of the next scan of the route
+                                     * queues for deadlines */
         int it_stopping;          /* no more consuming */
         int it_fatal;
         int it_producer_up;       /* statistics: 1 a broker is UP, -1 none,
@@ -179,8 +183,11 @@ static void job_destroy(kb_job_t *jb) {
         if (jb->jb_easy) {
                 if (jb->jb_state == JOB_CALLING) {
                         kb_loop_remove(it->it_loop, jb->jb_easy);
-                        if (jb->jb_route)
+                        if (jb->jb_route) {
                                 jb->jb_route->rt_inflight--;
+                                kb_route_correct_tokens(jb->jb_route,
+                                                        jb->jb_est_tokens, 0);
+                        }
                 }
                 curl_easy_cleanup(jb->jb_easy);
         }
@@ -216,7 +223,7 @@ static void set_header(rd_kafka_headers_t *h, const char *name,
                        const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_header(rd_kafka_headers_t *h, const char *name,
                        const char *fmt, ...) {
-        char buf[1100];
+        char buf[1100]; /* values up to 1 KiB (SPEC §3) */
         va_list ap;
         int n;
         va_start(ap, fmt);
@@ -224,8 +231,13 @@ static void set_header(rd_kafka_headers_t *h, const char *name,
         va_end(ap);
         if (n < 0)
                 return;
-        if ((size_t)n >= sizeof(buf))
-                n = sizeof(buf) - 1;
+        if (n > 1024) {
+                /* Cut at a character boundary, not inside a UTF-8
+                 * sequence: buf[n] is the first byte left out. */
+                n = 1024;
+                while (n > 0 && ((unsigned char)buf[n] & 0xc0) == 0x80)
+                        n--;
+        }
         rd_kafka_header_remove(h, name);
         rd_kafka_header_add(h, name, -1, buf, n);
 }
@@ -244,7 +256,7 @@ static rd_kafka_headers_t *copy_headers(kb_job_t *jb, const kb_out_t *out) {
                 h = rd_kafka_headers_new(12);
         set_header(h, "kbatch-attempts", "%d", jb->jb_attempts);
         set_header(h, "kbatch-error-code", "%s", out->out_code);
-        set_header(h, "kbatch-error-message", "%.1024s",
+        set_header(h, "kbatch-error-message", "%s",
                    out->out_msg ? out->out_msg : "");
         if (out->out_last_code[0])
                 set_header(h, "kbatch-last-error-code", "%s",
@@ -277,6 +289,11 @@ static rd_kafka_headers_t *copy_headers(kb_job_t *jb, const kb_out_t *out) {
 
 static void job_produce(kb_job_t *jb);
 static int job_shrink_result(kb_job_t *jb, kb_out_t *out);
+static void job_add_copy(kb_job_t *jb, const char *topic, const char *code,
+                         const char *message, const char *last_code,
+                         int64_t not_before);
+static void job_complete(kb_job_t *jb, kb_result_t *res, int dlq,
+                         const char *last_code);
 
 /* Warnings about publishing that keeps failing, at most one per 10 s. */
 static void produce_warn(const char *topic, rd_kafka_resp_err_t err,
@@ -304,9 +321,84 @@ static void produce_retry_later(kb_job_t *jb, int delay_ms) {
         }
 }
 
+/* An output failed for good (kb_kafka_produce_err_permanent: too large
+ * for its topic, refused). Producing it again would get the same answer
+ * every 100 ms forever, so the item ends another way (issue 15):
+ *   - a result: replaced by a smaller failed one (job_shrink_result); when
+ *     that cannot be produced either, the item is dead-lettered with the
+ *     reason instead;
+ *   - a retry-tier copy: the item ends failed (invalid_item: too large to
+ *     retry), without a DLQ copy (it would be as large);
+ *   - a DLQ copy: dropped, with an error log; the result (when there is
+ *     one) carries the error.
+ * Returns 1 when the job was finished (freed): the caller must not touch
+ * it again. */
+static int job_output_failed(kb_job_t *jb, kb_out_t *out,
+                             rd_kafka_resp_err_t err) {
+        kb_items_t *it = jb->jb_it;
+        const kb_conf_t *conf = it->it_conf;
+        char msg[600], loc[160];
+        int i;
+        snprintf(loc, sizeof(loc), "%s[%d]@%lld",
+                 rd_kafka_topic_name(jb->jb_msg->rkt),
+                 (int)jb->jb_msg->partition, (long long)jb->jb_msg->offset);
+        if (!out->out_copy) {
+                if (job_shrink_result(jb, out))
+                        return 0; /* the caller produces the smaller one */
+                kb_log(KB_LOG_ERROR, "items",
+                       "the result of %s cannot be published to %s: %s; "
+                       "dead-lettering the item instead",
+                       loc, out->out_topic, rd_kafka_err2str(err));
+                out->out_done = 1;
+                for (i = 0; i < jb->jb_out_cnt; i++)
+                        if (jb->jb_outs[i].out_copy)
+                                return 0; /* a DLQ copy goes already */
+                snprintf(msg, sizeof(msg),
+                         "the item's result cannot be published to %.200s: "
+                         "%s",
+                         out->out_topic, rd_kafka_err2str(err));
+                job_add_copy(jb, conf->topics_name[KB_TOPIC_ITEMS_DLQ],
+                             "response_too_large", msg, NULL, 0);
+                return 0;
+        }
+        if (out->out_not_before) { /* a retry-tier copy */
+                kb_result_t res;
+                memset(&res, 0, sizeof(res));
+                snprintf(msg, sizeof(msg),
+                         "the item cannot be retried: its copy (%zu bytes "
+                         "and headers) cannot be produced to %.200s: %s "
+                         "(kafka.message_max_bytes, the topic's "
+                         "max.message.bytes); last error: %.100s",
+                         jb->jb_msg->len, out->out_topic,
+                         rd_kafka_err2str(err), jb->jb_last_code);
+                kb_log(KB_LOG_ERROR, "items", "%s: %s", loc, msg);
+                res.status = KB_STATUS_FAILED;
+                res.error_code = "invalid_item";
+                res.error_message = msg;
+                res.started_at = jb->jb_started_at;
+                res.latency_ms = jb->jb_started_at
+                                     ? kb_wall_ms() - jb->jb_started_at
+                                     : -1;
+                job_complete(jb, &res, 0, NULL);
+                return 1; /* job_complete produced anew */
+        }
+        kb_log(KB_LOG_ERROR, "items",
+               "%s cannot be dead-lettered to %s: %s; dropped%s", loc,
+               out->out_topic, rd_kafka_err2str(err),
+               jb->jb_out_cnt > 1 ? " (its result carries the error)" : "");
+        kb_metrics_inc(KB_M_DLQ, "dlq_failed", NULL);
+        out->out_done = 1;
+        for (i = 0; i < jb->jb_out_cnt; i++)
+                if (!jb->jb_outs[i].out_done)
+                        return 0;
+        job_finish(jb);
+        return 1;
+}
+
 /* Hands every not-yet-acknowledged output of the job to the producer. */
 static void job_produce(kb_job_t *jb) {
         kb_items_t *it = jb->jb_it;
+        size_t max = (size_t)it->it_conf->kafka_message_max_bytes;
         int i;
         jb->jb_state = JOB_PRODUCING;
         for (i = 0; i < jb->jb_out_cnt; i++) {
@@ -315,6 +407,15 @@ static void job_produce(kb_job_t *jb) {
                 rd_kafka_headers_t *h;
                 if (out->out_done || out->out_pending)
                         continue;
+                if (!out->out_copy && out->out_len > max) {
+                        /* Larger than the results topic allows: do not
+                         * even try (the producer's limit is higher). */
+                        if (job_output_failed(
+                                jb, out, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE))
+                                return;
+                        i = -1; /* outputs changed: walk them again */
+                        continue;
+                }
                 if (out->out_copy) {
                         const rd_kafka_message_t *m = jb->jb_msg;
                         h = copy_headers(jb, out);
@@ -344,9 +445,10 @@ static void job_produce(kb_job_t *jb) {
                 }
                 if (err) {
                         rd_kafka_headers_destroy(h);
-                        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
-                            job_shrink_result(jb, out)) {
-                                i--; /* publish the smaller result */
+                        if (kb_kafka_produce_err_permanent(err)) {
+                                if (job_output_failed(jb, out, err))
+                                        return;
+                                i = -1; /* outputs changed: walk again */
                                 continue;
                         }
                         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
@@ -368,9 +470,9 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         jb = out->out_job;
         out->out_pending = 0;
         if (m->err) {
-                if (m->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
-                    job_shrink_result(jb, out)) {
-                        job_produce(jb);
+                if (kb_kafka_produce_err_permanent(m->err)) {
+                        if (!job_output_failed(jb, out, m->err))
+                                job_produce(jb);
                         return;
                 }
                 produce_warn(out->out_topic, m->err, "delivery");
@@ -385,19 +487,24 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
 }
 
 /* A result too large for a Kafka message (a large model response): replace
- * it with a failed result without the output. Returns 1 when replaced. */
+ * it, once, with a failed result without the output. Returns 1 when
+ * replaced by one that fits kafka.message_max_bytes; 0 when it was replaced
+ * before (no second try: that looped forever) or the smaller one does not
+ * fit either (cannot happen with the item's strings bounded by the codec,
+ * but checked rather than assumed). */
 static int job_shrink_result(kb_job_t *jb, kb_out_t *out) {
         kb_result_t res;
         char msg[256], err[256], *payload;
         size_t len;
         long st = 0;
-        if (out->out_copy || !out->out_payload)
+        if (out->out_copy || !out->out_payload || jb->jb_shrunk)
                 return 0;
+        jb->jb_shrunk = 1;
         memset(&res, 0, sizeof(res));
         snprintf(msg, sizeof(msg),
                  "the result (%zu bytes) is larger than a Kafka message may "
-                 "be (message.max.bytes)",
-                 out->out_len);
+                 "be (kafka.message_max_bytes %d)",
+                 out->out_len, jb->jb_it->it_conf->kafka_message_max_bytes);
         if (jb->jb_easy)
                 curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &st);
         res.status = KB_STATUS_FAILED;
@@ -415,6 +522,10 @@ static int job_shrink_result(kb_job_t *jb, kb_out_t *out) {
             &jb->jb_item, &res, &len, err, sizeof(err));
         if (!payload)
                 return 0;
+        if (len > (size_t)jb->jb_it->it_conf->kafka_message_max_bytes) {
+                free(payload);
+                return 0;
+        }
         kb_log(KB_LOG_WARN, "items", "%s", msg);
         free(out->out_payload);
         out->out_payload = payload;
@@ -581,6 +692,30 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *ud) {
 
 static void call_done(kb_xfer_t *xf, CURLcode cc);
 
+/* Appends a formatted header line of any length to *l; on failure frees
+ * the list and leaves *l NULL (the caller checks once at the end). */
+static void hdrs_appendf(struct curl_slist **l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void hdrs_appendf(struct curl_slist **l, const char *fmt, ...) {
+        va_list ap;
+        char *line = NULL;
+        struct curl_slist *n;
+        int r;
+        if (!*l)
+                return;
+        va_start(ap, fmt);
+        r = vasprintf(&line, fmt, ap);
+        va_end(ap);
+        n = r < 0 ? NULL : curl_slist_append(*l, line);
+        free(r < 0 ? NULL : line);
+        if (!n) {
+                curl_slist_free_all(*l);
+                *l = NULL;
+                return;
+        }
+        *l = n;
+}
+
 /* Starts the model call of a routed job. Returns 0, or -1 when the request
  * could not even be built (the job is then completed as failed). */
 static int job_call(kb_job_t *jb) {
@@ -589,7 +724,7 @@ static int job_call(kb_job_t *jb) {
         const kb_route_conf_t *rc = rt->rt_conf;
         const char *path = kb_route_path(rt, jb->jb_item.operation,
                                          &jb->jb_opname);
-        char url[4096], line[1024];
+        char url[4096];
         CURL *e;
 
         jb->jb_attempts++;
@@ -617,26 +752,19 @@ static int job_call(kb_job_t *jb) {
         jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, "Accept: application/json");
         jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, "Expect:");
         jb->jb_hdrs = kb_route_headers(rt, jb->jb_hdrs);
-        snprintf(line, sizeof(line), "Idempotency-Key: %s:%s",
-                 jb->jb_item.batch_id, jb->jb_item.item_id);
-        jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, line);
-        snprintf(line, sizeof(line), "kbatch-batch-id: %s",
-                 jb->jb_item.batch_id);
-        jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, line);
-        snprintf(line, sizeof(line), "kbatch-item-id: %s", jb->jb_item.item_id);
-        jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, line);
-        snprintf(line, sizeof(line), "kbatch-attempt: %d", jb->jb_attempts);
-        jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, line);
-        if (jb->jb_traceparent[0]) {
-                snprintf(line, sizeof(line), "traceparent: %s",
-                         jb->jb_traceparent);
-                jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, line);
-        }
-        if (jb->jb_tracestate[0]) {
-                snprintf(line, sizeof(line), "tracestate: %s",
-                         jb->jb_tracestate);
-                jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, line);
-        }
+        /* Never cut: a batch_id of 128 and an item_id of 256 characters
+         * take up to 1,153 bytes of UTF-8, and two items whose keys were
+         * cut alike would share one (issue 15). */
+        hdrs_appendf(&jb->jb_hdrs, "Idempotency-Key: %s:%s",
+                     jb->jb_item.batch_id, jb->jb_item.item_id);
+        hdrs_appendf(&jb->jb_hdrs, "kbatch-batch-id: %s", jb->jb_item.batch_id);
+        hdrs_appendf(&jb->jb_hdrs, "kbatch-item-id: %s", jb->jb_item.item_id);
+        hdrs_appendf(&jb->jb_hdrs, "kbatch-attempt: %d", jb->jb_attempts);
+        if (jb->jb_traceparent[0])
+                hdrs_appendf(&jb->jb_hdrs, "traceparent: %s",
+                             jb->jb_traceparent);
+        if (jb->jb_tracestate[0])
+                hdrs_appendf(&jb->jb_hdrs, "tracestate: %s", jb->jb_tracestate);
         if (!jb->jb_hdrs)
                 return -1;
 
@@ -736,6 +864,26 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
                                  "could not build the model request");
         }
         return 1000;
+}
+
+/* Ends the items waiting in the route's queue whose deadline passed:
+ * `expired` now, not when the route admits them (a route held back by its
+ * rate limits or a long Retry-After may not for hours). */
+static void route_expire_waiting(kb_items_t *it, kb_route_t *rt,
+                                 int64_t wall_now) {
+        kb_job_t *jb, *tmp;
+        TAILQ_FOREACH_SAFE(jb, &rt->rt_waitq, jb_link, tmp) {
+                if (!jb->jb_item.deadline || wall_now <= jb->jb_item.deadline)
+                        continue;
+                TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
+                rt->rt_waiting--;
+                jb->jb_state = JOB_NEW;
+                job_fail(jb, KB_STATUS_EXPIRED, "expired",
+                         jb->jb_attempts
+                             ? "deadline passed while the item waited to be "
+                               "called again"
+                             : "deadline passed before the item started");
+        }
 }
 
 /* After a failed call: retries it (in process or through a retry tier) and
@@ -849,6 +997,9 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                         kb_route_correct_tokens(rt, jb->jb_est_tokens,
                                                 res.total_tokens);
         } else {
+                /* A failed call gives its estimate back: a 400 for a huge
+                 * max_tokens must not hold the route's budget. */
+                kb_route_correct_tokens(rt, jb->jb_est_tokens, 0);
                 res.status = KB_STATUS_FAILED;
                 res.error_code = kb_outcome_code(oc);
                 if (cc != CURLE_OK && oc != KB_OUT_RESPONSE_TOO_LARGE)
@@ -896,18 +1047,36 @@ static int job_cancelled(kb_job_t *jb) {
         return 1;
 }
 
+/* 1 when a message held before decoding (a retry-tier message not due yet)
+ * is an item of batch_id: its batch id decoded and compared whole (a search
+ * of the raw bytes for the id made cancelling b1 release b12's items). 0
+ * when it is not, or cannot be told now (it is then cancelled when it comes
+ * due: releasing it early only saves the wait). */
+static int held_in_batch(kb_items_t *it, kb_job_t *jb, const char *batch_id) {
+        const rd_kafka_message_t *m = jb->jb_msg;
+        kb_item_t item;
+        char err[256];
+        int r;
+        if (!m->payload)
+                return 0;
+        memset(&item, 0, sizeof(item));
+        kb_serde_item_decode(it->it_serde, rd_kafka_topic_name(m->rkt),
+                             it->it_conf->topics_name[KB_TOPIC_RESULTS],
+                             m->payload, m->len, 0, &item, err, sizeof(err));
+        r = item.batch_id && !strcmp(item.batch_id, batch_id);
+        kb_item_clear(&item);
+        return r;
+}
+
 /* A batch was cancelled: its items that are waiting end now, calls in
  * flight are aborted; held retry-tier messages that may belong to it are
  * decoded now (job_start then cancels them). */
 static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
         kb_items_t *it = opaque;
         kb_job_t *jb, *tmp;
-        size_t blen = strlen(batch_id);
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
                 if (jb->jb_state == JOB_TIMER && jb->jb_timer != TIMER_BACKOFF) {
-                        const rd_kafka_message_t *m = jb->jb_msg;
-                        if (m->payload &&
-                            memmem(m->payload, m->len, batch_id, blen)) {
+                        if (held_in_batch(it, jb, batch_id)) {
                                 timer_remove(it, jb);
                                 job_start(it, jb);
                         }
@@ -927,6 +1096,8 @@ static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
                 case JOB_CALLING:
                         kb_loop_remove(it->it_loop, jb->jb_easy);
                         jb->jb_route->rt_inflight--;
+                        kb_route_correct_tokens(jb->jb_route,
+                                                jb->jb_est_tokens, 0);
                         jb->jb_state = JOB_NEW;
                         break;
                 default:
@@ -1021,8 +1192,10 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                         if (json_is_integer(v))
                                 cap = json_integer_value(v);
                 }
-                jb->jb_est_tokens = kb_route_estimate_tokens(
-                    jb->jb_body, strlen(jb->jb_body), cap);
+                jb->jb_est_tokens = kb_route_cap_estimate(
+                    jb->jb_route,
+                    kb_route_estimate_tokens(jb->jb_body, strlen(jb->jb_body),
+                                             cap));
         }
         jb->jb_state = JOB_WAITING;
         TAILQ_INSERT_TAIL(&jb->jb_route->rt_waitq, jb, jb_link);
@@ -1200,6 +1373,33 @@ static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         kb_partset_commit_failed(it->it_ps, offsets);
 }
 
+/* Hands the jobs whose publishing is due again (not before `now`) to the
+ * producer. The queue is taken whole before the walk: a job that fails
+ * again is queued anew for a later turn, never met again in this walk
+ * (walking the live queue, two jobs that kept failing synchronously
+ * swapped places forever: drain() never returned). Returns the ms until
+ * the next one is due. */
+static int produce_retry_serve(kb_items_t *it, int64_t now) {
+        TAILQ_HEAD(, kb_job_s) walk = TAILQ_HEAD_INITIALIZER(walk);
+        kb_job_t *jb;
+        int64_t next = INT64_MAX;
+        TAILQ_CONCAT(&walk, &it->it_produce_retryq, jb_link);
+        while ((jb = TAILQ_FIRST(&walk))) {
+                TAILQ_REMOVE(&walk, jb, jb_link);
+                if (jb->jb_produce_at > now) {
+                        TAILQ_INSERT_TAIL(&it->it_produce_retryq, jb, jb_link);
+                        if (jb->jb_produce_at < next)
+                                next = jb->jb_produce_at;
+                        continue;
+                }
+                jb->jb_in_retryq = 0;
+                job_produce(jb);
+        }
+        if (next == INT64_MAX || now == INT64_MAX)
+                return 1000;
+        return next - now > 1000 ? 1000 : (int)(next - now);
+}
+
 static void producer_poll(kb_items_t *it) {
         while (rd_kafka_poll(it->it_producer, 0) > 0)
                 ;
@@ -1212,14 +1412,9 @@ static void drain(kb_items_t *it, kb_part_t **parts, size_t cnt,
         for (;;) {
                 size_t i;
                 int alive = 0;
-                kb_job_t *jb, *tmp;
                 producer_poll(it);
                 /* Retry pending produces now rather than later. */
-                TAILQ_FOREACH_SAFE(jb, &it->it_produce_retryq, jb_link, tmp) {
-                        TAILQ_REMOVE(&it->it_produce_retryq, jb, jb_link);
-                        jb->jb_in_retryq = 0;
-                        job_produce(jb);
-                }
+                produce_retry_serve(it, INT64_MAX);
                 for (i = 0; parts && i < cnt; i++)
                         alive += parts[i]->pt_jobs;
                 if (!parts)
@@ -1376,8 +1571,8 @@ static void metrics_refresh(kb_items_t *it) {
 
 /* ---- construction ---------------------------------------------------------- */
 
-kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
-                         size_t errstr_size) {
+kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
+                         char *errstr, size_t errstr_size) {
         kb_items_t *it = calloc(1, sizeof(*it));
         rd_kafka_conf_t *kc = NULL;
         rd_kafka_topic_partition_list_t *topics;
@@ -1385,6 +1580,8 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         char num[32];
         int wfd;
 
+        if (runtime)
+                *runtime = 0;
         if (!it)
                 return NULL;
         it->it_conf = conf;
@@ -1402,8 +1599,12 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         if (!(it->it_routes = kb_routes_new(conf, errstr, errstr_size)))
                 goto fail;
         if (!(it->it_control = kb_control_new(conf, loop, on_cancel, it, errstr,
-                                              errstr_size)))
+                                              errstr_size))) {
+                /* Its metadata request is the first to meet the cluster. */
+                if (runtime)
+                        *runtime = 1;
                 goto fail;
+        }
         /* Value formats; with avro, register (or look up) the results
          * schema now, asynchronously, so the first result does not wait. */
         if (!(it->it_serde = kb_serde_new(conf, loop, errstr, errstr_size)))
@@ -1515,21 +1716,14 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
         int max = conf->worker_max_inflight;
         int wait = 1000;
         size_t i;
-        kb_job_t *jb, *tmp;
 
         producer_poll(it);
         metrics_refresh(it);
 
-        TAILQ_FOREACH_SAFE(jb, &it->it_produce_retryq, jb_link, tmp) {
-                if (jb->jb_produce_at > now) {
-                        int w = (int)(jb->jb_produce_at - now);
-                        if (w < wait)
-                                wait = w;
-                        continue;
-                }
-                TAILQ_REMOVE(&it->it_produce_retryq, jb, jb_link);
-                jb->jb_in_retryq = 0;
-                job_produce(jb);
+        {
+                int w = produce_retry_serve(it, now);
+                if (w < wait)
+                        wait = w;
         }
 
         {
@@ -1583,9 +1777,15 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 size_t r;
                 if (w < wait)
                         wait = w;
+                int scan = now >= it->it_expire_scan_ms;
+                int64_t wall = kb_wall_ms();
+                if (scan)
+                        it->it_expire_scan_ms = now + 200;
                 /* Routes held back by their rate limits or a Retry-After. */
                 for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
                         kb_route_t *rt = kb_routes_get(it->it_routes, r);
+                        if (scan && rt->rt_waiting)
+                                route_expire_waiting(it, rt, wall);
                         if (rt->rt_waiting && (w = route_dispatch(it, rt)) < wait)
                                 wait = w;
                 }

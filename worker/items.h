@@ -18,9 +18,11 @@ typedef struct kb_items_s kb_items_t;
 
 /* Connects the consumer and producer (nothing is consumed until
  * kb_items_serve). conf and loop are borrowed for the pipeline's life.
- * NULL + errstr on failure. */
-kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
-                         size_t errstr_size);
+ * NULL + errstr on failure; *runtime (may be NULL) then says whether it was
+ * a run-time failure (the cluster cannot be reached: exit 1) rather than
+ * the configuration (client settings, route keys: exit 2). */
+kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
+                         char *errstr, size_t errstr_size);
 
 /* One turn of the loop's work: delivery reports, consuming while below the
  * limits, dispatching parked items, timers. Returns the ms until it wants to

@@ -188,6 +188,22 @@ fail:
         return NULL;
 }
 
+int kb_kafka_produce_err_permanent(rd_kafka_resp_err_t err) {
+        switch (err) {
+        case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+        case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+        case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+        case RD_KAFKA_RESP_ERR_INVALID_MSG:
+        case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+        case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+        case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+                return 1;
+        default:
+                return 0;
+        }
+}
+
 /* Sets a property unless kafka.properties already did. */
 static int set_default(const kb_conf_t *conf, rd_kafka_conf_t *kc,
                        const char *name, const char *value, char *errstr,
@@ -202,6 +218,11 @@ static int set_default(const kb_conf_t *conf, rd_kafka_conf_t *kc,
 rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
                                   char *errstr, size_t errstr_size) {
         rd_kafka_t *rk;
+        char copy_max[32];
+        /* Large enough for a copy of the largest item (conf.c checks a
+         * message.max.bytes set in kafka.properties the same way). */
+        snprintf(copy_max, sizeof(copy_max), "%d",
+                 conf->kafka_message_max_bytes + KB_COPY_HEADROOM_BYTES);
         if (!kc && !(kc = kb_kafka_conf_new(conf, "producer", errstr,
                                             errstr_size)))
                 return NULL;
@@ -212,7 +233,9 @@ rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
                         errstr_size) ||
             set_default(conf, kc, "linger.ms", "5", errstr, errstr_size) ||
             set_default(conf, kc, "queue.buffering.max.messages", "1000000",
-                        errstr, errstr_size)) {
+                        errstr, errstr_size) ||
+            set_default(conf, kc, "message.max.bytes", copy_max, errstr,
+                        errstr_size)) {
                 rd_kafka_conf_destroy(kc);
                 return NULL;
         }
@@ -285,29 +308,38 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
                 memcpy(specs[cnt].cfg, _c, sizeof(_c));                        \
                 cnt++;                                                         \
         } while (0)
+        /* Message size limits set explicitly (docs/limits.md): M for what
+         * kbatch or upstream writes, M + the copy headroom where copies go
+         * (a retry or DLQ copy is an item plus kbatch's headers). */
+        char mmax[32], cmax[32];
+        snprintf(mmax, sizeof(mmax), "%d", conf->kafka_message_max_bytes);
+        snprintf(cmax, sizeof(cmax), "%d",
+                 conf->kafka_message_max_bytes + KB_COPY_HEADROOM_BYTES);
         SPEC(conf->topics_name[KB_TOPIC_ITEMS], partitions, "retention.ms",
-             "604800000");
+             "604800000", "max.message.bytes", mmax);
         for (i = 0; i < conf->retry_delay_cnt && i < 16; i++) {
                 char *t = kb_kafka_retry_topic(conf, (int)i + 1);
-                SPEC(t, partitions, "retention.ms", "604800000");
+                SPEC(t, partitions, "retention.ms", "604800000",
+                     "max.message.bytes", cmax);
                 free(t);
         }
         SPEC(conf->topics_name[KB_TOPIC_ITEMS_DLQ], partitions, "retention.ms",
-             "2592000000");
+             "2592000000", "max.message.bytes", cmax);
         SPEC(conf->topics_name[KB_TOPIC_RESULTS], partitions, "retention.ms",
-             "604800000");
+             "604800000", "max.message.bytes", mmax);
         SPEC(conf->topics_name[KB_TOPIC_BATCHES], partitions, "retention.ms",
-             "2592000000");
+             "2592000000", "max.message.bytes", mmax);
         SPEC(conf->topics_name[KB_TOPIC_BATCHES_DLQ], partitions,
-             "retention.ms", "2592000000");
+             "retention.ms", "2592000000", "max.message.bytes", cmax);
         SPEC(conf->topics_name[KB_TOPIC_CONTROL], 1, "retention.ms",
-             "604800000");
+             "604800000", "max.message.bytes", mmax);
         /* Co-partitioned with results, compacted. */
         SPEC(conf->topics_name[KB_TOPIC_BATCH_STATE], partitions,
              "cleanup.policy", "compact", "min.compaction.lag.ms", "0",
              /* Compact often: restore time grows with superseded records
               * of large, long-running batches. */
-             "segment.ms", "600000", "min.cleanable.dirty.ratio", "0.1");
+             "segment.ms", "600000", "min.cleanable.dirty.ratio", "0.1",
+             "max.message.bytes", mmax);
 #undef SPEC
 
         if (!(kc = kb_kafka_conf_new(conf, "admin", errstr, errstr_size)))
@@ -448,12 +480,13 @@ static int meta_done_count(const char *meta, size_t len) {
 }
 
 /* Adds "config" {retention.ms, cleanup.policy, min.insync.replicas,
- * segment.ms} (the topic's effective values) to every topic of the array
+ * segment.ms, max.message.bytes} (the topic's effective values) to every topic of the array
  * that has no "error", with one DescribeConfigs request. On failure each
  * such topic gets "config_error" instead. */
 static void describe_configs(rd_kafka_t *rk, json_t *topics) {
         static const char *keys[] = {"retention.ms", "cleanup.policy",
-                                     "min.insync.replicas", "segment.ms"};
+                                     "min.insync.replicas", "segment.ms",
+                                     "max.message.bytes"};
         size_t n = json_array_size(topics), i, cnt = 0, rcnt = 0, k, c;
         rd_kafka_ConfigResource_t **crs = calloc(n ? n : 1, sizeof(*crs));
         const rd_kafka_ConfigResource_t **res;

@@ -84,4 +84,11 @@ struct json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
 const char *kb_kafka_header(const rd_kafka_message_t *msg, const char *name,
                             char *buf, size_t size);
 
+/* 1 when producing a message failed for good (it is too large for the
+ * producer or the topic, the broker refuses it as invalid, or the topic may
+ * not be written): producing it again gets the same answer, so its item
+ * must end another way. Transient errors (queue full, timeouts, leader
+ * changes, broker down) return 0. */
+int kb_kafka_produce_err_permanent(rd_kafka_resp_err_t err);
+
 #endif

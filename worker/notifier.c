@@ -405,6 +405,17 @@ static rd_kafka_headers_t *dlq_headers(kb_nevent_t *ev) {
         return h;
 }
 
+/* The DLQ copy can never be produced (too large for the topic, refused):
+ * producing it again would loop forever and hold the partition. The event
+ * ends here, loudly. */
+static void dlq_impossible(kb_nevent_t *ev, rd_kafka_resp_err_t err) {
+        ev_log(ev, KB_LOG_ERROR, "dlq_failed",
+               "the event cannot be dead-lettered to %s: %s; it is dropped "
+               "(its batch event stays on the batches topic)",
+               ev->ev_nt->nt_dlq, rd_kafka_err2str(err));
+        ev_finish(ev);
+}
+
 static void ev_produce(kb_nevent_t *ev) {
         kb_notifier_t *nt = ev->ev_nt;
         const rd_kafka_message_t *m = ev->ev_msg;
@@ -419,6 +430,10 @@ static void ev_produce(kb_nevent_t *ev) {
                                 RD_KAFKA_V_END);
         if (err) {
                 rd_kafka_headers_destroy(h);
+                if (kb_kafka_produce_err_permanent(err)) {
+                        dlq_impossible(ev, err);
+                        return;
+                }
                 if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         kb_log(KB_LOG_WARN, "notifier",
                                "produce to %s failed: %s (will retry)",
@@ -451,6 +466,10 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         if (!ev)
                 return;
         nt = ev->ev_nt;
+        if (m->err && kb_kafka_produce_err_permanent(m->err)) {
+                dlq_impossible(ev, m->err);
+                return;
+        }
         if (m->err) {
                 kb_log(KB_LOG_WARN, "notifier",
                        "delivery to %s failed: %s (will produce again)",
@@ -463,6 +482,31 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                 return;
         }
         ev_finish(ev);
+}
+
+/* Produces again the DLQ copies that are due (not before `now`). The queue
+ * is taken whole before the walk, so that a copy failing again is not met
+ * again in the same walk (two of them swapped places forever). Returns the
+ * ms until the next one is due. */
+static int prodq_serve(kb_notifier_t *nt, int64_t now) {
+        struct kb_nevq_s walk = TAILQ_HEAD_INITIALIZER(walk);
+        kb_nevent_t *ev;
+        int64_t next = INT64_MAX;
+        TAILQ_CONCAT(&walk, &nt->nt_prodq, ev_link);
+        while ((ev = TAILQ_FIRST(&walk))) {
+                TAILQ_REMOVE(&walk, ev, ev_link);
+                if (ev->ev_produce_at > now) {
+                        TAILQ_INSERT_TAIL(&nt->nt_prodq, ev, ev_link);
+                        if (ev->ev_produce_at < next)
+                                next = ev->ev_produce_at;
+                        continue;
+                }
+                ev->ev_in_prodq = 0;
+                ev_produce(ev);
+        }
+        if (next == INT64_MAX || now == INT64_MAX)
+                return 1000;
+        return next - now > 1000 ? 1000 : (int)(next - now);
 }
 
 static void producer_poll(kb_notifier_t *nt) {
@@ -1104,14 +1148,10 @@ static void drop_unstarted(kb_notifier_t *nt, kb_part_t **parts, size_t cnt) {
 static void drain(kb_notifier_t *nt, kb_part_t **parts, size_t cnt,
                   int64_t deadline) {
         for (;;) {
-                kb_nevent_t *ev, *tmp;
+                kb_nevent_t *ev;
                 int alive = 0;
                 producer_poll(nt);
-                TAILQ_FOREACH_SAFE(ev, &nt->nt_prodq, ev_link, tmp) {
-                        TAILQ_REMOVE(&nt->nt_prodq, ev, ev_link);
-                        ev->ev_in_prodq = 0;
-                        ev_produce(ev);
-                }
+                prodq_serve(nt, INT64_MAX);
                 drop_unstarted(nt, parts, cnt);
                 LIST_FOREACH(ev, &nt->nt_events, ev_all) {
                         if (ev_of(ev, parts, cnt))
@@ -1346,18 +1386,13 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
         int max_pending = conf->notifier_max_pending;
         int wait = 1000;
         size_t i;
-        kb_nevent_t *ev, *tmp;
+        kb_nevent_t *ev;
 
         producer_poll(nt);
-        TAILQ_FOREACH_SAFE(ev, &nt->nt_prodq, ev_link, tmp) {
-                if (ev->ev_produce_at > now) {
-                        if (ev->ev_produce_at - now < wait)
-                                wait = (int)(ev->ev_produce_at - now);
-                        continue;
-                }
-                TAILQ_REMOVE(&nt->nt_prodq, ev, ev_link);
-                ev->ev_in_prodq = 0;
-                ev_produce(ev);
+        {
+                int w = prodq_serve(nt, now);
+                if (w < wait)
+                        wait = w;
         }
 
         /* Consume while fewer than notifier.max_pending events are held;

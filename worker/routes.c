@@ -317,6 +317,15 @@ int kb_route_admit(kb_route_t *rt, int64_t est_tokens, int64_t now_ms,
         return 1;
 }
 
+int64_t kb_route_cap_estimate(const kb_route_t *rt, int64_t est_tokens) {
+        int64_t cap = (int64_t)(rt->rt_conf->tokens_per_minute / 60.0);
+        if (rt->rt_conf->tokens_per_minute <= 0)
+                return est_tokens;
+        if (cap < 1)
+                cap = 1;
+        return est_tokens < cap ? est_tokens : cap;
+}
+
 void kb_route_correct_tokens(kb_route_t *rt, int64_t estimated,
                              int64_t actual) {
         if (rt->rt_conf->tokens_per_minute > 0)

@@ -96,7 +96,16 @@ void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
 int kb_route_admit(kb_route_t *rt, int64_t est_tokens, int64_t now_ms,
                    int64_t *wait_ms);
 
-/* Corrects the tokens bucket once the real usage is known. */
+/* An item's estimate as charged to the tokens bucket: at most the bucket's
+ * capacity (a second of tokens_per_minute), so that an estimate alone (a
+ * max_tokens of 1,000,000 on a 60,000 tpm route) never drives the bucket
+ * below empty and holds every other item of the route back for minutes;
+ * what the call really used is charged by kb_route_correct_tokens. */
+int64_t kb_route_cap_estimate(const kb_route_t *rt, int64_t est_tokens);
+
+/* Corrects the tokens bucket once the real usage is known: actual 0 gives
+ * back the whole estimate (a call that failed, or never got an answer,
+ * used nothing the provider counts). */
 void kb_route_correct_tokens(kb_route_t *rt, int64_t estimated,
                              int64_t actual);
 

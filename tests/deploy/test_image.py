@@ -143,7 +143,8 @@ def test_kafka_topics_match_topics_create(renders, env, toolbox):
         m = made[name]
         assert m["partitions"] == spec["partitions"], name
         cfg = spec.get("config", {})
-        for key in ("retention.ms", "cleanup.policy", "segment.ms"):
+        assert "max.message.bytes" in cfg, name
+        for key in ("retention.ms", "cleanup.policy", "segment.ms", "max.message.bytes"):
             if key in cfg:
                 assert m["config"][key] == str(cfg[key]), (name, key)
         assert m["config"]["cleanup.policy"] == cfg.get("cleanup.policy", "delete"), name

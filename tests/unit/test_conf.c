@@ -656,6 +656,18 @@ static const err_case_t err_cases[] = {
           KB_CONF_ERR_INVALID, 3,
           "'retry.inprocess_attempts' (4) must not exceed 'retry.max_attempts' "
           "(3)" },
+        /* issue 15: limits consistent with the message size */
+        { "item above message max",
+          "kafka = { message_max_bytes = 1048576; };\n"
+          "worker = { max_item_bytes = 2000000; };\n",
+          KB_CONF_ERR_INVALID, 2,
+          "'worker.max_item_bytes' (2000000) must not exceed "
+          "'kafka.message_max_bytes' (1048576)" },
+        { "producer message.max.bytes below copies",
+          "kafka = {\n  properties = { message_max_bytes = 1000000; };\n};\n",
+          KB_CONF_ERR_INVALID, 0,
+          "'kafka.properties.message_max_bytes' must be at least "
+          "kafka.message_max_bytes + 65536 (2162688)" },
         { "backoff base above max", "retry = { backoff_base_ms = 60000; };\n",
           KB_CONF_ERR_INVALID, 1,
           "'retry.backoff_base_ms' (60000) must not exceed" },

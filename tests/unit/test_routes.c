@@ -138,3 +138,30 @@ Test(routes, tokens_per_minute_estimate_and_correction) {
         cr_expect(!kb_route_admit(rt, 1, t + 60000, &w));
         cr_expect_eq(kb_route_estimate_tokens("12345678", 8, 100), 102);
 }
+
+/* Issue 15: one item's max_tokens blocked a route for minutes: the whole
+ * estimate (1,000,000 tokens on a 60,000 tpm route) drove the bucket a
+ * million below empty, and a call that failed (a 400) never gave it back.
+ * Now one item is charged at most a full bucket, and a failed call gives
+ * its charge back: the next item passes at once. */
+Test(routes, one_item_cannot_hold_the_tokens_bucket) {
+        int64_t wait = 0, est, now = 1000000;
+        load("routes = ( { model = \"*\"; base_url = \"http://x\"; "
+             "tokens_per_minute = 60000; } );");
+        kb_route_t *rt = kb_routes_match(routes, "m");
+        est = kb_route_cap_estimate(rt, kb_route_estimate_tokens("{}", 2,
+                                                                 1000000));
+        cr_expect_eq(est, 1000, "charged %lld", (long long)est);
+        /* small estimates are not changed */
+        cr_expect_eq(kb_route_cap_estimate(rt, 20), 20);
+        cr_assert_eq(kb_route_admit(rt, est, now, &wait), 1);
+        /* the call fails (HTTP 400): the charge is given back */
+        kb_route_correct_tokens(rt, est, 0);
+        cr_expect_eq(kb_route_admit(rt, 50, now, &wait), 1,
+                     "waited %lld ms", (long long)wait);
+        /* a success with real usage is still charged what it used */
+        kb_route_correct_tokens(rt, 50, 5000);
+        cr_expect_eq(kb_route_admit(rt, 50, now, &wait), 0);
+        cr_expect_gt(wait, 4000);
+        cr_expect_lt(wait, 6000);
+}
