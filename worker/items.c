@@ -1698,6 +1698,7 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
                          rd_kafka_err2str(err));
                 goto fail;
         }
+        kb_kafka_check_limits(conf, it->it_producer);
         kb_log(KB_LOG_INFO, "items", "consuming %s in group %s (%zu routes)",
                conf->topics_name[KB_TOPIC_ITEMS], conf->kafka_group_id,
                kb_routes_cnt(it->it_routes));

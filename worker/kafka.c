@@ -568,6 +568,56 @@ static void describe_configs(rd_kafka_t *rk, json_t *topics) {
         free(crs);
 }
 
+int kb_kafka_check_limits(const kb_conf_t *conf, rd_kafka_t *rk) {
+        json_t *topics = json_array(), *t;
+        size_t i;
+        int low = 0;
+        long long m = conf->kafka_message_max_bytes,
+                  c = m + KB_COPY_HEADROOM_BYTES;
+        struct {
+                const char *name;
+                long long need;
+        } want[KB_TOPIC__CNT + 16];
+        size_t cnt = 0;
+        char *retry[16];
+        size_t rcnt = 0;
+        if (!topics)
+                return 0;
+        want[cnt].name = conf->topics_name[KB_TOPIC_ITEMS];
+        want[cnt++].need = conf->worker_max_item_bytes;
+        want[cnt].name = conf->topics_name[KB_TOPIC_RESULTS];
+        want[cnt++].need = m;
+        want[cnt].name = conf->topics_name[KB_TOPIC_ITEMS_DLQ];
+        want[cnt++].need = c;
+        for (i = 0; i < conf->retry_delay_cnt && i < 16; i++) {
+                retry[rcnt] = kb_kafka_retry_topic(conf, (int)i + 1);
+                want[cnt].name = retry[rcnt++];
+                want[cnt++].need = c;
+        }
+        for (i = 0; i < cnt; i++)
+                json_array_append_new(topics,
+                                      json_pack("{s:s}", "name", want[i].name));
+        describe_configs(rk, topics);
+        json_array_foreach(topics, i, t) {
+                const char *v = json_string_value(json_object_get(
+                    json_object_get(t, "config"), "max.message.bytes"));
+                if (!v || atoll(v) >= want[i].need)
+                        continue;
+                low++;
+                kb_log(KB_LOG_WARN, "kafka",
+                       "topic %s allows messages of %s bytes, less than the "
+                       "%lld kbatch may write there (kafka.message_max_bytes, "
+                       "worker.max_item_bytes; `kbatch topics create` sets "
+                       "it): larger ones will end their items with an error "
+                       "(docs/limits.md)",
+                       want[i].name, v, want[i].need);
+        }
+        json_decref(topics);
+        for (i = 0; i < rcnt; i++)
+                free(retry[i]);
+        return low;
+}
+
 json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
                                  size_t errstr_size) {
         struct {

@@ -91,4 +91,10 @@ const char *kb_kafka_header(const rd_kafka_message_t *msg, const char *name,
  * changes, broker down) return 0. */
 int kb_kafka_produce_err_permanent(rd_kafka_resp_err_t err);
 
+/* Start-up check of the message size limits of the topics the items
+ * pipeline writes to: a WARN line for each whose max.message.bytes is
+ * below what kbatch may write there (docs/limits.md). Returns how many;
+ * the topics cannot be described: 0, nothing said. */
+int kb_kafka_check_limits(const kb_conf_t *conf, rd_kafka_t *rk);
+
 #endif

@@ -70,6 +70,43 @@ def sized_item_with(it, size):
     return it
 
 
+def test_copies_a_topic_refuses_end_their_items(env):
+    """Topics made by other means may allow less than kbatch writes: the
+    worker says so at start, and a copy the broker refuses for its size ends
+    its item (failed, invalid_item: cannot be retried) or is dropped with an
+    error (an unaddressable message's DLQ copy), instead of being produced
+    again every 100 ms forever. The items after them are not held back."""
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,
+                                       ConfigResource)
+    with FakeModel() as fake:
+        conf = env.write_conf(fake.url, extra='retry: { inprocess_attempts = 0; '
+                                               'delays_ms = [500]; };')
+        env.create_topics(conf, partitions=1)
+        admin = AdminClient({"bootstrap.servers": env.bootstrap})
+        for t in ("items.retry.1", "items.dlq"):
+            res = ConfigResource("topic", env.topic(t), incremental_configs=[
+                ConfigEntry("max.message.bytes", "500000",
+                            incremental_operation=AlterConfigOpType.SET)])
+            for f in admin.incremental_alter_configs([res]).values():
+                f.result(timeout=30)
+        w = env.worker(conf)
+        w.wait_log(lambda l: "allows messages of 500000 bytes" in l.get("msg", ""), timeout=60)
+        retried = item("cp", 0, 2)
+        retried["input"]["fake"] = {"status": 503, "times": 1}
+        retried = sized_item_with(retried, 600000)
+        junk = b"{" + b"x" * 599999  # not JSON: DLQ only, and too large for it
+        big_producer(env, [retried])
+        env.produce("items", [junk, item("cp", 1, 2)])
+        got = results_by(env, {("cp", 0), ("cp", 1)}, timeout=60)
+        r = got[("cp", 0)]
+        assert r["status"] == "failed" and r["error"]["code"] == "invalid_item", r["error"]
+        assert "cannot be retried" in r["error"]["message"], r["error"]
+        assert "server_error" in r["error"]["message"], r["error"]
+        assert got[("cp", 1)]["status"] == "succeeded"
+        w.wait_log(lambda l: "cannot be dead-lettered" in l.get("msg", ""), timeout=30)
+        assert w.stop() == 0
+
+
 def test_huge_callback_url_and_model_do_not_block_the_aggregator(env):
     """A 900,000-character callback_url (and an over-long model) made the
     batch-state record larger than a Kafka message: every transaction of
