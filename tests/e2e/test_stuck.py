@@ -89,6 +89,13 @@ def test_copies_a_topic_refuses_end_their_items(env):
                             incremental_operation=AlterConfigOpType.SET)])
             for f in admin.incremental_alter_configs([res]).values():
                 f.result(timeout=30)
+        deadline = time.time() + 30  # the broker's metadata cache follows
+        while time.time() < deadline:
+            cfg = env.describe(conf)
+            if all(cfg[env.topic(t)]["config"]["max.message.bytes"] == "500000"
+                   for t in ("items.retry.1", "items.dlq")):
+                break
+            time.sleep(0.5)
         w = env.worker(conf)
         w.wait_log(lambda l: "allows messages of 500000 bytes" in l.get("msg", ""), timeout=60)
         retried = item("cp", 0, 2)
