@@ -27,7 +27,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from conftest import BUILD, ROOT, Env, item
 from fakes import FakeModel
-from registries import FakeRegistry, RealRegistry  # noqa: F401 (test_aggregator)
+from registries import FakeRegistry
 
 SCHEMAS = os.path.join(ROOT, "schemas")
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -411,11 +411,12 @@ def wait_readyz(port, pred, timeout=60):
     raise AssertionError(f"/readyz never matched: {got}")
 
 
-def avro_setup(env, reg, fake_url, batch, n):
+def avro_setup(env, reg, fake_url, batch, n, more=""):
     """A worker config with an admin port, its topics, and n Avro items of
     batch in the items topic. Returns (conf, admin port)."""
     admin = free_port()
-    conf = env.write_conf(fake_url, extra=serde_conf(reg), admin_listen=f"127.0.0.1:{admin}")
+    conf = env.write_conf(fake_url, extra=serde_conf(reg, more=more),
+                          admin_listen=f"127.0.0.1:{admin}")
     env.create_topics(conf, partitions=2)
     ser = AvroSerializer(SchemaRegistryClient({"url": reg.url}), schema_text("BatchItem"))
     ctx = SerializationContext(env.topic("items"), MessageField.VALUE)
@@ -543,3 +544,31 @@ def test_results_subject_incompatible_items_wait(env, schema_registry):
         assert env.consume("items.dlq", timeout=2, idle=1) == []
         wait_readyz(admin, lambda st, b: st == 200)
         assert len(reg.get(f"/subjects/{subject}/versions")) == 1, "kbatch's schema"
+
+
+def test_lookup_only_waits_for_the_operator(env, schema_registry):
+    """Real registry, serde.auto_register = false: kbatch only looks its
+    results schema up; until an operator registers it the items wait and
+    /readyz says why. The operator registers the schema in other formatting
+    (compact JSON): with canonical hashing the registry finds it for
+    kbatch's text, and every item finishes without a restart."""
+    reg = schema_registry
+    subject = env.topic("results") + "-value"
+    with FakeModel("--latency-ms", "1") as fake:
+        conf, admin = avro_setup(env, reg, fake.url, "b-lk", 10, more="auto_register = false;")
+        w = env.worker(conf)
+        st, body = wait_readyz(admin, lambda st, b: st == 503 and "not registered" in b)
+        assert f"subject '{subject}': schema not registered" in body, body
+        assert env.consume("results", timeout=4, idle=3) == []
+        assert env.consume("items.dlq", timeout=1, idle=1) == []
+        assert w.proc.poll() is None
+        compact = json.dumps(json.loads(schema_text("ItemResult")), separators=(",", ":"))
+        assert compact != schema_text("ItemResult")
+        st, body = reg.request("POST", f"/subjects/{subject}/versions", {"schema": compact})
+        assert st == 200, body
+        res, _ = read_avro(env, reg, "results", 10, timeout=90)
+        assert sorted(r["item_index"] for r in res) == list(range(10))
+        assert {m for m in res[0]} >= {"batch_id", "status", "output"}
+        assert env.consume("items.dlq", timeout=2, idle=1) == []
+        wait_readyz(admin, lambda st, b: st == 200)
+        assert reg.get(f"/subjects/{subject}/versions") == [1], "no second version"
