@@ -137,7 +137,7 @@ Test(registry, rejected_schema, .fini = stop_reg) {
 /* A subject's refusal (409: its compatibility rule) is asked again after
  * KB_REGISTRY_NEG_TTL_MS, not kept for the process's life: an operator may
  * relax the rule. */
-Test(registry, subject_refusal_asked_again, .fini = stop_reg, .timeout = 40) {
+Test(registry, subject_refusal_asked_again, .fini = stop_reg) {
         kb_registry_t *rg;
         int32_t id = -1;
         const char *text;
