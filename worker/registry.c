@@ -42,7 +42,7 @@ typedef enum {
         ENT_OK,
         ENT_FAILED,   /* unavailable: ask again after en_retry_at */
         ENT_NOTFOUND, /* until en_retry_at */
-        ENT_REJECTED, /* permanent */
+        ENT_REJECTED, /* by id: permanent; by subject: until en_retry_at */
 } ent_state_t;
 
 typedef struct rg_req_s rg_req_t;
@@ -586,6 +586,10 @@ static void req_end(rg_req_t *rq) {
         rq->rq_ent->en_req = NULL;
         if (rq->rq_ent->en_state == ENT_OK)
                 rq->rq_ent->en_backoff_ms = 0;
+        /* a subject's refusal (409: its compatibility rule) can end when an
+         * operator changes the rule: asked again later, like not found */
+        if (rq->rq_ent->en_state == ENT_REJECTED)
+                rq->rq_ent->en_retry_at = kb_now_ms() + KB_REGISTRY_NEG_TTL_MS;
         req_free(rq);
         rg->rg_generation++;
 }
@@ -665,7 +669,8 @@ static kb_registry_res_t answer(kb_registry_t *rg, rg_entry_t *en, char *errstr,
                                 size_t errstr_size) {
         int64_t now = kb_now_ms();
         if (en->en_state == ENT_NEW ||
-            ((en->en_state == ENT_FAILED || en->en_state == ENT_NOTFOUND) &&
+            ((en->en_state == ENT_FAILED || en->en_state == ENT_NOTFOUND ||
+              (en->en_state == ENT_REJECTED && en->en_by_subject)) &&
              now >= en->en_retry_at))
                 ask(rg, en);
         switch (en->en_state) {

@@ -35,7 +35,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 BUILD = os.path.join(ROOT, os.environ.get("KBATCH_BUILD", "build"))
 KBATCH = os.path.join(BUILD, "kbatch")
 FAKE = os.path.join(BUILD, "fake_model")
-FAKE_REGISTRY = os.path.join(BUILD, "fake_registry")
+REGISTRY_SH = os.path.join(ROOT, "tests", "kafka", "registry.sh")
 RAWCONSUME = os.path.join(ROOT, "build", "bench", "rawconsume")
 PC_JAR = os.path.join(ROOT, "build", "bench", "pc", "pc-worker.jar")
 VENV_PY = os.path.join(ROOT, "build", "bench-venv", "bin", "python")
@@ -315,17 +315,19 @@ class Kafka:
 # ---------------------------------------------------------------- Avro
 
 class Registry:
-    """The project's fake Schema Registry (tests/fakes/fake_registry.c,
-    Confluent's REST subset), one process per Avro scenario."""
+    """A real Schema Registry (Apicurio Registry, tests/kafka/registry.sh:
+    the Confluent-compatible API, compatibility BACKWARD), one per Avro
+    scenario, its run dir (and log, registry.out) in the work dir."""
 
     def __init__(self, workdir):
-        self.errf = open(os.path.join(workdir, "fake_registry.log"), "wb")
-        self.proc = subprocess.Popen([FAKE_REGISTRY, "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=self.errf, stdin=subprocess.DEVNULL)
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"fake_registry did not start: {line!r}")
-        self.url = "http://" + line[len("listening on "):]
+        self.env = dict(os.environ, REGISTRY_RUN_DIR=os.path.join(workdir, "schema-registry"))
+        t = time.time()
+        r = subprocess.run([REGISTRY_SH, "start"], capture_output=True, text=True,
+                           env=self.env, stdin=subprocess.DEVNULL, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"registry.sh start failed: {r.stderr[-2000:]}")
+        self.url = r.stdout.strip()
+        log(f"schema registry at {self.url} (started in {time.time() - t:.1f} s)")
         self.cache = {}
 
     def _call(self, method, path, body=None):
@@ -344,9 +346,8 @@ class Registry:
         return self.cache[i]
 
     def stop(self):
-        stop_process(self.proc)
-        self.proc.stdout.close()
-        self.errf.close()
+        subprocess.run([REGISTRY_SH, "stop"], capture_output=True, env=self.env,
+                       stdin=subprocess.DEVNULL, timeout=120)
 
 
 def avro_schemas():
@@ -366,8 +367,6 @@ def avro_schemas():
     if missing:
         return None, (f"no {' / '.join(missing)} Avro schema in schemas/ "
                       "(kbatch's Avro support has not landed)")
-    if not os.path.exists(FAKE_REGISTRY):
-        return None, f"{os.path.relpath(FAKE_REGISTRY, ROOT)} (the fake Schema Registry) is not built"
     return (found["BatchItem"], found["ItemResult"]), None
 
 
@@ -886,7 +885,7 @@ def main():
     # One snapshot of the binaries for the whole run: others may rebuild build/.
     bindir = os.path.join(workdir, "bin")
     os.makedirs(bindir, exist_ok=True)
-    for name in ("KBATCH", "FAKE", "FAKE_REGISTRY"):
+    for name in ("KBATCH", "FAKE"):
         src = globals()[name]
         if os.path.exists(src):
             dst = os.path.join(bindir, os.path.basename(src))

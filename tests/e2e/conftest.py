@@ -38,6 +38,18 @@ def bootstrap():
     return bs
 
 
+@pytest.fixture(scope="session")
+def schema_registry():
+    """A real Schema Registry (Apicurio, tests/kafka/registry.sh), started
+    once per session by the first test that asks for it (~5-8 s)."""
+    from registries import RealRegistry
+    reg = RealRegistry(os.path.join(BUILD, "registry-e2e"))
+    reg.stop(clean=True)  # a leftover of an interrupted session
+    reg.start()
+    yield reg
+    reg.stop(clean=True)
+
+
 @pytest.fixture
 def fake():
     with FakeModel() as f:

@@ -16,6 +16,9 @@ if [ -z "${KBATCH_TEST_BOOTSTRAP:-}" ]; then
 fi
 cleanup() {
   if [ -n "$started" ]; then tests/kafka/kafka.sh stop --clean >/dev/null 2>&1 || true; fi
+  # the Schema Registry of the Avro tests (conftest.py's schema_registry
+  # stops it; this is for a pytest that was killed)
+  REGISTRY_RUN_DIR=$(realpath -m "$build")/registry-e2e tests/kafka/registry.sh stop --clean >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 echo "e2e: broker at $KBATCH_TEST_BOOTSTRAP" >&2

@@ -252,46 +252,43 @@ def test_cancelled_half_way_through_the_pipeline(env, events):
         assert w.stop() == 0
 
 
-def test_avro_results_and_events(env, tmp_path):
-    """serde.format = avro: the aggregator reads Avro results and writes
-    Avro BatchEvents (its state stays JSON)."""
+def test_avro_results_and_events(env, tmp_path, schema_registry):
+    """serde.format = avro, the real registry (Apicurio): the aggregator
+    reads Avro results and writes Avro BatchEvents (its state stays JSON)."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroDeserializer
     from confluent_kafka.serialization import MessageField, SerializationContext
-    from test_avro import FakeRegistry, serde_conf
-    reg = FakeRegistry().start()
-    try:
-        with FakeModel("--latency-ms", "1-3") as fake:
-            conf = agg_conf(env, fake.url, log_level="debug")
-            with open(conf, "a") as f:
-                f.write(serde_conf(reg, more='items_format = "json";') + "\n")
-            env.create_topics(conf, partitions=4)
-            n = 30
-            items = [item("av", i, n, metadata={"f": "avro"},
-                          input={"messages": [{"role": "user", "content": "x"}],
-                                 **({"fake": {"status": 400}} if i % 3 == 0 else {})})
-                     for i in range(n)]
-            env.produce("items", items, keys=[f"av:{i}".encode() for i in range(n)])
-            w = env.worker(conf, env=ROLES_BOTH)
-            msgs = env.consume("batches", count=1, timeout=90, isolation="read_committed")
-            assert len(msgs) == 1
-            assert msgs[0].value()[0] == 0  # Confluent wire format
-            des = AvroDeserializer(SchemaRegistryClient({"url": reg.url}))
-            ev = des(msgs[0].value(), SerializationContext(env.topic("batches"),
-                                                           MessageField.VALUE))
-            assert (ev["event_id"], ev["type"], ev["status"], ev["items_total"],
-                    ev["items_succeeded"], ev["items_failed"]) == \
-                ("av:1", "batch.completed", "partial_succeeded", n, 20, 10)
-            assert ev["metadata"] == {"f": "avro"}
-            assert ev["usage"]["total_tokens"] > 0
-            rc, st = status(env, conf, "av")
-            assert rc == 0 and st["items_done"] == n
-            assert w.stop() == 0
-            # the first result waited for its writer schema, then counted
-            assert any("writer schema not available" in l.get("msg", "")
-                       for l in w.logs())
-    finally:
-        reg.stop()
+    from test_avro import serde_conf
+    reg = schema_registry
+    with FakeModel("--latency-ms", "1-3") as fake:
+        conf = agg_conf(env, fake.url, log_level="debug")
+        with open(conf, "a") as f:
+            f.write(serde_conf(reg, more='items_format = "json";') + "\n")
+        env.create_topics(conf, partitions=4)
+        n = 30
+        items = [item("av", i, n, metadata={"f": "avro"},
+                      input={"messages": [{"role": "user", "content": "x"}],
+                             **({"fake": {"status": 400}} if i % 3 == 0 else {})})
+                 for i in range(n)]
+        env.produce("items", items, keys=[f"av:{i}".encode() for i in range(n)])
+        w = env.worker(conf, env=ROLES_BOTH)
+        msgs = env.consume("batches", count=1, timeout=90, isolation="read_committed")
+        assert len(msgs) == 1
+        assert msgs[0].value()[0] == 0  # Confluent wire format
+        des = AvroDeserializer(SchemaRegistryClient({"url": reg.url}))
+        ev = des(msgs[0].value(), SerializationContext(env.topic("batches"),
+                                                       MessageField.VALUE))
+        assert (ev["event_id"], ev["type"], ev["status"], ev["items_total"],
+                ev["items_succeeded"], ev["items_failed"]) == \
+            ("av:1", "batch.completed", "partial_succeeded", n, 20, 10)
+        assert ev["metadata"] == {"f": "avro"}
+        assert ev["usage"]["total_tokens"] > 0
+        rc, st = status(env, conf, "av")
+        assert rc == 0 and st["items_done"] == n
+        assert w.stop() == 0
+        # the first result waited for its writer schema, then counted
+        assert any("writer schema not available" in l.get("msg", "")
+                   for l in w.logs())
 
 
 def test_crash_safety_sigkill_five_times(env, events, tmp_path):

@@ -1,14 +1,18 @@
-"""Avro (Confluent wire format) end to end: a real broker, the fake Schema
-Registry (tests/fakes/fake_registry.c: no real registry can be installed
-here), real kbatch workers, and an independent implementation on the other
-side: the confluent-kafka Python client's AvroSerializer/AvroDeserializer
-(fastavro). Issue: Avro and Schema Registry."""
+"""Avro (Confluent wire format) end to end: a real broker, a real Schema
+Registry (Apicurio Registry with its Confluent-compatible API, global
+compatibility BACKWARD: tests/kafka/registry.sh, one per session, the
+`schema_registry` fixture), real kbatch workers, and an independent
+implementation on the other side: the confluent-kafka Python client's
+AvroSerializer/AvroDeserializer (fastavro), through the same registry.
+
+The fake registry (tests/fakes/fake_registry.c) is used only where a real one
+cannot do it on demand: a registry slower than the timeout (injected delay).
+Each test says which one it uses. Issues: Avro and Schema Registry; Avro
+against a real Schema Registry."""
 import base64
 import datetime
 import json
 import os
-import select
-import signal
 import subprocess
 import time
 import urllib.error
@@ -16,13 +20,14 @@ import urllib.request
 import uuid
 
 import pytest
-from confluent_kafka import Consumer
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from conftest import BUILD, ROOT, Env, item
 from fakes import FakeModel
+from registries import FakeRegistry
 
 SCHEMAS = os.path.join(ROOT, "schemas")
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -32,50 +37,6 @@ TIMING = {"started_at", "finished_at", "latency_ms", "worker"}
 def schema_text(name):
     with open(os.path.join(SCHEMAS, name + ".avsc")) as f:
         return f.read()
-
-
-class FakeRegistry:
-    """build/fake_registry on a loopback port (port 0: any free one)."""
-
-    def __init__(self, *args, port=0):
-        self.args = [str(a) for a in args]
-        self.port = port
-        self.proc = None
-
-    def start(self, timeout=10):
-        self.proc = subprocess.Popen(
-            [os.path.join(BUILD, "fake_registry"), "--port", str(self.port)] + self.args,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline().decode() if ready else ""
-        assert line.startswith("listening on "), f"fake_registry did not start: {line!r}"
-        self.port = int(line.rsplit(":", 1)[1])
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path):
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-            return json.loads(r.read())
-
-    def configure(self, **kw):
-        req = urllib.request.Request(self.url + "/_fake/config", data=json.dumps(kw).encode(),
-                                     headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(req, timeout=10).read()
-
-
-@pytest.fixture
-def registry():
-    r = FakeRegistry().start()
-    yield r
-    r.stop()
 
 
 def serde_conf(reg, fmt="avro", more=""):
@@ -137,10 +98,11 @@ def producer_items(n):
     return items
 
 
-def test_avro_and_json_runs_equal(env, registry, bootstrap, tmp_path):
-    """1,000 items written by confluent-kafka's AvroSerializer and the same
-    items as JSON: kbatch gives equal results, field by field (the Avro ones
-    read back with AvroDeserializer)."""
+def test_avro_and_json_runs_equal(env, schema_registry, bootstrap, tmp_path):
+    """Real registry. 1,000 items written by confluent-kafka's
+    AvroSerializer and the same items as JSON: kbatch gives equal results,
+    field by field (the Avro ones read back with AvroDeserializer)."""
+    registry = schema_registry
     n = 1000
     items = producer_items(n)
     keys = [f"b-eq:{i}".encode() for i in range(n)]
@@ -256,9 +218,11 @@ def serde_tool(mode, typ, topic, lines, reg):
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_interop_both_ways(registry, name):
-    """Every schema: what fastavro (AvroSerializer) writes, kbatch's serde
-    reads as the JSON form; what kbatch writes, AvroDeserializer reads."""
+def test_interop_both_ways(schema_registry, name):
+    """Real registry. Every schema: what fastavro (AvroSerializer) writes,
+    kbatch's serde reads as the JSON form; what kbatch writes (registering
+    its schema itself), AvroDeserializer reads."""
+    registry = schema_registry
     typ, sample = SAMPLES[name]
     topic = f"interop-{uuid.uuid4().hex[:6]}.{name}"
     client = SchemaRegistryClient({"url": registry.url})
@@ -277,53 +241,78 @@ def test_interop_both_ways(registry, name):
     assert from_avro_form(got) == sample
 
 
-# Writer schemas other producers may use for BatchItem.
-def evolved_schema(extra=True):
+# Writer schemas other producers may use for BatchItem, in the order of a
+# producer's evolution: v1 kbatch's own; v2 adds optional fields; v3 removes
+# the optional ones; v4 changes a field's type (incompatible).
+OPTIONAL = ("operation", "deadline", "callback_url", "metadata", "submitted_at")
+
+
+def evolved_schema(version):
     s = json.loads(schema_text("BatchItem"))
-    if extra:
+    if version >= 2:
         s["fields"].insert(3, {"name": "priority", "type": ["null", "int"], "default": None})
         s["fields"].append({"name": "labels", "type": {"type": "array", "items": "string"},
                             "default": []})
-    else:
-        s["fields"] = [f for f in s["fields"]
-                       if f["name"] in ("batch_id", "item_id", "item_index", "items_total",
-                                        "model", "input")]
+    if version >= 3:
+        s["fields"] = [f for f in s["fields"] if f["name"] not in OPTIONAL]
+    if version >= 4:
+        for f in s["fields"]:
+            if f["name"] == "item_index":
+                f["type"] = "string"
     return json.dumps(s)
 
 
-def test_evolution_extra_and_missing_optional_fields(env, registry):
-    """Items written with a schema that has extra optional fields and with
-    one that lacks the optional ones decode correctly."""
+def test_schema_evolution_backward(env, schema_registry):
+    """Real registry (compatibility BACKWARD). A producer evolves its
+    BatchItem schema: an added optional field, then removed optional fields,
+    both accepted by the registry; kbatch reads items of every version. An
+    incompatible change is refused with HTTP 409: the producer cannot write
+    it, the subject keeps its three versions, and kbatch goes on with the
+    items of the accepted versions, none dead-lettered."""
+    registry = schema_registry
     with FakeModel("--latency-ms", "1") as fake:
         conf = env.write_conf(fake.url, extra=serde_conf(registry))
         env.create_topics(conf, partitions=2)
         client = SchemaRegistryClient({"url": registry.url})
+        subject = env.topic("items") + "-value"
         ctx = SerializationContext(env.topic("items"), MessageField.VALUE)
-        plus = AvroSerializer(client, evolved_schema(True))
-        minus = AvroSerializer(client, evolved_schema(False))
         values = []
-        for i in range(10):
-            it = avro_value(item("b-evo", i, 20, metadata={"i": str(i)},
-                                 operation="chat.completions"))
-            it.update(priority=i, labels=["x", "y"])
-            values.append(plus(it, ctx))
-        for i in range(10, 20):
-            it = avro_value(item("b-evo", i, 20))
-            values.append(minus(it, ctx))
+        for v in (1, 2, 3):
+            ser = AvroSerializer(client, evolved_schema(v))
+            for i in range(10 * (v - 1), 10 * v):
+                it = avro_value(item("b-evo", i, 30, metadata={"i": str(i)},
+                                     operation="chat.completions", deadline=4102444800000))
+                if v >= 2:
+                    it.update(priority=i, labels=["x", "y"])
+                if v >= 3:
+                    for k in OPTIONAL:
+                        it.pop(k, None)
+                values.append(ser(it, ctx))
+        ids = [int.from_bytes(values[i][1:5], "big") for i in (0, 10, 20)]
+        assert len(set(ids)) == 3, f"three writer schemas: {ids}"
+        # the incompatible change: refused, nothing written
+        with pytest.raises(SchemaRegistryError) as e:
+            AvroSerializer(client, evolved_schema(4))(
+                dict(avro_value(item("b-evo", 99, 30)), item_index="99"), ctx)
+        assert e.value.http_status_code == 409, e.value
+        assert "ncompatib" in str(e.value), e.value
+        assert registry.get(f"/subjects/{subject}/versions") == [1, 2, 3]
         env.produce("items", values)
-        ids = {int.from_bytes(v[1:5], "big") for v in values}
-        assert len(ids) == 2, "two writer schemas"
         env.worker(conf)
-        res, _ = read_avro(env, registry, "results", 20)
+        res, _ = read_avro(env, registry, "results", 30)
+        assert env.consume("items.dlq", timeout=2, idle=1) == []
     by = {r["item_index"]: from_avro(r) for r in res}
-    assert sorted(by) == list(range(20))
+    assert sorted(by) == list(range(30))
     for i, r in by.items():
         assert r["status"] == "succeeded", r
         assert r["item_id"] == f"req-{i}"
-        assert r["operation"] == "chat.completions"
         assert r["output"]["choices"][0]["message"]["content"]
-        assert r["metadata"] == ({"i": str(i)} if i < 10 else None)
-        assert r["deadline"] is None and r["callback_url"] is None
+        if i < 20:  # written with the optional fields
+            assert r["operation"] == "chat.completions" and r["metadata"] == {"i": str(i)}
+            assert r["deadline"] == 4102444800000
+        else:  # without them: kbatch's defaults
+            assert r["operation"] == "chat.completions" and r["metadata"] is None
+            assert r["deadline"] is None and r["callback_url"] is None
 
 
 # -- errors: DLQ deserialization_error with a precise message, one each ----
@@ -349,9 +338,10 @@ ERROR_CASES = {
 
 
 @pytest.fixture(scope="module")
-def error_run(bootstrap, tmp_path_factory):
-    """One worker over every bad value (and good ones between them)."""
-    reg = FakeRegistry().start()
+def error_run(bootstrap, schema_registry, tmp_path_factory):
+    """Real registry. One worker over every bad value (and good ones between
+    them); the unknown schema id is the registry's own 404 (error 40403)."""
+    reg = schema_registry
     env = Env(bootstrap, tmp_path_factory.mktemp("avro-errors"))
     try:
         with FakeModel("--latency-ms", "1") as fake:
@@ -372,7 +362,6 @@ def error_run(bootstrap, tmp_path_factory):
         yield {m.key().decode(): m for m in dlq}, res, all_dlq
     finally:
         env.close()
-        reg.stop()
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
@@ -422,48 +411,95 @@ def wait_readyz(port, pred, timeout=60):
     raise AssertionError(f"/readyz never matched: {got}")
 
 
-@pytest.mark.parametrize("outage", ["down", "slow"])
-def test_registry_outage_items_wait(env, outage):
-    """With the registry unreachable (process gone) or slower than
+def avro_setup(env, reg, fake_url, batch, n, more=""):
+    """A worker config with an admin port, its topics, and n Avro items of
+    batch in the items topic. Returns (conf, admin port)."""
+    admin = free_port()
+    conf = env.write_conf(fake_url, extra=serde_conf(reg, more=more),
+                          admin_listen=f"127.0.0.1:{admin}")
+    env.create_topics(conf, partitions=2)
+    ser = AvroSerializer(SchemaRegistryClient({"url": reg.url}), schema_text("BatchItem"))
+    ctx = SerializationContext(env.topic("items"), MessageField.VALUE)
+    env.produce("items", [ser(avro_value(item(batch, i, n)), ctx) for i in range(n)])
+    return conf, admin
+
+
+def test_registry_restart_mid_run(env, schema_registry):
+    """Real registry, stopped and started again (registry.sh; its storage
+    survives, as a real deployment's does) in the middle of a run. Items
+    whose writer schema kbatch already knows go on while it is down; an item
+    with a schema new to kbatch waits: no result, no DLQ copy, no crash, the
+    worker logs why and /readyz answers 503 saying why. When the registry is
+    back, every item finishes, none lost."""
+    reg = schema_registry
+    with FakeModel("--latency-ms", "1") as fake:
+        conf, admin = avro_setup(env, reg, fake.url, "b-rs", 0)
+        client = SchemaRegistryClient({"url": reg.url})
+        ctx = SerializationContext(env.topic("items"), MessageField.VALUE)
+        v1 = AvroSerializer(client, schema_text("BatchItem"))
+        v2 = AvroSerializer(client, evolved_schema(2))
+        first = [v1(avro_value(item("b-rs", i, 60)), ctx) for i in range(20)]
+        # serialized now: the producer needs the registry, kbatch not yet
+        newer = [v2(dict(avro_value(item("b-rs", i, 60)), priority=1, labels=[]), ctx)
+                 for i in range(20, 40)]
+        known = [v1(avro_value(item("b-rs", i, 60)), ctx) for i in range(40, 60)]
+        env.produce("items", first)
+        w = env.worker(conf)
+        # this client keeps the results' schema: it decodes without the
+        # registry later
+        des = AvroDeserializer(client)
+        rctx = SerializationContext(env.topic("results"), MessageField.VALUE)
+        res = [des(m.value(), rctx) for m in env.consume("results", count=20, timeout=120)]
+        assert sorted(r["item_index"] for r in res) == list(range(20))
+        wait_readyz(admin, lambda st, b: st == 200)
+
+        url = reg.url
+        reg.stop()
+        try:
+            env.produce("items", newer + known)
+            w.wait_log(lambda l: "schema registry unavailable" in l.get("msg", ""), timeout=60)
+            st, body = wait_readyz(admin, lambda st, b: st == 503 and "schema registry" in b)
+            assert "schema registry unavailable for" in body, body
+            # kbatch's caches carry the items of known schemas through
+            msgs = env.consume("results", count=40, timeout=30)
+            during = {des(m.value(), rctx)["item_index"] for m in msgs}
+            assert set(range(40, 60)) <= during, sorted(during)
+            assert not set(range(20, 40)) & during, "new schema decoded without the registry?"
+            assert env.consume("items.dlq", timeout=1, idle=1) == []
+            assert w.proc.poll() is None
+        finally:
+            reg.start()
+        assert reg.url == url, "restarted on its port"
+        res, _ = read_avro(env, reg, "results", 60, timeout=120)
+        by = {}
+        for r in res:
+            by.setdefault(r["item_index"], []).append(r)
+        assert sorted(by) == list(range(60)), "every item finished"
+        assert all(r["status"] == "succeeded" for rs in by.values() for r in rs)
+        assert env.consume("items.dlq", timeout=2, idle=1) == []
+        wait_readyz(admin, lambda st, b: st == 200)
+        assert w.proc.poll() is None
+
+
+def test_registry_slow_items_wait(env):
+    """Fake registry (a real one cannot be made slow on demand): slower than
     serde.schema_registry_timeout_ms, items wait: no result, no DLQ copy, no
-    crash; the worker logs why. When it is back, every item finishes."""
+    crash; the worker logs why and /readyz says it. When it is fast again,
+    every item finishes."""
     reg = FakeRegistry().start()
     try:
         with FakeModel("--latency-ms", "1") as fake:
-            conf = env.write_conf(fake.url, extra=serde_conf(reg))
-            admin = free_port()
-            with open(conf) as f:
-                text = f.read()
-            assert 'admin: { listen = ""; };' in text
-            with open(conf, "w") as f:
-                f.write(text.replace('admin: { listen = ""; };',
-                                     f'admin: {{ listen = "127.0.0.1:{admin}"; }};'))
-            env.create_topics(conf, partitions=2)
-            ser = AvroSerializer(SchemaRegistryClient({"url": reg.url}), schema_text("BatchItem"))
-            ctx = SerializationContext(env.topic("items"), MessageField.VALUE)
-            env.produce("items", [ser(avro_value(item("b-out", i, 30)), ctx) for i in range(30)])
-            port = reg.port
-            if outage == "down":
-                reg.stop()
-            else:
-                reg.configure(delay_ms=3000)
+            conf, admin = avro_setup(env, reg, fake.url, "b-out", 30)
+            reg.configure(delay_ms=3000)
             w = env.worker(conf)
             w.wait_log(lambda l: "schema registry unavailable" in l.get("msg", ""), timeout=60)
-            # /readyz says why
             st, body = wait_readyz(admin, lambda st, b: st == 503 and "schema registry" in b)
             assert "schema registry unavailable for" in body, body
             # a while of outage: nothing comes out, the worker stays up
             assert env.consume("results", timeout=4, idle=3) == []
             assert env.consume("items.dlq", timeout=1, idle=1) == []
             assert w.proc.poll() is None
-            if outage == "down":
-                reg = FakeRegistry(port=port).start()
-                # the registry lost its memory: the producer registers again
-                # (same schema, same id 1)
-                SchemaRegistryClient({"url": reg.url}).register_schema(
-                    env.topic("items") + "-value", Schema(schema_text("BatchItem"), "AVRO"))
-            else:
-                reg.configure(delay_ms=0)
+            reg.configure(delay_ms=0)
             res, _ = read_avro(env, reg, "results", 30, timeout=90)
             assert sorted(r["item_index"] for r in res) == list(range(30))
             assert all(r["status"] == "succeeded" for r in res)
@@ -471,3 +507,68 @@ def test_registry_outage_items_wait(env, outage):
             wait_readyz(admin, lambda st, b: st == 200)
     finally:
         reg.stop()
+
+
+def test_results_subject_incompatible_items_wait(env, schema_registry):
+    """Real registry. The results subject already holds a schema kbatch's
+    ItemResult is not BACKWARD compatible with: the registry refuses kbatch's
+    registration with 409. Not the items' fault: they wait (no result, no DLQ
+    copy), the worker logs it and /readyz says why. Once the operator
+    removes the obstacle (here: deletes the subject), kbatch registers (it
+    asks again every 10 s) and every item finishes, without a restart."""
+    reg = schema_registry
+    subject = env.topic("results") + "-value"
+    old = {"type": "record", "name": "ItemResult", "namespace": "kbatch.v1",
+           "fields": [{"name": "batch_id", "type": "long"}]}
+    st, body = reg.request("POST", f"/subjects/{subject}/versions",
+                           {"schema": json.dumps(old)})
+    assert st == 200, body
+    with FakeModel("--latency-ms", "1") as fake:
+        conf, admin = avro_setup(env, reg, fake.url, "b-409", 10)
+        w = env.worker(conf)
+        st, body = wait_readyz(admin, lambda st, b: st == 503 and "HTTP 409" in b)
+        assert "cannot publish kbatch.v1.ItemResult to " + env.topic("results") in body, body
+        assert "refused" in body and "ncompatib" in body, body
+        w.wait_log(lambda l: l.get("level") == "error" and "HTTP 409" in l.get("msg", ""))
+        assert env.consume("results", timeout=4, idle=3) == []
+        assert env.consume("items.dlq", timeout=1, idle=1) == []
+        assert w.proc.poll() is None
+        # the operator's fix. (Not PUT /config/<subject> NONE: in Apicurio a
+        # subject's NONE means "no rule of its own", the global BACKWARD
+        # still applies; docs/avro.md.)
+        st, body = reg.request("DELETE", f"/subjects/{subject}")
+        assert st == 200, body
+        res, _ = read_avro(env, reg, "results", 10, timeout=90)
+        assert sorted(r["item_index"] for r in res) == list(range(10))
+        assert all(r["status"] == "succeeded" for r in res)
+        assert env.consume("items.dlq", timeout=2, idle=1) == []
+        wait_readyz(admin, lambda st, b: st == 200)
+        assert len(reg.get(f"/subjects/{subject}/versions")) == 1, "kbatch's schema"
+
+
+def test_lookup_only_waits_for_the_operator(env, schema_registry):
+    """Real registry, serde.auto_register = false: kbatch only looks its
+    results schema up; until an operator registers it the items wait and
+    /readyz says why. The operator registers the schema in other formatting
+    (compact JSON): with canonical hashing the registry finds it for
+    kbatch's text, and every item finishes without a restart."""
+    reg = schema_registry
+    subject = env.topic("results") + "-value"
+    with FakeModel("--latency-ms", "1") as fake:
+        conf, admin = avro_setup(env, reg, fake.url, "b-lk", 10, more="auto_register = false;")
+        w = env.worker(conf)
+        st, body = wait_readyz(admin, lambda st, b: st == 503 and "not registered" in b)
+        assert f"subject '{subject}': schema not registered" in body, body
+        assert env.consume("results", timeout=4, idle=3) == []
+        assert env.consume("items.dlq", timeout=1, idle=1) == []
+        assert w.proc.poll() is None
+        compact = json.dumps(json.loads(schema_text("ItemResult")), separators=(",", ":"))
+        assert compact != schema_text("ItemResult")
+        st, body = reg.request("POST", f"/subjects/{subject}/versions", {"schema": compact})
+        assert st == 200, body
+        res, _ = read_avro(env, reg, "results", 10, timeout=90)
+        assert sorted(r["item_index"] for r in res) == list(range(10))
+        assert {m for m in res[0]} >= {"batch_id", "status", "output"}
+        assert env.consume("items.dlq", timeout=2, idle=1) == []
+        wait_readyz(admin, lambda st, b: st == 200)
+        assert reg.get(f"/subjects/{subject}/versions") == [1], "no second version"

@@ -21,7 +21,9 @@
  *   POST /_fake/config   {"delay_ms": N, "fail_status": 503 (0: off)}
  * Options: --port N (0: any), --port-file F, --host A, --delay-ms N,
  * --user U:P (basic auth required), --token T (bearer required),
- * --tls-cert F --tls-key F (HTTPS). Prints "listening on HOST:PORT".
+ * --tls-cert F --tls-key F (HTTPS), --base-path P (the API only under P,
+ * e.g. /apis/ccompat/v7 as Apicurio serves it). Prints "listening on
+ * HOST:PORT".
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -64,6 +66,7 @@ static int delay_ms;
 static int fail_status;
 static const char *auth_basic; /* "user:pass" */
 static const char *auth_token;
+static const char *base_path = ""; /* the API is served under it */
 
 /* Normalized JSON text of a schema, or NULL when it is not JSON. */
 static char *normalize(const char *text) {
@@ -353,8 +356,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
                 return error(c, fs, fs * 100 + 1, "injected failure");
         if (rq->too_large)
                 return error(c, 413, 41301, "body too large");
+        if (strncmp(url, base_path, strlen(base_path)) ||
+            url[strlen(base_path)] != '/')
+                return error(c, 404, 404, "HTTP 404 Not Found (base path)");
         pthread_mutex_lock(&lock);
-        ret = serve(c, method, url, rq);
+        ret = serve(c, method, url + strlen(base_path), rq);
         pthread_mutex_unlock(&lock);
         return ret;
 }
@@ -396,7 +402,7 @@ static void usage(FILE *out) {
         fprintf(out,
                 "usage: fake_registry [--port N] [--port-file F] [--host A]\n"
                 "         [--delay-ms N] [--user U:P] [--token T]\n"
-                "         [--tls-cert F --tls-key F]\n");
+                "         [--tls-cert F --tls-key F] [--base-path P]\n");
 }
 
 int main(int argc, char **argv) {
@@ -405,7 +411,8 @@ int main(int argc, char **argv) {
                 {"host", 1, NULL, 'H'},     {"delay-ms", 1, NULL, 'd'},
                 {"user", 1, NULL, 'u'},     {"token", 1, NULL, 't'},
                 {"tls-cert", 1, NULL, 'c'}, {"tls-key", 1, NULL, 'k'},
-                {"help", 0, NULL, 'h'},     {NULL, 0, NULL, 0}};
+                {"base-path", 1, NULL, 'b'}, {"help", 0, NULL, 'h'},
+                {NULL, 0, NULL, 0}};
         const char *host = "127.0.0.1", *port_file = NULL;
         const char *cert_file = NULL, *key_file = NULL;
         char *cert = NULL, *key = NULL;
@@ -442,6 +449,9 @@ int main(int argc, char **argv) {
                         break;
                 case 'k':
                         key_file = optarg;
+                        break;
+                case 'b':
+                        base_path = optarg;
                         break;
                 case 'h':
                         usage(stdout);

@@ -28,8 +28,9 @@ EXTRA_PROPS=${KAFKA_EXTRA_PROPS:-}
 FETCH_LOCK_FD=8
 RUN_LOCK_FD=9
 
-log() { printf 'kafka.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+PROG=kafka.sh
+# shellcheck source=tests/kafka/common.sh
+. "$HERE/common.sh"
 
 usage() {
     cat >&2 <<'EOF'
@@ -43,33 +44,6 @@ EOF
 
 abs_path() { realpath -m -- "$1"; }
 RUN_DIR=$(abs_path "$RUN_DIR_RAW")
-
-# ---------------------------------------------------------------- tools
-
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# ensure_tools java [mvn]: installs what is missing with apt-get.
-ensure_tools() {
-    local pkgs=() t
-    for t in "$@"; do
-        command -v "$t" >/dev/null 2>&1 && continue
-        case $t in
-            java) pkgs+=(default-jre-headless) ;;
-            mvn) pkgs+=(maven) ;;
-        esac
-    done
-    [ ${#pkgs[@]} -eq 0 ] && return 0
-    command -v apt-get >/dev/null 2>&1 || die "missing ${pkgs[*]} and no apt-get to install them"
-    log "installing ${pkgs[*]} with apt-get"
-    as_root apt-get update -qq >&2
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
-    for t in "$@"; do
-        command -v "$t" >/dev/null 2>&1 || die "$t still missing after apt-get install"
-    done
-}
 
 # ---------------------------------------------------------------- fetch
 
@@ -92,22 +66,13 @@ do_fetch() {
         local tmp t0=$SECONDS
         tmp=$(mktemp -d "$CACHE_DIR/lib.tmp.XXXXXX")
         chmod 755 "$tmp"
-        trap 'rm -rf "$tmp" "$tmp.log"' EXIT
+        trap 'rm -rf "$tmp"' EXIT
         log "fetching Kafka broker jars from Maven Central into $LIB_DIR"
-        # shellcheck disable=SC2086 # KAFKA_MVN_OPTS is a word list on purpose
         # = mvn dependency:copy-dependencies, spelled out so that Maven takes
         # the plugin version pinned in pom.xml without resolving the prefix.
-        # Maven 3.8 prints stray colour resets even with -q -B: keep its
-        # output and show it (cleaned) only when it fails.
-        if ! mvn -q -B -Dstyle.color=never ${KAFKA_MVN_OPTS:-} -f "$POM" \
-                org.apache.maven.plugins:maven-dependency-plugin:copy-dependencies \
-                -DoutputDirectory="$tmp" \
-                >"$tmp.log" 2>&1 </dev/null; then
-            sed 's/\x1b\[[0-9;]*m//g' "$tmp.log" >&2
-            rm -f "$tmp.log"
-            die "mvn dependency:copy-dependencies failed"
-        fi
-        rm -f "$tmp.log"
+        MVN_OPTS=${KAFKA_MVN_OPTS:-} mvn_quiet "$POM" \
+            org.apache.maven.plugins:maven-dependency-plugin:copy-dependencies \
+            -DoutputDirectory="$tmp" || die "mvn dependency:copy-dependencies failed"
         compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || die "no kafka_2.13 jar after mvn"
         pom_stamp >"$tmp/.stamp"
         rm -rf "$LIB_DIR"
@@ -118,46 +83,6 @@ do_fetch() {
 }
 
 # ---------------------------------------------------------------- ports
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1, space separated.
-free_ports() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-        return
-    fi
-    local out=() p
-    while [ ${#out[@]} -lt "$1" ]; do
-        p=$((20000 + RANDOM % 12000))
-        [[ " ${out[*]} " == *" $p "* ]] && continue
-        port_free "$p" && out+=("$p")
-    done
-    echo "${out[*]}"
-}
-
-# port_free P: true when 127.0.0.1:P can be listened on.
-port_free() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$1" <<'EOF'
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-EOF
-        return
-    fi
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 # api_versions_ok P: a real Kafka protocol round trip. Sends ApiVersions v0
 # (correlation id 0x4b42, client id "kafka.sh") and expects the same
@@ -178,17 +103,7 @@ api_versions_ok() {
 pid_file() { echo "$RUN_DIR/kafka.pid"; }
 
 # broker_pid: prints the pid of this run dir's broker if it is alive.
-broker_pid() {
-    local pid stat cmd
-    pid=$(cat "$(pid_file)" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ] || return 1
-    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmd == *kafka.Kafka* && $cmd == *"$RUN_DIR/server.properties"* ]] || return 1
-    echo "$pid"
-}
+broker_pid() { pid_alive "$(pid_file)" kafka.Kafka "$RUN_DIR/server.properties"; }
 
 lock_run_dir() {
     mkdir -p "$RUN_DIR"
@@ -199,24 +114,7 @@ lock_run_dir() {
 # kill_broker PID: SIGTERM to its process group, SIGKILL after STOP_TIMEOUT.
 KILLED=0
 kill_broker() {
-    local pid=$1 i
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-        broker_pid >/dev/null || break
-        sleep 0.1
-    done
-    if broker_pid >/dev/null; then
-        log "broker (pid $pid) still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
-        KILLED=1
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            broker_pid >/dev/null || break
-            sleep 0.1
-        done
-    fi
-    # stragglers in the group, if any
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    broker_pid >/dev/null && die "broker (pid $pid) would not die"
+    kill_group broker "$1" "$STOP_TIMEOUT" broker_pid || KILLED=1
     cds_finish
     return 0
 }
@@ -489,38 +387,9 @@ do_start() {
 
 # ---------------------------------------------------------------- stop/status
 
-do_stop() {
-    local clean=0 pid
-    case ${1:-} in
-        --clean) clean=1 ;;
-        "") ;;
-        *) usage ;;
-    esac
-    [ -d "$RUN_DIR" ] || return 0
-    lock_run_dir
-    if pid=$(broker_pid); then
-        log "stopping broker (pid $pid)"
-        kill_broker "$pid"
-    fi
-    rm -f "$(pid_file)" "$RUN_DIR/bootstrap"
-    if [ $clean = 1 ]; then
-        rm -rf "$RUN_DIR"
-    fi
-    return 0
-}
+do_stop() { stop_service broker broker_pid kill_broker "$RUN_DIR/bootstrap" "${1:-}"; }
 
-do_status() {
-    if broker_pid >/dev/null; then
-        if [ -s "$RUN_DIR/bootstrap" ]; then
-            echo "running $(cat "$RUN_DIR/bootstrap")"
-            return 0
-        fi
-        echo "starting"
-        return 3
-    fi
-    echo "stopped"
-    return 1
-}
+do_status() { print_status broker_pid "$RUN_DIR/bootstrap"; }
 
 case ${1:-} in
     fetch) [ $# -eq 1 ] || usage; do_fetch ;;

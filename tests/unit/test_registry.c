@@ -134,6 +134,49 @@ Test(registry, rejected_schema, .fini = stop_reg) {
         kb_registry_destroy(rg);
 }
 
+/* A subject's refusal (409: its compatibility rule) is asked again after
+ * KB_REGISTRY_NEG_TTL_MS, not kept for the process's life: an operator may
+ * relax the rule. */
+Test(registry, subject_refusal_asked_again, .fini = stop_reg) {
+        kb_registry_t *rg;
+        int32_t id = -1;
+        const char *text;
+        char err[512];
+        uint64_t n;
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        int i;
+        kb_registry_res_t r = KB_REG_REJECTED;
+
+        fake_reg_start(&reg, 0, NULL);
+        fake_reg_register(&reg, "t-value", schema_a);
+        fake_reg_post(&reg, "/_fake/config", "{\"fail_status\":409}");
+        rg = client(reg.fr_url, NULL, NULL);
+        cr_assert_eq(kb_registry_subject_id(rg, "t-value", schema_a, 1, &id,
+                                            err, sizeof(err)),
+                     KB_REG_REJECTED);
+        cr_assert(strstr(err, "the schema registry refused POST "
+                              "/subjects/t-value/versions: HTTP 409"),
+                  "%s", err);
+        cr_assert(kb_registry_healthy(rg, err, sizeof(err)));
+        n = kb_registry_requests(rg);
+        fake_reg_post(&reg, "/_fake/config", "{\"fail_status\":0}");
+        cr_assert_eq(kb_registry_subject_id(rg, "t-value", schema_a, 1, &id,
+                                            err, sizeof(err)),
+                     KB_REG_REJECTED, "cached for a while");
+        cr_assert_eq(kb_registry_requests(rg), n);
+        for (i = 0; i < 75 && r != KB_REG_OK; i++) {
+                nanosleep(&ts, NULL);
+                r = kb_registry_subject_id(rg, "t-value", schema_a, 1, &id, err,
+                                           sizeof(err));
+        }
+        cr_assert_eq(r, KB_REG_OK, "%s", err);
+        cr_assert_eq(id, 1);
+        cr_assert_eq(kb_registry_requests(rg), n + 1, "asked once more");
+        cr_assert_eq(kb_registry_schema_by_id(rg, 1, &text, err, sizeof(err)),
+                     KB_REG_OK, "learned from the registration");
+        kb_registry_destroy(rg);
+}
+
 /* Several URLs: the dead ones are skipped; the one that answered is asked
  * first next time. */
 Test(registry, failover, .fini = stop_reg) {
@@ -173,6 +216,47 @@ Test(registry, failover, .fini = stop_reg) {
                 kb_registry_destroy(rg);
                 fake_reg_stop(&second);
         }
+}
+
+/* A base path (Apicurio serves the API under /apis/ccompat/v7): every
+ * request goes below it, on each URL of the list, with or without a final
+ * slash. */
+Test(registry, base_path, .fini = stop_reg) {
+        static const char *const extra[] = {"--base-path", "/apis/ccompat/v7",
+                                            NULL};
+        kb_registry_t *rg;
+        int32_t id = -1, id2 = -1;
+        const char *text;
+        char urls[256], err[512];
+
+        fake_reg_start(&reg, 0, extra);
+        /* nothing answers outside the base path */
+        cr_assert_eq(fake_reg_post(&reg, "/subjects/t-value/versions",
+                                   "{\"schema\":\"\\\"int\\\"\"}"),
+                     404);
+        snprintf(urls, sizeof(urls),
+                 "http://127.0.0.1:1/apis/ccompat/v7, %s/apis/ccompat/v7/",
+                 reg.fr_url);
+        rg = client(urls, NULL, NULL);
+        cr_assert_eq(kb_registry_subject_id(rg, "t-value", schema_a, 1, &id,
+                                            err, sizeof(err)),
+                     KB_REG_OK, "%s", err);
+        cr_assert_eq(kb_registry_requests(rg), 2, "failed over, then answered");
+        kb_registry_destroy(rg);
+
+        rg = client(urls, NULL, NULL);
+        cr_assert_eq(kb_registry_schema_by_id(rg, id, &text, err, sizeof(err)),
+                     KB_REG_OK, "%s", err);
+        cr_assert_str_eq(text, schema_a);
+        cr_assert_eq(kb_registry_subject_id(rg, "t-value", schema_a, 0, &id2,
+                                            err, sizeof(err)),
+                     KB_REG_OK, "%s", err);
+        cr_assert_eq(id2, id);
+        /* the registry's own 404 (error 40403), not the base path's */
+        cr_assert_eq(kb_registry_schema_by_id(rg, 777, &text, err, sizeof(err)),
+                     KB_REG_NOT_FOUND);
+        cr_assert(strstr(err, "error 40403"), "%s", err);
+        kb_registry_destroy(rg);
 }
 
 /* Every URL down: UNAVAILABLE, unhealthy with the reason; asked again only
