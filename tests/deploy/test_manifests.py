@@ -278,18 +278,22 @@ def test_scaledobject_fits(renders, overlay, tmp_path):
 def test_kafka_topics_cover_spec(renders, overlay, tmp_path):
     """A KafkaTopic for every topic of SPEC §1 under the configured names:
     items, one retry topic per retry.delays_ms entry, the DLQs, results,
-    batches, control (1 partition) and batch-state (compacted,
-    co-partitioned with results); nothing else; one Kafka cluster."""
+    batches, control (1 partition), batch-state (compacted,
+    co-partitioned with results) and the API's files and batch records
+    (compacted); nothing else; one Kafka cluster."""
     r = renders[overlay]
     conf = effective_conf(r, deployments(r)[0], tmp_path)
     tiers = len(int_list(conf["retry.delays_ms"]))
     want = {conf[f"topic.{k}"] for k in ("items", "items_dlq", "results", "batches",
-                                        "batches_dlq", "control", "batch_state")}
+                                        "batches_dlq", "control", "batch_state",
+                                        "files", "api_batches")}
     want |= {f"{conf['topic.items']}.retry.{n}" for n in range(1, tiers + 1)}
     topics = {t["spec"]["topicName"]: t for t in r.of_kind("KafkaTopic")}
     assert set(topics) == want
     assert len({t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics.values()}) == 1
     assert topics[conf["topic.control"]]["spec"]["partitions"] == 1
+    for k in ("files", "api_batches"):
+        assert topics[conf[f"topic.{k}"]]["spec"]["config"]["cleanup.policy"] == "compact", k
     state = topics[conf["topic.batch_state"]]["spec"]
     assert state["config"]["cleanup.policy"] == "compact"
     assert state["partitions"] == topics[conf["topic.results"]]["spec"]["partitions"]

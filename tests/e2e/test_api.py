@@ -1,0 +1,325 @@
+"""The HTTP batch API (role `api`, SPEC §11) through the official `openai`
+SDK (tests/e2e/requirements.txt pins it), against a real broker, a real
+`kbatch worker` (items + aggregator + api) and the fake model."""
+import io
+import json
+import os
+import re
+import signal
+import time
+
+import openai
+import pytest
+import requests
+
+from fakes import FakeModel
+
+KEYS = {"acme": "key-acme-000001", "other": "key-other-000002"}
+
+
+class Api:
+    """One `kbatch worker` with the api role, and clients for it."""
+
+    def __init__(self, env, conf, worker_env):
+        self.env = env
+        self.conf = conf
+        self.worker_env = worker_env
+        self.worker = None
+        self.port = None
+
+    def start(self):
+        self.worker = self.env.worker(self.conf, env=self.worker_env, name="api")
+        line = self.worker.wait_log(
+            lambda l: l.get("msg", "").startswith("batch API listening on"), 60)
+        self.port = int(line["msg"].split(" ")[4].rsplit(":", 1)[1])
+        self.worker.wait_log(lambda l: "caught up" in l.get("msg", ""), 60)
+        return self
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, tenant="acme", key=None):
+        return openai.OpenAI(base_url=self.url + "/v1",
+                             api_key=key or KEYS[tenant], max_retries=0, timeout=60)
+
+    def http(self, method, path, tenant="acme", **kw):
+        headers = kw.pop("headers", {})
+        if tenant:
+            headers.setdefault("Authorization", f"Bearer {KEYS[tenant]}")
+        return requests.request(method, self.url + path, headers=headers, timeout=60, **kw)
+
+
+def start_api(env, fake, tmp_path, extra="", routes=None):
+    keys = tmp_path / "keys"
+    keys.write_text("# tenants of the test\n" +
+                    "".join(f"{t} {k}\n" for t, k in KEYS.items()))
+    conf = env.write_conf(
+        base_url=fake.url, routes=routes,
+        extra=f'api: {{ listen = "127.0.0.1:0"; keys_file = "{keys}"; {extra} }};')
+    env.create_topics(conf, partitions=2)
+    return Api(env, conf, {"KBATCH_WORKER_ROLES": "items,aggregator,api"}).start()
+
+
+@pytest.fixture
+def api(env, fake, tmp_path):
+    return start_api(env, fake, tmp_path)
+
+
+def line(i, fail=False, model="gpt-test"):
+    body = {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]}
+    if fail:
+        body["fake"] = {"status": 400}
+    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": body}
+
+
+def jsonl(lines):
+    return ("".join(json.dumps(l) + "\n" for l in lines)).encode()
+
+
+def upload(client, lines, name="input.jsonl"):
+    return client.files.create(file=(name, io.BytesIO(jsonl(lines))), purpose="batch")
+
+
+def wait_status(client, batch_id, want, timeout=90):
+    deadline = time.time() + timeout
+    b = None
+    while time.time() < deadline:
+        b = client.batches.retrieve(batch_id)
+        if b.status in want:
+            return b
+        time.sleep(0.3)
+    raise AssertionError(f"batch {batch_id} not {want} after {timeout}s: {b}")
+
+
+def test_openai_round_trip(api):
+    """upload -> create -> poll -> output and error files, as with OpenAI."""
+    c = api.client()
+    lines = [line(i, fail=(i in (3, 7))) for i in range(10)]
+    f = upload(c, lines)
+    assert f.id.startswith("file-") and f.purpose == "batch"
+    assert f.bytes == len(jsonl(lines)) and f.filename == "input.jsonl"
+    assert c.files.retrieve(f.id).id == f.id
+    assert c.files.content(f.id).content == jsonl(lines)
+    assert [x.id for x in c.files.list().data] == [f.id]
+
+    t0 = time.time()
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                         completion_window="24h", metadata={"team": "search"})
+    assert b.status in ("validating", "in_progress"), b
+    assert b.request_counts.total == 10 and b.metadata == {"team": "search"}
+    assert b.expires_at - b.created_at == 24 * 3600
+    b = wait_status(c, b.id, {"completed"})
+    print(f"create -> completed in {time.time() - t0:.2f}s")
+    assert b.request_counts.total == 10
+    assert b.request_counts.completed == 8 and b.request_counts.failed == 2
+    assert b.output_file_id and b.error_file_id and b.completed_at
+
+    out = [json.loads(l) for l in c.files.content(b.output_file_id).text.splitlines()]
+    err = [json.loads(l) for l in c.files.content(b.error_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == sorted(f"req-{i}" for i in range(10) if i not in (3, 7))
+    assert sorted(o["custom_id"] for o in err) == ["req-3", "req-7"]
+    for o in out:
+        assert o["id"].startswith("batch_req_") and o["error"] is None
+        assert o["response"]["status_code"] == 200
+        assert o["response"]["body"]["choices"][0]["message"]["content"] == \
+            f"echo: hello {o['custom_id'].split('-')[1]}"
+    for o in err:
+        assert o["response"]["status_code"] == 400 and o["error"]["code"]
+    # the same as `kbatch collect` writes
+    r = api.env.kbatch("collect", b.id, "--no-wait", "-q", conf=api.conf)
+    assert sorted(r.stdout.splitlines()) == sorted(
+        c.files.content(b.output_file_id).text.splitlines() +
+        c.files.content(b.error_file_id).text.splitlines())
+
+
+def test_cancel_mid_batch(env, tmp_path):
+    """A slow model, one call at a time: cancel ends the rest cancelled."""
+    with FakeModel(latency_ms=300) as slow:
+        routes = (f'( {{ model = "*"; base_url = "{slow.url}"; '
+                  f'max_inflight = 1; }} )')
+        a = start_api(env, slow, tmp_path, routes=routes)
+        c = a.client()
+        f = upload(c, [line(i) for i in range(30)])
+        b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                             completion_window="1h")
+        deadline = time.time() + 30
+        while slow.stats(items=False)["requests_total"] < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        b = c.batches.cancel(b.id)
+        assert b.status in ("cancelling", "cancelled"), b
+        assert b.cancelling_at
+        b = wait_status(c, b.id, {"cancelled"})
+        assert b.request_counts.total == 30
+        assert 0 < b.request_counts.completed < 30
+        assert b.request_counts.failed == 30 - b.request_counts.completed
+        assert b.cancelled_at
+        errs = [json.loads(l) for l in c.files.content(b.error_file_id).text.splitlines()]
+        assert errs and all(e["error"]["code"] == "batch_cancelled" for e in errs)
+        # cancelling again changes nothing
+        assert c.batches.cancel(b.id).status == "cancelled"
+
+
+def test_list_pagination(api):
+    c = api.client()
+    f = upload(c, [line(0)])
+    ids = [c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                            completion_window="24h").id for _ in range(5)]
+    p1 = c.batches.list(limit=2)
+    assert [b.id for b in p1.data] == ids[::-1][:2] and p1.has_more
+    p2 = c.batches.list(limit=2, after=p1.data[-1].id)
+    assert [b.id for b in p2.data] == ids[::-1][2:4] and p2.has_more
+    p3 = c.batches.list(limit=2, after=p2.data[-1].id)
+    assert [b.id for b in p3.data] == ids[::-1][4:] and not p3.has_more
+    # the SDK's auto-pagination walks every page
+    assert [b.id for b in c.batches.list(limit=2)] == ids[::-1]
+
+
+def test_tenants_isolated(api):
+    """Another tenant's files and batches answer 404 on every endpoint."""
+    acme, other = api.client("acme"), api.client("other")
+    f = upload(acme, [line(0), line(1)])
+    b = acme.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                            completion_window="24h")
+    b = wait_status(acme, b.id, {"completed"})
+    for call in (lambda: other.files.retrieve(f.id),
+                 lambda: other.files.content(f.id),
+                 lambda: other.files.delete(f.id),
+                 lambda: other.files.retrieve(b.output_file_id),
+                 lambda: other.files.content(b.output_file_id),
+                 lambda: other.batches.retrieve(b.id),
+                 lambda: other.batches.cancel(b.id),
+                 lambda: other.batches.create(input_file_id=f.id,
+                                              endpoint="/v1/chat/completions",
+                                              completion_window="24h")):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert other.files.list().data == [] and other.batches.list().data == []
+    # a made-up id answers exactly the same
+    r1 = api.http("GET", f"/v1/batches/{b.id}", tenant="other")
+    r2 = api.http("GET", "/v1/batches/batch_01AAAAAAAAAAAAAAAAAAAAAAAA", tenant="other")
+    assert r1.status_code == r2.status_code == 404
+    assert r1.json()["error"]["code"] == r2.json()["error"]["code"] == "not_found"
+    # the owner still has everything
+    assert acme.files.retrieve(f.id).id == f.id
+    assert acme.files.delete(f.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        acme.files.retrieve(f.id)
+
+
+def test_auth(api):
+    with pytest.raises(openai.AuthenticationError):
+        api.client(key="key-wrong-000000").files.list()
+    r = api.http("GET", "/v1/batches", tenant=None)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = api.http("GET", "/v1/batches", tenant=None, headers={"x-api-key": KEYS["other"]})
+    assert r.status_code == 200 and r.json()["data"] == []
+    # keys are re-read when the file changes
+    keys = api.env.tmp / "keys"
+    time.sleep(1.1)
+    keys.write_text(f"acme sha256:{__import__('hashlib').sha256(b'key-new-000003').hexdigest()}\n")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if api.http("GET", "/v1/files", tenant=None,
+                    headers={"Authorization": "Bearer key-new-000003"}).status_code == 200:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the new key was not accepted")
+    assert api.http("GET", "/v1/files", tenant="acme").status_code == 401
+
+
+def test_bad_input(api):
+    """Clear 4xx in OpenAI's error shape; the server keeps serving."""
+    r = api.http("POST", "/v1/files", files={"file": ("x.jsonl", b"{}\nnot json\n" +
+                                                      jsonl([line(1), line(1)]))},
+                 data={"purpose": "batch"})
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]["message"]
+    assert "4 bad lines" not in msg and "line 1:" in msg and "line 2:" in msg
+    assert "line 4: duplicate custom_id \"req-1\" (first on line 3)" in msg
+    assert api.http("GET", "/v1/files").json()["data"] == []  # nothing stored
+    r = api.http("POST", "/v1/files", data=b"--xx\r\nbroken", headers={
+        "Content-Type": "multipart/form-data; boundary=xx"})
+    assert r.status_code == 400, r.text
+    r = api.http("POST", "/v1/files", files={"file": ("x.jsonl", jsonl([line(1)]))},
+                 data={"purpose": "fine-tune"})
+    assert r.status_code == 400 and "purpose" in r.json()["error"]["message"]
+    r = api.http("POST", "/v1/files", json={"purpose": "batch"})
+    assert r.status_code == 400
+    r = api.http("POST", "/v1/batches", data=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = api.http("POST", "/v1/batches", json=[1, 2])
+    assert r.status_code == 400
+    for body, param in (({"input_file_id": 5, "endpoint": "/v1/chat/completions",
+                          "completion_window": "24h"}, "input_file_id"),
+                        ({"input_file_id": "file-x", "endpoint": "/v2/x",
+                          "completion_window": "24h"}, "endpoint"),
+                        ({"input_file_id": "file-x", "endpoint": "/v1/chat/completions",
+                          "completion_window": "soon"}, "completion_window"),
+                        ({"input_file_id": "file-x", "endpoint": "/v1/chat/completions",
+                          "completion_window": "24h", "metadata": {"k": 1}}, "metadata")):
+        r = api.http("POST", "/v1/batches", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = api.http("POST", "/v1/batches", json={"input_file_id": "file-nope",
+                                              "endpoint": "/v1/chat/completions",
+                                              "completion_window": "24h"})
+    assert r.status_code == 404
+    r = api.http("GET", "/v1/batches?limit=0")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+    assert api.http("GET", "/v1/nothing").status_code == 404
+    r = api.http("PUT", "/v1/batches")
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, POST"
+    assert api.http("DELETE", "/v1/batches/batch_x").status_code == 405
+    # still serving
+    c = api.client()
+    assert upload(c, [line(1)]).id
+
+
+def test_metrics_count_api_requests(env, fake, tmp_path):
+    port = None
+    keys = tmp_path / "keys"
+    keys.write_text(f"acme {KEYS['acme']}\n")
+    conf = env.write_conf(base_url=fake.url, admin_listen="127.0.0.1:0",
+                          extra=f'api: {{ listen = "127.0.0.1:0"; keys_file = "{keys}"; }};')
+    env.create_topics(conf, partitions=2)
+    a = Api(env, conf, {"KBATCH_WORKER_ROLES": "api"}).start()
+    line_ = a.worker.wait_log(lambda l: l.get("msg", "").startswith("admin server listening"))
+    port = int(re.search(r":(\d+) ", line_["msg"]).group(1))
+    a.http("GET", "/v1/batches")
+    a.http("GET", "/v1/batches/batch_nope")
+    a.http("GET", "/v1/batches", tenant=None)
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'kbatch_api_requests_total{endpoint="/v1/batches",code="200"} 1' in text
+    assert 'kbatch_api_requests_total{endpoint="/v1/batches/{id}",code="404"} 1' in text
+    assert 'kbatch_api_requests_total{endpoint="/v1/batches",code="401"} 1' in text
+    assert 'kbatch_api_request_seconds_count{endpoint="/v1/batches"} 2' in text
+
+
+def test_no_keys_file_needs_loopback(env, fake, tmp_path):
+    conf = env.write_conf(base_url=fake.url, extra='api: { listen = "0.0.0.0:0"; };')
+    r = env.kbatch("worker", conf=conf, check=False, env={"KBATCH_WORKER_ROLES": "api"},
+                   timeout=30)
+    assert r.returncode == 2
+    errors = [l for l in r.stderr.splitlines() if '"error"' in l]
+    assert len(errors) == 1 and "api.keys_file is not set" in errors[0], r.stderr
+
+
+def test_restart_loses_nothing(api):
+    """State lives in Kafka: a replica killed with SIGKILL and started again
+    answers the same (and a second replica does too)."""
+    c = api.client()
+    f = upload(c, [line(i) for i in range(4)])
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                         completion_window="24h")
+    b = wait_status(c, b.id, {"completed"})
+    before = (c.files.retrieve(f.id).model_dump(), b.model_dump(),
+              c.files.content(b.output_file_id).text)
+    api.worker.stop(sig=signal.SIGKILL)
+    api.start()
+    c = api.client()
+    after = (c.files.retrieve(f.id).model_dump(), c.batches.retrieve(b.id).model_dump(),
+             c.files.content(b.output_file_id).text)
+    assert sorted(after[2].splitlines()) == sorted(before[2].splitlines())
+    assert after[:2] == before[:2]
