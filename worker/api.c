@@ -33,6 +33,7 @@ static const struct {
         [R_BATCHES] = {"/v1/batches", "GET, POST", KB_API_OPENAI},
         [R_BATCH] = {"/v1/batches/{id}", "GET", KB_API_OPENAI},
         [R_BATCH_CANCEL] = {"/v1/batches/{id}/cancel", "POST", KB_API_OPENAI},
+        [R_BATCH_ITEMS] = {"/v1/batches/{id}/items", "GET", KB_API_OPENAI},
         [R_MBATCHES] = {"/v1/messages/batches", "GET, POST",
                         KB_API_ANTHROPIC},
         [R_MBATCH] = {"/v1/messages/batches/{id}", "GET, DELETE",
@@ -203,10 +204,9 @@ static int by_id_desc(const void *a, const void *b) {
         return strcmp(y ? y : "", x ? x : "");
 }
 
-json_t *kb_api_page(json_t *arr, int64_t limit, const char *after_id,
-                    const char *before_id,
-                    json_t *(*fmt)(kb_api_t *, json_t *), kb_api_t *ap,
-                    int anthropic) {
+json_t *kb_api_page(kb_api_req_t *rq, json_t *arr, int64_t limit,
+                    const char *after_id, const char *before_id,
+                    json_t *(*fmt)(kb_api_req_t *, json_t *)) {
         size_t n = json_array_size(arr), i, start = 0, end;
         json_t **v = calloc(n ? n : 1, sizeof(*v)), *data = json_array();
         json_t *first = NULL, *last = NULL, *out;
@@ -231,18 +231,17 @@ json_t *kb_api_page(json_t *arr, int64_t limit, const char *after_id,
                         start = end - (size_t)limit;
         }
         for (i = start; i < end && i < start + (size_t)limit; i++)
-                json_array_append_new(data, fmt(ap, v[i]));
+                json_array_append_new(data, fmt(rq, v[i]));
         if (json_array_size(data)) {
                 first = json_object_get(json_array_get(data, 0), "id");
                 last = json_object_get(
                         json_array_get(data, json_array_size(data) - 1), "id");
         }
-        out = json_pack("{so sO sO sb}", "data", data, anthropic ? "first_id"
-                                                                 : "first_id",
+        out = json_pack("{so sO sO sb}", "data", data, "first_id",
                         first ? first : json_null(), "last_id",
                         last ? last : json_null(), "has_more",
                         before_id ? start > 0 : i < end);
-        if (!anthropic)
+        if (rq->rq_flavour == KB_API_OPENAI)
                 json_object_set_new(out, "object", json_string("list"));
         free(v);
         return out;
@@ -312,6 +311,8 @@ static kb_api_route_t route_of(const char *url, char *id, size_t id_size) {
                 return R_FILE_CONTENT;
         if (one == R_BATCH && !strcmp(slash, "cancel"))
                 return R_BATCH_CANCEL;
+        if (one == R_BATCH && !strcmp(slash, "items"))
+                return R_BATCH_ITEMS;
         if (one == R_MBATCH && !strcmp(slash, "cancel"))
                 return R_MBATCH_CANCEL;
         if (one == R_MBATCH && !strcmp(slash, "results"))

@@ -1,13 +1,19 @@
 /* api_batches: OpenAI Batches (POST/GET /v1/batches, GET
- * /v1/batches/{id}, POST /v1/batches/{id}/cancel).
+ * /v1/batches/{id}, POST /v1/batches/{id}/cancel, GET
+ * /v1/batches/{id}/items) and Anthropic Message Batches
+ * (/v1/messages/batches...).
  *
  * Creating a batch writes its record (state "validating"), reads the input
  * file back from Kafka and publishes its items exactly as `kbatch submit`
  * does (publish.h), then writes the record again (state "in_progress").
+ * Inline requests (OpenAI `requests`, every Anthropic create) are validated
+ * the same way and stored as a file of the tenant first, so every batch has
+ * an input file (its custom_ids, for the items listing).
  * Progress comes from the aggregator's batch-state (apistore.h); output and
  * error files are what `kbatch collect` writes (kb_cmd_collect_to), read
  * from the results topic when asked for. */
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,59 +83,89 @@ int kb_api_result_file(kb_api_t *ap, const char *batch_id, int errors,
         return 0;
 }
 
-/* ---- the batch object ---- */
+/* ---- the batch objects ---- */
 
 static json_t *int_or_null(int64_t v) {
         return v > 0 ? json_integer(v) : json_null();
 }
 
-/* The OpenAI status of a record and its aggregator state (may be NULL);
- * *complete: every item is terminal. */
-static const char *openai_status(json_t *rec, json_t *state, int *complete) {
-        const char *s = json_string_value(json_object_get(rec, "state"));
-        int64_t total = json_integer_value(json_object_get(rec, "items_total"));
-        *complete = 0;
-        if (s && !strcmp(s, "validating"))
-                return "validating";
-        if (s && !strcmp(s, "failed"))
-                return "failed";
-        if (state && json_integer_value(json_object_get(state, "done")) >=
-                             total) {
-                const char *st =
-                        json_string_value(json_object_get(state, "status"));
-                *complete = 1;
-                if (st && !strcmp(st, "cancelled"))
+/* RFC 3339 UTC of epoch seconds, or null for 0. */
+static json_t *rfc3339(int64_t s) {
+        char buf[32];
+        time_t t = (time_t)s;
+        struct tm tm;
+        if (s <= 0 || !gmtime_r(&t, &tm))
+                return json_null();
+        strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        return json_string(buf);
+}
+
+/* What the record and the aggregator's state say. */
+typedef struct {
+        const char *bv_id;
+        const char *bv_state; /* the record's: validating, in_progress,
+                               * failed */
+        int bv_complete;      /* every item is terminal */
+        const char *bv_status; /* the aggregator's batch status once
+                                * complete */
+        int64_t bv_total, bv_done, bv_succeeded, bv_failed, bv_cancelled,
+                bv_expired;
+        int64_t bv_completed_at; /* s */
+        int64_t bv_cancel_at;    /* s, 0: no cancel */
+} bview_t;
+
+/* Fills bv; returns the state (new reference, may be NULL) that bv's
+ * strings borrow from, with rec. */
+static json_t *bview(kb_api_t *ap, json_t *rec, bview_t *bv) {
+        json_t *st;
+        memset(bv, 0, sizeof(*bv));
+        bv->bv_id = json_string_value(json_object_get(rec, "id"));
+        bv->bv_state = json_string_value(json_object_get(rec, "state"));
+        bv->bv_total = json_integer_value(json_object_get(rec, "items_total"));
+        bv->bv_cancel_at = json_integer_value(
+                json_object_get(rec, "cancel_requested_at"));
+        if (!bv->bv_state)
+                bv->bv_state = "in_progress";
+        st = bv->bv_id ? kb_apistore_state(ap->ap_store, bv->bv_id) : NULL;
+        if (!st)
+                return NULL;
+        bv->bv_done = json_integer_value(json_object_get(st, "done"));
+        bv->bv_succeeded = json_integer_value(json_object_get(st, "succeeded"));
+        bv->bv_failed = json_integer_value(json_object_get(st, "failed"));
+        bv->bv_cancelled = json_integer_value(json_object_get(st, "cancelled"));
+        bv->bv_expired = json_integer_value(json_object_get(st, "expired"));
+        bv->bv_completed_at =
+                json_integer_value(json_object_get(st, "completed_at")) / 1000;
+        bv->bv_status = json_string_value(json_object_get(st, "status"));
+        bv->bv_complete = !strcmp(bv->bv_state, "in_progress") &&
+                          bv->bv_done >= bv->bv_total;
+        return st;
+}
+
+static const char *openai_status(const bview_t *bv) {
+        if (!strcmp(bv->bv_state, "validating") ||
+            !strcmp(bv->bv_state, "failed"))
+                return bv->bv_state;
+        if (bv->bv_complete) {
+                if (bv->bv_status && !strcmp(bv->bv_status, "cancelled"))
                         return "cancelled";
-                if (st && !strcmp(st, "expired"))
+                if (bv->bv_status && !strcmp(bv->bv_status, "expired"))
                         return "expired";
                 return "completed";
         }
-        if (json_object_get(rec, "cancel_requested_at"))
-                return "cancelling";
-        return "in_progress";
+        return bv->bv_cancel_at ? "cancelling" : "in_progress";
 }
 
-static json_t *openai_batch(kb_api_t *ap, json_t *rec) {
-        const char *id = json_string_value(json_object_get(rec, "id"));
-        json_t *state = kb_apistore_state(ap->ap_store, id), *o;
-        int complete;
-        const char *status = openai_status(rec, state, &complete);
-        int64_t total = json_integer_value(json_object_get(rec, "items_total"));
-        int64_t succeeded = 0, done = 0, completed_at = 0, cancel_at;
+static json_t *openai_batch(kb_api_req_t *rq, json_t *rec) {
+        bview_t bv;
+        json_t *state = bview(rq->rq_api, rec, &bv), *o, *md;
+        const char *status = openai_status(&bv);
         char out_id[64], err_id[64];
+        int done = bv.bv_complete;
 
-        if (state) {
-                succeeded = json_integer_value(
-                        json_object_get(state, "succeeded"));
-                done = json_integer_value(json_object_get(state, "done"));
-                completed_at = json_integer_value(
-                                       json_object_get(state, "completed_at")) /
-                               1000;
-        }
-        cancel_at = json_integer_value(
-                json_object_get(rec, "cancel_requested_at"));
-        kb_api_result_file_id(id, "output", out_id);
-        kb_api_result_file_id(id, "error", err_id);
+        kb_api_result_file_id(bv.bv_id, "output", out_id);
+        kb_api_result_file_id(bv.bv_id, "error", err_id);
+        md = json_object_get(rec, "metadata");
         o = json_pack("{sO ss sO sO sO ss sO sO sO}", "id",
                       json_object_get(rec, "id"), "object", "batch",
                       "endpoint", json_object_get(rec, "endpoint"),
@@ -138,10 +174,7 @@ static json_t *openai_batch(kb_api_t *ap, json_t *rec) {
                       json_object_get(rec, "completion_window"), "status",
                       status, "created_at", json_object_get(rec, "created_at"),
                       "expires_at", json_object_get(rec, "expires_at"),
-                      "metadata",
-                      json_object_get(rec, "metadata")
-                              ? json_object_get(rec, "metadata")
-                              : json_null());
+                      "metadata", md ? md : json_null());
         if (!o) {
                 json_decref(state);
                 return NULL;
@@ -151,52 +184,95 @@ static json_t *openai_batch(kb_api_t *ap, json_t *rec) {
                                 ? json_object_get(rec, "errors")
                                 : json_null());
         json_object_set_new(o, "output_file_id",
-                            complete && succeeded ? json_string(out_id)
-                                                  : json_null());
+                            done && bv.bv_succeeded ? json_string(out_id)
+                                                    : json_null());
         json_object_set_new(o, "error_file_id",
-                            complete && done > succeeded ? json_string(err_id)
-                                                         : json_null());
+                            done && bv.bv_done > bv.bv_succeeded
+                                    ? json_string(err_id)
+                                    : json_null());
         json_object_set_new(o, "in_progress_at",
                             int_or_null(json_integer_value(json_object_get(
                                     rec, "in_progress_at"))));
         json_object_set_new(o, "finalizing_at",
-                            complete ? int_or_null(completed_at) : json_null());
+                            done ? int_or_null(bv.bv_completed_at)
+                                 : json_null());
         json_object_set_new(o, "completed_at",
-                            complete && !strcmp(status, "completed")
-                                    ? int_or_null(completed_at)
+                            !strcmp(status, "completed")
+                                    ? int_or_null(bv.bv_completed_at)
                                     : json_null());
         json_object_set_new(o, "failed_at",
-                            !strcmp(status, "failed")
-                                    ? int_or_null(json_integer_value(
-                                              json_object_get(rec,
-                                                              "failed_at")))
-                                    : json_null());
+                            int_or_null(json_integer_value(
+                                    json_object_get(rec, "failed_at"))));
         json_object_set_new(o, "expired_at",
                             !strcmp(status, "expired")
-                                    ? int_or_null(completed_at)
+                                    ? int_or_null(bv.bv_completed_at)
                                     : json_null());
-        json_object_set_new(o, "cancelling_at", int_or_null(cancel_at));
+        json_object_set_new(o, "cancelling_at", int_or_null(bv.bv_cancel_at));
         json_object_set_new(o, "cancelled_at",
                             !strcmp(status, "cancelled")
-                                    ? int_or_null(completed_at)
+                                    ? int_or_null(bv.bv_completed_at)
                                     : json_null());
         json_object_set_new(
                 o, "request_counts",
-                json_pack("{sI sI sI}", "total", (json_int_t)total,
-                          "completed", (json_int_t)succeeded, "failed",
-                          (json_int_t)(done - succeeded)));
+                json_pack("{sI sI sI}", "total", (json_int_t)bv.bv_total,
+                          "completed", (json_int_t)bv.bv_succeeded, "failed",
+                          (json_int_t)(bv.bv_done - bv.bv_succeeded)));
+        if (json_object_get(rec, "callback_url"))
+                json_object_set(o, "callback_url",
+                                json_object_get(rec, "callback_url"));
         json_decref(state);
         return o;
 }
 
-/* The record of batch id when tenant owns it and flavour matches (new
- * reference), else NULL. */
+static json_t *anthropic_batch(kb_api_req_t *rq, json_t *rec) {
+        bview_t bv;
+        json_t *state = bview(rq->rq_api, rec, &bv), *o;
+        int ended = bv.bv_complete || !strcmp(bv.bv_state, "failed");
+        const char *host = MHD_lookup_connection_value(
+                rq->rq_conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+        char *url = NULL;
+        if (ended &&
+            asprintf(&url, "%s%s/v1/messages/batches/%s/results",
+                     host ? "http://" : "", host ? host : "", bv.bv_id) < 0)
+                url = NULL;
+        o = json_pack(
+                "{sO ss ss s{sI sI sI sI sI} so so so sn so so}", "id",
+                json_object_get(rec, "id"), "type", "message_batch",
+                "processing_status",
+                ended            ? "ended"
+                : bv.bv_cancel_at ? "canceling"
+                                  : "in_progress",
+                "request_counts", "processing",
+                (json_int_t)(ended ? 0 : bv.bv_total - bv.bv_done),
+                "succeeded", (json_int_t)bv.bv_succeeded, "errored",
+                (json_int_t)(bv.bv_failed +
+                             (ended && !bv.bv_complete ? bv.bv_total : 0)),
+                "canceled", (json_int_t)bv.bv_cancelled, "expired",
+                (json_int_t)bv.bv_expired, "created_at",
+                rfc3339(json_integer_value(json_object_get(rec, "created_at"))),
+                "expires_at",
+                rfc3339(json_integer_value(json_object_get(rec, "expires_at"))),
+                "ended_at",
+                ended ? rfc3339(bv.bv_completed_at
+                                        ? bv.bv_completed_at
+                                        : json_integer_value(json_object_get(
+                                                  rec, "failed_at")))
+                      : json_null(),
+                "archived_at", "cancel_initiated_at", rfc3339(bv.bv_cancel_at),
+                "results_url", url ? json_string(url) : json_null());
+        free(url);
+        json_decref(state);
+        return o;
+}
+
+/* The record of batch rq_id when the tenant owns it and its flavour is
+ * flavour (NULL: any) (new reference), else NULL. */
 static json_t *owned_batch(kb_api_req_t *rq, const char *flavour) {
         json_t *b = kb_apistore_batch(rq->rq_api->ap_store, rq->rq_id);
         const char *tn = json_string_value(json_object_get(b, "tenant"));
         const char *fl = json_string_value(json_object_get(b, "flavour"));
         if (b && tn && !strcmp(tn, rq->rq_tenant) && fl &&
-            !strcmp(fl, flavour))
+            (!flavour || !strcmp(fl, flavour)))
                 return b;
         json_decref(b);
         return NULL;
@@ -255,6 +331,8 @@ static int publish_file(kb_api_t *ap, json_t *rec, json_t *file,
         b.bb_items_total = total;
         b.bb_deadline = deadline;
         b.bb_metadata = json_object_get(rec, "metadata");
+        b.bb_callback_url =
+                json_string_value(json_object_get(rec, "callback_url"));
         b.bb_submitted_at = kb_wall_ms();
         if (!(cp.cp_wait = kb_apiwait_new()) ||
             !(cp.cp_pub = kb_pub_new(kb_apistore_producer(ap->ap_store), sd,
@@ -294,11 +372,24 @@ out:
         return ret;
 }
 
-/* The idempotency digests of the request: 1 and key_digest (the tenant's
- * key) and payload_digest set when an Idempotency-Key came; 0 when none;
- * -1 after queuing the 400. */
-static int idempotency(kb_api_req_t *rq, json_t *body, char *key_digest,
-                       char *payload_digest, enum MHD_Result *queued) {
+/* What a create asks for. */
+typedef struct {
+        const char *cr_flavour;      /* "openai", "anthropic" */
+        const char *cr_endpoint;     /* OpenAI's, or NULL */
+        const char *cr_window;       /* as given */
+        int64_t cr_window_ms;
+        json_t *cr_metadata;         /* borrowed, or NULL */
+        const char *cr_callback_url; /* or NULL */
+        int cr_inline;               /* the input file was made here */
+        int cr_idem;                 /* an Idempotency-Key came */
+        char cr_key_digest[KB_BF_BATCH_ID_SIZE];
+        char cr_payload_digest[KB_BF_BATCH_ID_SIZE];
+} create_t;
+
+/* The idempotency digests of the request: 1 and the digests set when an
+ * Idempotency-Key came; 0 when none; -1 after queuing the 400. */
+static int idempotency(kb_api_req_t *rq, json_t *body, create_t *cr,
+                       enum MHD_Result *queued) {
         const char *k = MHD_lookup_connection_value(
                 rq->rq_conn, MHD_HEADER_KIND, "Idempotency-Key");
         char *s = NULL, *dump;
@@ -313,12 +404,10 @@ static int idempotency(kb_api_req_t *rq, json_t *body, char *key_digest,
                 return -1;
         }
         dump = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
-        if (asprintf(&s, "%s\n%s\n%s", rq->rq_tenant,
-                     rq->rq_flavour == KB_API_ANTHROPIC ? "anthropic"
-                                                        : "openai",
-                     k) < 0 ||
-            !dump || kb_bf_batch_id_from_key(s, key_digest) ||
-            kb_bf_batch_id_from_key(dump, payload_digest)) {
+        if (asprintf(&s, "%s\n%s\n%s", rq->rq_tenant, cr->cr_flavour, k) < 0)
+                s = NULL;
+        if (!s || !dump || kb_bf_batch_id_from_key(s, cr->cr_key_digest) ||
+            kb_bf_batch_id_from_key(dump, cr->cr_payload_digest)) {
                 free(s);
                 free(dump);
                 *queued = MHD_NO;
@@ -326,7 +415,230 @@ static int idempotency(kb_api_req_t *rq, json_t *body, char *key_digest,
         }
         free(s);
         free(dump);
+        cr->cr_idem = 1;
         return 1;
+}
+
+/* The batch an Idempotency-Key already made: 1 after queuing the answer
+ * (200 with it, 409 when the payload differs), 0 when none. */
+static int idempotent_replay(kb_api_req_t *rq, const create_t *cr,
+                             enum MHD_Result *queued) {
+        json_t *prior;
+        const char *pd;
+        if (!cr->cr_idem ||
+            !(prior = kb_apistore_batch_by_idem(rq->rq_api->ap_store,
+                                                cr->cr_key_digest)))
+                return 0;
+        pd = json_string_value(json_object_get(prior, "payload_digest"));
+        if (pd && !strcmp(pd, cr->cr_payload_digest))
+                *queued = kb_api_reply_json(
+                        rq, 200,
+                        rq->rq_flavour == KB_API_ANTHROPIC
+                                ? anthropic_batch(rq, prior)
+                                : openai_batch(rq, prior));
+        else
+                *queued = kb_api_error(
+                        rq, 409, "Idempotency-Key",
+                        "this Idempotency-Key was used for another request "
+                        "(batch %s)",
+                        json_string_value(json_object_get(prior, "id")));
+        json_decref(prior);
+        return 1;
+}
+
+/* Creates the batch of file (a header of the tenant): record, items,
+ * record. Returns the record (new reference), or NULL after queuing the
+ * error. */
+static json_t *create_batch(kb_api_req_t *rq, const create_t *cr, json_t *file,
+                            enum MHD_Result *queued) {
+        kb_api_t *ap = rq->rq_api;
+        char id[64], errstr[1024], e2[256];
+        int64_t now = kb_wall_ms();
+        json_t *rec;
+
+        kb_api_new_id(!strcmp(cr->cr_flavour, "anthropic") ? "msgbatch_"
+                                                           : "batch_",
+                      id);
+        rec = json_pack("{ss ss ss sO sO sI sI sO ss}", "id", id, "tenant",
+                        rq->rq_tenant, "flavour", cr->cr_flavour,
+                        "input_file_id", json_object_get(file, "id"),
+                        "metadata",
+                        cr->cr_metadata ? cr->cr_metadata : json_null(),
+                        "created_at", (json_int_t)(now / 1000), "expires_at",
+                        (json_int_t)((now + cr->cr_window_ms) / 1000),
+                        "items_total", json_object_get(file, "lines"), "state",
+                        "validating");
+        if (!rec) {
+                *queued = MHD_NO;
+                return NULL;
+        }
+        if (cr->cr_endpoint)
+                json_object_set_new(rec, "endpoint",
+                                    json_string(cr->cr_endpoint));
+        if (cr->cr_window)
+                json_object_set_new(rec, "completion_window",
+                                    json_string(cr->cr_window));
+        if (cr->cr_callback_url)
+                json_object_set_new(rec, "callback_url",
+                                    json_string(cr->cr_callback_url));
+        if (cr->cr_inline)
+                json_object_set_new(rec, "inline", json_true());
+        if (cr->cr_idem) {
+                json_object_set_new(rec, "idempotency",
+                                    json_string(cr->cr_key_digest));
+                json_object_set_new(rec, "payload_digest",
+                                    json_string(cr->cr_payload_digest));
+        }
+        if (kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec, -1,
+                            errstr, sizeof(errstr))) {
+                *queued = kb_api_error(rq, 503, NULL,
+                                       "cannot store the batch: %s", errstr);
+                json_decref(rec);
+                return NULL;
+        }
+        if (publish_file(ap, rec, file, now + cr->cr_window_ms, errstr,
+                         sizeof(errstr))) {
+                kb_log(KB_LOG_ERROR, "api", "batch %s: publishing failed: %s",
+                       id, errstr);
+                json_object_set_new(rec, "state", json_string("failed"));
+                json_object_set_new(rec, "failed_at",
+                                    json_integer(kb_wall_ms() / 1000));
+                json_object_set_new(
+                        rec, "errors",
+                        json_pack("{ss s[{ss ss}]}", "object", "list", "data",
+                                  "code", "publish_failed", "message",
+                                  errstr));
+                kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec,
+                                -1, e2, sizeof(e2));
+                *queued = kb_api_error(rq, 503, NULL,
+                                       "cannot publish the batch: %s", errstr);
+                json_decref(rec);
+                return NULL;
+        }
+        json_object_set_new(rec, "state", json_string("in_progress"));
+        json_object_set_new(rec, "in_progress_at",
+                            json_integer(kb_wall_ms() / 1000));
+        if (kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec, -1,
+                            errstr, sizeof(errstr))) {
+                *queued = kb_api_error(rq, 503, NULL,
+                                       "cannot store the batch: %s", errstr);
+                json_decref(rec);
+                return NULL;
+        }
+        kb_log(KB_LOG_INFO, "api",
+               "tenant %s created %s batch %s: %lld items", rq->rq_tenant,
+               cr->cr_flavour, id,
+               (long long)json_integer_value(json_object_get(file, "lines")));
+        return rec;
+}
+
+/* Inline requests (an array, borrowed) as the lines of a batch file,
+ * validated as `kbatch submit` validates a file: 0 and *buf, *len (caller
+ * frees), *n requests; -1 after queuing the 400 listing every bad
+ * request. OpenAI requests {custom_id, body[, method, url]} become OpenAI
+ * Batch lines of endpoint; Anthropic ones {custom_id, params} are lines as
+ * they are. */
+static int inline_lines(kb_api_req_t *rq, json_t *reqs, const create_t *cr,
+                        char **buf, size_t *len, int64_t *n,
+                        enum MHD_Result *queued) {
+        kb_api_t *ap = rq->rq_api;
+        int anthropic = !strcmp(cr->cr_flavour, "anthropic");
+        kb_pub_check_t *ck;
+        FILE *out;
+        json_t *r, *bad = json_array();
+        size_t i;
+        char dummy[64], err[1280];
+        int64_t nbad = 0;
+
+        *buf = NULL;
+        *len = 0;
+        if (!json_is_array(reqs) || !json_array_size(reqs)) {
+                json_decref(bad);
+                *queued = kb_api_error(rq, 400, "requests",
+                                       "'requests' must be a non-empty array");
+                return -1;
+        }
+        if (json_array_size(reqs) > KB_BF_LINES_MAX) {
+                json_decref(bad);
+                *queued = kb_api_error(rq, 400, "requests",
+                                       "'requests' has %zu entries, more than "
+                                       "%d",
+                                       json_array_size(reqs), KB_BF_LINES_MAX);
+                return -1;
+        }
+        kb_api_new_id(anthropic ? "msgbatch_" : "batch_", dummy);
+        ck = kb_pub_check_new(ap->ap_conf,
+                              anthropic ? KB_BF_ANTHROPIC : KB_BF_OPENAI,
+                              dummy, cr->cr_metadata, cr->cr_callback_url, 0);
+        out = open_memstream(buf, len);
+        if (!ck || !out || !bad) {
+                kb_pub_check_destroy(ck);
+                if (out)
+                        fclose(out);
+                free(*buf);
+                json_decref(bad);
+                *queued = MHD_NO;
+                return -1;
+        }
+        json_array_foreach(reqs, i, r) {
+                json_t *l;
+                char *s;
+                if (anthropic || !json_is_object(r))
+                        l = json_incref(r);
+                else {
+                        l = json_deep_copy(r);
+                        if (!json_object_get(l, "method"))
+                                json_object_set_new(l, "method",
+                                                    json_string("POST"));
+                        if (!json_object_get(l, "url"))
+                                json_object_set_new(
+                                        l, "url", json_string(cr->cr_endpoint));
+                }
+                s = json_dumps(l, JSON_COMPACT | JSON_ENCODE_ANY);
+                json_decref(l);
+                if (!s)
+                        continue;
+                if (kb_pub_check_line(ck, s, strlen(s), (int64_t)i + 1, err,
+                                      sizeof(err)) != KB_PUB_LINE_OK) {
+                        if (++nbad <= 100) {
+                                char *m = NULL;
+                                if (asprintf(&m, "requests[%zu]: %s", i,
+                                             err) >= 0)
+                                        json_array_append_new(bad,
+                                                              json_string(m));
+                                free(m);
+                        }
+                } else
+                        fprintf(out, "%s\n", s);
+                free(s);
+        }
+        fclose(out);
+        *n = kb_pub_check_items(ck);
+        kb_pub_check_destroy(ck);
+        if (nbad) {
+                char *list = NULL, *m;
+                json_t *s;
+                json_array_foreach(bad, i, s) {
+                        if (asprintf(&m, "%s%s%s", list ? list : "",
+                                     list ? "; " : "", json_string_value(s)) <
+                            0)
+                                m = NULL;
+                        free(list);
+                        list = m;
+                }
+                *queued = kb_api_error(rq, 400, "requests",
+                                       "%lld bad request%s: %s%s",
+                                       (long long)nbad, nbad == 1 ? "" : "s",
+                                       list ? list : "",
+                                       nbad > 100 ? "; ..." : "");
+                free(list);
+                free(*buf);
+                *buf = NULL;
+                json_decref(bad);
+                return -1;
+        }
+        json_decref(bad);
+        return 0;
 }
 
 static const char *const openai_endpoints[] = {
@@ -360,147 +672,132 @@ static int check_metadata(kb_api_req_t *rq, json_t *md,
         return 0;
 }
 
-static enum MHD_Result create_openai(kb_api_req_t *rq) {
+/* POST /v1/batches and POST /v1/messages/batches. */
+static enum MHD_Result create(kb_api_req_t *rq) {
         kb_api_t *ap = rq->rq_api;
-        json_t *body, *file = NULL, *rec = NULL, *prior, *md;
-        const char *file_id, *endpoint, *window, *tn;
-        char id[64], key_digest[KB_BF_BATCH_ID_SIZE],
-                payload_digest[KB_BF_BATCH_ID_SIZE], errstr[1024];
-        int64_t window_ms, now;
+        int anthropic = rq->rq_flavour == KB_API_ANTHROPIC;
+        json_t *body, *file = NULL, *rec = NULL, *reqs, *cb;
+        const char *file_id = NULL, *tn;
+        char errstr[1024], *buf = NULL;
+        size_t len = 0;
+        int64_t n = 0;
         enum MHD_Result ret = MHD_NO;
-        int i, idem;
+        create_t cr;
+        int i;
 
+        memset(&cr, 0, sizeof(cr));
         if (!(body = kb_api_body_object(rq)))
                 return MHD_YES;
-        file_id = json_string_value(json_object_get(body, "input_file_id"));
-        endpoint = json_string_value(json_object_get(body, "endpoint"));
-        window = json_string_value(json_object_get(body, "completion_window"));
-        md = json_object_get(body, "metadata");
-        if (json_object_get(body, "requests")) {
-                ret = kb_api_error(rq, 400, "requests",
-                                   "inline 'requests' are not supported yet: "
-                                   "upload a file and pass input_file_id");
-                goto out;
+        cr.cr_flavour = anthropic ? "anthropic" : "openai";
+        reqs = json_object_get(body, "requests");
+        if (anthropic) {
+                cr.cr_window = NULL;
+                cr.cr_window_ms = 24 * 3600 * 1000;
+        } else {
+                json_t *w = json_object_get(body, "completion_window");
+                json_t *e = json_object_get(body, "endpoint");
+                json_t *f = json_object_get(body, "input_file_id");
+                if ((f && !json_is_string(f)) || (!f && !reqs)) {
+                        ret = kb_api_error(rq, 400, "input_file_id",
+                                           "'input_file_id' (a string) or "
+                                           "'requests' is required");
+                        goto out;
+                }
+                if (f && reqs) {
+                        ret = kb_api_error(rq, 400, "requests",
+                                           "give one of 'input_file_id' and "
+                                           "'requests'");
+                        goto out;
+                }
+                file_id = json_string_value(f);
+                if ((e && !json_is_string(e)) || (!e && !reqs)) {
+                        ret = kb_api_error(rq, 400, "endpoint",
+                                           "'endpoint' (a string) is "
+                                           "required");
+                        goto out;
+                }
+                cr.cr_endpoint = e ? json_string_value(e)
+                                   : "/v1/chat/completions";
+                for (i = 0; openai_endpoints[i] &&
+                            strcmp(openai_endpoints[i], cr.cr_endpoint);
+                     i++)
+                        ;
+                if (!openai_endpoints[i]) {
+                        ret = kb_api_error(
+                                rq, 400, "endpoint",
+                                "'endpoint' must be /v1/chat/completions, "
+                                "/v1/responses, /v1/embeddings or "
+                                "/v1/completions");
+                        goto out;
+                }
+                if (w && !json_is_string(w)) {
+                        ret = kb_api_error(rq, 400, "completion_window",
+                                           "'completion_window' must be a "
+                                           "string");
+                        goto out;
+                }
+                cr.cr_window = w ? json_string_value(w) : "24h";
+                if ((cr.cr_window_ms = kb_bf_duration_parse(cr.cr_window)) <=
+                    0) {
+                        ret = kb_api_error(rq, 400, "completion_window",
+                                           "'completion_window' must be a "
+                                           "duration such as \"24h\" or "
+                                           "\"90m\"");
+                        goto out;
+                }
+                cr.cr_metadata = json_object_get(body, "metadata");
+                if (check_metadata(rq, cr.cr_metadata, &ret))
+                        goto out;
+                if (json_is_null(cr.cr_metadata))
+                        cr.cr_metadata = NULL;
+                cb = json_object_get(body, "callback_url");
+                if (cb && !json_is_null(cb)) {
+                        if (!json_is_string(cb) || !json_string_length(cb)) {
+                                ret = kb_api_error(rq, 400, "callback_url",
+                                                   "'callback_url' must be a "
+                                                   "URL");
+                                goto out;
+                        }
+                        cr.cr_callback_url = json_string_value(cb);
+                }
         }
-        if (!file_id) {
-                ret = kb_api_error(rq, 400, "input_file_id",
-                                   "'input_file_id' (a string) is required");
+        if (idempotency(rq, body, &cr, &ret) < 0 ||
+            idempotent_replay(rq, &cr, &ret))
                 goto out;
+        if (file_id) {
+                file = kb_apistore_file(ap->ap_store, file_id);
+                tn = json_string_value(json_object_get(file, "tenant"));
+                if (!file || !tn || strcmp(tn, rq->rq_tenant)) {
+                        ret = kb_api_error(rq, 404, "input_file_id",
+                                           "no such file: %s", file_id);
+                        goto out;
+                }
+        } else {
+                if (inline_lines(rq, reqs, &cr, &buf, &len, &n, &ret))
+                        goto out;
+                if (kb_api_file_store(ap, rq->rq_tenant, "requests.jsonl",
+                                      "batch", buf, len, n, &file, errstr,
+                                      sizeof(errstr))) {
+                        ret = kb_api_error(rq, 503, NULL,
+                                           "cannot store the requests: %s",
+                                           errstr);
+                        goto out;
+                }
+                cr.cr_inline = 1;
         }
-        if (!endpoint) {
-                ret = kb_api_error(rq, 400, "endpoint",
-                                   "'endpoint' (a string) is required");
-                goto out;
-        }
-        for (i = 0; openai_endpoints[i] && strcmp(openai_endpoints[i], endpoint);
-             i++)
-                ;
-        if (!openai_endpoints[i]) {
-                ret = kb_api_error(rq, 400, "endpoint",
-                                   "'endpoint' must be /v1/chat/completions, "
-                                   "/v1/responses, /v1/embeddings or "
-                                   "/v1/completions");
-                goto out;
-        }
-        if (!window || (window_ms = kb_bf_duration_parse(window)) <= 0) {
-                ret = kb_api_error(rq, 400, "completion_window",
-                                   "'completion_window' must be a duration "
-                                   "such as \"24h\" or \"90m\"");
-                goto out;
-        }
-        if (check_metadata(rq, md, &ret))
-                goto out;
-        if ((idem = idempotency(rq, body, key_digest, payload_digest, &ret)) <
-            0)
-                goto out;
-        if (idem && (prior = kb_apistore_batch_by_idem(ap->ap_store,
-                                                       key_digest))) {
-                const char *pd = json_string_value(
-                        json_object_get(prior, "payload_digest"));
-                if (pd && !strcmp(pd, payload_digest))
-                        ret = kb_api_reply_json(rq, 200,
-                                                openai_batch(ap, prior));
-                else
-                        ret = kb_api_error(rq, 409, "Idempotency-Key",
-                                           "this Idempotency-Key was used for "
-                                           "another request (batch %s)",
-                                           json_string_value(json_object_get(
-                                                   prior, "id")));
-                json_decref(prior);
-                goto out;
-        }
-        file = kb_apistore_file(ap->ap_store, file_id);
-        tn = json_string_value(json_object_get(file, "tenant"));
-        if (!file || !tn || strcmp(tn, rq->rq_tenant)) {
-                ret = kb_api_error(rq, 404, "input_file_id", "no such file: %s",
-                                   file_id);
-                goto out;
-        }
-        kb_api_new_id("batch_", id);
-        now = kb_wall_ms();
-        rec = json_pack("{ss ss ss ss ss ss sO sI sI sO ss}", "id", id,
-                        "tenant", rq->rq_tenant, "flavour", "openai",
-                        "endpoint", endpoint, "input_file_id", file_id,
-                        "completion_window", window, "metadata",
-                        md ? md : json_null(), "created_at",
-                        (json_int_t)(now / 1000), "expires_at",
-                        (json_int_t)((now + window_ms) / 1000), "items_total",
-                        json_object_get(file, "lines"), "state", "validating");
-        if (!rec)
-                goto out;
-        if (idem) {
-                json_object_set_new(rec, "idempotency",
-                                    json_string(key_digest));
-                json_object_set_new(rec, "payload_digest",
-                                    json_string(payload_digest));
-        }
-        if (kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec, -1,
-                            errstr, sizeof(errstr))) {
-                ret = kb_api_error(rq, 503, NULL, "cannot store the batch: %s",
-                                   errstr);
-                goto out;
-        }
-        if (publish_file(ap, rec, file, now + window_ms, errstr,
-                         sizeof(errstr))) {
-                char e2[256];
-                kb_log(KB_LOG_ERROR, "api", "batch %s: publishing failed: %s",
-                       id, errstr);
-                json_object_set_new(rec, "state", json_string("failed"));
-                json_object_set_new(rec, "failed_at",
-                                    json_integer(kb_wall_ms() / 1000));
-                json_object_set_new(
-                        rec, "errors",
-                        json_pack("{ss s[{ss ss}]}", "object", "list", "data",
-                                  "code", "publish_failed", "message",
-                                  errstr));
-                kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec,
-                                -1, e2, sizeof(e2));
-                ret = kb_api_error(rq, 503, NULL,
-                                   "cannot publish the batch: %s", errstr);
-                goto out;
-        }
-        json_object_set_new(rec, "state", json_string("in_progress"));
-        json_object_set_new(rec, "in_progress_at",
-                            json_integer(kb_wall_ms() / 1000));
-        if (kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec, -1,
-                            errstr, sizeof(errstr))) {
-                ret = kb_api_error(rq, 503, NULL, "cannot store the batch: %s",
-                                   errstr);
-                goto out;
-        }
-        kb_log(KB_LOG_INFO, "api", "tenant %s created batch %s: %lld items",
-               rq->rq_tenant, id,
-               (long long)json_integer_value(json_object_get(rec,
-                                                             "items_total")));
-        ret = kb_api_reply_json(rq, 200, openai_batch(ap, rec));
+        if ((rec = create_batch(rq, &cr, file, &ret)))
+                ret = kb_api_reply_json(rq, 200,
+                                        anthropic ? anthropic_batch(rq, rec)
+                                                  : openai_batch(rq, rec));
 out:
+        free(buf);
         json_decref(rec);
         json_decref(file);
         json_decref(body);
         return ret;
 }
 
-/* ---- cancel ---- */
+/* ---- cancel, delete ---- */
 
 /* Publishes the cancel command and records the request. 0, or -1 with
  * errstr. */
@@ -542,63 +839,359 @@ out:
         return ret;
 }
 
-enum MHD_Result kb_api_batches(kb_api_req_t *rq) {
+/* POST .../cancel: the batch after the cancel was requested. */
+static enum MHD_Result cancel(kb_api_req_t *rq, json_t *rec) {
         kb_api_t *ap = rq->rq_api;
-        enum MHD_Result ret;
-        json_t *rec, *all;
-        char errstr[1024];
-        int complete;
-
-        switch (rq->rq_route) {
-        case R_BATCHES:
-                if (!strcmp(rq->rq_method, "POST"))
-                        return create_openai(rq);
-                {
-                        int64_t limit;
-                        const char *after = MHD_lookup_connection_value(
-                                rq->rq_conn, MHD_GET_ARGUMENT_KIND, "after");
-                        if (kb_api_query_int(rq, "limit", 1, 100, 20, &limit,
-                                             &ret))
-                                return ret;
-                        all = kb_apistore_batches(ap->ap_store, rq->rq_tenant,
-                                                  "openai");
-                        ret = kb_api_reply_json(
-                                rq, 200,
-                                kb_api_page(all, limit, after, NULL,
-                                            openai_batch, ap, 0));
-                        json_decref(all);
-                        return ret;
-                }
-        case R_BATCH:
-        case R_BATCH_CANCEL:
-                if (!(rec = owned_batch(rq, "openai")))
-                        return kb_api_error(rq, 404, "batch_id",
-                                            "no such batch: %s", rq->rq_id);
-                if (rq->rq_route == R_BATCH_CANCEL) {
-                        json_t *state =
-                                kb_apistore_state(ap->ap_store, rq->rq_id);
-                        openai_status(rec, state, &complete);
-                        json_decref(state);
-                        if (!complete &&
-                            !json_object_get(rec, "cancel_requested_at")) {
-                                if (cancel_batch(ap, rec, errstr,
-                                                 sizeof(errstr))) {
-                                        json_decref(rec);
-                                        return kb_api_error(
-                                                rq, 503, NULL,
-                                                "cannot cancel: %s", errstr);
-                                }
-                                json_decref(rec);
-                                rec = kb_apistore_batch(ap->ap_store,
-                                                        rq->rq_id);
-                        }
-                }
-                ret = kb_api_reply_json(rq, 200, openai_batch(ap, rec));
+        bview_t bv;
+        json_t *state = bview(ap, rec, &bv);
+        char errstr[512];
+        int running = !bv.bv_complete && !bv.bv_cancel_at &&
+                      strcmp(bv.bv_state, "failed");
+        json_decref(state);
+        if (running) {
+                if (cancel_batch(ap, rec, errstr, sizeof(errstr)))
+                        return kb_api_error(rq, 503, NULL, "cannot cancel: %s",
+                                            errstr);
+                rec = kb_apistore_batch(ap->ap_store, rq->rq_id);
+        } else
+                json_incref(rec);
+        {
+                enum MHD_Result ret = kb_api_reply_json(
+                        rq, 200,
+                        rq->rq_flavour == KB_API_ANTHROPIC
+                                ? anthropic_batch(rq, rec)
+                                : openai_batch(rq, rec));
                 json_decref(rec);
                 return ret;
-        default:
-                return kb_api_error(rq, 404, NULL,
-                                    "not implemented yet: %s",
-                                    rq->rq_method);
         }
+}
+
+/* DELETE /v1/messages/batches/{id}: an ended batch's record. */
+static enum MHD_Result delete_batch(kb_api_req_t *rq, json_t *rec) {
+        bview_t bv;
+        json_t *state = bview(rq->rq_api, rec, &bv);
+        char errstr[512];
+        int ended = bv.bv_complete || !strcmp(bv.bv_state, "failed");
+        json_decref(state);
+        if (!ended)
+                return kb_api_error(rq, 400, NULL,
+                                    "batch %s is still processing: cancel it "
+                                    "and wait until it has ended",
+                                    rq->rq_id);
+        if (kb_apistore_put(rq->rq_api->ap_store, KB_TOPIC_API_BATCHES,
+                            rq->rq_id, NULL, -1, errstr, sizeof(errstr)))
+                return kb_api_error(rq, 503, NULL, "cannot delete: %s",
+                                    errstr);
+        return kb_api_reply_json(rq, 200,
+                                 json_pack("{ss ss}", "id", rq->rq_id, "type",
+                                           "message_batch_deleted"));
+}
+
+/* GET /v1/messages/batches/{id}/results: the results as JSONL. */
+static enum MHD_Result results(kb_api_req_t *rq, json_t *rec) {
+        bview_t bv;
+        json_t *state = bview(rq->rq_api, rec, &bv);
+        char errstr[1024], *ok = NULL, *bad = NULL, *all;
+        size_t ok_len = 0, bad_len = 0;
+        json_decref(state);
+        if (!bv.bv_complete)
+                return kb_api_error(rq, 400, NULL,
+                                    "batch %s has not ended yet: its results "
+                                    "are available once processing_status is "
+                                    "ended",
+                                    rq->rq_id);
+        if (kb_api_result_file(rq->rq_api, rq->rq_id, 0, KB_BF_OUT_ANTHROPIC,
+                               &ok, &ok_len, errstr, sizeof(errstr)) ||
+            kb_api_result_file(rq->rq_api, rq->rq_id, 1, KB_BF_OUT_ANTHROPIC,
+                               &bad, &bad_len, errstr, sizeof(errstr))) {
+                free(ok);
+                return kb_api_error(rq, 503, NULL,
+                                    "cannot read the results: %s", errstr);
+        }
+        if (!(all = realloc(ok, ok_len + bad_len + 1))) {
+                free(ok);
+                free(bad);
+                return MHD_NO;
+        }
+        memcpy(all + ok_len, bad, bad_len);
+        free(bad);
+        return kb_api_reply_raw(rq, 200, "application/binary", all,
+                                ok_len + bad_len);
+}
+
+/* ---- the items of a batch ---- */
+
+typedef struct {
+        json_t **it_ids; /* custom_id of item i (json strings) */
+        int64_t it_n, it_cap;
+        char it_err[256];
+} items_in_t;
+
+static int item_line(void *opaque, char *s, size_t len, int64_t lineno,
+                     int too_long) {
+        items_in_t *in = opaque;
+        json_t *l, *id;
+        if (lineno == 1)
+                kb_pub_strip_bom(s, &len);
+        if (too_long || kb_pub_trim_line(s, &len))
+                return 0;
+        l = json_loadb(s, len, 0, NULL);
+        id = json_object_get(l, "custom_id");
+        if (!id)
+                id = json_object_get(l, "item_id");
+        if (in->it_n == in->it_cap) {
+                int64_t cap = in->it_cap ? in->it_cap * 2 : 1024;
+                json_t **v = realloc(in->it_ids, (size_t)cap * sizeof(*v));
+                if (!v) {
+                        json_decref(l);
+                        return -1;
+                }
+                in->it_ids = v;
+                in->it_cap = cap;
+        }
+        in->it_ids[in->it_n++] = json_is_string(id) ? json_incref(id)
+                                                    : json_string("");
+        json_decref(l);
+        return 0;
+}
+
+static int item_chunk(void *opaque, const char *buf, size_t len) {
+        return kb_pub_lines_feed(((void **)opaque)[0], buf, len);
+}
+
+static const char *const item_statuses[] = {
+        "pending", "succeeded", "failed", "cancelled", "expired", NULL};
+
+/* GET /v1/batches/{id}/items?limit=&after=&status= */
+static enum MHD_Result items(kb_api_req_t *rq, json_t *rec) {
+        kb_api_t *ap = rq->rq_api;
+        const char *after = MHD_lookup_connection_value(
+                rq->rq_conn, MHD_GET_ARGUMENT_KIND, "after");
+        const char *want = MHD_lookup_connection_value(
+                rq->rq_conn, MHD_GET_ARGUMENT_KIND, "status");
+        const char *fid = json_string_value(json_object_get(rec, "input_file_id"));
+        json_t *file = fid ? kb_apistore_file(ap->ap_store, fid) : NULL;
+        json_t **res = NULL, *data = NULL, *last = NULL;
+        items_in_t in;
+        kb_pub_lines_t *ls = NULL;
+        char errstr[1024], *ok = NULL, *bad = NULL;
+        size_t ok_len = 0, bad_len = 0;
+        int64_t limit, i, start = 0, total;
+        enum MHD_Result ret;
+        int more = 0;
+        void *ctx[1];
+
+        memset(&in, 0, sizeof(in));
+        if (kb_api_query_int(rq, "limit", 1, 1000, 100, &limit, &ret)) {
+                json_decref(file);
+                return ret;
+        }
+        for (i = 0; want && item_statuses[i] && strcmp(item_statuses[i], want);
+             i++)
+                ;
+        if (want && !item_statuses[i]) {
+                json_decref(file);
+                return kb_api_error(rq, 400, "status",
+                                    "'status' must be pending, succeeded, "
+                                    "failed, cancelled or expired");
+        }
+        if (!file) {
+                return kb_api_error(rq, 404, NULL,
+                                    "the input file of batch %s was deleted",
+                                    rq->rq_id);
+        }
+        /* The custom_ids, from the input file. */
+        if (!(ls = kb_pub_lines_new(
+                      2 * (size_t)ap->ap_conf->worker_max_item_bytes,
+                      item_line, &in))) {
+                ret = MHD_NO;
+                goto out;
+        }
+        ctx[0] = ls;
+        if (kb_apistore_file_read(ap->ap_store, file, item_chunk, ctx, errstr,
+                                  sizeof(errstr)) ||
+            kb_pub_lines_end(ls)) {
+                ret = kb_api_error(rq, 503, NULL, "cannot read the input: %s",
+                                   errstr);
+                goto out;
+        }
+        /* The results so far, as ItemResults. */
+        if (kb_api_result_file(ap, rq->rq_id, 0, KB_BF_OUT_NATIVE, &ok,
+                               &ok_len, errstr, sizeof(errstr)) ||
+            kb_api_result_file(ap, rq->rq_id, 1, KB_BF_OUT_NATIVE, &bad,
+                               &bad_len, errstr, sizeof(errstr))) {
+                ret = kb_api_error(rq, 503, NULL,
+                                   "cannot read the results: %s", errstr);
+                goto out;
+        }
+        total = in.it_n;
+        if (!(res = calloc((size_t)(total ? total : 1), sizeof(*res)))) {
+                ret = MHD_NO;
+                goto out;
+        }
+        {
+                char *bufs[2] = {ok, bad};
+                size_t lens[2] = {ok_len, bad_len};
+                int k;
+                for (k = 0; k < 2; k++) {
+                        char *p = bufs[k], *end = bufs[k] + lens[k];
+                        while (p && p < end) {
+                                char *nl = memchr(p, '\n', (size_t)(end - p));
+                                json_t *r = json_loadb(
+                                        p, nl ? (size_t)(nl - p)
+                                              : (size_t)(end - p),
+                                        0, NULL);
+                                int64_t ix = json_integer_value(
+                                        json_object_get(r, "item_index"));
+                                if (r && ix >= 0 && ix < total && !res[ix])
+                                        res[ix] = r;
+                                else
+                                        json_decref(r);
+                                p = nl ? nl + 1 : end;
+                        }
+                }
+        }
+        if (after) {
+                for (i = 0; i < total; i++)
+                        if (!strcmp(json_string_value(in.it_ids[i]), after))
+                                break;
+                if (i == total) {
+                        ret = kb_api_error(rq, 400, "after",
+                                           "'after' is not a custom_id of "
+                                           "batch %s",
+                                           rq->rq_id);
+                        goto out;
+                }
+                start = i + 1;
+        }
+        data = json_array();
+        for (i = start; i < total; i++) {
+                json_t *r = res[i], *o;
+                const char *st =
+                        r ? json_string_value(json_object_get(r, "status"))
+                          : "pending";
+                if (want && strcmp(want, st ? st : ""))
+                        continue;
+                if ((int64_t)json_array_size(data) == limit) {
+                        more = 1;
+                        break;
+                }
+                o = json_pack("{ss sO sI ss}", "object", "batch.item",
+                              "custom_id", in.it_ids[i], "item_index",
+                              (json_int_t)i, "status", st ? st : "unknown");
+                {
+                        json_t *at = r ? json_object_get(r, "attempts") : NULL;
+                        json_object_set_new(o, "attempts",
+                                            at ? json_incref(at)
+                                               : json_integer(0));
+                }
+                json_object_set(o, "error",
+                                r && json_object_get(r, "error")
+                                        ? json_object_get(r, "error")
+                                        : json_null());
+                json_object_set_new(
+                        o, "response",
+                        r ? json_pack("{sO sO}", "status_code",
+                                      json_object_get(r, "http_status")
+                                              ? json_object_get(r,
+                                                                "http_status")
+                                              : json_null(),
+                                      "body",
+                                      json_object_get(r, "output")
+                                              ? json_object_get(r, "output")
+                                              : json_null())
+                          : json_null());
+                json_array_append_new(data, o);
+                last = in.it_ids[i];
+        }
+        ret = kb_api_reply_json(
+                rq, 200,
+                json_pack("{ss so sO sb}", "object", "list", "data", data,
+                          "last_id", last ? last : json_null(), "has_more",
+                          more));
+        data = NULL;
+out:
+        json_decref(data);
+        if (res)
+                for (i = 0; i < in.it_n; i++)
+                        json_decref(res[i]);
+        for (i = 0; i < in.it_n; i++)
+                json_decref(in.it_ids[i]);
+        free(in.it_ids);
+        free(res);
+        free(ok);
+        free(bad);
+        kb_pub_lines_destroy(ls);
+        json_decref(file);
+        return ret;
+}
+
+/* ---- dispatch ---- */
+
+/* GET list of either flavour. */
+static enum MHD_Result list(kb_api_req_t *rq) {
+        kb_api_t *ap = rq->rq_api;
+        int anthropic = rq->rq_flavour == KB_API_ANTHROPIC;
+        const char *after = MHD_lookup_connection_value(
+                rq->rq_conn, MHD_GET_ARGUMENT_KIND,
+                anthropic ? "after_id" : "after");
+        const char *before =
+                anthropic ? MHD_lookup_connection_value(
+                                    rq->rq_conn, MHD_GET_ARGUMENT_KIND,
+                                    "before_id")
+                          : NULL;
+        int64_t limit;
+        enum MHD_Result ret;
+        json_t *all;
+        if (kb_api_query_int(rq, "limit", 1, anthropic ? 1000 : 100, 20,
+                             &limit, &ret))
+                return ret;
+        if (after && before)
+                return kb_api_error(rq, 400, "before_id",
+                                    "give one of before_id and after_id");
+        all = kb_apistore_batches(ap->ap_store, rq->rq_tenant,
+                                  anthropic ? "anthropic" : "openai");
+        ret = kb_api_reply_json(
+                rq, 200,
+                kb_api_page(rq, all, limit, after, before,
+                            anthropic ? anthropic_batch : openai_batch));
+        json_decref(all);
+        return ret;
+}
+
+enum MHD_Result kb_api_batches(kb_api_req_t *rq) {
+        int anthropic = rq->rq_flavour == KB_API_ANTHROPIC;
+        enum MHD_Result ret;
+        json_t *rec;
+
+        if (rq->rq_route == R_BATCHES || rq->rq_route == R_MBATCHES)
+                return !strcmp(rq->rq_method, "POST") ? create(rq) : list(rq);
+        if (!(rec = owned_batch(rq, rq->rq_route == R_BATCH_ITEMS
+                                            ? NULL
+                                            : anthropic ? "anthropic"
+                                                        : "openai")))
+                return kb_api_error(rq, 404, "batch_id", "no such batch: %s",
+                                    rq->rq_id);
+        switch (rq->rq_route) {
+        case R_BATCH_CANCEL:
+        case R_MBATCH_CANCEL:
+                ret = cancel(rq, rec);
+                break;
+        case R_BATCH_ITEMS:
+                ret = items(rq, rec);
+                break;
+        case R_MBATCH_RESULTS:
+                ret = results(rq, rec);
+                break;
+        default:
+                if (!strcmp(rq->rq_method, "DELETE"))
+                        ret = delete_batch(rq, rec);
+                else
+                        ret = kb_api_reply_json(
+                                rq, 200,
+                                anthropic ? anthropic_batch(rq, rec)
+                                          : openai_batch(rq, rec));
+        }
+        json_decref(rec);
+        return ret;
 }

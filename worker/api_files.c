@@ -72,37 +72,112 @@ static void fail(kb_api_upload_t *up, unsigned status, const char *fmt, ...) {
         va_end(ap);
 }
 
-/* Produces the chunk buffered. */
-static void flush_chunk(kb_api_upload_t *up) {
-        kb_api_t *ap = up->up_rq->rq_api;
+/* Produces chunk n of file id (buf, len bytes, copied) to its partition;
+ * the delivery is counted in w. 0, or -1 with errstr. */
+static int produce_chunk(kb_api_t *ap, const char *id, int32_t part,
+                         int64_t n, const char *buf, size_t len,
+                         kb_apiwait_t *w, char *errstr, size_t errstr_size) {
         rd_kafka_t *rk = kb_apistore_producer(ap->ap_store);
         const char *topic = ap->ap_conf->topics_name[KB_TOPIC_FILES];
         char key[96];
         rd_kafka_resp_err_t err;
-        if (!up->up_chunk_len || up->up_fail)
-                return;
-        snprintf(key, sizeof(key), "%s:%lld", up->up_id,
-                 (long long)up->up_chunks);
+        snprintf(key, sizeof(key), "%s:%lld", id, (long long)n);
         for (;;) {
                 err = rd_kafka_producev(
-                        rk, RD_KAFKA_V_TOPIC(topic),
-                        RD_KAFKA_V_PARTITION(up->up_partition),
+                        rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(part),
                         RD_KAFKA_V_KEY(key, strlen(key)),
-                        RD_KAFKA_V_VALUE(up->up_chunk, up->up_chunk_len),
+                        RD_KAFKA_V_VALUE((void *)buf, len),
                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                        RD_KAFKA_V_OPAQUE(up->up_wait), RD_KAFKA_V_END);
+                        RD_KAFKA_V_OPAQUE(w), RD_KAFKA_V_END);
                 if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         break;
                 rd_kafka_poll(rk, 50);
         }
         if (err) {
-                fail(up, 503, "cannot store the file: %s",
-                     rd_kafka_err2str(err));
+                snprintf(errstr, errstr_size, "%s", rd_kafka_err2str(err));
+                return -1;
+        }
+        kb_apiwait_sent(w, 1);
+        return 0;
+}
+
+/* Produces the chunk buffered. */
+static void flush_chunk(kb_api_upload_t *up) {
+        char err[256];
+        if (!up->up_chunk_len || up->up_fail)
+                return;
+        if (produce_chunk(up->up_rq->rq_api, up->up_id, up->up_partition,
+                          up->up_chunks, up->up_chunk, up->up_chunk_len,
+                          up->up_wait, err, sizeof(err))) {
+                fail(up, 503, "cannot store the file: %s", err);
                 return;
         }
-        kb_apiwait_sent(up->up_wait, 1);
         up->up_chunks++;
         up->up_chunk_len = 0;
+}
+
+/* Waits for the chunks of file id, then writes its header. 0 and *hdrp
+ * (new reference), or -1 with errstr. */
+static int store_header(kb_api_t *ap, const char *id, const char *tenant,
+                        const char *filename, const char *purpose,
+                        int64_t bytes, int64_t lines, int32_t part,
+                        int64_t chunks, kb_apiwait_t *w, json_t **hdrp,
+                        char *errstr, size_t errstr_size) {
+        json_t *hdr;
+        if (kb_apiwait_wait(w, 120000, errstr, errstr_size))
+                return -1;
+        hdr = json_pack("{ss ss ss ss sI sI sI si sI sI}", "id", id, "tenant",
+                        tenant, "filename", filename, "purpose", purpose,
+                        "bytes", (json_int_t)bytes, "lines", (json_int_t)lines,
+                        "created_at", (json_int_t)(kb_wall_ms() / 1000),
+                        "partition", (int)part, "first_offset",
+                        (json_int_t)kb_apiwait_first_offset(w), "chunks",
+                        (json_int_t)chunks);
+        if (!hdr) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return -1;
+        }
+        if (kb_apistore_put(ap->ap_store, KB_TOPIC_FILES, id, hdr, part,
+                            errstr, errstr_size)) {
+                json_decref(hdr);
+                return -1;
+        }
+        *hdrp = hdr;
+        return 0;
+}
+
+int kb_api_file_store(kb_api_t *ap, const char *tenant, const char *filename,
+                      const char *purpose, const char *buf, size_t len,
+                      int64_t lines, json_t **hdrp, char *errstr,
+                      size_t errstr_size) {
+        char id[64];
+        int32_t part;
+        int64_t n = 0;
+        size_t off;
+        kb_apiwait_t *w = kb_apiwait_new();
+        int ret = -1;
+        if (!w) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return -1;
+        }
+        kb_api_new_id("file-", id);
+        part = kb_apistore_partition(ap->ap_store, KB_TOPIC_FILES, id);
+        for (off = 0; off < len; off += KB_APISTORE_CHUNK, n++)
+                if (produce_chunk(ap, id, part, n, buf + off,
+                                  len - off < KB_APISTORE_CHUNK
+                                          ? len - off
+                                          : KB_APISTORE_CHUNK,
+                                  w, errstr, errstr_size))
+                        goto out;
+        ret = store_header(ap, id, tenant, filename, purpose, (int64_t)len,
+                           lines, part, n, w, hdrp, errstr, errstr_size);
+out:
+        if (ret) {
+                char e[128];
+                kb_apiwait_wait(w, 60000, e, sizeof(e));
+        }
+        kb_apiwait_destroy(w);
+        return ret;
 }
 
 static int on_line(void *opaque, char *s, size_t len, int64_t lineno,
@@ -329,24 +404,10 @@ enum MHD_Result kb_api_upload_finish(kb_api_req_t *rq) {
                 return kb_api_error(rq, up->up_fail, "file", "%s",
                                     up->up_fail_msg);
         }
-        if (kb_apiwait_wait(up->up_wait, 120000, errstr, sizeof(errstr))) {
-                drop_chunks(up);
-                return kb_api_error(rq, 503, NULL, "cannot store the file: %s",
-                                    errstr);
-        }
-        hdr = json_pack("{ss ss ss ss sI sI sI si sI sI}", "id", up->up_id,
-                        "tenant", rq->rq_tenant, "filename", up->up_filename,
-                        "purpose", up->up_purpose, "bytes",
-                        (json_int_t)up->up_bytes, "lines", (json_int_t)items,
-                        "created_at", (json_int_t)(kb_wall_ms() / 1000),
-                        "partition", (int)up->up_partition, "first_offset",
-                        (json_int_t)kb_apiwait_first_offset(up->up_wait),
-                        "chunks", (json_int_t)up->up_chunks);
-        if (!hdr)
-                return MHD_NO;
-        if (kb_apistore_put(ap->ap_store, KB_TOPIC_FILES, up->up_id, hdr,
-                            up->up_partition, errstr, sizeof(errstr))) {
-                json_decref(hdr);
+        if (store_header(ap, up->up_id, rq->rq_tenant, up->up_filename,
+                         up->up_purpose, up->up_bytes, items,
+                         up->up_partition, up->up_chunks, up->up_wait, &hdr,
+                         errstr, sizeof(errstr))) {
                 drop_chunks(up);
                 return kb_api_error(rq, 503, NULL, "cannot store the file: %s",
                                     errstr);
@@ -396,8 +457,8 @@ static json_t *owned_file(kb_api_req_t *rq, const char *id) {
         return f;
 }
 
-static json_t *file_fmt(kb_api_t *ap, json_t *hdr) {
-        return kb_api_file_object(ap, hdr);
+static json_t *file_fmt(kb_api_req_t *rq, json_t *hdr) {
+        return kb_api_file_object(rq->rq_api, hdr);
 }
 
 /* Reads the chunks of a file into a buffer. */
@@ -502,8 +563,8 @@ enum MHD_Result kb_api_files(kb_api_req_t *rq) {
                         return ret;
                 all = kb_apistore_files(ap->ap_store, rq->rq_tenant);
                 ret = kb_api_reply_json(rq, 200,
-                                        kb_api_page(all, limit, after, NULL,
-                                                    file_fmt, ap, 0));
+                                        kb_api_page(rq, all, limit, after, NULL,
+                                                    file_fmt));
                 json_decref(all);
                 return ret;
         }

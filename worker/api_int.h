@@ -31,6 +31,7 @@ typedef enum {
         R_BATCHES,       /* /v1/batches */
         R_BATCH,         /* /v1/batches/{id} */
         R_BATCH_CANCEL,  /* /v1/batches/{id}/cancel */
+        R_BATCH_ITEMS,   /* /v1/batches/{id}/items */
         R_MBATCHES,      /* /v1/messages/batches */
         R_MBATCH,        /* /v1/messages/batches/{id} */
         R_MBATCH_CANCEL, /* /v1/messages/batches/{id}/cancel */
@@ -80,13 +81,13 @@ json_t *kb_api_body_object(kb_api_req_t *rq);
 void kb_api_new_id(const char *prefix, char *out);
 
 /* Sorts arr (of objects with "id") by id, newest first, and answers a
- * page of at most limit after (ids older than) after_id: OpenAI's list
- * {object: "list", data, first_id, last_id, has_more}. fmt(o) makes each
- * element (new reference). */
-json_t *kb_api_page(json_t *arr, int64_t limit, const char *after_id,
-                    const char *before_id,
-                    json_t *(*fmt)(kb_api_t *, json_t *), kb_api_t *ap,
-                    int anthropic);
+ * page of at most limit after (ids older than) after_id, or the limit
+ * newest before (ids newer than) before_id: {data, first_id, last_id,
+ * has_more} (+ object "list" for OpenAI). fmt(rq, o) makes each element
+ * (new reference). */
+json_t *kb_api_page(kb_api_req_t *rq, json_t *arr, int64_t limit,
+                    const char *after_id, const char *before_id,
+                    json_t *(*fmt)(kb_api_req_t *, json_t *));
 
 /* A query argument as int64 in [lo, hi], def when absent; -1 after
  * queuing the 400 (then *queued is the result to return). */
@@ -105,6 +106,14 @@ enum MHD_Result kb_api_upload_finish(kb_api_req_t *rq);
 void kb_api_upload_free(kb_api_upload_t *up);
 
 enum MHD_Result kb_api_files(kb_api_req_t *rq);
+
+/* Stores buf (len bytes: lines already validated, lines requests) as a
+ * file of tenant, as an upload would. 0 and *hdrp (the header, new
+ * reference), or -1 with errstr. */
+int kb_api_file_store(kb_api_t *ap, const char *tenant, const char *filename,
+                      const char *purpose, const char *buf, size_t len,
+                      int64_t lines, json_t **hdrp, char *errstr,
+                      size_t errstr_size);
 
 /* The OpenAI file object of a header. */
 json_t *kb_api_file_object(kb_api_t *ap, json_t *hdr);

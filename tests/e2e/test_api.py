@@ -323,3 +323,164 @@ def test_restart_loses_nothing(api):
              c.files.content(b.output_file_id).text)
     assert sorted(after[2].splitlines()) == sorted(before[2].splitlines())
     assert after[:2] == before[:2]
+
+
+# -- Anthropic Message Batches, inline batches, items -------------------------------
+
+def anthropic_client(api, tenant="acme"):
+    import anthropic
+    return anthropic.Anthropic(base_url=api.url, api_key=KEYS[tenant], max_retries=0,
+                               timeout=60)
+
+
+def mreq(i, fail=False):
+    params = {"model": "claude-test", "max_tokens": 32,
+              "messages": [{"role": "user", "content": f"tell me {i}"}]}
+    if fail:
+        params["fake"] = {"status": 400}
+    return {"custom_id": f"msg-{i}", "params": params}
+
+
+def test_anthropic_round_trip(api):
+    """create -> poll -> results -> list -> delete with the anthropic SDK."""
+    import anthropic
+    c = anthropic_client(api)
+    b = c.messages.batches.create(requests=[mreq(i, fail=(i == 2)) for i in range(6)])
+    assert b.id.startswith("msgbatch_") and b.type == "message_batch"
+    assert b.processing_status == "in_progress" and b.request_counts.processing == 6
+    assert (b.expires_at - b.created_at).total_seconds() == 24 * 3600
+    deadline = time.time() + 90
+    while b.processing_status != "ended" and time.time() < deadline:
+        time.sleep(0.3)
+        b = c.messages.batches.retrieve(b.id)
+    assert b.processing_status == "ended" and b.ended_at and b.results_url
+    rc = b.request_counts
+    assert (rc.processing, rc.succeeded, rc.errored, rc.canceled, rc.expired) == (0, 5, 1, 0, 0)
+    res = {r.custom_id: r.result for r in c.messages.batches.results(b.id)}
+    assert set(res) == {f"msg-{i}" for i in range(6)}
+    for cid, r in res.items():
+        if cid == "msg-2":
+            assert r.type == "errored" and r.error.error.type == "invalid_request_error"
+        else:
+            assert r.type == "succeeded"
+            assert r.message.content[0].text == f"echo: tell me {cid.split('-')[1]}"
+    assert [x.id for x in c.messages.batches.list(limit=10)] == [b.id]
+    # an OpenAI client does not see Anthropic batches, and the other way round
+    assert api.client().batches.list().data == []
+    with pytest.raises(openai.NotFoundError):
+        api.client().batches.retrieve(b.id)
+    # tenants
+    o = anthropic_client(api, "other")
+    for call in (lambda: o.messages.batches.retrieve(b.id),
+                 lambda: o.messages.batches.cancel(b.id),
+                 lambda: o.messages.batches.delete(b.id),
+                 lambda: list(o.messages.batches.results(b.id))):
+        with pytest.raises(anthropic.NotFoundError) as e:
+            call()
+        assert e.value.body["error"]["type"] == "not_found_error"
+    r = api.http("GET", f"/v1/messages/batches/{b.id}", tenant=None)
+    assert r.status_code == 401 and r.json() == {
+        "type": "error", "error": {"type": "authentication_error",
+                                   "message": r.json()["error"]["message"]}}
+    assert c.messages.batches.delete(b.id).type == "message_batch_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        c.messages.batches.retrieve(b.id)
+    # bad requests: every bad one numbered, in Anthropic's shape
+    r = api.http("POST", "/v1/messages/batches",
+                 json={"requests": [mreq(0), {"custom_id": "x"}, mreq(0)]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert "2 bad requests" in err["message"] and "requests[1]:" in err["message"]
+    assert "requests[2]: duplicate custom_id" in err["message"]
+
+
+def test_anthropic_cancel(env, tmp_path):
+    import anthropic
+    with FakeModel(latency_ms=300) as slow:
+        routes = (f'( {{ model = "*"; base_url = "{slow.url}"; max_inflight = 1; }} )')
+        a = start_api(env, slow, tmp_path, routes=routes)
+        c = anthropic_client(a)
+        b = c.messages.batches.create(requests=[mreq(i) for i in range(20)])
+        time.sleep(1)
+        b = c.messages.batches.cancel(b.id)
+        assert b.processing_status in ("canceling", "ended") and b.cancel_initiated_at
+        if b.processing_status == "canceling":
+            with pytest.raises(anthropic.BadRequestError):
+                c.messages.batches.delete(b.id)  # still processing
+        deadline = time.time() + 60
+        while b.processing_status != "ended" and time.time() < deadline:
+            time.sleep(0.3)
+            b = c.messages.batches.retrieve(b.id)
+        rc = b.request_counts
+        assert rc.canceled > 0 and rc.succeeded + rc.canceled == 20
+        kinds = [r.result.type for r in c.messages.batches.results(b.id)]
+        assert kinds.count("canceled") == rc.canceled and kinds.count("succeeded") == rc.succeeded
+
+
+def test_inline_batch_and_idempotency(api):
+    reqs = [{"custom_id": f"in-{i}",
+             "body": {"model": "gpt-test", "messages": [{"role": "user", "content": f"q{i}"}]}}
+            for i in range(3)]
+    body = {"requests": reqs, "metadata": {"src": "inline"}}
+    h = {"Idempotency-Key": "order-2026-0001"}
+    r1 = api.http("POST", "/v1/batches", json=body, headers=dict(h))
+    assert r1.status_code == 200, r1.text
+    b = r1.json()
+    assert b["endpoint"] == "/v1/chat/completions" and b["completion_window"] == "24h"
+    assert b["request_counts"]["total"] == 3 and b["metadata"] == {"src": "inline"}
+    # the same key and payload: the same batch, nothing published again
+    r2 = api.http("POST", "/v1/batches", json=body, headers=dict(h))
+    assert r2.status_code == 200 and r2.json()["id"] == b["id"]
+    # the same key, another payload: 409
+    r3 = api.http("POST", "/v1/batches", json={"requests": reqs[:1]}, headers=dict(h))
+    assert r3.status_code == 409 and r3.json()["error"]["param"] == "Idempotency-Key"
+    # another tenant's key space is its own
+    r4 = api.http("POST", "/v1/batches", json=body, headers=dict(h), tenant="other")
+    assert r4.status_code == 200 and r4.json()["id"] != b["id"]
+    assert api.http("POST", "/v1/batches", json=body,
+                    headers={"Idempotency-Key": "short"}).status_code == 400
+    c = api.client()
+    done = wait_status(c, b["id"], {"completed"})
+    assert done.request_counts.completed == 3
+    items = api.env.consume("items", idle=3)
+    mine = [m for m in items if m.key().decode().startswith(b["id"] + ":")]
+    assert sorted(m.key().decode() for m in mine) == [f"{b['id']}:{i}" for i in range(3)]
+    out = [json.loads(l) for l in c.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["in-0", "in-1", "in-2"]
+
+
+def test_items_listing(env, tmp_path):
+    with FakeModel(latency_ms=200) as slow:
+        routes = (f'( {{ model = "*"; base_url = "{slow.url}"; max_inflight = 1; }} )')
+        a = start_api(env, slow, tmp_path, routes=routes)
+        c = a.client()
+        f = upload(c, [line(i, fail=(i == 1)) for i in range(8)])
+        b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                             completion_window="24h")
+        r = a.http("GET", f"/v1/batches/{b.id}/items?limit=3").json()
+        assert [i["custom_id"] for i in r["data"]] == ["req-0", "req-1", "req-2"]
+        assert r["has_more"] and r["last_id"] == "req-2"
+        assert {i["status"] for i in r["data"]} <= {"pending", "succeeded", "failed"}
+        wait_status(c, b.id, {"completed"})
+        seen, after = [], None
+        while True:
+            q = f"/v1/batches/{b.id}/items?limit=3" + (f"&after={after}" if after else "")
+            page = a.http("GET", q).json()
+            seen += page["data"]
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+        assert [i["item_index"] for i in seen] == list(range(8))
+        for i in seen:
+            assert i["status"] == ("failed" if i["custom_id"] == "req-1" else "succeeded")
+            assert i["attempts"] >= 1
+            if i["status"] == "succeeded":
+                assert i["error"] is None and i["response"]["status_code"] == 200
+                assert i["response"]["body"]["choices"][0]["message"]["content"].startswith("echo:")
+            else:
+                assert i["error"]["code"] == "client_error"
+        failed = a.http("GET", f"/v1/batches/{b.id}/items?status=failed").json()
+        assert [i["custom_id"] for i in failed["data"]] == ["req-1"]
+        assert a.http("GET", f"/v1/batches/{b.id}/items?status=weird").status_code == 400
+        assert a.http("GET", f"/v1/batches/{b.id}/items", tenant="other").status_code == 404
