@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "admin.h"
 #include "api_int.h"
@@ -505,6 +506,26 @@ int kb_api_listen_is_loopback(const char *listen) {
         return lo;
 }
 
+/* Every few seconds: batches whose replica died while publishing. */
+static void *recover_main(void *arg) {
+        kb_api_t *ap = arg;
+        pthread_mutex_lock(&ap->ap_lock);
+        while (!ap->ap_stop) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_sec += 5;
+                pthread_cond_timedwait(&ap->ap_cond, &ap->ap_lock, &ts);
+                if (ap->ap_stop)
+                        break;
+                pthread_mutex_unlock(&ap->ap_lock);
+                if (kb_apistore_ready(ap->ap_store))
+                        kb_api_recover(ap);
+                pthread_mutex_lock(&ap->ap_lock);
+        }
+        pthread_mutex_unlock(&ap->ap_lock);
+        return NULL;
+}
+
 kb_api_t *kb_api_new(const kb_conf_t *conf, int *is_config, char *errstr,
                      size_t errstr_size) {
         kb_api_t *ap;
@@ -533,6 +554,8 @@ kb_api_t *kb_api_new(const kb_conf_t *conf, int *is_config, char *errstr,
                 return NULL;
         }
         ap->ap_conf = conf;
+        pthread_mutex_init(&ap->ap_lock, NULL);
+        pthread_cond_init(&ap->ap_cond, NULL);
         if (conf->api_keys_file[0] &&
             !(ap->ap_keys = kb_apikeys_new(conf->api_keys_file, errstr,
                                            errstr_size)))
@@ -564,6 +587,12 @@ kb_api_t *kb_api_new(const kb_conf_t *conf, int *is_config, char *errstr,
         }
         di = MHD_get_daemon_info(ap->ap_mhd, MHD_DAEMON_INFO_BIND_PORT);
         ap->ap_port = di ? di->port : 0;
+        if (pthread_create(&ap->ap_recover_thr, NULL, recover_main, ap)) {
+                snprintf(errstr, errstr_size, "cannot start a thread: %s",
+                         strerror(errno));
+                goto fail;
+        }
+        ap->ap_recovering = 1;
         kb_log(KB_LOG_INFO, "api",
                "batch API listening on %s%s%s:%d (%s)",
                strchr(host, ':') ? "[" : "", host[0] ? host : "0.0.0.0",
@@ -578,10 +607,19 @@ fail:
 void kb_api_destroy(kb_api_t *ap) {
         if (!ap)
                 return;
+        if (ap->ap_recovering) {
+                pthread_mutex_lock(&ap->ap_lock);
+                ap->ap_stop = 1;
+                pthread_cond_signal(&ap->ap_cond);
+                pthread_mutex_unlock(&ap->ap_lock);
+                pthread_join(ap->ap_recover_thr, NULL);
+        }
         if (ap->ap_mhd)
                 MHD_stop_daemon(ap->ap_mhd);
         kb_apistore_destroy(ap->ap_store);
         kb_apikeys_destroy(ap->ap_keys);
+        pthread_cond_destroy(&ap->ap_cond);
+        pthread_mutex_destroy(&ap->ap_lock);
         free(ap);
 }
 

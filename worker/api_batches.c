@@ -282,12 +282,26 @@ static json_t *owned_batch(kb_api_req_t *rq, const char *flavour) {
 
 /* Publishing a file's lines as the batch's items. */
 typedef struct {
+        kb_api_t *cp_api;
+        json_t *cp_rec; /* the record, borrowed */
         kb_pub_t *cp_pub;
         kb_pub_lines_t *cp_lines;
         kb_apiwait_t *cp_wait;
+        int64_t cp_beat; /* kb_now_ms() of the last heartbeat */
         char cp_err[1024];
         int cp_failed;
 } create_pub_t;
+
+/* Writes the record with heartbeat_at = now: a replica publishing a batch
+ * says it is alive (see kb_api_recover). */
+static int heartbeat(kb_api_t *ap, json_t *rec, char *errstr,
+                     size_t errstr_size) {
+        json_object_set_new(rec, "heartbeat_at", json_integer(kb_wall_ms()));
+        return kb_apistore_put(
+                ap->ap_store, KB_TOPIC_API_BATCHES,
+                json_string_value(json_object_get(rec, "id")), rec, -1, errstr,
+                errstr_size);
+}
 
 static int pub_line(void *opaque, char *s, size_t len, int64_t lineno,
                     int too_long) {
@@ -304,6 +318,12 @@ static int pub_line(void *opaque, char *s, size_t len, int64_t lineno,
                 return cp->cp_failed = 1;
         if (kb_pub_count(cp->cp_pub) > before)
                 kb_apiwait_sent(cp->cp_wait, 1);
+        if (kb_now_ms() - cp->cp_beat > KB_API_ORPHAN_MS / 3) {
+                cp->cp_beat = kb_now_ms();
+                if (heartbeat(cp->cp_api, cp->cp_rec, cp->cp_err,
+                              sizeof(cp->cp_err)))
+                        return cp->cp_failed = 1;
+        }
         return 0;
 }
 
@@ -312,8 +332,8 @@ static int pub_chunk(void *opaque, const char *buf, size_t len) {
         return kb_pub_lines_feed(cp->cp_lines, buf, len);
 }
 
-/* Publishes the items of file (a header) as batch rec. 0, or -1 with
- * errstr. */
+/* Publishes the items of file (a header) as batch rec (written again
+ * with a heartbeat every KB_API_ORPHAN_MS / 3). 0, or -1 with errstr. */
 static int publish_file(kb_api_t *ap, json_t *rec, json_t *file,
                         int64_t deadline, char *errstr, size_t errstr_size) {
         const char *id = json_string_value(json_object_get(rec, "id"));
@@ -324,6 +344,9 @@ static int publish_file(kb_api_t *ap, json_t *rec, json_t *file,
         int ret = -1;
 
         memset(&cp, 0, sizeof(cp));
+        cp.cp_api = ap;
+        cp.cp_rec = rec;
+        cp.cp_beat = kb_now_ms();
         if (!(sd = kb_serde_new(ap->ap_conf, NULL, errstr, errstr_size)))
                 return -1;
         memset(&b, 0, sizeof(b));
@@ -446,13 +469,92 @@ static int idempotent_replay(kb_api_req_t *rq, const create_t *cr,
         return 1;
 }
 
+/* Publishes the items of a record in state "validating" and writes it
+ * "in_progress"; on failure writes it "failed" (errors). 0, or -1 with
+ * errstr. */
+static int publish_and_mark(kb_api_t *ap, json_t *rec, json_t *file,
+                            char *errstr, size_t errstr_size) {
+        const char *id = json_string_value(json_object_get(rec, "id"));
+        int64_t deadline =
+                json_integer_value(json_object_get(rec, "expires_at")) * 1000;
+        char e2[256];
+        if (publish_file(ap, rec, file, deadline, errstr, errstr_size)) {
+                kb_log(KB_LOG_ERROR, "api", "batch %s: publishing failed: %s",
+                       id, errstr);
+                json_object_set_new(rec, "state", json_string("failed"));
+                json_object_set_new(rec, "failed_at",
+                                    json_integer(kb_wall_ms() / 1000));
+                json_object_set_new(
+                        rec, "errors",
+                        json_pack("{ss s[{ss ss}]}", "object", "list", "data",
+                                  "code", "publish_failed", "message",
+                                  errstr));
+                kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec,
+                                -1, e2, sizeof(e2));
+                return -1;
+        }
+        json_object_set_new(rec, "state", json_string("in_progress"));
+        json_object_set_new(rec, "in_progress_at",
+                            json_integer(kb_wall_ms() / 1000));
+        return kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec, -1,
+                               errstr, errstr_size);
+}
+
+void kb_api_recover(kb_api_t *ap) {
+        json_t *all = kb_apistore_batches(ap->ap_store, NULL, NULL), *rec;
+        int64_t now = kb_wall_ms();
+        size_t i;
+        json_array_foreach(all, i, rec) {
+                const char *state =
+                        json_string_value(json_object_get(rec, "state"));
+                const char *id = json_string_value(json_object_get(rec, "id"));
+                const char *fid = json_string_value(
+                        json_object_get(rec, "input_file_id"));
+                int64_t beat = json_integer_value(
+                        json_object_get(rec, "heartbeat_at"));
+                json_t *file, *mine;
+                char errstr[1024];
+                if (!state || strcmp(state, "validating") || !id ||
+                    now - beat < KB_API_ORPHAN_MS)
+                        continue;
+                /* Claimed by this replica's heartbeat; a replica that
+                 * claimed it at the same time publishes the same items
+                 * again: the aggregator and the output files count each
+                 * item once. */
+                mine = json_deep_copy(rec);
+                if (heartbeat(ap, mine, errstr, sizeof(errstr))) {
+                        json_decref(mine);
+                        continue;
+                }
+                kb_log(KB_LOG_WARN, "api",
+                       "batch %s: its replica stopped while publishing "
+                       "(no heartbeat for %lld s): publishing it again",
+                       id, (long long)((now - beat) / 1000));
+                file = fid ? kb_apistore_file(ap->ap_store, fid) : NULL;
+                if (!file) {
+                        snprintf(errstr, sizeof(errstr),
+                                 "input file %s was deleted", fid ? fid : "");
+                        json_object_set_new(mine, "state",
+                                            json_string("failed"));
+                        kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id,
+                                        mine, -1, errstr, sizeof(errstr));
+                } else if (!publish_and_mark(ap, mine, file, errstr,
+                                             sizeof(errstr)))
+                        kb_log(KB_LOG_INFO, "api", "batch %s: published",
+                               id);
+                json_decref(file);
+                json_decref(mine);
+        }
+        json_decref(all);
+}
+
 /* Creates the batch of file (a header of the tenant): record, items,
  * record. Returns the record (new reference), or NULL after queuing the
  * error. */
 static json_t *create_batch(kb_api_req_t *rq, const create_t *cr, json_t *file,
                             enum MHD_Result *queued) {
         kb_api_t *ap = rq->rq_api;
-        char id[64], errstr[1024], e2[256];
+        char id[64], errstr[1024];
         int64_t now = kb_wall_ms();
         json_t *rec;
 
@@ -468,6 +570,9 @@ static json_t *create_batch(kb_api_req_t *rq, const create_t *cr, json_t *file,
                         (json_int_t)((now + cr->cr_window_ms) / 1000),
                         "items_total", json_object_get(file, "lines"), "state",
                         "validating");
+        if (rec)
+                json_object_set_new(rec, "heartbeat_at",
+                                    json_integer(kb_wall_ms()));
         if (!rec) {
                 *queued = MHD_NO;
                 return NULL;
@@ -496,32 +601,9 @@ static json_t *create_batch(kb_api_req_t *rq, const create_t *cr, json_t *file,
                 json_decref(rec);
                 return NULL;
         }
-        if (publish_file(ap, rec, file, now + cr->cr_window_ms, errstr,
-                         sizeof(errstr))) {
-                kb_log(KB_LOG_ERROR, "api", "batch %s: publishing failed: %s",
-                       id, errstr);
-                json_object_set_new(rec, "state", json_string("failed"));
-                json_object_set_new(rec, "failed_at",
-                                    json_integer(kb_wall_ms() / 1000));
-                json_object_set_new(
-                        rec, "errors",
-                        json_pack("{ss s[{ss ss}]}", "object", "list", "data",
-                                  "code", "publish_failed", "message",
-                                  errstr));
-                kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec,
-                                -1, e2, sizeof(e2));
+        if (publish_and_mark(ap, rec, file, errstr, sizeof(errstr))) {
                 *queued = kb_api_error(rq, 503, NULL,
                                        "cannot publish the batch: %s", errstr);
-                json_decref(rec);
-                return NULL;
-        }
-        json_object_set_new(rec, "state", json_string("in_progress"));
-        json_object_set_new(rec, "in_progress_at",
-                            json_integer(kb_wall_ms() / 1000));
-        if (kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, rec, -1,
-                            errstr, sizeof(errstr))) {
-                *queued = kb_api_error(rq, 503, NULL,
-                                       "cannot store the batch: %s", errstr);
                 json_decref(rec);
                 return NULL;
         }

@@ -6,6 +6,7 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "api.h"
@@ -19,6 +20,11 @@ struct kb_api_s {
         int ap_port;
         kb_apikeys_t *ap_keys; /* NULL: no keys file (loopback only) */
         kb_apistore_t *ap_store;
+        pthread_t ap_recover_thr; /* kb_api_recover every few seconds */
+        int ap_recovering;        /* the thread runs */
+        pthread_mutex_t ap_lock;  /* ap_stop, with ap_cond */
+        pthread_cond_t ap_cond;
+        int ap_stop;
 };
 
 typedef enum { KB_API_OPENAI = 0, KB_API_ANTHROPIC } kb_api_flavour_t;
@@ -121,6 +127,15 @@ json_t *kb_api_file_object(kb_api_t *ap, json_t *hdr);
 /* ---- batches (api_batches.c) ---- */
 
 enum MHD_Result kb_api_batches(kb_api_req_t *rq);
+
+/* A batch whose record says "validating" without a heartbeat for this
+ * long lost the replica that was publishing it. */
+#define KB_API_ORPHAN_MS 30000
+
+/* Publishes the batches that lost their replica while publishing
+ * (validating, no heartbeat for KB_API_ORPHAN_MS) again. Called every few
+ * seconds by every replica. */
+void kb_api_recover(kb_api_t *ap);
 
 /* The output ("output") or error ("error") file of an API batch:
  * "file-<26>-output" for batch "batch_<26>". id_out: at least 64 bytes. */

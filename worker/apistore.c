@@ -480,7 +480,7 @@ static json_t *list(kb_apistore_t *st, json_t *map, const char *tenant,
                 const char *tn = json_string_value(json_object_get(v, "tenant"));
                 const char *fl =
                         json_string_value(json_object_get(v, "flavour"));
-                if (!tn || strcmp(tn, tenant))
+                if (tenant && (!tn || strcmp(tn, tenant)))
                         continue;
                 if (flavour && (!fl || strcmp(fl, flavour)))
                         continue;

@@ -86,8 +86,9 @@ json_t *kb_apistore_batch(kb_apistore_t *st, const char *id);
  * aggregator's last committed state. */
 json_t *kb_apistore_state(kb_apistore_t *st, const char *batch_id);
 
-/* Every file header / batch record whose "tenant" is tenant (and, with
- * flavour not NULL, whose "flavour" is flavour): a new array, in no order. */
+/* Every file header / batch record whose "tenant" is tenant (NULL: any)
+ * (and, with flavour not NULL, whose "flavour" is flavour): a new array, in
+ * no order. */
 json_t *kb_apistore_files(kb_apistore_t *st, const char *tenant);
 json_t *kb_apistore_batches(kb_apistore_t *st, const char *tenant,
                             const char *flavour);

@@ -484,3 +484,146 @@ def test_items_listing(env, tmp_path):
         assert [i["custom_id"] for i in failed["data"]] == ["req-1"]
         assert a.http("GET", f"/v1/batches/{b.id}/items?status=weird").status_code == 400
         assert a.http("GET", f"/v1/batches/{b.id}/items", tenant="other").status_code == 404
+
+
+# -- scale and crashes ----------------------------------------------------------------
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for l in f:
+            if l.startswith("VmHWM:"):
+                return int(l.split()[1])
+    return 0
+
+
+def split_api(env, fake, tmp_path):
+    """The api role alone in one process (its RSS is its own), items and
+    aggregator in another."""
+    keys = tmp_path / "keys"
+    keys.write_text("".join(f"{t} {k}\n" for t, k in KEYS.items()))
+    conf = env.write_conf(base_url=fake.url, max_inflight=2000, extra=(
+        f'api: {{ listen = "127.0.0.1:0"; keys_file = "{keys}"; }};'))
+    env.create_topics(conf, partitions=4)
+    a = Api(env, conf, {"KBATCH_WORKER_ROLES": "api"}).start()
+    env.worker(conf, env={"KBATCH_WORKER_ROLES": "items,aggregator"}, name="workers")
+    return a
+
+
+def test_100k_lines_sigkill_mid_batch(env, fake, tmp_path):
+    """A 100,000-line file uploaded and run to completion, the api process
+    killed with SIGKILL while it publishes the batch and started again:
+    every item has exactly one output line."""
+    import threading
+    a = split_api(env, fake, tmp_path)
+    c = a.client()
+    n = 100_000
+    data = jsonl([line(i) for i in range(n)])
+    rss0 = vm_hwm_kib(a.worker.proc.pid)
+    t0 = time.time()
+    f = c.files.create(file=("big.jsonl", io.BytesIO(data)), purpose="batch")
+    dt = time.time() - t0
+    rss = vm_hwm_kib(a.worker.proc.pid)
+    print(f"\nupload: {len(data) / 1e6:.1f} MB in {dt:.2f}s = {len(data) / 1e6 / dt:.1f} MB/s; "
+          f"api peak RSS {rss0 / 1024:.0f} -> {rss / 1024:.0f} MiB")
+    assert f.bytes == len(data)
+    # the file is not held in memory: well below its size over the start
+    assert (rss - rss0) * 1024 < len(data), (rss0, rss, len(data))
+
+    errors = []
+    th = threading.Thread(target=lambda: errors.append(
+        pytest.raises(Exception, c.batches.create, input_file_id=f.id,
+                      endpoint="/v1/chat/completions", completion_window="24h")))
+    th.start()
+    seen, deadline = None, time.time() + 30
+    while time.time() < deadline:
+        r = a.http("GET", "/v1/batches").json()["data"]
+        if r and r[0]["status"] == "validating":
+            seen = r[0]
+            break
+        time.sleep(0.01)
+    assert seen, "the batch was never seen being published"
+    a.worker.stop(sig=signal.SIGKILL)
+    th.join(60)
+    a.start()
+    b = wait_status(a.client(), seen["id"], {"completed"}, timeout=400)
+    assert any("publishing it again" in l.get("msg", "") for l in a.worker.logs())
+    assert b.request_counts.total == n and b.request_counts.completed == n
+    out = a.client().files.content(b.output_file_id).text.splitlines()
+    ids = [json.loads(l)["custom_id"] for l in out]
+    assert len(ids) == n and set(ids) == {f"req-{i}" for i in range(n)}
+    assert b.error_file_id is None
+    assert [x.id for x in a.client().batches.list()] == [seen["id"]]
+
+
+def test_sigkill_mid_upload(env, fake, tmp_path):
+    """An upload cut by SIGKILL leaves no file; uploading again makes one."""
+    import threading
+    a = split_api(env, fake, tmp_path)
+    data = jsonl([line(i) for i in range(20_000)])
+    boundary = "kbatchtestboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n"
+            f"batch\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"slow.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    sent = threading.Event()
+
+    def body():
+        yield head
+        for off in range(0, len(data) // 2, 65536):
+            yield data[off:off + 65536]
+        sent.set()
+        time.sleep(5)  # the process is killed meanwhile
+        yield data[len(data) // 2:]
+        yield tail
+
+    def post():
+        try:
+            requests.post(a.url + "/v1/files", data=body(), timeout=30, headers={
+                "Authorization": f"Bearer {KEYS['acme']}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        except requests.RequestException:
+            pass
+
+    th = threading.Thread(target=post)
+    th.start()
+    assert sent.wait(30)
+    time.sleep(0.5)
+    a.worker.stop(sig=signal.SIGKILL)
+    th.join(30)
+    a.start()
+    c = a.client()
+    assert c.files.list().data == []
+    f = c.files.create(file=("again.jsonl", io.BytesIO(data)), purpose="batch")
+    assert [x.id for x in c.files.list().data] == [f.id]
+    assert c.files.content(f.id).content == data
+
+
+def test_limits(env, fake, tmp_path):
+    """Bodies over api.max_file_bytes get 413 (also while streaming, without
+    a Content-Length); a file of 1,000,001 requests is refused whole."""
+    a = start_api(env, fake, tmp_path, extra="max_file_bytes = 2000000;")
+    big = jsonl([line(i) for i in range(20_000)])  # ~3 MB
+    r = a.http("POST", "/v1/files", files={"file": ("big.jsonl", big)},
+               data={"purpose": "batch"})
+    assert r.status_code == 413 and "api.max_file_bytes" in r.json()["error"]["message"]
+
+    def chunked():
+        for off in range(0, len(big), 65536):
+            yield big[off:off + 65536]
+    r = a.http("POST", "/v1/batches", data=chunked(),
+               headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert a.client().files.list().data == []
+    assert upload(a.client(), [line(0)]).id  # still serving
+
+
+def test_a_million_and_one_requests(api):
+    one = ('{"custom_id":"%d","method":"POST","url":"/v1/chat/completions",'
+           '"body":{"model":"m"}}\n')
+    data = "".join(one % i for i in range(1_000_001)).encode()
+    r = api.http("POST", "/v1/files", files={"file": ("huge.jsonl", data)},
+                 data={"purpose": "batch"})
+    assert r.status_code == 400, r.text[:300]
+    msg = r.json()["error"]["message"]
+    assert "1 bad line" in msg and "line 1000001: more than 1000000 requests" in msg
+    assert api.client().files.list().data == []
