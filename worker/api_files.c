@@ -243,6 +243,11 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind,
         (void)transfer_encoding;
         if (up->up_fail)
                 return MHD_YES;
+        if (!key) {
+                /* A part without a name (found by schemathesis). */
+                fail(up, 400, "a multipart part has no name");
+                return MHD_YES;
+        }
         if (!strcmp(key, "purpose")) {
                 size_t have = strlen(up->up_purpose);
                 if (off + size >= sizeof(up->up_purpose) - 1 ||

@@ -149,17 +149,51 @@ def test_validation_rejects_broken_objects(renders, tmp_path):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_accepted_and_roles_covered(renders, overlay, tmp_path):
     """Each Deployment's configuration passes `kbatch check-config`; the
-    Deployments together run each role exactly once, and the ScaledObject's
-    target runs the items role."""
+    Deployments together run each role exactly once (the split overlay also
+    runs the HTTP API, role api), and the ScaledObject's target runs the
+    items role."""
     r = renders[overlay]
     covered = []
     for d in deployments(r):
         covered += sorted(roles_of(r, d, tmp_path))
-    assert sorted(covered) == ["aggregator", "items", "notifier"], covered
+    want = ["aggregator", "items", "notifier"] + (["api"] if overlay == "split" else [])
+    assert sorted(covered) == sorted(want), covered
     if overlay in ("prod", "split"):
-        assert len(deployments(r)) == 3
+        assert len(deployments(r)) == len(want)
     else:
         assert len(deployments(r)) == 1
+
+
+def test_api_role_in_split(renders, tmp_path):
+    """The split overlay's api Deployment: its port is api.listen's, a
+    Service reaches it, the keys file is the Secret kbatch-api-keys mounted
+    where api.keys_file says, and readiness waits for the API to catch up
+    (/readyz, like every role)."""
+    r = renders["split"]
+    (d,) = [d for d in deployments(r) if "api" in roles_of(r, d, tmp_path)]
+    conf = effective_conf(r, d, tmp_path)
+    assert roles_of(r, d, tmp_path) == {"api"}
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["api"] == int(conf["api.listen"].rsplit(":", 1)[1])
+    assert d["spec"]["replicas"] >= 2
+    svc = r.get("Service", "kbatch-api")
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8081, "api")]
+    # no other Deployment's pods behind the API Service
+    for other in deployments(r):
+        if other is not d:
+            ol = other["spec"]["template"]["metadata"]["labels"]
+            assert not all(ol.get(k) == v for k, v in svc["spec"]["selector"].items())
+    keys = conf["api.keys_file"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+    (name,) = [n for n, v in vols.items() if "secret" in v]
+    assert vols[name]["secret"]["secretName"] == "kbatch-api-keys"
+    (item,) = vols[name]["secret"]["items"]
+    assert os.path.join(mounts[name], item["path"]) == keys
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

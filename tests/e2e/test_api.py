@@ -243,6 +243,11 @@ def test_bad_input(api):
     r = api.http("POST", "/v1/files", data=b"--xx\r\nbroken", headers={
         "Content-Type": "multipart/form-data; boundary=xx"})
     assert r.status_code == 400, r.text
+    # a part without a name: the server crashed on it once
+    r = api.http("POST", "/v1/files", data=b"--xx\r\nContent-Disposition: form-data\r\n\r\n"
+                 b"None\r\n--xx--\r\n",
+                 headers={"Content-Type": "multipart/form-data; boundary=xx"})
+    assert r.status_code == 400 and "no name" in r.json()["error"]["message"], r.text
     r = api.http("POST", "/v1/files", files={"file": ("x.jsonl", jsonl([line(1)]))},
                  data={"purpose": "fine-tune"})
     assert r.status_code == 400 and "purpose" in r.json()["error"]["message"]
