@@ -137,7 +137,7 @@ static int store_header(kb_api_t *ap, const char *id, const char *tenant,
                 snprintf(errstr, errstr_size, "out of memory");
                 return -1;
         }
-        if (kb_apistore_put(ap->ap_store, KB_TOPIC_FILES, id, hdr, part,
+        if (kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, id, hdr, -1,
                             errstr, errstr_size)) {
                 json_decref(hdr);
                 return -1;
@@ -466,27 +466,41 @@ static json_t *file_fmt(kb_api_req_t *rq, json_t *hdr) {
         return kb_api_file_object(rq->rq_api, hdr);
 }
 
-/* Reads the chunks of a file into a buffer. */
+/* An uploaded file's content, streamed from its chunks: libmicrohttpd
+ * asks for the bytes from pos on (one connection, one thread). */
 typedef struct {
-        char *cb_buf;
-        size_t cb_len, cb_cap;
+        kb_apifile_t *cs_f;
+        const char *cs_buf; /* the current chunk, borrowed from cs_f */
+        size_t cs_len, cs_off;
 } content_t;
 
-static int on_chunk(void *opaque, const char *buf, size_t len) {
-        content_t *c = opaque;
-        if (c->cb_len + len > c->cb_cap) {
-                size_t cap = c->cb_cap ? c->cb_cap * 2 : 1 << 20;
-                char *b;
-                while (cap < c->cb_len + len)
-                        cap *= 2;
-                if (!(b = realloc(c->cb_buf, cap)))
-                        return -1;
-                c->cb_buf = b;
-                c->cb_cap = cap;
+static ssize_t content_read(void *cls, uint64_t pos, char *buf, size_t max) {
+        content_t *cs = cls;
+        char err[256];
+        size_t n;
+        (void)pos;
+        while (cs->cs_off == cs->cs_len) {
+                int r = kb_apistore_file_next(cs->cs_f, &cs->cs_buf,
+                                              &cs->cs_len, err, sizeof(err));
+                if (r <= 0) {
+                        if (r < 0)
+                                kb_log(KB_LOG_WARN, "api",
+                                       "sending a file cut short: %s", err);
+                        return r < 0 ? MHD_CONTENT_READER_END_WITH_ERROR
+                                     : MHD_CONTENT_READER_END_OF_STREAM;
+                }
+                cs->cs_off = 0;
         }
-        memcpy(c->cb_buf + c->cb_len, buf, len);
-        c->cb_len += len;
-        return 0;
+        n = cs->cs_len - cs->cs_off < max ? cs->cs_len - cs->cs_off : max;
+        memcpy(buf, cs->cs_buf + cs->cs_off, n);
+        cs->cs_off += n;
+        return (ssize_t)n;
+}
+
+static void content_free(void *cls) {
+        content_t *cs = cls;
+        kb_apistore_file_close(cs->cs_f);
+        free(cs);
 }
 
 static enum MHD_Result file_content(kb_api_req_t *rq, json_t *f) {
@@ -510,18 +524,26 @@ static enum MHD_Result file_content(kb_api_req_t *rq, json_t *f) {
                                         len);
         }
         {
-                content_t c = {NULL, 0, 0};
-                if (kb_apistore_file_read(ap->ap_store, f, on_chunk, &c,
-                                          errstr, sizeof(errstr))) {
-                        free(c.cb_buf);
+                content_t *cs = calloc(1, sizeof(*cs));
+                struct MHD_Response *r;
+                if (!cs)
+                        return MHD_NO;
+                if (!(cs->cs_f = kb_apistore_file_open(ap->ap_store, f, errstr,
+                                                       sizeof(errstr)))) {
+                        free(cs);
                         return kb_api_error(rq, 503, NULL,
                                             "cannot read the file: %s",
                                             errstr);
                 }
-                if (!c.cb_buf)
-                        c.cb_buf = strdup("");
-                return kb_api_reply_raw(rq, 200, "application/jsonl",
-                                        c.cb_buf, c.cb_len);
+                r = MHD_create_response_from_callback(
+                        (uint64_t)json_integer_value(
+                                json_object_get(f, "bytes")),
+                        65536, content_read, cs, content_free);
+                if (!r) {
+                        content_free(cs);
+                        return MHD_NO;
+                }
+                return kb_api_reply_response(rq, 200, r, "application/jsonl");
         }
 }
 
@@ -546,8 +568,8 @@ static enum MHD_Result file_delete(kb_api_req_t *rq, json_t *f) {
                         RD_KAFKA_V_KEY(key, strlen(key)),
                         RD_KAFKA_V_VALUE(NULL, 0), RD_KAFKA_V_END);
         }
-        if (kb_apistore_put(ap->ap_store, KB_TOPIC_FILES, rq->rq_id, NULL, part,
-                            errstr, sizeof(errstr)))
+        if (kb_apistore_put(ap->ap_store, KB_TOPIC_API_BATCHES, rq->rq_id,
+                            NULL, -1, errstr, sizeof(errstr)))
                 return kb_api_error(rq, 503, NULL, "cannot delete: %s", errstr);
         return kb_api_reply_json(rq, 200,
                                  json_pack("{ss ss sb}", "id", rq->rq_id,

@@ -72,6 +72,10 @@ enum MHD_Result kb_api_reply_json(kb_api_req_t *rq, unsigned status,
 /* Queues body (len bytes, taken: freed by libmicrohttpd) with ctype. */
 enum MHD_Result kb_api_reply_raw(kb_api_req_t *rq, unsigned status,
                                  const char *ctype, char *body, size_t len);
+/* Queues r (taken) with status and ctype. */
+enum MHD_Result kb_api_reply_response(kb_api_req_t *rq, unsigned status,
+                                      struct MHD_Response *r,
+                                      const char *ctype);
 /* Queues an error in the request's flavour: OpenAI {"error": {message,
  * type, param, code}}, Anthropic {"type": "error", "error": {type,
  * message}}. param may be NULL; the types follow from status. */

@@ -14,10 +14,11 @@
 #include "log.h"
 #include "loop.h"
 
-/* The topics the follower reads. */
-enum { F_FILES = 0, F_BATCHES, F_STATE, F__CNT };
-static const kb_topic_t follow_topics[F__CNT] = {
-        KB_TOPIC_FILES, KB_TOPIC_API_BATCHES, KB_TOPIC_BATCH_STATE};
+/* The topics the follower reads: the records (file headers and batch
+ * records) and the aggregator's state. */
+enum { F_RECORDS = 0, F_STATE, F__CNT };
+static const kb_topic_t follow_topics[F__CNT] = {KB_TOPIC_API_BATCHES,
+                                                 KB_TOPIC_BATCH_STATE};
 
 struct kb_apistore_s {
         const kb_conf_t *st_conf;
@@ -164,8 +165,7 @@ static json_t *state_summary(const kb_bstate_t *bs) {
 static void apply(kb_apistore_t *st, int topic, const char *key,
                   const void *val, size_t len) {
         json_t *v = NULL, *map;
-        if (topic == F_FILES && strchr(key, ':'))
-                return; /* a chunk */
+        int is_file = !strncmp(key, "file-", 5);
         if (topic == F_STATE) {
                 kb_bstate_t *bs;
                 char err[256];
@@ -193,14 +193,14 @@ static void apply(kb_apistore_t *st, int topic, const char *key,
                         return;
                 }
         }
-        map = topic == F_FILES     ? st->st_files
-              : topic == F_BATCHES ? st->st_batches
-                                   : st->st_states;
+        map = topic == F_STATE ? st->st_states
+              : is_file        ? st->st_files
+                               : st->st_batches;
         pthread_rwlock_wrlock(&st->st_lock);
         if (v) {
                 const char *idem =
                         json_string_value(json_object_get(v, "idempotency"));
-                if (topic == F_BATCHES && idem)
+                if (topic == F_RECORDS && !is_file && idem)
                         json_object_set_new(st->st_idem, idem,
                                             json_string(key));
                 json_object_set_new(map, key, v);
@@ -212,11 +212,9 @@ static void apply(kb_apistore_t *st, int topic, const char *key,
 static void *follow_main(void *arg) {
         kb_apistore_t *st = arg;
         const char *names[F__CNT] = {
-                st->st_conf->topics_name[KB_TOPIC_FILES],
                 st->st_conf->topics_name[KB_TOPIC_API_BATCHES],
                 st->st_conf->topics_name[KB_TOPIC_BATCH_STATE]};
-        int32_t total = st->st_parts[KB_TOPIC_FILES] +
-                        st->st_parts[KB_TOPIC_API_BATCHES] +
+        int32_t total = st->st_parts[KB_TOPIC_API_BATCHES] +
                         st->st_parts[KB_TOPIC_BATCH_STATE];
         int32_t eofs = 0;
         uint8_t *seen_eof = calloc((size_t)total, 1);
@@ -240,9 +238,9 @@ static void *follow_main(void *arg) {
                                 if (++eofs == total) {
                                         atomic_store(&st->st_ready, 1);
                                         kb_log(KB_LOG_INFO, "api",
-                                               "caught up with the files, "
-                                               "batch records and batch "
-                                               "state");
+                                               "caught up with the file and "
+                                               "batch records and the "
+                                               "batch state");
                                 }
                         }
                 } else if (m->err) {
@@ -317,8 +315,11 @@ kb_apistore_t *kb_apistore_new(const kb_conf_t *conf, char *errstr,
                 if ((st->st_parts[follow[t]] = partitions_of(
                              st, follow[t], errstr, errstr_size)) < 0)
                         goto fail;
-        /* Checked now for a clear error: written by creates and cancels. */
-        if ((st->st_parts[KB_TOPIC_ITEMS] = partitions_of(
+        /* Checked now for a clear error: written by uploads, creates and
+         * cancels. */
+        if ((st->st_parts[KB_TOPIC_FILES] = partitions_of(
+                     st, KB_TOPIC_FILES, errstr, errstr_size)) < 0 ||
+            (st->st_parts[KB_TOPIC_ITEMS] = partitions_of(
                      st, KB_TOPIC_ITEMS, errstr, errstr_size)) < 0 ||
             (st->st_parts[KB_TOPIC_CONTROL] = partitions_of(
                      st, KB_TOPIC_CONTROL, errstr, errstr_size)) < 0)
@@ -431,9 +432,8 @@ int kb_apistore_put(kb_apistore_t *st, kb_topic_t t, const char *key,
         kb_apiwait_sent(w, 1);
         if (kb_apiwait_wait(w, 60000, errstr, errstr_size))
                 goto out;
-        if (t == KB_TOPIC_FILES || t == KB_TOPIC_API_BATCHES)
-                apply(st, t == KB_TOPIC_FILES ? F_FILES : F_BATCHES, key, buf,
-                      buf ? strlen(buf) : 0);
+        if (t == KB_TOPIC_API_BATCHES)
+                apply(st, F_RECORDS, key, buf, buf ? strlen(buf) : 0);
         ret = 0;
 out:
         free(buf);
@@ -499,94 +499,149 @@ json_t *kb_apistore_batches(kb_apistore_t *st, const char *tenant,
         return list(st, st->st_batches, tenant, flavour);
 }
 
-int kb_apistore_file_read(kb_apistore_t *st, const json_t *file,
-                          kb_apistore_chunk_cb_t cb, void *opaque,
-                          char *errstr, size_t errstr_size) {
+struct kb_apifile_s {
+        kb_apistore_t *af_st;
+        rd_kafka_t *af_rk;
+        char af_id[128];
+        char af_prefix[136]; /* "<id>:" */
+        size_t af_plen;
+        int64_t af_chunks, af_next;
+        rd_kafka_message_t *af_msg; /* the chunk handed out last */
+};
+
+void kb_apistore_file_close(kb_apifile_t *f) {
+        if (!f)
+                return;
+        if (f->af_msg)
+                rd_kafka_message_destroy(f->af_msg);
+        if (f->af_rk) {
+                rd_kafka_consumer_close(f->af_rk);
+                rd_kafka_destroy(f->af_rk);
+        }
+        free(f);
+}
+
+kb_apifile_t *kb_apistore_file_open(kb_apistore_t *st, const json_t *file,
+                                    char *errstr, size_t errstr_size) {
         const char *id = json_string_value(json_object_get(file, "id"));
         int32_t part = (int32_t)json_integer_value(
                 json_object_get(file, "partition"));
-        int64_t first = json_integer_value(json_object_get(file, "first_offset"));
-        int64_t chunks = json_integer_value(json_object_get(file, "chunks"));
-        int64_t next = 0, idle_until = kb_now_ms() + 30000;
-        rd_kafka_t *rk;
+        int64_t first =
+                json_integer_value(json_object_get(file, "first_offset"));
+        kb_apifile_t *f;
         rd_kafka_topic_partition_list_t *l;
         rd_kafka_resp_err_t err;
-        char prefix[256];
-        size_t plen;
-        int ret = -1;
 
-        if (!id || chunks < 0) {
-                snprintf(errstr, errstr_size, "a file header without chunks");
-                return -1;
+        if (!id || strlen(id) >= sizeof(f->af_id)) {
+                snprintf(errstr, errstr_size, "a file header without an id");
+                return NULL;
         }
-        if (chunks == 0)
-                return 0;
-        plen = (size_t)snprintf(prefix, sizeof(prefix), "%s:", id);
-        if (!(rk = kb_kafka_reader_new(st->st_conf, "api-read", "read_uncommitted",
-                              errstr, errstr_size)))
-                return -1;
+        if (!(f = calloc(1, sizeof(*f)))) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return NULL;
+        }
+        f->af_st = st;
+        snprintf(f->af_id, sizeof(f->af_id), "%s", id);
+        f->af_plen = (size_t)snprintf(f->af_prefix, sizeof(f->af_prefix),
+                                      "%s:", id);
+        f->af_chunks = json_integer_value(json_object_get(file, "chunks"));
+        if (f->af_chunks <= 0)
+                return f;
+        if (!(f->af_rk = kb_kafka_reader_new(st->st_conf, "api-read",
+                                             "read_uncommitted", errstr,
+                                             errstr_size))) {
+                free(f);
+                return NULL;
+        }
         l = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(
                 l, st->st_conf->topics_name[KB_TOPIC_FILES], part)
                 ->offset = first;
-        err = rd_kafka_assign(rk, l);
+        err = rd_kafka_assign(f->af_rk, l);
         rd_kafka_topic_partition_list_destroy(l);
         if (err) {
                 snprintf(errstr, errstr_size, "assign: %s",
                          rd_kafka_err2str(err));
-                goto out;
+                kb_apistore_file_close(f);
+                return NULL;
         }
-        while (next < chunks) {
-                rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
-                if (atomic_load(&st->st_stop)) {
+        return f;
+}
+
+int kb_apistore_file_next(kb_apifile_t *f, const char **buf, size_t *len,
+                          char *errstr, size_t errstr_size) {
+        int64_t idle_until = kb_now_ms() + 30000;
+        if (f->af_msg) {
+                rd_kafka_message_destroy(f->af_msg);
+                f->af_msg = NULL;
+        }
+        while (f->af_next < f->af_chunks) {
+                rd_kafka_message_t *m = rd_kafka_consumer_poll(f->af_rk, 200);
+                char num[24];
+                if (atomic_load(&f->af_st->st_stop)) {
                         snprintf(errstr, errstr_size, "shutting down");
                         if (m)
                                 rd_kafka_message_destroy(m);
-                        goto out;
+                        return -1;
                 }
                 if (!m) {
-                        if (kb_now_ms() > idle_until) {
-                                snprintf(errstr, errstr_size,
-                                         "timed out reading file %s", id);
-                                goto out;
-                        }
-                        continue;
-                }
-                if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                        if (kb_now_ms() <= idle_until)
+                                continue;
                         snprintf(errstr, errstr_size,
-                                 "file %s: chunk %lld of %lld is missing", id,
-                                 (long long)next, (long long)chunks);
-                        rd_kafka_message_destroy(m);
-                        goto out;
+                                 "timed out reading file %s", f->af_id);
+                        return -1;
                 }
                 if (m->err) {
-                        snprintf(errstr, errstr_size, "reading file %s: %s",
-                                 id, rd_kafka_message_errstr(m));
+                        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                                snprintf(errstr, errstr_size,
+                                         "file %s: chunk %lld of %lld is "
+                                         "missing",
+                                         f->af_id, (long long)f->af_next,
+                                         (long long)f->af_chunks);
+                        else
+                                snprintf(errstr, errstr_size,
+                                         "reading file %s: %s", f->af_id,
+                                         rd_kafka_message_errstr(m));
                         rd_kafka_message_destroy(m);
-                        goto out;
+                        return -1;
                 }
                 idle_until = kb_now_ms() + 30000;
-                if (m->key_len > plen && !memcmp(m->key, prefix, plen) &&
-                    m->key_len - plen < 20) {
-                        char num[24];
-                        memcpy(num, (const char *)m->key + plen,
-                               m->key_len - plen);
-                        num[m->key_len - plen] = '\0';
-                        if (strtoll(num, NULL, 10) == next && m->payload) {
-                                int r = cb(opaque, m->payload, m->len);
-                                next++;
-                                if (r) {
-                                        rd_kafka_message_destroy(m);
-                                        ret = r;
-                                        goto out;
-                                }
+                /* Chunks of other files share the partition. */
+                if (m->payload && m->key_len > f->af_plen &&
+                    m->key_len - f->af_plen < sizeof(num) &&
+                    !memcmp(m->key, f->af_prefix, f->af_plen)) {
+                        memcpy(num, (const char *)m->key + f->af_plen,
+                               m->key_len - f->af_plen);
+                        num[m->key_len - f->af_plen] = '\0';
+                        if (strtoll(num, NULL, 10) == f->af_next) {
+                                f->af_next++;
+                                f->af_msg = m;
+                                *buf = m->payload;
+                                *len = m->len;
+                                return 1;
                         }
                 }
                 rd_kafka_message_destroy(m);
         }
-        ret = 0;
-out:
-        rd_kafka_consumer_close(rk);
-        rd_kafka_destroy(rk);
-        return ret;
+        return 0;
+}
+
+int kb_apistore_file_read(kb_apistore_t *st, const json_t *file,
+                          kb_apistore_chunk_cb_t cb, void *opaque,
+                          char *errstr, size_t errstr_size) {
+        kb_apifile_t *f = kb_apistore_file_open(st, file, errstr, errstr_size);
+        const char *buf;
+        size_t len;
+        int r;
+        if (!f)
+                return -1;
+        while ((r = kb_apistore_file_next(f, &buf, &len, errstr,
+                                          errstr_size)) > 0)
+                if ((r = cb(opaque, buf, len))) {
+                        snprintf(errstr, errstr_size,
+                                 "could not process file %s", f->af_id);
+                        break;
+                }
+        kb_apistore_file_close(f);
+        return r;
 }

@@ -1,20 +1,21 @@
 /* apistore: what the HTTP API (role `api`, SPEC §11) knows, all of it in
  * Kafka (DESIGN.md "The API role").
  *
- * - Files (topic topics.files, compacted): a file's bytes in chunks of
- *   KB_APISTORE_CHUNK bytes keyed "<file_id>:<n>", then its header record
- *   keyed "<file_id>" (JSON: id, tenant, filename, purpose, bytes, lines,
- *   created_at, partition, first_offset, chunks), all in the partition of
- *   murmur2(file_id). A file exists once its header is there; deleting it
- *   writes tombstones for the header and the chunks.
- * - Batch records (topic topics.api_batches, compacted): one JSON record per
- *   batch keyed by its id (tenant, flavour, endpoint, input file, metadata,
- *   idempotency digest, created_at, ...); the latest wins.
+ * - Files: a file's bytes in chunks of KB_APISTORE_CHUNK bytes keyed
+ *   "<file_id>:<n>" in topic topics.files (compacted), all in the partition
+ *   of murmur2(file_id); then its header record keyed "<file_id>" (JSON:
+ *   id, tenant, filename, purpose, bytes, lines, created_at, partition,
+ *   first_offset, chunks) in the records topic. A file exists once its
+ *   header is there; deleting it writes tombstones for the header and the
+ *   chunks. Chunks are read only when a file is (kb_apistore_file_read).
+ * - Batch records (the records topic, topics.api_batches, compacted): one
+ *   JSON record per batch keyed by its id (tenant, flavour, endpoint, input
+ *   file, metadata, idempotency digest, created_at, ...); the latest wins.
  * - Batch progress: the aggregator's records in topics.batch_state, for the
  *   batches of the API (ids "batch_..." and "msgbatch_...").
  *
- * A follower thread reads the three topics from their beginning to their
- * end at start (the store is ready then) and follows them, keeping the file
+ * A follower thread reads the records topic and the batch state from their
+ * beginning to their end at start (the store is ready then) and follows them, keeping the file
  * headers, batch records and a summary of each batch's state in memory
  * (JSON objects under a read-write lock; readers get new references, writers
  * replace values, never change them in place). What this replica writes is
@@ -71,8 +72,9 @@ int32_t kb_apistore_partition(kb_apistore_t *st, kb_topic_t t,
                               const char *key);
 
 /* Produces value (a JSON object, borrowed; NULL: a tombstone) keyed key to
- * topic t (partition -1: by key), waits for the acknowledgement and applies
- * it to the in-memory view. 0, or -1 with errstr. */
+ * topic t (partition -1: by key), waits for the acknowledgement and, for
+ * the records topic (file headers, keys "file-...", and batch records),
+ * applies it to the in-memory view. 0, or -1 with errstr. */
 int kb_apistore_put(kb_apistore_t *st, kb_topic_t t, const char *key,
                     json_t *value, int32_t partition, char *errstr,
                     size_t errstr_size);
@@ -106,5 +108,16 @@ typedef int (*kb_apistore_chunk_cb_t)(void *opaque, const char *buf,
 int kb_apistore_file_read(kb_apistore_t *st, const json_t *file,
                           kb_apistore_chunk_cb_t cb, void *opaque,
                           char *errstr, size_t errstr_size);
+
+/* The same, chunk by chunk: open (NULL + errstr on a Kafka error), next
+ * (1 and *buf, *len: the next chunk, borrowed until the next call or
+ * close; 0 at the end; -1 with errstr), close (NULL is a no-op). For one
+ * thread at a time. */
+typedef struct kb_apifile_s kb_apifile_t;
+kb_apifile_t *kb_apistore_file_open(kb_apistore_t *st, const json_t *file,
+                                    char *errstr, size_t errstr_size);
+int kb_apistore_file_next(kb_apifile_t *f, const char **buf, size_t *len,
+                          char *errstr, size_t errstr_size);
+void kb_apistore_file_close(kb_apifile_t *f);
 
 #endif

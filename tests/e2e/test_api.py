@@ -274,6 +274,10 @@ def test_bad_input(api):
     r = api.http("GET", "/v1/batches?limit=0")
     assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
     assert api.http("GET", "/v1/nothing").status_code == 404
+    # an escaped NUL once cut the path short: /v1/batches/%00 listed the batches
+    for path in ("/v1/batches/%00", "/v1/files/%00/content", "/v1/files/%00"):
+        r = api.http("GET", path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (path, r.text)
     r = api.http("PUT", "/v1/batches")
     assert r.status_code == 405 and r.headers["Allow"] == "GET, POST"
     assert api.http("DELETE", "/v1/batches/batch_x").status_code == 405
