@@ -127,7 +127,9 @@ static json_t *bview(kb_api_t *ap, json_t *rec, bview_t *bv) {
         if (!bv->bv_state)
                 bv->bv_state = "in_progress";
         st = bv->bv_id ? kb_apistore_state(ap->ap_store, bv->bv_id) : NULL;
-        if (!st)
+        /* The aggregator retires a batch's state aggregator.retention_ms
+         * after it completed: the record keeps the last one. */
+        if (!st && !(st = json_incref(json_object_get(rec, "final"))))
                 return NULL;
         bv->bv_done = json_integer_value(json_object_get(st, "done"));
         bv->bv_succeeded = json_integer_value(json_object_get(st, "succeeded"));

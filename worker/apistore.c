@@ -161,6 +161,28 @@ static json_t *state_summary(const kb_bstate_t *bs) {
                 kb_batch_status_str(kb_bstate_status(bs)));
 }
 
+/* A batch's state says every item is terminal: the aggregator retires it
+ * aggregator.retention_ms later, so the batch record keeps it as "final"
+ * (written once, by whichever replica sees it first; the same content if
+ * several do). Called by the follower thread, outside the lock. */
+static void keep_final(kb_apistore_t *st, const char *id, json_t *summary) {
+        json_t *rec = kb_apistore_batch(st, id), *nrec;
+        char err[256];
+        if (!rec || json_object_get(rec, "final")) {
+                json_decref(rec);
+                return;
+        }
+        /* Never changed in place: readers share rec. */
+        nrec = json_deep_copy(rec);
+        json_object_set_new(nrec, "final", json_deep_copy(summary));
+        if (kb_apistore_put(st, KB_TOPIC_API_BATCHES, id, nrec, -1, err,
+                            sizeof(err)))
+                kb_log(KB_LOG_WARN, "api",
+                       "batch %s: cannot keep its final state: %s", id, err);
+        json_decref(nrec);
+        json_decref(rec);
+}
+
 /* Applies one record of topic (F_*) to the view. key: NUL-terminated. */
 static void apply(kb_apistore_t *st, int topic, const char *key,
                   const void *val, size_t len) {
@@ -181,6 +203,11 @@ static void apply(kb_apistore_t *st, int topic, const char *key,
                         }
                         v = state_summary(bs);
                         kb_bstate_destroy(bs);
+                        if (v && kb_apistore_ready(st) &&
+                            json_integer_value(json_object_get(v, "done")) >=
+                                    json_integer_value(json_object_get(
+                                            v, "items_total")))
+                                keep_final(st, key, v);
                 }
         } else if (val && len) {
                 json_error_t je;
@@ -207,6 +234,25 @@ static void apply(kb_apistore_t *st, int topic, const char *key,
         } else
                 json_object_del(map, key);
         pthread_rwlock_unlock(&st->st_lock);
+}
+
+/* keep_final for every complete batch state read while catching up. */
+static void keep_finals(kb_apistore_t *st) {
+        json_t *done = json_object(), *v;
+        const char *k;
+        pthread_rwlock_rdlock(&st->st_lock);
+        json_object_foreach(st->st_states, k, v) {
+                if (json_integer_value(json_object_get(v, "done")) >=
+                            json_integer_value(json_object_get(v,
+                                                               "items_total")) &&
+                    !json_object_get(json_object_get(st->st_batches, k),
+                                     "final"))
+                        json_object_set(done, k, v);
+        }
+        pthread_rwlock_unlock(&st->st_lock);
+        json_object_foreach(done, k, v)
+                keep_final(st, k, v);
+        json_decref(done);
 }
 
 static void *follow_main(void *arg) {
@@ -236,6 +282,7 @@ static void *follow_main(void *arg) {
                             !seen_eof[base + m->partition]) {
                                 seen_eof[base + m->partition] = 1;
                                 if (++eofs == total) {
+                                        keep_finals(st);
                                         atomic_store(&st->st_ready, 1);
                                         kb_log(KB_LOG_INFO, "api",
                                                "caught up with the file and "

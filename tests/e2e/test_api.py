@@ -50,13 +50,14 @@ class Api:
         return requests.request(method, self.url + path, headers=headers, timeout=60, **kw)
 
 
-def start_api(env, fake, tmp_path, extra="", routes=None):
+def start_api(env, fake, tmp_path, extra="", routes=None, conf_extra=""):
     keys = tmp_path / "keys"
     keys.write_text("# tenants of the test\n" +
                     "".join(f"{t} {k}\n" for t, k in KEYS.items()))
     conf = env.write_conf(
         base_url=fake.url, routes=routes,
-        extra=f'api: {{ listen = "127.0.0.1:0"; keys_file = "{keys}"; {extra} }};')
+        extra=f'api: {{ listen = "127.0.0.1:0"; keys_file = "{keys}"; {extra} }};\n'
+              + conf_extra)
     env.create_topics(conf, partitions=2)
     return Api(env, conf, {"KBATCH_WORKER_ROLES": "items,aggregator,api"}).start()
 
@@ -636,3 +637,25 @@ def test_a_million_and_one_requests(api):
     msg = r.json()["error"]["message"]
     assert "1 bad line" in msg and "line 1000001: more than 1000000 requests" in msg
     assert api.client().files.list().data == []
+
+
+def test_completed_batch_outlives_its_state(env, fake, tmp_path):
+    """The aggregator retires a batch's state (aggregator.retention_ms); the
+    batch record keeps the final counts, also for a replica started after."""
+    a = start_api(env, fake, tmp_path,
+                  conf_extra="aggregator: { retention_ms = 1500; commit_interval_ms = 200; };")
+    c = a.client()
+    f = upload(c, [line(0), line(1, fail=True), line(2)])
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                         completion_window="24h")
+    a.worker.wait_log(lambda l: l.get("msg") == "batch state retired", 60)
+    time.sleep(1)
+    for _ in range(2):
+        got = c.batches.retrieve(b.id)
+        assert got.status == "completed", got
+        assert (got.request_counts.total, got.request_counts.completed,
+                got.request_counts.failed) == (3, 2, 1)
+        assert got.output_file_id and got.error_file_id and got.completed_at
+        a.worker.stop(sig=signal.SIGKILL)
+        a.start()
+        c = a.client()
