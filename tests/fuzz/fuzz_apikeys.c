@@ -14,16 +14,8 @@
 #include <string.h>
 
 #include "apikeys.h"
+#include "fuzz_check.h"
 #include "publish.h"
-
-#define CHECK(c)                                                               \
-        do {                                                                   \
-                if (!(c)) {                                                    \
-                        fprintf(stderr, "check failed: %s (%s:%d)\n", #c,      \
-                                __FILE__, __LINE__);                           \
-                        __builtin_trap();                                      \
-                }                                                              \
-        } while (0)
 
 typedef struct {
         char *out;
