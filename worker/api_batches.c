@@ -12,8 +12,12 @@
  * Progress comes from the aggregator's batch-state (apistore.h); output and
  * error files are what `kbatch collect` writes (kb_cmd_collect_to), read
  * from the results topic when asked for. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +85,101 @@ int kb_api_result_file(kb_api_t *ap, const char *batch_id, int errors,
                 *len = ok_len;
         }
         return 0;
+}
+
+/* A result file streamed: a thread runs collect into a pipe, the response
+ * reads the other end. Freed by the last of the two. */
+typedef struct {
+        kb_api_t *rs_api;
+        char rs_id[KB_BATCH_ID_MAX + 1];
+        int rs_which; /* 0 successes, 1 the others, 2 both */
+        int rs_fmt;
+        int rs_rfd, rs_wfd;
+        atomic_int rs_refs;
+        atomic_int rs_failed; /* collect failed: the body is cut short */
+} rstream_t;
+
+static void rstream_unref(rstream_t *rs) {
+        if (atomic_fetch_sub(&rs->rs_refs, 1) == 1)
+                free(rs);
+}
+
+static void *rstream_main(void *arg) {
+        rstream_t *rs = arg;
+        FILE *w = fdopen(rs->rs_wfd, "w"), *null = fopen("/dev/null", "w");
+        char errstr[1024];
+        if (!w || !null ||
+            kb_cmd_collect_to(rs->rs_api->ap_conf, rs->rs_id, rs->rs_fmt,
+                              rs->rs_which == 1 ? null : w,
+                              rs->rs_which == 0 ? null : w, errstr,
+                              sizeof(errstr)) < 0) {
+                atomic_store(&rs->rs_failed, 1);
+                kb_log(KB_LOG_WARN, "api", "batch %s: results cut short: %s",
+                       rs->rs_id, w && null ? errstr : "out of memory");
+        }
+        if (null)
+                fclose(null);
+        if (w)
+                fclose(w); /* the reader sees the end */
+        else
+                close(rs->rs_wfd);
+        rstream_unref(rs);
+        return NULL;
+}
+
+static ssize_t rstream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+        rstream_t *rs = cls;
+        ssize_t n;
+        (void)pos;
+        do
+                n = read(rs->rs_rfd, buf, max);
+        while (n < 0 && errno == EINTR);
+        if (n > 0)
+                return n;
+        return n == 0 && !atomic_load(&rs->rs_failed)
+                       ? MHD_CONTENT_READER_END_OF_STREAM
+                       : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void rstream_free(void *cls) {
+        rstream_t *rs = cls;
+        close(rs->rs_rfd); /* a writer still running gets EPIPE and stops */
+        rstream_unref(rs);
+}
+
+enum MHD_Result kb_api_result_stream(kb_api_req_t *rq, const char *batch_id,
+                                     int which, int fmt, const char *ctype) {
+        rstream_t *rs = calloc(1, sizeof(*rs));
+        struct MHD_Response *r;
+        pthread_t thr;
+        int fds[2];
+        if (!rs || pipe2(fds, O_CLOEXEC)) {
+                free(rs);
+                return kb_api_error(rq, 503, NULL, "cannot read the results: %s",
+                                    strerror(errno));
+        }
+        rs->rs_api = rq->rq_api;
+        snprintf(rs->rs_id, sizeof(rs->rs_id), "%s", batch_id);
+        rs->rs_which = which;
+        rs->rs_fmt = fmt;
+        rs->rs_rfd = fds[0];
+        rs->rs_wfd = fds[1];
+        atomic_store(&rs->rs_refs, 2);
+        if (!(r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 65536,
+                                                    rstream_read, rs,
+                                                    rstream_free))) {
+                close(fds[0]);
+                close(fds[1]);
+                free(rs);
+                return MHD_NO;
+        }
+        if (pthread_create(&thr, NULL, rstream_main, rs)) {
+                close(fds[1]);
+                atomic_store(&rs->rs_failed, 1);
+                rstream_unref(rs); /* the thread's reference */
+        } else
+                pthread_detach(thr);
+        return kb_api_reply_response(rq, 200, r, ctype);
 }
 
 /* ---- the batch objects ---- */
@@ -975,8 +1074,6 @@ static enum MHD_Result delete_batch(kb_api_req_t *rq, json_t *rec) {
 static enum MHD_Result results(kb_api_req_t *rq, json_t *rec) {
         bview_t bv;
         json_t *state = bview(rq->rq_api, rec, &bv);
-        char errstr[1024], *ok = NULL, *bad = NULL, *all;
-        size_t ok_len = 0, bad_len = 0;
         json_decref(state);
         if (!bv.bv_complete)
                 return kb_api_error(rq, 400, NULL,
@@ -984,23 +1081,8 @@ static enum MHD_Result results(kb_api_req_t *rq, json_t *rec) {
                                     "are available once processing_status is "
                                     "ended",
                                     rq->rq_id);
-        if (kb_api_result_file(rq->rq_api, rq->rq_id, 0, KB_BF_OUT_ANTHROPIC,
-                               &ok, &ok_len, errstr, sizeof(errstr)) ||
-            kb_api_result_file(rq->rq_api, rq->rq_id, 1, KB_BF_OUT_ANTHROPIC,
-                               &bad, &bad_len, errstr, sizeof(errstr))) {
-                free(ok);
-                return kb_api_error(rq, 503, NULL,
-                                    "cannot read the results: %s", errstr);
-        }
-        if (!(all = realloc(ok, ok_len + bad_len + 1))) {
-                free(ok);
-                free(bad);
-                return MHD_NO;
-        }
-        memcpy(all + ok_len, bad, bad_len);
-        free(bad);
-        return kb_api_reply_raw(rq, 200, "application/binary", all,
-                                ok_len + bad_len);
+        return kb_api_result_stream(rq, rq->rq_id, 2, KB_BF_OUT_ANTHROPIC,
+                                    "application/binary");
 }
 
 /* ---- the items of a batch ---- */

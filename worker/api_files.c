@@ -507,22 +507,11 @@ static enum MHD_Result file_content(kb_api_req_t *rq, json_t *f) {
         kb_api_t *ap = rq->rq_api;
         json_t *res = json_object_get(f, "result");
         char errstr[1024];
-        if (res) {
-                char *body = NULL;
-                size_t len = 0;
-                if (kb_api_result_file(
-                            ap,
-                            json_string_value(json_object_get(res, "batch_id")),
-                            (int)json_integer_value(
-                                    json_object_get(res, "errors")),
-                            KB_BF_OUT_OPENAI, &body, &len, errstr,
-                            sizeof(errstr)))
-                        return kb_api_error(rq, 503, NULL,
-                                            "cannot read the results: %s",
-                                            errstr);
-                return kb_api_reply_raw(rq, 200, "application/jsonl", body,
-                                        len);
-        }
+        if (res)
+                return kb_api_result_stream(
+                        rq, json_string_value(json_object_get(res, "batch_id")),
+                        (int)json_integer_value(json_object_get(res, "errors")),
+                        KB_BF_OUT_OPENAI, "application/jsonl");
         {
                 content_t *cs = calloc(1, sizeof(*cs));
                 struct MHD_Response *r;

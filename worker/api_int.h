@@ -149,8 +149,14 @@ void kb_api_result_file_id(const char *batch_id, const char *which,
  * bytes) and *errors set, 0 when id is not one. */
 int kb_api_result_file_parse(const char *id, char *batch_id, int *errors);
 
-/* The lines of a result file (OpenAI output lines) of a batch record of
- * tenant: 0 and *body, *len (caller frees); -1 with errstr. */
+/* Queues a 200 whose body streams what `kbatch collect` writes for
+ * batch_id in format fmt (a kb_bf_out_t): which 0 the successes, 1 the
+ * other items, 2 both; a failure on the way cuts the body short. */
+enum MHD_Result kb_api_result_stream(kb_api_req_t *rq, const char *batch_id,
+                                     int which, int fmt, const char *ctype);
+
+/* The lines of a result file (which: 0 successes, 1 the others) of a
+ * batch, in memory: 0 and *body, *len (caller frees); -1 with errstr. */
 int kb_api_result_file(kb_api_t *ap, const char *batch_id, int errors,
                        int fmt, char **body, size_t *len, char *errstr,
                        size_t errstr_size);

@@ -563,6 +563,14 @@ def test_100k_lines_sigkill_mid_batch(env, fake, tmp_path):
     assert len(ids) == n and set(ids) == {f"req-{i}" for i in range(n)}
     assert b.error_file_id is None
     assert [x.id for x in a.client().batches.list()] == [seen["id"]]
+    # output files stream: a client that goes away after 64 KiB leaves the
+    # server serving (its writer thread stops on the closed pipe)
+    for _ in range(3):
+        r = a.http("GET", f"/v1/files/{b.output_file_id}/content", stream=True)
+        assert r.status_code == 200 and len(r.raw.read(65536)) == 65536
+        r.close()
+    assert a.http("GET", f"/v1/batches/{b.id}").json()["status"] == "completed"
+    assert a.worker.proc.poll() is None
 
 
 def test_sigkill_mid_upload(env, fake, tmp_path):
