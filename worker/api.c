@@ -188,19 +188,18 @@ json_t *kb_api_body_object(kb_api_req_t *rq) {
         return o;
 }
 
-void kb_api_new_id(const char *prefix, char *out) {
+int kb_api_new_id(const char *prefix, char *out) {
         uint8_t rnd[10];
         char id[KB_BF_BATCH_ID_SIZE];
-        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
-                /* getrandom does not fail for 10 bytes once the pool is
-                 * initialized; never reuse a stale buffer anyway */
-                FILE *f = fopen("/dev/urandom", "rb");
-                if (!f || fread(rnd, 1, sizeof(rnd), f) != sizeof(rnd))
-                        abort();
-                fclose(f);
-        }
+        ssize_t n;
+        do
+                n = getrandom(rnd, sizeof(rnd), 0);
+        while (n < 0 && errno == EINTR);
+        if (n != (ssize_t)sizeof(rnd))
+                return -1; /* never an id from a stale buffer */
         kb_bf_batch_id_generate(kb_wall_ms(), rnd, id);
         snprintf(out, 64, "%s%s", prefix, id + 2);
+        return 0;
 }
 
 static int by_id_desc(const void *a, const void *b) {

@@ -659,9 +659,13 @@ static json_t *create_batch(kb_api_req_t *rq, const create_t *cr, json_t *file,
         int64_t now = kb_wall_ms();
         json_t *rec;
 
-        kb_api_new_id(!strcmp(cr->cr_flavour, "anthropic") ? "msgbatch_"
-                                                           : "batch_",
-                      id);
+        if (kb_api_new_id(!strcmp(cr->cr_flavour, "anthropic") ? "msgbatch_"
+                                                               : "batch_",
+                          id)) {
+                *queued = kb_api_error(rq, 503, NULL,
+                                       "no random bytes for an id");
+                return NULL;
+        }
         rec = json_pack("{ss ss ss sO sO sI sI sO ss}", "id", id, "tenant",
                         rq->rq_tenant, "flavour", cr->cr_flavour,
                         "input_file_id", json_object_get(file, "id"),
@@ -730,7 +734,7 @@ static int inline_lines(kb_api_req_t *rq, json_t *reqs, const create_t *cr,
         FILE *out;
         json_t *r, *bad = json_array();
         size_t i;
-        char dummy[64], err[1280];
+        char err[1280];
         int64_t nbad = 0;
 
         *buf = NULL;
@@ -749,10 +753,11 @@ static int inline_lines(kb_api_req_t *rq, json_t *reqs, const create_t *cr,
                                        json_array_size(reqs), KB_BF_LINES_MAX);
                 return -1;
         }
-        kb_api_new_id(anthropic ? "msgbatch_" : "batch_", dummy);
         ck = kb_pub_check_new(ap->ap_conf,
                               anthropic ? KB_BF_ANTHROPIC : KB_BF_OPENAI,
-                              dummy, cr->cr_metadata, cr->cr_callback_url, 0);
+                              anthropic ? KB_API_PLACEHOLDER_MSGBATCH_ID
+                                        : KB_API_PLACEHOLDER_BATCH_ID,
+                              cr->cr_metadata, cr->cr_callback_url, 0);
         out = open_memstream(buf, len);
         if (!ck || !out || !bad) {
                 kb_pub_check_destroy(ck);

@@ -160,7 +160,11 @@ int kb_api_file_store(kb_api_t *ap, const char *tenant, const char *filename,
                 snprintf(errstr, errstr_size, "out of memory");
                 return -1;
         }
-        kb_api_new_id("file-", id);
+        if (kb_api_new_id("file-", id)) {
+                snprintf(errstr, errstr_size, "no random bytes for an id");
+                kb_apiwait_destroy(w);
+                return -1;
+        }
         part = kb_apistore_partition(ap->ap_store, KB_TOPIC_FILES, id);
         for (off = 0; off < len; off += KB_APISTORE_CHUNK, n++)
                 if (produce_chunk(ap, id, part, n, buf + off,
@@ -282,7 +286,6 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind,
 enum MHD_Result kb_api_upload_start(kb_api_req_t *rq) {
         kb_api_t *ap = rq->rq_api;
         kb_api_upload_t *up;
-        char dummy[64];
         const char *ct = MHD_lookup_connection_value(
                 rq->rq_conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
         if (!ct || strncasecmp(ct, "multipart/form-data", 19))
@@ -293,15 +296,16 @@ enum MHD_Result kb_api_upload_start(kb_api_req_t *rq) {
                 return MHD_NO;
         rq->rq_up = up;
         up->up_rq = rq;
-        kb_api_new_id("file-", up->up_id);
-        /* The items' size depends on the batch id's length: "batch_" +
-         * 26, as the batch will have. */
-        kb_api_new_id("batch_", dummy);
+        if (kb_api_new_id("file-", up->up_id))
+                return kb_api_error(rq, 503, NULL,
+                                    "no random bytes for an id");
         up->up_partition =
                 kb_apistore_partition(ap->ap_store, KB_TOPIC_FILES, up->up_id);
         if (!(up->up_chunk = malloc(KB_APISTORE_CHUNK)) ||
             !(up->up_wait = kb_apiwait_new()) || !(up->up_bad = json_array()) ||
-            !(up->up_check = kb_pub_check_new(ap->ap_conf, KB_BF_AUTO, dummy,
+            /* The items' size depends on the batch id's length. */
+            !(up->up_check = kb_pub_check_new(ap->ap_conf, KB_BF_AUTO,
+                                              KB_API_PLACEHOLDER_BATCH_ID,
                                               NULL, NULL, 0)) ||
             !(up->up_lines = kb_pub_lines_new(
                       2 * (size_t)ap->ap_conf->worker_max_item_bytes, on_line,

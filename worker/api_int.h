@@ -87,8 +87,13 @@ enum MHD_Result kb_api_error(kb_api_req_t *rq, unsigned status,
 json_t *kb_api_body_object(kb_api_req_t *rq);
 
 /* A new id: prefix + 26 characters (48 bits of time, 80 random bits), so
- * ids sort by creation time. out: at least 64 bytes. */
-void kb_api_new_id(const char *prefix, char *out);
+ * ids sort by creation time. out: at least 64 bytes. 0, or -1 when the
+ * system gave no random bytes. */
+int kb_api_new_id(const char *prefix, char *out);
+
+/* An id of the length of a batch's, for sizing items while validating. */
+#define KB_API_PLACEHOLDER_BATCH_ID "batch_00000000000000000000000000"
+#define KB_API_PLACEHOLDER_MSGBATCH_ID "msgbatch_00000000000000000000000000"
 
 /* Sorts arr (of objects with "id") by id, newest first, and answers a
  * page of at most limit after (ids older than) after_id, or the limit
