@@ -12,6 +12,7 @@ import openai
 import pytest
 import requests
 
+from conftest import BUILD
 from fakes import FakeModel
 
 KEYS = {"acme": "key-acme-000001", "other": "key-other-000002"}
@@ -537,7 +538,9 @@ def test_100k_lines_sigkill_mid_batch(env, fake, tmp_path):
           f"api peak RSS {rss0 / 1024:.0f} -> {rss / 1024:.0f} MiB")
     assert f.bytes == len(data)
     # the file is not held in memory: well below its size over the start
-    assert (rss - rss0) * 1024 < len(data), (rss0, rss, len(data))
+    # (not under ASan: its quarantine keeps up to 256 MiB of freed memory)
+    if "san" not in os.path.basename(BUILD):
+        assert (rss - rss0) * 1024 < len(data), (rss0, rss, len(data))
 
     errors = []
     th = threading.Thread(target=lambda: errors.append(
