@@ -38,13 +38,35 @@ struct kb_api_upload_s {
         kb_pub_check_t *up_check;
         json_t *up_bad;       /* "line N: message" strings */
         int64_t up_bad_cnt;
+        int up_stored;        /* the header is written: the file exists */
         unsigned up_fail;     /* status of a failure decided on the way */
         char up_fail_msg[512];
 };
 
+/* Tombstones for the chunks produced (an upload refused, failed, or cut
+ * by the client). */
+static void drop_chunks(kb_api_upload_t *up) {
+        kb_api_t *ap = up->up_rq->rq_api;
+        rd_kafka_t *rk = kb_apistore_producer(ap->ap_store);
+        int64_t i;
+        char key[96];
+        for (i = 0; i < up->up_chunks; i++) {
+                snprintf(key, sizeof(key), "%s:%lld", up->up_id, (long long)i);
+                rd_kafka_producev(
+                        rk,
+                        RD_KAFKA_V_TOPIC(
+                                ap->ap_conf->topics_name[KB_TOPIC_FILES]),
+                        RD_KAFKA_V_PARTITION(up->up_partition),
+                        RD_KAFKA_V_KEY(key, strlen(key)),
+                        RD_KAFKA_V_VALUE(NULL, 0), RD_KAFKA_V_END);
+        }
+}
+
 void kb_api_upload_free(kb_api_upload_t *up) {
         if (!up)
                 return;
+        if (!up->up_stored)
+                drop_chunks(up);
         if (up->up_pp)
                 MHD_destroy_post_processor(up->up_pp);
         if (up->up_wait) {
@@ -332,24 +354,6 @@ enum MHD_Result kb_api_upload_data(kb_api_req_t *rq, const char *data,
         return MHD_YES;
 }
 
-/* Tombstones for the chunks produced (a refused or failed upload). */
-static void drop_chunks(kb_api_upload_t *up) {
-        kb_api_t *ap = up->up_rq->rq_api;
-        rd_kafka_t *rk = kb_apistore_producer(ap->ap_store);
-        int64_t i;
-        char key[96];
-        for (i = 0; i < up->up_chunks; i++) {
-                snprintf(key, sizeof(key), "%s:%lld", up->up_id, (long long)i);
-                rd_kafka_producev(
-                        rk,
-                        RD_KAFKA_V_TOPIC(
-                                ap->ap_conf->topics_name[KB_TOPIC_FILES]),
-                        RD_KAFKA_V_PARTITION(up->up_partition),
-                        RD_KAFKA_V_KEY(key, strlen(key)),
-                        RD_KAFKA_V_VALUE(NULL, 0), RD_KAFKA_V_END);
-        }
-}
-
 json_t *kb_api_file_object(kb_api_t *ap, json_t *hdr) {
         (void)ap;
         return json_pack("{sO ss sO sO sO sO ss sn sn}", "id",
@@ -403,13 +407,11 @@ enum MHD_Result kb_api_upload_finish(kb_api_req_t *rq) {
                              up->up_bad_cnt == 1 ? "" : "s", list ? list : "",
                              up->up_bad_cnt > BAD_LINES_SHOWN ? "; ..." : "");
                 free(list);
-                drop_chunks(up);
                 return MHD_YES;
         }
         if (!up->up_fail && !items)
                 fail(up, 400, "the file has no requests");
         if (up->up_fail) {
-                drop_chunks(up);
                 return kb_api_error(rq, up->up_fail, "file", "%s",
                                     up->up_fail_msg);
         }
@@ -417,10 +419,10 @@ enum MHD_Result kb_api_upload_finish(kb_api_req_t *rq) {
                          up->up_purpose, up->up_bytes, items,
                          up->up_partition, up->up_chunks, up->up_wait, &hdr,
                          errstr, sizeof(errstr))) {
-                drop_chunks(up);
                 return kb_api_error(rq, 503, NULL, "cannot store the file: %s",
                                     errstr);
         }
+        up->up_stored = 1;
         kb_log(KB_LOG_INFO, "api",
                "tenant %s uploaded file %s: %lld bytes, %lld requests, %lld "
                "chunks",

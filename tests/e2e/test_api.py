@@ -628,13 +628,34 @@ def test_limits(env, fake, tmp_path):
                data={"purpose": "batch"})
     assert r.status_code == 413 and "api.max_file_bytes" in r.json()["error"]["message"]
 
-    def chunked():
+    def chunked(head=b"", tail=b""):
+        yield head
         for off in range(0, len(big), 65536):
             yield big[off:off + 65536]
+        yield tail
     r = a.http("POST", "/v1/batches", data=chunked(),
                headers={"Content-Type": "application/json"})
     assert r.status_code == 413, r.text
+    # a file without Content-Length: 413 once past the limit, after some
+    # chunks went to Kafka
+    bnd = "kbatchlimit"
+    head = (f"--{bnd}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            f"--{bnd}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"big.jsonl\"\r\n\r\n").encode()
+    try:
+        r = a.http("POST", "/v1/files", data=chunked(head, f"\r\n--{bnd}--\r\n".encode()),
+                   headers={"Content-Type": f"multipart/form-data; boundary={bnd}"})
+        assert r.status_code == 413, r.text
+    except requests.ConnectionError:
+        pass  # the server answered and closed while the body was still going
     assert a.client().files.list().data == []
+    # the chunks stored before the limit was passed are deleted again
+    time.sleep(1)
+    last = {}
+    for m in env.consume("files", idle=3):
+        last[m.key()] = m.value()
+    assert last and all(v is None for v in last.values()), \
+        {k: len(v) for k, v in last.items() if v is not None}
     assert upload(a.client(), [line(0)]).id  # still serving
 
 
