@@ -125,15 +125,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap) {
+void kb_admin_mhd_log(void *cls, const char *fmt, va_list ap) {
         char buf[512];
         size_t n;
-        (void)cls;
         vsnprintf(buf, sizeof(buf), fmt, ap);
         n = strlen(buf);
         while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
                 buf[--n] = '\0';
-        kb_log(KB_LOG_WARN, "admin", "%s", buf);
+        kb_log(KB_LOG_WARN, cls ? (const char *)cls : "admin", "%s", buf);
 }
 
 /* Splits "HOST:PORT" / "[V6]:PORT" / ":PORT" into host (NULL: any IPv4)
@@ -157,20 +156,16 @@ static int split_listen(const char *listen, char *host, size_t host_size,
         return 0;
 }
 
-kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size) {
-        kb_admin_t *ad;
-        char host[256], port[16];
+struct addrinfo *kb_admin_resolve(const char *listen, const char *what,
+                                  char *host, size_t host_size,
+                                  char *errstr, size_t errstr_size) {
+        char port[16];
         struct addrinfo hints, *ai = NULL;
-        const union MHD_DaemonInfo *di;
-        unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |
-                             MHD_USE_ERROR_LOG;
         int rc;
-
         if (!listen ||
-            split_listen(listen, host, sizeof(host), port, sizeof(port)) != 0) {
-                snprintf(errstr, errstr_size,
-                         "admin.listen: bad address '%s' (HOST:PORT)",
-                         listen ? listen : "");
+            split_listen(listen, host, host_size, port, sizeof(port)) != 0) {
+                snprintf(errstr, errstr_size, "%s: bad address '%s' (HOST:PORT)",
+                         what, listen ? listen : "");
                 return NULL;
         }
         memset(&hints, 0, sizeof(hints));
@@ -178,10 +173,24 @@ kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size) {
         hints.ai_socktype = SOCK_STREAM;
         hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
         if ((rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai)) != 0) {
-                snprintf(errstr, errstr_size, "admin.listen '%s': %s", listen,
+                snprintf(errstr, errstr_size, "%s '%s': %s", what, listen,
                          gai_strerror(rc));
                 return NULL;
         }
+        return ai;
+}
+
+kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size) {
+        kb_admin_t *ad;
+        char host[256];
+        struct addrinfo *ai;
+        const union MHD_DaemonInfo *di;
+        unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |
+                             MHD_USE_ERROR_LOG;
+
+        if (!(ai = kb_admin_resolve(listen, "admin.listen", host, sizeof(host),
+                                    errstr, errstr_size)))
+                return NULL;
         if (!(ad = calloc(1, sizeof(*ad)))) {
                 freeaddrinfo(ai);
                 snprintf(errstr, errstr_size, "out of memory");
@@ -196,7 +205,7 @@ kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size) {
         /* The logger first: it applies to the options after it. */
         ad->ad_mhd = MHD_start_daemon(
                 flags, 0, NULL, NULL, on_request, ad,
-                MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
+                MHD_OPTION_EXTERNAL_LOGGER, kb_admin_mhd_log, "admin", MHD_OPTION_SOCK_ADDR,
                 ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
@@ -210,7 +219,7 @@ kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size) {
                 return NULL;
         }
         di = MHD_get_daemon_info(ad->ad_mhd, MHD_DAEMON_INFO_BIND_PORT);
-        ad->ad_port = di ? di->port : atoi(port);
+        ad->ad_port = di ? di->port : 0;
         kb_metrics_process_info();
         kb_log(KB_LOG_INFO, "admin",
                "admin server listening on %s%s%s:%d "

@@ -32,6 +32,20 @@ typedef struct kb_admin_s kb_admin_t;
  * does not resolve or cannot be bound. */
 kb_admin_t *kb_admin_new(const char *listen, char *errstr, size_t errstr_size);
 
+/* Resolves a listen address ("HOST:PORT", "[IPv6]:PORT", ":PORT": any
+ * IPv4 interface) for binding; host (host_size bytes) gets the HOST part
+ * ("" for any). Caller frees the result with freeaddrinfo(). NULL + errstr
+ * ("<what>: ...") when malformed or not resolvable. */
+struct addrinfo;
+struct addrinfo *kb_admin_resolve(const char *listen, const char *what,
+                                  char *host, size_t host_size,
+                                  char *errstr, size_t errstr_size);
+
+/* libmicrohttpd's external logger: one warning line of facility cls (a
+ * static string; NULL: "admin"). */
+#include <stdarg.h>
+void kb_admin_mhd_log(void *cls, const char *fmt, va_list ap);
+
 /* Stops the server thread (waits for requests being answered) and frees
  * everything. NULL is a no-op. */
 void kb_admin_destroy(kb_admin_t *ad);

@@ -34,6 +34,12 @@ int kb_cmd_status(int argc, char **argv);
  * batch_id to the control topic and waits for its acknowledgement. */
 int kb_cmd_cancel(int argc, char **argv);
 
+/* The cancel ControlCommand {batch_id, action "cancel", requested_at,
+ * reason} that `kbatch cancel` publishes (keyed by batch_id to the control
+ * topic), as JSON text: caller frees; NULL on out of memory. reason may be
+ * NULL. */
+char *kb_cmd_cancel_payload(const char *id, const char *reason);
+
 /* kbatch submit FILE.jsonl|- [-c FILE] [--batch-id ID | --idempotency-key K]
  * [--metadata K=V]... [--callback-url URL] [--deadline T |
  * --completion-window D] [--format F] [--dry-run] [--force] [-q]: validates
@@ -45,6 +51,16 @@ int kb_cmd_submit(int argc, char **argv);
  * [--no-wait] [--timeout D] [--lookback D] [-v] [-q]: waits for the batch
  * and writes one output line per item (see cmd_collect.c). */
 int kb_cmd_collect(int argc, char **argv);
+
+/* What `kbatch collect --no-wait` writes, into streams of the caller: the
+ * output line (fmt: a kb_bf_out_t) of every successful item of batch_id to
+ * ok, those of the other items to errs. Returns 1 when the batch is
+ * complete, 0 when not (what there is was written), -1 with errstr. */
+#include <stdio.h>
+struct kb_conf_s;
+int kb_cmd_collect_to(const struct kb_conf_s *conf, const char *batch_id,
+                      int fmt, FILE *ok, FILE *errs, char *errstr,
+                      size_t errstr_size);
 
 /* The state of batch `batch_id` as the aggregator last committed it (what
  * `kbatch status` prints): reads the batch's partition of the batch-state

@@ -49,6 +49,19 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
         dr->cd_offset = m->offset;
 }
 
+char *kb_cmd_cancel_payload(const char *id, const char *reason) {
+        json_t *o = json_object();
+        char *payload;
+        json_object_set_new(o, "batch_id", json_string(id));
+        json_object_set_new(o, "action", json_string("cancel"));
+        json_object_set_new(o, "requested_at", json_integer(kb_wall_ms()));
+        json_object_set_new(o, "reason", reason ? json_string(reason)
+                                                : json_null());
+        payload = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        return payload;
+}
+
 /* Publishes the command; 0, or -1 with errstr. */
 static int publish(const kb_conf_t *conf, const char *id, const char *reason,
                    cancel_dr_t *dr, char *errstr, size_t errstr_size) {
@@ -58,7 +71,6 @@ static int publish(const kb_conf_t *conf, const char *id, const char *reason,
         rd_kafka_topic_t *rkt;
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t err;
-        json_t *o;
         char *payload;
         int ret = -1;
 
@@ -96,15 +108,7 @@ static int publish(const kb_conf_t *conf, const char *id, const char *reason,
                          topic);
                 goto out;
         }
-        o = json_object();
-        json_object_set_new(o, "batch_id", json_string(id));
-        json_object_set_new(o, "action", json_string("cancel"));
-        json_object_set_new(o, "requested_at", json_integer(kb_wall_ms()));
-        json_object_set_new(o, "reason", reason ? json_string(reason)
-                                                : json_null());
-        payload = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        if (!payload) {
+        if (!(payload = kb_cmd_cancel_payload(id, reason))) {
                 snprintf(errstr, errstr_size, "out of memory");
                 goto out;
         }

@@ -95,6 +95,10 @@ typedef struct {
         int co_quiet;
         int64_t co_timeout_ms; /* 0: none */
         int64_t co_lookback_ms;
+        FILE *co_fp_out;       /* kb_cmd_collect_to: the streams given */
+        FILE *co_fp_err;
+        char *co_errbuf;       /* ... and the error, instead of stderr */
+        size_t co_errbuf_size;
 } collect_opts_t;
 
 static volatile sig_atomic_t interrupted;
@@ -102,37 +106,6 @@ static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) {
         (void)sig;
         interrupted = 1;
-}
-
-/* A consumer for reading partitions (assign only, nothing committed). */
-static rd_kafka_t *reader_new(const kb_conf_t *conf, const char *role,
-                              char *errstr, size_t errstr_size) {
-        rd_kafka_conf_t *kc;
-        rd_kafka_t *rk;
-        char gid[64];
-        snprintf(gid, sizeof(gid), "kbatch-%s-%d", role, (int)getpid());
-        if (!(kc = kb_kafka_conf_new(conf, role, errstr, errstr_size)))
-                return NULL;
-        if (kb_kafka_conf_set(kc, "group.id", gid, errstr, errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.offset.store", "false", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "isolation.level", "read_committed", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "fetch.wait.max.ms", "100", errstr,
-                              errstr_size)) {
-                rd_kafka_conf_destroy(kc);
-                return NULL;
-        }
-        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size))) {
-                rd_kafka_conf_destroy(kc);
-                return NULL;
-        }
-        rd_kafka_poll_set_consumer(rk);
-        return rk;
 }
 
 /* The partition count of topic and the partition of key in it (murmur2,
@@ -691,7 +664,8 @@ static int collect_run(collect_t *cl, progress_t *pg) {
         cl->cl_rstart = -1;
         if (!(cl->cl_serde = kb_serde_new(conf, NULL, errstr, sizeof(errstr))))
                 goto fail;
-        if (!(cl->cl_rk = reader_new(conf, "collect", errstr, sizeof(errstr))))
+        if (!(cl->cl_rk = kb_kafka_reader_new(conf, "collect", "read_committed", errstr,
+                                              sizeof(errstr))))
                 goto fail;
         if (partition_of(cl->cl_rk, conf, cl->cl_rtopic, co->co_id, &rcnt,
                          &cl->cl_rpart, errstr, sizeof(errstr)) ||
@@ -737,12 +711,20 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                          rd_kafka_err2str(err));
                 goto fail;
         }
-        if (outfile_open(&cl->cl_out, co->co_out, errstr, sizeof(errstr)))
-                goto fail;
-        cl->cl_split = co->co_errors != NULL;
-        if (cl->cl_split &&
-            outfile_open(&cl->cl_err, co->co_errors, errstr, sizeof(errstr)))
-                goto fail;
+        if (co->co_fp_out) {
+                /* Streams of the caller: written as they are. */
+                cl->cl_out.of_fp = co->co_fp_out;
+                cl->cl_err.of_fp = co->co_fp_err;
+                cl->cl_split = 1;
+        } else {
+                if (outfile_open(&cl->cl_out, co->co_out, errstr,
+                                 sizeof(errstr)))
+                        goto fail;
+                cl->cl_split = co->co_errors != NULL;
+                if (cl->cl_split && outfile_open(&cl->cl_err, co->co_errors,
+                                                 errstr, sizeof(errstr)))
+                        goto fail;
+        }
 
         st = collect_read(cl, pg, errstr, sizeof(errstr));
         progress_clear(pg);
@@ -775,6 +757,10 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                         (long long)cl->cl_dups, (long long)cl->cl_out_of_range,
                         (long long)cl->cl_events_read, cl->cl_btopic,
                         (int)cl->cl_bpart, (long long)cl->cl_read);
+        if (st == 0 && co->co_fp_out) {
+                rc = 2; /* not complete (kb_cmd_collect_to) */
+                goto out;
+        }
         if (st == 0) {
                 if (!cl->cl_total)
                         fprintf(stderr,
@@ -822,7 +808,10 @@ static int collect_run(collect_t *cl, progress_t *pg) {
         goto out;
 fail:
         progress_clear(pg);
-        fprintf(stderr, "kbatch collect: %s\n", errstr);
+        if (co->co_errbuf)
+                snprintf(co->co_errbuf, co->co_errbuf_size, "%s", errstr);
+        else
+                fprintf(stderr, "kbatch collect: %s\n", errstr);
         rc = 1;
 out:
         if (!keep) {
@@ -831,6 +820,42 @@ out:
         }
         kb_bstate_destroy(bs);
         return rc;
+}
+
+/* Frees what collect_run set up. */
+static void collect_free(collect_t *cl) {
+        if (cl->cl_rk) {
+                rd_kafka_consumer_close(cl->cl_rk);
+                rd_kafka_destroy(cl->cl_rk);
+        }
+        kb_bf_collect_destroy(cl->cl_co);
+        json_decref(cl->cl_event);
+        kb_serde_destroy(cl->cl_serde);
+}
+
+int kb_cmd_collect_to(const kb_conf_t *conf, const char *batch_id, int fmt, FILE *ok, FILE *errs, char *errstr,
+                      size_t errstr_size) {
+        collect_opts_t co;
+        collect_t cl;
+        progress_t pg;
+        int rc;
+        memset(&co, 0, sizeof(co));
+        memset(&cl, 0, sizeof(cl));
+        memset(&pg, 0, sizeof(pg));
+        co.co_id = batch_id;
+        co.co_format = (kb_bf_out_t)fmt;
+        co.co_no_wait = 1;
+        co.co_quiet = 1;
+        co.co_lookback_ms = LOOKBACK_DEFAULT_MS;
+        co.co_fp_out = ok;
+        co.co_fp_err = errs;
+        co.co_errbuf = errstr;
+        co.co_errbuf_size = errstr_size;
+        cl.cl_opts = &co;
+        cl.cl_conf = conf;
+        rc = collect_run(&cl, &pg);
+        collect_free(&cl);
+        return rc == 0 ? 1 : rc == 2 ? 0 : -1;
 }
 
 int kb_cmd_collect(int argc, char **argv) {
@@ -952,13 +977,7 @@ int kb_cmd_collect(int argc, char **argv) {
         cl.cl_opts = &co;
         cl.cl_conf = conf;
         rc = collect_run(&cl, &pg);
-        if (cl.cl_rk) {
-                rd_kafka_consumer_close(cl.cl_rk);
-                rd_kafka_destroy(cl.cl_rk);
-        }
-        kb_bf_collect_destroy(cl.cl_co);
-        json_decref(cl.cl_event);
-        kb_serde_destroy(cl.cl_serde);
+        collect_free(&cl);
         kb_conf_destroy(conf);
         return rc;
 }

@@ -36,6 +36,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "loop.h"
+#include "publish.h"
 #include "serde.h"
 
 static void usage(FILE *out) {
@@ -187,47 +188,14 @@ typedef struct {
         const submit_opts_t *sv_opts;
         const kb_conf_t *sv_conf;
         const char *sv_batch_id;
-        kb_kv_t *sv_ops; /* route operations (borrowed from conf) */
-        size_t sv_op_cnt;
-        int64_t sv_items;  /* requests read */
-        int64_t sv_bad;    /* bad lines */
-        char *sv_callback; /* the one callback_url of native lines */
-        int64_t sv_callback_line;
+        kb_pub_check_t *sv_check; /* owned */
+        int64_t sv_items;         /* requests read */
+        int64_t sv_bad;           /* bad lines */
+        const char *sv_callback;  /* the one callback_url of native lines
+                                   * (borrowed from sv_check) */
 } validate_t;
 
-/* Drops a UTF-8 byte order mark (editors on Windows write one). */
-static void strip_bom(char *s, ssize_t *len) {
-        if (*len >= 3 && !memcmp(s, "\xef\xbb\xbf", 3)) {
-                memmove(s, s + 3, (size_t)*len - 2);
-                *len -= 3;
-        }
-}
-
-/* Strips the newline (and a CR before it); 1 when only whitespace is
- * left. */
-static int trim_line(char *s, ssize_t *len) {
-        ssize_t i;
-        while (*len > 0 && (s[*len - 1] == '\n' || s[*len - 1] == '\r'))
-                s[--*len] = '\0';
-        for (i = 0; i < *len; i++)
-                if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
-                        return 0;
-        return 1;
-}
-
-static void bad_line(validate_t *sv, int64_t lineno, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static void bad_line(validate_t *sv, int64_t lineno, const char *fmt, ...) {
-        va_list ap;
-        fprintf(stderr, "%s:%lld: ", sv->sv_opts->so_name, (long long)lineno);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
-        sv->sv_bad++;
-}
-
-/* The batch-level fields for item validation and publishing. */
+/* The batch-level fields for publishing. */
 static void batch_of(const submit_opts_t *so, const char *batch_id,
                      int64_t total, int64_t now, kb_bf_batch_t *b) {
         memset(b, 0, sizeof(*b));
@@ -239,86 +207,20 @@ static void batch_of(const submit_opts_t *so, const char *batch_id,
         b->bb_submitted_at = now;
 }
 
-/* Validates one non-blank line (the n-th request, 1-based). */
-static void validate_line(validate_t *sv, kb_bf_ids_t *ids, char *s, size_t len,
-                          int64_t lineno, int64_t n) {
-        kb_bf_line_t l;
-        kb_bf_batch_t b;
-        kb_item_t it;
-        char err[1024];
-        int64_t first;
-        json_t *o;
-        char *dump;
-        size_t dlen;
-
-        if (kb_bf_line_parse(s, len, sv->sv_opts->so_format, sv->sv_ops,
-                             sv->sv_op_cnt, &l, err, sizeof(err))) {
-                bad_line(sv, lineno, "%s", err);
-                return;
-        }
-        if ((first = kb_bf_ids_add(ids, l.bl_custom_id, lineno)) != 0) {
-                if (first < 0)
-                        bad_line(sv, lineno, "out of memory");
-                else
-                        bad_line(sv, lineno,
-                                 "duplicate custom_id \"%.256s\" (first on "
-                                 "line %lld)",
-                                 l.bl_custom_id, (long long)first);
-                kb_bf_line_clear(&l);
-                return;
-        }
-        if (!sv->sv_opts->so_callback_url && l.bl_callback_url) {
-                if (!sv->sv_callback) {
-                        sv->sv_callback = strdup(l.bl_callback_url);
-                        sv->sv_callback_line = lineno;
-                } else if (strcmp(sv->sv_callback, l.bl_callback_url)) {
-                        bad_line(sv, lineno,
-                                 "'callback_url' differs from line %lld's (a "
-                                 "batch has one callback_url)",
-                                 (long long)sv->sv_callback_line);
-                        kb_bf_line_clear(&l);
-                        return;
-                }
-        }
-        /* The item as it will be published (the largest items_total, for
-         * its size): every BatchItem rule of SPEC §2, and the size limit
-         * the workers apply. */
-        batch_of(sv->sv_opts, sv->sv_batch_id, KB_ITEMS_TOTAL_MAX, kb_wall_ms(),
-                 &b);
-        o = kb_bf_item_json(&l, n - 1, &b);
-        dump = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        dlen = dump ? strlen(dump) : 0;
-        if (!dump)
-                bad_line(sv, lineno, "out of memory");
-        else if (kb_codec_item_from_json(
-                         o, dlen, (size_t)sv->sv_conf->worker_max_item_bytes,
-                         &it, err, sizeof(err)) != KB_CODEC_OK) {
-                if (strstr(err, "bytes, over the limit"))
-                        bad_line(sv, lineno,
-                                 "the item is %zu bytes, over "
-                                 "worker.max_item_bytes (%d)",
-                                 dlen, sv->sv_conf->worker_max_item_bytes);
-                else
-                        bad_line(sv, lineno, "%s", err);
-                kb_item_clear(&it);
-        } else
-                kb_item_clear(&it);
-        free(dump);
-        json_decref(o);
-        kb_bf_line_clear(&l);
-}
-
 /* Pass 1 over in; copies every line to spool when not NULL. Returns 0, or
  * -1 on an I/O error (reported). */
 static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
-        kb_bf_ids_t *ids = kb_bf_ids_new();
-        char *s = NULL;
+        char *s = NULL, err[1280];
         size_t cap = 0;
         ssize_t len;
         int64_t lineno = 0;
-        int ret = 0, over = 0;
+        int ret = 0;
 
-        if (!ids) {
+        sv->sv_check = kb_pub_check_new(
+                sv->sv_conf, sv->sv_opts->so_format, sv->sv_batch_id,
+                sv->sv_opts->so_metadata, sv->sv_opts->so_callback_url,
+                sv->sv_opts->so_deadline);
+        if (!sv->sv_check) {
                 fprintf(stderr, "kbatch submit: out of memory\n");
                 return -1;
         }
@@ -332,22 +234,16 @@ static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
                         ret = -1;
                         break;
                 }
-                if (lineno == 1)
-                        strip_bom(s, &len);
-                if (trim_line(s, &len))
-                        continue;
-                if (++sv->sv_items > KB_BF_LINES_MAX) {
-                        if (!over++)
-                                bad_line(sv, lineno,
-                                         "more than %d requests in one "
-                                         "batch",
-                                         KB_BF_LINES_MAX);
-                        continue;
-                }
-                validate_line(sv, ids, s, (size_t)len, lineno, sv->sv_items);
+                if (kb_pub_check_line(sv->sv_check, s, (size_t)len, lineno,
+                                      err, sizeof(err)) == KB_PUB_LINE_BAD)
+                        fprintf(stderr, "%s:%lld: %s\n", sv->sv_opts->so_name,
+                                (long long)lineno, err);
                 progress_show(pg, 0, "submit: validating %s: %lld lines",
                               sv->sv_opts->so_name, (long long)lineno);
         }
+        sv->sv_items = kb_pub_check_items(sv->sv_check);
+        sv->sv_bad = kb_pub_check_bad(sv->sv_check);
+        sv->sv_callback = kb_pub_check_callback(sv->sv_check);
         if (!ret && ferror(in)) {
                 fprintf(stderr, "kbatch submit: reading %s: %s\n",
                         sv->sv_opts->so_name, strerror(errno));
@@ -360,7 +256,6 @@ static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
         }
         progress_clear(pg);
         free(s);
-        kb_bf_ids_destroy(ids);
         return ret;
 }
 
@@ -416,7 +311,8 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         kb_serde_t *sd = NULL;
         submit_dr_t dr;
         kb_bf_batch_t b;
-        char errstr[1024], key[KB_BATCH_ID_MAX + 32];
+        kb_pub_t *pb = NULL;
+        char errstr[1024];
         char *s = NULL;
         size_t cap = 0;
         ssize_t len;
@@ -476,61 +372,19 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         }
 
         batch_of(so, sv->sv_batch_id, sv->sv_items, now, &b);
+        if (!b.bb_callback_url && sv->sv_callback)
+                b.bb_callback_url = sv->sv_callback;
+        if (!(pb = kb_pub_new(rk, sd, conf, so->so_format, &b, NULL))) {
+                snprintf(errstr, sizeof(errstr), "out of memory");
+                goto fail;
+        }
         errno = 0;
         for (first_line = 1; !interrupted && (len = getline(&s, &cap, in)) >= 0;
              first_line = 0) {
-                kb_bf_line_t l;
-                json_t *o;
-                char *buf = NULL;
-                size_t blen = 0;
-                kb_serde_res_t sr;
-                rd_kafka_resp_err_t err;
-                if (first_line)
-                        strip_bom(s, &len);
-                if (trim_line(s, &len))
-                        continue;
-                if (kb_bf_line_parse(s, (size_t)len, so->so_format, sv->sv_ops,
-                                     sv->sv_op_cnt, &l, errstr,
-                                     sizeof(errstr))) {
-                        /* validated in pass 1: the input changed */
-                        snprintf(errstr + strlen(errstr),
-                                 sizeof(errstr) - strlen(errstr),
-                                 " (the file changed while submitting)");
+                if (kb_pub_line(pb, s, (size_t)len, first_line, &interrupted,
+                                errstr, sizeof(errstr)))
                         goto fail;
-                }
-                if (!b.bb_callback_url && sv->sv_callback)
-                        b.bb_callback_url = sv->sv_callback;
-                o = kb_bf_item_json(&l, n, &b);
-                kb_bf_line_clear(&l);
-                if (!o) {
-                        snprintf(errstr, sizeof(errstr), "out of memory");
-                        goto fail;
-                }
-                sr = kb_serde_encode(sd, topic, KB_MSG_BATCH_ITEM, o, &buf,
-                                     &blen, errstr, sizeof(errstr));
-                json_decref(o);
-                if (sr != KB_SERDE_OK)
-                        goto fail;
-                snprintf(key, sizeof(key), "%s:%lld", sv->sv_batch_id,
-                         (long long)n);
-                for (;;) {
-                        err = rd_kafka_producev(
-                                rk, RD_KAFKA_V_TOPIC(topic),
-                                RD_KAFKA_V_KEY(key, strlen(key)),
-                                RD_KAFKA_V_VALUE(buf, blen),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                                RD_KAFKA_V_END);
-                        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || interrupted)
-                                break;
-                        rd_kafka_poll(rk, 50);
-                }
-                if (err) {
-                        free(buf);
-                        snprintf(errstr, sizeof(errstr), "producing to %s: %s",
-                                 topic, rd_kafka_err2str(err));
-                        goto fail;
-                }
-                n++;
+                n = kb_pub_count(pb);
                 rd_kafka_poll(rk, 0);
                 progress_bar(pg, 0, "published", dr.dr_ok, sv->sv_items);
         }
@@ -590,6 +444,7 @@ fail:
         rc = 1;
 out:
         free(s);
+        kb_pub_destroy(pb);
         kb_serde_destroy(sd);
         if (rk) {
                 if (rc != 0)
@@ -598,22 +453,6 @@ out:
                 rd_kafka_destroy(rk);
         }
         return rc;
-}
-
-/* The operations of the configured routes, for OpenAI urls that are not
- * the defaults. Returns a malloc'ed array of borrowed pairs. */
-static kb_kv_t *route_ops(const kb_conf_t *conf, size_t *cnt) {
-        size_t i, j, n = 0;
-        kb_kv_t *ops;
-        for (i = 0; i < conf->route_cnt; i++)
-                n += conf->routes[i].operation_cnt;
-        *cnt = 0;
-        if (!n || !(ops = calloc(n, sizeof(*ops))))
-                return NULL;
-        for (i = 0; i < conf->route_cnt; i++)
-                for (j = 0; j < conf->routes[i].operation_cnt; j++)
-                        ops[(*cnt)++] = conf->routes[i].operations[j];
-        return ops;
 }
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -832,7 +671,6 @@ int kb_cmd_submit(int argc, char **argv) {
         sv.sv_opts = &so;
         sv.sv_conf = conf;
         sv.sv_batch_id = batch_id;
-        sv.sv_ops = route_ops(conf, &sv.sv_op_cnt);
         if (validate(&sv, in, spool, &pg)) {
                 rc = 1;
                 goto out;
@@ -891,8 +729,7 @@ out:
                 fclose(in);
         if (spool)
                 fclose(spool);
-        free(sv.sv_ops);
-        free(sv.sv_callback);
+        kb_pub_check_destroy(sv.sv_check);
         json_decref(so.so_metadata);
         kb_conf_destroy(conf);
         return rc;

@@ -6,6 +6,7 @@
 
 #include "admin.h"
 #include "aggregator.h"
+#include "api.h"
 #include "cmd.h"
 #include "conf.h"
 #include "items.h"
@@ -17,14 +18,15 @@ static void usage(FILE *out) {
         fprintf(out,
                 "usage: kbatch worker [-c FILE]\n"
                 "  Runs the roles named in worker.roles (items, aggregator,\n"
-                "  notifier) until SIGTERM/SIGINT, then drains and exits 0.\n"
+                "  notifier, api) until SIGTERM/SIGINT, then drains and exits 0.\n"
                 "  -c, --config FILE   configuration (default: $KBATCH_CONFIG,\n"
                 "                      else ./worker.conf, else built-in)\n");
 }
 
 /* Readiness for /readyz: every role this process runs is ready. */
 static void publish_ready(kb_admin_t *ad, kb_items_t *items,
-                          kb_aggregator_t *agg, kb_notifier_t *nt) {
+                          kb_aggregator_t *agg, kb_notifier_t *nt,
+                          kb_api_t *api) {
         char why[512] = "";
         int ok = 1;
         if (items && !kb_items_readiness(items, why, sizeof(why)))
@@ -36,6 +38,10 @@ static void publish_ready(kb_admin_t *ad, kb_items_t *items,
         } else if (nt && !kb_notifier_ready(nt)) {
                 ok = 0;
                 snprintf(why, sizeof(why), "notifier: no assignment yet");
+        } else if (api && !kb_api_ready(api)) {
+                ok = 0;
+                snprintf(why, sizeof(why), "api: reading files and batch "
+                                           "records");
         }
         kb_admin_set_ready(ad, ok, why);
 }
@@ -52,6 +58,7 @@ int kb_cmd_worker(int argc, char **argv) {
         kb_aggregator_t *agg = NULL;
         kb_notifier_t *nt = NULL;
         kb_admin_t *admin = NULL;
+        kb_api_t *api = NULL;
         int64_t next_ready = 0;
         int c, rc = 0;
 
@@ -121,13 +128,22 @@ int kb_cmd_worker(int argc, char **argv) {
                 rc = 2;
                 goto out;
         }
+        if (conf->worker_roles & KB_ROLE_API) {
+                int is_config = 0;
+                if (!(api = kb_api_new(conf, &is_config, errstr,
+                                       sizeof(errstr)))) {
+                        kb_log(KB_LOG_ERROR, "worker", "api: %s", errstr);
+                        rc = is_config ? 2 : 1;
+                        goto out;
+                }
+        }
 
         while (!kb_loop_stop_requested) {
                 int wait = 1000, w;
                 int64_t now = kb_now_ms();
                 kb_admin_heartbeat(admin, now);
                 if (admin && now >= next_ready) {
-                        publish_ready(admin, items, agg, nt);
+                        publish_ready(admin, items, agg, nt, api);
                         next_ready = now + 250;
                 }
                 if (items) {
@@ -151,12 +167,19 @@ int kb_cmd_worker(int argc, char **argv) {
                         if (kb_notifier_fatal(nt))
                                 break;
                 }
+                if (api && kb_api_fatal(api))
+                        break;
                 if (kb_loop_drive(loop, wait) != 0) {
                         rc = 1;
                         break;
                 }
         }
         kb_admin_set_ready(admin, 0, "shutting down");
+        if (api && kb_api_fatal(api))
+                rc = 1;
+        /* First: no new requests while the other roles drain. */
+        kb_api_destroy(api);
+        api = NULL;
         if (items) {
                 if (kb_items_fatal(items))
                         rc = 1;
@@ -174,6 +197,7 @@ int kb_cmd_worker(int argc, char **argv) {
         }
         kb_log(KB_LOG_INFO, "worker", "exiting with %d", rc);
 out:
+        kb_api_destroy(api);
         kb_notifier_destroy(nt);
         kb_aggregator_destroy(agg);
         kb_items_destroy(items);

@@ -116,11 +116,15 @@ static const kb_conf_setting_t kb_conf_settings[] = {
               topics_base[KB_TOPIC_CONTROL], check_topic),
         S_STR("topics.batch_state", 1, 249, "batch-state",
               topics_base[KB_TOPIC_BATCH_STATE], check_topic),
+        S_STR("topics.files", 1, 249, "files", topics_base[KB_TOPIC_FILES],
+              check_topic),
+        S_STR("topics.api_batches", 1, 249, "api-batches",
+              topics_base[KB_TOPIC_API_BATCHES], check_topic),
         S_INT("topics.partitions", 1, 10000, "12", topics_partitions),
         S_INT("topics.replication", -1, 1000, "-1", topics_replication),
 
         { "worker.roles", KB_CONF_T_ROLES, 0, 0, "items,aggregator,notifier",
-          OFF(worker_roles), "items|aggregator|notifier", NULL, 0, 0 },
+          OFF(worker_roles), "items|aggregator|notifier|api", NULL, 0, 0 },
         S_INT("worker.max_inflight", 1, 100000, "1000", worker_max_inflight),
         S_INT("worker.shutdown_drain_ms", 0, 3600000, "30000",
               worker_shutdown_drain_ms),
@@ -222,6 +226,12 @@ static const kb_conf_setting_t kb_conf_settings[] = {
         S_STR("admin.listen", 0, 255, "0.0.0.0:8080", admin_listen,
               check_listen),
 
+        S_STR("api.listen", 1, 255, "0.0.0.0:8081", api_listen,
+              check_listen),
+        S_STR("api.keys_file", 0, 4096, "", api_keys_file, NULL),
+        S_I64("api.max_file_bytes", 1024, INT64_C(10737418240), "209715200",
+              api_max_file_bytes),
+
         S_ENUM("log.level", "debug|info|warn|error|off", "info", log_level),
         S_ENUM("log.format", "json|text", "json", log_format),
 };
@@ -231,7 +241,7 @@ static const kb_conf_setting_t kb_conf_settings[] = {
 /* Sections in print order; "routes" is a top-level list. */
 static const char *kb_conf_sections[] = {
         "kafka", "topics", "worker",   "http",    "retry", "serde",
-        "aggregator", "notifier", "control", "admin", "log",
+        "aggregator", "notifier", "control", "admin", "api", "log",
 };
 #define KB_CONF_SECTION_CNT                                                    \
         (sizeof(kb_conf_sections) / sizeof(*kb_conf_sections))

@@ -31,6 +31,7 @@ const char *kb_conf_err_str(kb_conf_err_t err);
 #define KB_ROLE_ITEMS      0x1
 #define KB_ROLE_AGGREGATOR 0x2
 #define KB_ROLE_NOTIFIER   0x4
+#define KB_ROLE_API        0x8 /* the HTTP batch API (SPEC §11) */
 
 /* The resolved topic names: always topics.prefix + the per-topic name
  * (topics.items, ...); set topics.prefix = "" to give full names. */
@@ -42,6 +43,8 @@ typedef enum {
         KB_TOPIC_BATCHES_DLQ,
         KB_TOPIC_CONTROL,
         KB_TOPIC_BATCH_STATE,
+        KB_TOPIC_FILES,       /* api: uploaded files (compacted) */
+        KB_TOPIC_API_BATCHES, /* api: batch records (compacted) */
         KB_TOPIC__CNT
 } kb_topic_t;
 
@@ -170,6 +173,11 @@ typedef struct kb_conf_s {
 
         /* admin */
         char *admin_listen;              /* "0.0.0.0:8080"; "" disables */
+
+        /* api (SPEC §11) */
+        char *api_listen;                /* "0.0.0.0:8081" */
+        char *api_keys_file;             /* "": only a loopback listen */
+        int64_t api_max_file_bytes;      /* 200 MiB */
 
         /* log */
         char *log_level;                 /* "info" */

@@ -245,6 +245,38 @@ rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
         return rk;
 }
 
+rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
+                                const char *isolation, char *errstr,
+                                size_t errstr_size) {
+        rd_kafka_conf_t *kc;
+        rd_kafka_t *rk;
+        char gid[256];
+        snprintf(gid, sizeof(gid), "kbatch-%s-%s-%d", role,
+                 kb_conf_instance_id(conf), (int)getpid());
+        if (!(kc = kb_kafka_conf_new(conf, role, errstr, errstr_size)))
+                return NULL;
+        if (kb_kafka_conf_set(kc, "group.id", gid, errstr, errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.offset.store", "false", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "isolation.level", isolation, errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "fetch.wait.max.ms", "100", errstr,
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size))) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        rd_kafka_poll_set_consumer(rk);
+        return rk;
+}
+
 char *kb_kafka_retry_topic(const kb_conf_t *conf, int n) {
         char *s;
         if (asprintf(&s, "%s.retry.%d", conf->topics_name[KB_TOPIC_ITEMS], n) <
@@ -339,6 +371,14 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
              /* Compact often: restore time grows with superseded records
               * of large, long-running batches. */
              "segment.ms", "600000", "min.cleanable.dirty.ratio", "0.1",
+             "max.message.bytes", mmax);
+        /* The HTTP API's state (SPEC §11): kept until deleted (tombstones),
+         * chunks of 512 KiB. */
+        SPEC(conf->topics_name[KB_TOPIC_FILES], partitions, "cleanup.policy",
+             "compact", "min.compaction.lag.ms", "0", "max.message.bytes",
+             mmax);
+        SPEC(conf->topics_name[KB_TOPIC_API_BATCHES], partitions,
+             "cleanup.policy", "compact", "min.compaction.lag.ms", "0",
              "max.message.bytes", mmax);
 #undef SPEC
 
@@ -646,6 +686,8 @@ json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
         ADD(conf->topics_name[KB_TOPIC_BATCHES_DLQ], NULL);
         ADD(conf->topics_name[KB_TOPIC_CONTROL], NULL);
         ADD(conf->topics_name[KB_TOPIC_BATCH_STATE], NULL);
+        ADD(conf->topics_name[KB_TOPIC_FILES], NULL);
+        ADD(conf->topics_name[KB_TOPIC_API_BATCHES], NULL);
 #undef ADD
 
         if (!(rk = lookup_consumer(conf, conf->kafka_group_id, errstr,

@@ -59,6 +59,14 @@ int kb_kafka_conf_set(rd_kafka_conf_t *kc, const char *name, const char *value,
 rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
                                   char *errstr, size_t errstr_size);
 
+/* A consumer that only reads partitions it assigns itself: nothing
+ * committed, partition EOF events on, isolation "read_committed" or
+ * "read_uncommitted", its own group id (kbatch-<role>-<instance>-<pid>).
+ * NULL + errstr on a bad property. */
+rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
+                                const char *isolation, char *errstr,
+                                size_t errstr_size);
+
 /* Name of retry tier n (1-based): "<items topic>.retry.<n>". Caller frees. */
 char *kb_kafka_retry_topic(const kb_conf_t *conf, int n);
 

@@ -181,6 +181,19 @@ static const mfamily_t families[KB_M__CNT] = {
                                      {NULL, NULL},
                                      NULL,
                                      0},
+        [KB_M_API_REQUESTS] = {"kbatch_api_requests_total",
+                               "HTTP batch API requests answered, by "
+                               "endpoint (its route pattern) and status code.",
+                               MT_COUNTER,
+                               {"endpoint", "code"},
+                               NULL,
+                               0},
+        [KB_M_API_REQUEST_SECONDS] = {"kbatch_api_request_seconds",
+                                      "Duration of HTTP batch API requests, "
+                                      "by endpoint.",
+                                      MT_HISTOGRAM,
+                                      {"endpoint", NULL},
+                                      B(b_request)},
 };
 
 struct kb_metric_s {

@@ -54,6 +54,8 @@ typedef enum {
         KB_M_READY,                   /* gauge: 1 when /readyz answers 200 */
         KB_M_BUILD_INFO,              /* gauge {version,revision}: 1 */
         KB_M_START_TIME_SECONDS,      /* gauge: process start, unix time */
+        KB_M_API_REQUESTS,            /* counter {endpoint,code}: role api */
+        KB_M_API_REQUEST_SECONDS,     /* histogram {endpoint} */
         KB_M__CNT
 } kb_metric_id_t;
 

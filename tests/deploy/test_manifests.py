@@ -149,17 +149,51 @@ def test_validation_rejects_broken_objects(renders, tmp_path):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_accepted_and_roles_covered(renders, overlay, tmp_path):
     """Each Deployment's configuration passes `kbatch check-config`; the
-    Deployments together run each role exactly once, and the ScaledObject's
-    target runs the items role."""
+    Deployments together run each role exactly once (the split overlay also
+    runs the HTTP API, role api), and the ScaledObject's target runs the
+    items role."""
     r = renders[overlay]
     covered = []
     for d in deployments(r):
         covered += sorted(roles_of(r, d, tmp_path))
-    assert sorted(covered) == ["aggregator", "items", "notifier"], covered
+    want = ["aggregator", "items", "notifier"] + (["api"] if overlay == "split" else [])
+    assert sorted(covered) == sorted(want), covered
     if overlay in ("prod", "split"):
-        assert len(deployments(r)) == 3
+        assert len(deployments(r)) == len(want)
     else:
         assert len(deployments(r)) == 1
+
+
+def test_api_role_in_split(renders, tmp_path):
+    """The split overlay's api Deployment: its port is api.listen's, a
+    Service reaches it, the keys file is the Secret kbatch-api-keys mounted
+    where api.keys_file says, and readiness waits for the API to catch up
+    (/readyz, like every role)."""
+    r = renders["split"]
+    (d,) = [d for d in deployments(r) if "api" in roles_of(r, d, tmp_path)]
+    conf = effective_conf(r, d, tmp_path)
+    assert roles_of(r, d, tmp_path) == {"api"}
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["api"] == int(conf["api.listen"].rsplit(":", 1)[1])
+    assert d["spec"]["replicas"] >= 2
+    svc = r.get("Service", "kbatch-api")
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8081, "api")]
+    # no other Deployment's pods behind the API Service
+    for other in deployments(r):
+        if other is not d:
+            ol = other["spec"]["template"]["metadata"]["labels"]
+            assert not all(ol.get(k) == v for k, v in svc["spec"]["selector"].items())
+    keys = conf["api.keys_file"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+    (name,) = [n for n, v in vols.items() if "secret" in v]
+    assert vols[name]["secret"]["secretName"] == "kbatch-api-keys"
+    (item,) = vols[name]["secret"]["items"]
+    assert os.path.join(mounts[name], item["path"]) == keys
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -278,18 +312,22 @@ def test_scaledobject_fits(renders, overlay, tmp_path):
 def test_kafka_topics_cover_spec(renders, overlay, tmp_path):
     """A KafkaTopic for every topic of SPEC §1 under the configured names:
     items, one retry topic per retry.delays_ms entry, the DLQs, results,
-    batches, control (1 partition) and batch-state (compacted,
-    co-partitioned with results); nothing else; one Kafka cluster."""
+    batches, control (1 partition), batch-state (compacted,
+    co-partitioned with results) and the API's files and batch records
+    (compacted); nothing else; one Kafka cluster."""
     r = renders[overlay]
     conf = effective_conf(r, deployments(r)[0], tmp_path)
     tiers = len(int_list(conf["retry.delays_ms"]))
     want = {conf[f"topic.{k}"] for k in ("items", "items_dlq", "results", "batches",
-                                        "batches_dlq", "control", "batch_state")}
+                                        "batches_dlq", "control", "batch_state",
+                                        "files", "api_batches")}
     want |= {f"{conf['topic.items']}.retry.{n}" for n in range(1, tiers + 1)}
     topics = {t["spec"]["topicName"]: t for t in r.of_kind("KafkaTopic")}
     assert set(topics) == want
     assert len({t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics.values()}) == 1
     assert topics[conf["topic.control"]]["spec"]["partitions"] == 1
+    for k in ("files", "api_batches"):
+        assert topics[conf[f"topic.{k}"]]["spec"]["config"]["cleanup.policy"] == "compact", k
     state = topics[conf["topic.batch_state"]]["spec"]
     assert state["config"]["cleanup.policy"] == "compact"
     assert state["partitions"] == topics[conf["topic.results"]]["spec"]["partitions"]

@@ -32,15 +32,7 @@
 #include "log.h"
 #include "registry.h"
 #include "serde.h"
-
-#define CHECK(c)                                                               \
-        do {                                                                   \
-                if (!(c)) {                                                    \
-                        fprintf(stderr, "check failed: %s (%s:%d)\n", #c,      \
-                                __FILE__, __LINE__);                           \
-                        __builtin_trap();                                      \
-                }                                                              \
-        } while (0)
+#include "fuzz_check.h"
 
 static const char *topics[KB_MSG__CNT] = {
     "kbatch.items", "kbatch.results", "kbatch.batches", "kbatch.control",

@@ -15,15 +15,7 @@
 #include <unistd.h>
 
 #include "conf.h"
-
-#define CHECK(c)                                                               \
-        do {                                                                   \
-                if (!(c)) {                                                    \
-                        fprintf(stderr, "check failed: %s (%s:%d)\n", #c,      \
-                                __FILE__, __LINE__);                           \
-                        __builtin_trap();                                      \
-                }                                                              \
-        } while (0)
+#include "fuzz_check.h"
 
 static char path[256];
 static FILE *devnull;

@@ -18,15 +18,7 @@
 #include <string.h>
 
 #include "offsets.h"
-
-#define CHECK(c)                                                               \
-        do {                                                                   \
-                if (!(c)) {                                                    \
-                        fprintf(stderr, "check failed: %s (%s:%d)\n", #c,      \
-                                __FILE__, __LINE__);                           \
-                        __builtin_trap();                                      \
-                }                                                              \
-        } while (0)
+#include "fuzz_check.h"
 
 static void meta_mode(const uint8_t *data, size_t size) {
         uint8_t *bits = NULL, *bits2 = NULL;

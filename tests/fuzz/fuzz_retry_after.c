@@ -12,15 +12,7 @@
 #include <time.h>
 
 #include "http.h"
-
-#define CHECK(c)                                                               \
-        do {                                                                   \
-                if (!(c)) {                                                    \
-                        fprintf(stderr, "check failed: %s (%s:%d)\n", #c,      \
-                                __FILE__, __LINE__);                           \
-                        __builtin_trap();                                      \
-                }                                                              \
-        } while (0)
+#include "fuzz_check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const int64_t cap = 24LL * 3600 * 1000;

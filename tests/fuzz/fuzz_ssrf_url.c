@@ -21,15 +21,7 @@
 #include <strings.h>
 
 #include "ssrf.h"
-
-#define CHECK(c)                                                               \
-        do {                                                                   \
-                if (!(c)) {                                                    \
-                        fprintf(stderr, "check failed: %s (%s:%d)\n", #c,      \
-                                __FILE__, __LINE__);                           \
-                        __builtin_trap();                                      \
-                }                                                              \
-        } while (0)
+#include "fuzz_check.h"
 
 static void check_url(const char *url) {
         kb_ssrf_url_t u, u2;

@@ -111,7 +111,7 @@ Test(conf, defaults) {
         static const char *topics[KB_TOPIC__CNT] = {
                 "kbatch.items",       "kbatch.items.dlq", "kbatch.results",
                 "kbatch.batches",     "kbatch.batches.dlq", "kbatch.control",
-                "kbatch.batch-state",
+                "kbatch.batch-state", "kbatch.files",     "kbatch.api-batches",
         };
         char host[256], want[300];
         size_t i;
@@ -546,7 +546,7 @@ static const err_case_t err_cases[] = {
         { "unknown role", "worker = { roles = [\"items\", \"bogus\"]; };\n",
           KB_CONF_ERR_INVALID, 1,
           "'worker.roles' has an unknown role 'bogus' (roles: items, "
-          "aggregator, notifier)" },
+          "aggregator, notifier, api)" },
         { "no roles", "worker = { roles = []; };\n", KB_CONF_ERR_INVALID, 1,
           "'worker.roles' must name at least one role" },
         { "no delays", "retry = { delays_ms = []; };\n", KB_CONF_ERR_INVALID, 1,
