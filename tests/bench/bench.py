@@ -38,6 +38,7 @@ FAKE = os.path.join(BUILD, "fake_model")
 FAKE_REGISTRY = os.path.join(BUILD, "fake_registry")
 RAWCONSUME = os.path.join(ROOT, "build", "bench", "rawconsume")
 PC_JAR = os.path.join(ROOT, "build", "bench", "pc", "pc-worker.jar")
+GO_WORKER = os.path.join(ROOT, "build", "bench", "go-worker")
 VENV_PY = os.path.join(ROOT, "build", "bench-venv", "bin", "python")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -76,10 +77,11 @@ SCENARIOS = [
     dict(name="avro", title="0 ms latency, Avro", latency=0,
          inflight=256, fail=0.0, format="avro", items=50_000),
 ]
-CONTENDERS = ["kbatch", "python", "pc"]
+CONTENDERS = ["kbatch", "go", "python", "pc"]
 CONTENDER_TITLES = {
     "kbatch": "kbatch",
-    "python": "Python asyncio (aiokafka + aiohttp)",
+    "go": "Go (franz-go + net/http)",
+    "python": "Python asyncio (uvloop, aiokafka + aiohttp, orjson)",
     "pc": "Parallel Consumer (Vert.x, UNORDERED)",
 }
 
@@ -505,6 +507,10 @@ def start_contender(name, scn, ctx):
         # BENCH_KBATCH_WRAP: a command prefix for profiling, e.g.
         # "perf record -g -o /tmp/kbatch.perf" (figures are then the wrapper's).
         cmd = os.environ.get("BENCH_KBATCH_WRAP", "").split() + [KBATCH, "worker", "-c", conf]
+    elif name == "go":
+        if not os.path.exists(GO_WORKER):
+            return None, "build/bench/go-worker not built (no Go toolchain?)"
+        cmd = [GO_WORKER]
     elif name == "python":
         cmd = [VENV_PY, os.path.join(HERE, "contenders", "py_worker.py")]
     elif name == "pc":
@@ -726,10 +732,12 @@ def machine(bootstrap):
         "java": sh("java -version 2>&1 | head -1"),
         "python": sh(f"{VENV_PY} --version"),
         "python_packages": sh(f"{VENV_PY} -m pip list --format=freeze 2>/dev/null | "
-                              "grep -iE '^(aiokafka|aiohttp|confluent-kafka|fastavro)=='").split(),
+                              "grep -iE '^(aiokafka|aiohttp|uvloop|orjson|confluent-kafka|fastavro)=='").split(),
         "parallel_consumer": sh(f"grep -m1 -o '<parallel-consumer.version>[^<]*' "
                                 f"{HERE}/pc/pom.xml | cut -d'>' -f2"),
         "wrk": sh("wrk -v 2>&1 | head -1"),
+        "go": sh("go version"),
+        "franz_go": sh(f"grep -m1 -o 'twmb/franz-go v[^ ]*' {HERE}/contenders/go/go.mod"),
         "gcc": sh("cc --version | head -1"),
     }
 
@@ -752,7 +760,8 @@ def render_md(report):
          "",
          f"Versions: {m['kbatch']}; Kafka broker {m['kafka_broker']} (single node, same host); "
          f"{m['java']}; {m['python']} with {', '.join(m['python_packages'])}; "
-         f"Parallel Consumer {m['parallel_consumer']}; {m['wrk']}.",
+         f"Parallel Consumer {m['parallel_consumer']}; {m.get('go') or 'no Go'} with "
+         f"{m.get('franz_go') or '?'}; {m['wrk']}.",
          "",
          f"Settings: {st['partitions']} partitions, commit interval {st['commit_ms']} ms for every "
          f"contender, retry base {st['retry_base_ms']} ms, max attempts {st['max_attempts']}, "
@@ -827,7 +836,11 @@ def goals(report):
     def ok(r):
         return r is not None and not r.get("skipped") and r.get("items_per_s")
 
-    k, py, pc = (runs.get(("overhead", c)) for c in ("kbatch", "python", "pc"))
+    k, py, pc, go = (runs.get(("overhead", c)) for c in ("kbatch", "python", "pc", "go"))
+    if ok(k) and ok(go):
+        x = k["items_per_s"] / go["items_per_s"]
+        out.append(dict(goal="overhead: kbatch ≥ the Go worker in items/s",
+                        measured=f"{x:.2f}×", met=x >= 1))
     if ok(k) and ok(py):
         x = k["items_per_s"] / py["items_per_s"]
         out.append(dict(goal="overhead: kbatch ≥ 5× the Python worker in items/s",
