@@ -814,19 +814,24 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         kb_items_t *it = jb->jb_it;
         kb_route_t *rt = jb->jb_route;
         long status = 0;
-        json_t *body = NULL;
+        int body = 0;
+        kb_jtext_usage_t usage;
         kb_outcome_t oc;
         kb_result_t res;
         char msg[1024];
 
         rt->rt_inflight--;
         jb->jb_state = JOB_NEW;
+        memset(&res, 0, sizeof(res));
         curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &status);
-        if (cc == CURLE_OK && status >= 200 && status <= 299 && jb->jb_resp)
-                body = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
-        oc = kb_http_classify(cc, status, jb->jb_too_large, body != NULL);
-        kb_metrics_request(rt->rt_conf->model, kb_outcome_code(oc), jb->jb_easy,
-                           oc == KB_OUT_OK ? body : NULL);
+        /* The response is checked and embedded as text, not parsed. */
+        if (cc == CURLE_OK && status >= 200 && status <= 299 && jb->jb_resp &&
+            (body = kb_codec_output_scan(jb->jb_resp, &jb->jb_resp_len, &res,
+                                         &usage)))
+                kb_codec_usage_from_jtext(&usage, &res);
+        oc = kb_http_classify(cc, status, jb->jb_too_large, body);
+        kb_metrics_request_usage(rt->rt_conf->model, kb_outcome_code(oc),
+                                 jb->jb_easy, oc == KB_OUT_OK ? &res : NULL);
         kb_route_on_outcome(
             rt,
             oc == KB_OUT_OK             ? KB_ROUTE_OK
@@ -837,18 +842,17 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                 jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL)),
             jb->jb_sent_ms, kb_now_ms());
 
-        memset(&res, 0, sizeof(res));
         res.http_status = (int)status;
         res.started_at = jb->jb_started_at;
         res.finished_at = kb_wall_ms();
         res.latency_ms = res.finished_at - jb->jb_started_at;
         if (oc == KB_OUT_OK) {
                 res.status = KB_STATUS_SUCCEEDED;
-                res.output = body;
-                if (kb_codec_usage_from_output(body, &res))
+                if (res.has_usage)
                         kb_route_correct_tokens(rt, jb->jb_est_tokens,
                                                 res.total_tokens);
         } else {
+                res.has_usage = 0;
                 res.status = KB_STATUS_FAILED;
                 res.error_code = kb_outcome_code(oc);
                 if (cc != CURLE_OK && oc != KB_OUT_RESPONSE_TOO_LARGE)
@@ -865,16 +869,14 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                 res.error_message = msg;
                 /* Keep a JSON error body from the provider as the output. */
                 if (status && jb->jb_resp && !body)
-                        body = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
-                res.output = body;
+                        kb_codec_output_scan(jb->jb_resp, &jb->jb_resp_len,
+                                             &res, NULL);
                 if (job_retry(jb, oc, msg)) {
-                        json_decref(body);
                         route_dispatch(it, rt);
                         return;
                 }
         }
         job_complete(jb, &res, 0, NULL);
-        json_decref(body);
         route_dispatch(it, rt);
 }
 

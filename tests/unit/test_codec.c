@@ -207,3 +207,126 @@ Test(codec, result_encode_fields) {
         free(s);
         kb_item_clear(&it);
 }
+
+/* The tree-less encoder writes what json_dumps of the jansson tree
+ * (kb_codec_result_json) prints, byte for byte, for items and results of
+ * every shape; with the output as checked text (kb_codec_output_scan of a
+ * pretty-printed response) it writes the same bytes as with the output as
+ * a tree. */
+Test(codec, result_encode_like_jansson) {
+        static const char *items[] = {
+            "{" OKITEM "}",
+            "{" OKITEM ",\"operation\":\"embeddings\",\"deadline\":5,"
+            "\"callback_url\":\"https://h/\\\"q\\\"\",\"metadata\":{\"k\":"
+            "\"v\\n\\u0001\",\"t\\u00e9\":\"\xe2\x82\xac\",\"z\":\"\"}}",
+            /* invalid: partly filled */
+            "{\"batch_id\":\"b\",\"item_index\":0,\"items_total\":1}",
+        };
+        static const char *outputs[] = {
+            NULL,
+            "{\n  \"id\": \"c1\",\n  \"choices\": [ {\"t\": \"a b\\u00e9\\/\"} ],"
+            "\n  \"n\": [1.5, -0, 1e2, true, null],\n  \"usage\": {"
+            "\"prompt_tokens\": 3, \"completion_tokens\": 4}\n}\n",
+            "[]",
+        };
+        size_t i, j, k;
+        for (i = 0; i < sizeof(items) / sizeof(*items); i++)
+                for (j = 0; j < sizeof(outputs) / sizeof(*outputs); j++)
+                        for (k = 0; k < 2; k++) {
+                                kb_item_t it;
+                                kb_result_t r;
+                                char err[256], *got, *want, *text = NULL;
+                                size_t glen, tlen;
+                                json_t *tree = NULL, *o;
+                                kb_codec_item_decode(items[i], strlen(items[i]),
+                                                     0, &it, err, sizeof(err));
+                                memset(&r, 0, sizeof(r));
+                                r.status = k ? KB_STATUS_FAILED
+                                             : KB_STATUS_SUCCEEDED;
+                                r.http_status = k ? 0 : 200;
+                                r.error_code = k ? "client_error" : NULL;
+                                r.error_message = k ? "HTTP 400: \"bad\"\t" : NULL;
+                                r.attempts = (int)k + 1;
+                                r.started_at = k ? 0 : 1700000000000LL;
+                                r.finished_at = 1700000000123LL;
+                                r.latency_ms = k ? -1 : 123;
+                                r.worker = k ? NULL : "w-1";
+                                if (outputs[j]) {
+                                        tree = json_loads(outputs[j], 0, NULL);
+                                        cr_assert(tree);
+                                        kb_codec_usage_from_output(tree, &r);
+                                }
+                                r.output = tree;
+                                o = kb_codec_result_json(&it, &r);
+                                want = json_dumps(o, JSON_COMPACT);
+                                json_decref(o);
+                                got = kb_codec_result_encode(&it, &r, &glen);
+                                cr_assert_str_eq(got, want, "item %zu output %zu",
+                                                 i, j);
+                                cr_assert_eq(glen, strlen(want));
+                                free(got);
+                                if (outputs[j]) {
+                                        r.output = NULL;
+                                        tlen = strlen(outputs[j]);
+                                        text = strdup(outputs[j]);
+                                        cr_assert(kb_codec_output_scan(
+                                            text, &tlen, &r, NULL));
+                                        got = kb_codec_result_encode(&it, &r,
+                                                                     NULL);
+                                        /* jansson prints \u00e9 as é and \/
+                                         * as /: the text keeps them */
+                                        o = json_loads(got, 0, NULL);
+                                        cr_assert(o, "%s", got);
+                                        {
+                                                json_t *w = json_loads(
+                                                    want, 0, NULL);
+                                                cr_assert(json_equal(o, w));
+                                                json_decref(w);
+                                        }
+                                        json_decref(o);
+                                        free(got);
+                                        free(text);
+                                }
+                                json_decref(tree);
+                                free(want);
+                                kb_item_clear(&it);
+                        }
+}
+
+/* A message cut in the middle of a UTF-8 character (the "HTTP 500: <body>"
+ * of a failed call is cut at 900 bytes) gets U+FFFD; jansson refused the
+ * string and the result had no "message" at all. */
+Test(codec, result_encode_cut_utf8_message) {
+        const char *j = "{" OKITEM "}";
+        kb_item_t it;
+        kb_result_t r;
+        char err[256], *s;
+        json_t *o;
+        kb_codec_item_decode(j, strlen(j), 0, &it, err, sizeof(err));
+        memset(&r, 0, sizeof(r));
+        r.status = KB_STATUS_FAILED;
+        r.error_code = "server_error";
+        r.error_message = "HTTP 500: caf\xc3";
+        s = kb_codec_result_encode(&it, &r, NULL);
+        o = json_loads(s, 0, NULL);
+        cr_assert(o, "%s", s);
+        cr_expect_str_eq(json_string_value(json_object_get(
+                             json_object_get(o, "error"), "message")),
+                         "HTTP 500: caf\xef\xbf\xbd");
+        json_decref(o);
+        free(s);
+        kb_item_clear(&it);
+}
+
+/* A response that is not JSON is left as it was (its text goes into the
+ * error message). */
+Test(codec, output_scan_invalid_untouched) {
+        char buf[] = "{ \"a\": 1, }";
+        size_t len = strlen(buf);
+        kb_result_t r;
+        memset(&r, 0, sizeof(r));
+        cr_assert_eq(kb_codec_output_scan(buf, &len, &r, NULL), 0);
+        cr_assert_str_eq(buf, "{ \"a\": 1, }");
+        cr_assert_eq(len, strlen(buf));
+        cr_assert_eq(r.output_text, NULL);
+}
