@@ -19,6 +19,7 @@
 
 #include "codec.h"
 #include "control.h"
+#include "easypool.h"
 #include "http.h"
 #include "kafka.h"
 #include "log.h"
@@ -139,6 +140,7 @@ struct kb_items_s {
         kb_routes_t *it_routes;
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
+        kb_easypool_t *it_easypool; /* idle easy handles */
         const char *it_worker;    /* instance id */
         kb_partset_t *it_ps;      /* assigned partitions, commits */
         LIST_HEAD(, kb_job_s) it_jobs;
@@ -182,7 +184,7 @@ static void job_destroy(kb_job_t *jb) {
                         if (jb->jb_route)
                                 jb->jb_route->rt_inflight--;
                 }
-                curl_easy_cleanup(jb->jb_easy);
+                kb_easypool_put(it->it_easypool, jb->jb_easy);
         }
         curl_slist_free_all(jb->jb_hdrs);
         free(jb->jb_body);
@@ -535,6 +537,15 @@ static void job_fail(kb_job_t *jb, kb_item_status_t st, const char *code,
 
 /* ---- the model call ------------------------------------------------- */
 
+static size_t resp_first_cap(kb_job_t *jb, size_t n, size_t max) {
+        curl_off_t cl = -1;
+        curl_easy_getinfo(jb->jb_easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
+                          &cl);
+        if (cl > 0 && (size_t)cl >= n && (size_t)cl <= max)
+                return (size_t)cl + 1;
+        return n + 1 > 1024 ? n + 1 : 1024;
+}
+
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
         kb_job_t *jb = ud;
         size_t n = size * nmemb;
@@ -544,7 +555,11 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
                 return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
         }
         if (jb->jb_resp_len + n + 1 > jb->jb_resp_cap) {
-                size_t cap = jb->jb_resp_cap ? jb->jb_resp_cap : 4096;
+                /* The first chunk: room for the announced length (one
+                 * buffer per call in flight: most responses are far below
+                 * the 4 KiB this used to start with). */
+                size_t cap = jb->jb_resp_cap ? jb->jb_resp_cap
+                                             : resp_first_cap(jb, n, max);
                 char *nb;
                 while (cap < jb->jb_resp_len + n + 1)
                         cap *= 2;
@@ -598,7 +613,7 @@ static int job_call(kb_job_t *jb) {
                 jb->jb_started_at = kb_wall_ms();
         snprintf(url, sizeof(url), "%s%s", rt->rt_base_url, path);
         if (!jb->jb_easy)
-                jb->jb_easy = curl_easy_init();
+                jb->jb_easy = kb_easypool_get(it->it_easypool);
         else
                 curl_easy_reset(jb->jb_easy);
         e = jb->jb_easy;
@@ -1395,6 +1410,9 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         LIST_INIT(&it->it_jobs);
         TAILQ_INIT(&it->it_produce_retryq);
         TAILQ_INIT(&it->it_timers);
+        /* Enough for the calls that end and start in one turn of the
+         * loop; NULL (no pool) works too: a handle per call. */
+        it->it_easypool = kb_easypool_new(256);
         it->it_retry_cnt = (int)conf->retry_delay_cnt;
         it->it_retry_topics = calloc((size_t)it->it_retry_cnt + 1,
                                      sizeof(char *));
@@ -1673,5 +1691,6 @@ void kb_items_destroy(kb_items_t *it) {
         kb_control_destroy(it->it_control);
         kb_routes_destroy(it->it_routes);
         kb_serde_destroy(it->it_serde);
+        kb_easypool_destroy(it->it_easypool);
         free(it);
 }
