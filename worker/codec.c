@@ -6,6 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Members of a BatchItem (or of its input) read without jansson; an item
+ * with more goes the jansson way. */
+#define ITEM_MEMBERS_MAX 64
+
+static int key_eq(const kb_jtext_member_t *m, const char *name) {
+        size_t n = strlen(name);
+        return m->jm_key_len == n && !memcmp(m->jm_key, name, n);
+}
+
 static const char *status_names[] = {"none", "succeeded", "failed",
                                      "cancelled", "expired"};
 
@@ -40,6 +49,81 @@ void kb_item_clear(kb_item_t *item) {
         json_decref(item->metadata);
         memset(item, 0, sizeof(*item));
         item->item_index = -1;
+}
+
+static const char *body_caps[] = {"max_tokens", "max_completion_tokens",
+                                  "max_output_tokens"};
+#define BODY_CAPS (sizeof(body_caps) / sizeof(*body_caps))
+
+/* The request body from the input's text: its compact copy, with
+ * ,"model":... before the closing brace when it has no model (where
+ * json_dumps after json_object_set_new put it). NULL when the text has
+ * keys with escapes (one may spell "model") or too many members. */
+static char *body_from_text(const kb_item_t *item, int64_t *capp) {
+        kb_jtext_member_t m[ITEM_MEMBERS_MAX];
+        int n = kb_jtext_members(item->input_text, item->input_text_len, 0, m,
+                                 ITEM_MEMBERS_MAX),
+            i, has_model = 0;
+        size_t k, clen;
+        kb_jtext_buf_t b;
+        if (n < 0)
+                return NULL;
+        for (i = 0; i < n; i++) {
+                if (m[i].jm_key_esc)
+                        return NULL;
+                has_model |= key_eq(&m[i], "model");
+        }
+        for (k = 0; k < BODY_CAPS; k++)
+                for (i = 0; i < n; i++)
+                        if (key_eq(&m[i], body_caps[k]) &&
+                            m[i].jm_type == KB_JTEXT_INTEGER)
+                                *capp = m[i].jm_int;
+        kb_jtext_buf_init(&b, item->input_text_len + 16 +
+                                  (item->model ? 2 * strlen(item->model) : 0));
+        if (b.jb_cap < item->input_text_len + 1) {
+                kb_jtext_buf_clear(&b);
+                return NULL;
+        }
+        kb_jtext_check(item->input_text, item->input_text_len, b.jb_buf, &clen,
+                       NULL);
+        b.jb_len = clen;
+        if (!has_model) {
+                b.jb_len--; /* the closing brace */
+                kb_jtext_put_lit(&b, clen > 2 ? ",\"model\":" : "\"model\":");
+                kb_jtext_put_str(&b, item->model);
+                kb_jtext_put_lit(&b, "}");
+        }
+        return kb_jtext_buf_take(&b, NULL);
+}
+
+char *kb_codec_request_body(kb_item_t *item, int64_t *capp) {
+        char *body;
+        size_t k;
+        *capp = 0;
+        if (item->input_text) {
+                if ((body = body_from_text(item, capp)))
+                        return body;
+                /* The way of a tree, then. */
+                *capp = 0;
+                if (!(item->input = json_loadb(item->input_text,
+                                               item->input_text_len, 0, NULL)))
+                        return NULL;
+                item->input_text = NULL;
+                item->input_text_len = 0;
+        }
+        if (!item->input)
+                return NULL;
+        if (!json_object_get(item->input, "model"))
+                json_object_set_new(item->input, "model",
+                                    json_string(item->model));
+        if (!(body = json_dumps(item->input, JSON_COMPACT)))
+                return NULL;
+        for (k = 0; k < BODY_CAPS; k++) {
+                json_t *v = json_object_get(item->input, body_caps[k]);
+                if (json_is_integer(v))
+                        *capp = json_integer_value(v);
+        }
+        return body;
 }
 
 /* Length of a UTF-8 string in code points (jansson guarantees validity). */
@@ -91,12 +175,67 @@ static int get_str(const json_t *o, const char *k, char **out, int *present) {
                         snprintf(err, errstr_size, __VA_ARGS__);               \
         } while (0)
 
+/* A jansson value for a member: scalars made directly (the text is
+ * checked: a string without escapes is valid UTF-8 without NUL), nested
+ * values, escaped strings and reals loaded from their own text. */
+static json_t *member_value(const kb_jtext_member_t *m) {
+        switch (m->jm_type) {
+        case KB_JTEXT_STRING:
+                if (!m->jm_str_esc)
+                        return json_stringn_nocheck(m->jm_val + 1,
+                                                    m->jm_val_len - 2);
+                break;
+        case KB_JTEXT_INTEGER:
+                return json_integer(m->jm_int);
+        case KB_JTEXT_LITERAL:
+                return m->jm_val[0] == 't'   ? json_true()
+                       : m->jm_val[0] == 'f' ? json_false()
+                                             : json_null();
+        }
+        return json_loadb(m->jm_val, m->jm_val_len,
+                          JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+}
+
+/* The fast way of kb_codec_item_decode: the item's top level built from
+ * its text, the input object left as text (*inp, a stand-in empty object
+ * in the tree: what the validation looks at is its type). NULL when the
+ * text must go to jansson: not a valid object without duplicate keys (and
+ * jansson says why), keys with escapes, too many members. */
+static json_t *item_shallow(const char *buf, size_t len, const char **inp,
+                            size_t *inlenp) {
+        kb_jtext_member_t m[ITEM_MEMBERS_MAX];
+        int n = kb_jtext_members(buf, len, KB_JTEXT_NO_DUPLICATES, m,
+                                 ITEM_MEMBERS_MAX),
+            i;
+        json_t *o;
+        *inp = NULL;
+        if (n < 0 || !(o = json_object()))
+                return NULL;
+        for (i = 0; i < n; i++) {
+                json_t *v;
+                if (m[i].jm_type == KB_JTEXT_OBJECT && key_eq(&m[i], "input")) {
+                        v = json_object();
+                        *inp = m[i].jm_val;
+                        *inlenp = m[i].jm_val_len;
+                } else
+                        v = member_value(&m[i]);
+                if (!v || json_object_setn_new_nocheck(o, m[i].jm_key,
+                                                       m[i].jm_key_len, v)) {
+                        json_decref(o);
+                        return NULL;
+                }
+        }
+        return o;
+}
+
 kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     size_t max_bytes, kb_item_t *item,
                                     char *errstr, size_t errstr_size) {
         json_error_t jerr;
         json_t *o;
         kb_codec_res_t r;
+        const char *in;
+        size_t inlen = 0;
 
         memset(item, 0, sizeof(*item));
         item->item_index = -1;
@@ -105,6 +244,18 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
         if (!buf || len == 0) {
                 snprintf(errstr, errstr_size, "empty value");
                 return KB_CODEC_UNDECODABLE;
+        }
+        if ((o = item_shallow(buf, len, &in, &inlen))) {
+                r = kb_codec_item_from_json(o, len, max_bytes, item, errstr,
+                                            errstr_size);
+                json_decref(o);
+                if (item->input && in) {
+                        json_decref(item->input);
+                        item->input = NULL;
+                        item->input_text = in;
+                        item->input_text_len = inlen;
+                }
+                return r;
         }
         o = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!o) {

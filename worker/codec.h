@@ -44,7 +44,13 @@ typedef struct kb_item_s {
         int64_t items_total;  /* 0 when absent */
         char *model;          /* NULL when absent */
         char *operation;      /* NULL: the route's default */
-        json_t *input;        /* owned reference, an object, or NULL */
+        json_t *input;        /* owned reference, an object, or NULL;
+                               * NULL too when input_text has it */
+        const char *input_text; /* borrowed from the decoded value (valid
+                                 * while it is): the input object as JSON
+                                 * text, when kb_codec_item_decode took it
+                                 * without building a tree; else NULL */
+        size_t input_text_len;
         int64_t deadline;     /* epoch ms, 0 when none */
         char *callback_url;   /* or NULL */
         json_t *metadata;     /* owned reference, object of strings, or NULL */
@@ -59,6 +65,13 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     size_t max_bytes, kb_item_t *item,
                                     char *errstr, size_t errstr_size);
 void kb_item_clear(kb_item_t *item);
+
+/* The model request body: the item's input (tree or text) with "model"
+ * added when it has none, compact JSON, NUL-terminated (caller frees);
+ * *capp gets the last of max_tokens, max_completion_tokens,
+ * max_output_tokens that is an integer (in that order), else 0. NULL on
+ * allocation failure or when the item has no input. */
+char *kb_codec_request_body(kb_item_t *item, int64_t *capp);
 
 /* The validation half of kb_codec_item_decode: reads a BatchItem from an
  * already parsed JSON object (the Avro decoder builds that object from the

@@ -1019,24 +1019,12 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                 return;
         }
         /* The request body, once: also what the token estimate reads. */
-        if (!json_object_get(jb->jb_item.input, "model"))
-                json_object_set_new(jb->jb_item.input, "model",
-                                    json_string(jb->jb_item.model));
-        if (!(jb->jb_body = json_dumps(jb->jb_item.input, JSON_COMPACT))) {
-                job_fail(jb, KB_STATUS_FAILED, "invalid_item",
-                         "could not encode the model request");
-                return;
-        }
         {
-                static const char *caps[] = {"max_tokens",
-                                             "max_completion_tokens",
-                                             "max_output_tokens"};
-                int64_t cap = 0;
-                size_t k;
-                for (k = 0; k < sizeof(caps) / sizeof(*caps); k++) {
-                        json_t *v = json_object_get(jb->jb_item.input, caps[k]);
-                        if (json_is_integer(v))
-                                cap = json_integer_value(v);
+                int64_t cap;
+                if (!(jb->jb_body = kb_codec_request_body(&jb->jb_item, &cap))) {
+                        job_fail(jb, KB_STATUS_FAILED, "invalid_item",
+                                 "could not encode the model request");
+                        return;
                 }
                 jb->jb_est_tokens = kb_route_estimate_tokens(
                     jb->jb_body, strlen(jb->jb_body), cap);

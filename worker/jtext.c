@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,7 +11,17 @@
 
 /* ---- checking ----------------------------------------------------------- */
 
-enum { T_ERR = 0, T_OBJ, T_ARR, T_STR, T_INT, T_REAL, T_LIT };
+enum {
+        T_ERR = 0,
+        T_OBJ = KB_JTEXT_OBJECT,
+        T_ARR = KB_JTEXT_ARRAY,
+        T_STR = KB_JTEXT_STRING,
+        T_INT = KB_JTEXT_INTEGER,
+        T_REAL = KB_JTEXT_REAL,
+        T_LIT = KB_JTEXT_LITERAL,
+};
+
+#define KEYS_MAX 256 /* keys compared at once for duplicates */
 
 typedef struct scan_s {
         const unsigned char *sc_p, *sc_end;
@@ -18,11 +29,27 @@ typedef struct scan_s {
         size_t sc_olen;
         int sc_depth;
         kb_jtext_usage_t *sc_usage;
+        int sc_last_esc;   /* the last string had escapes */
+        /* KB_JTEXT_NO_DUPLICATES: the keys of the objects being read */
+        int sc_nodups, sc_unsure;
+        const unsigned char *sc_kp[KEYS_MAX];
+        size_t sc_kl[KEYS_MAX];
+        int sc_nk;
+        /* kb_jtext_members: the top-level object's members */
+        kb_jtext_member_t *sc_mem;
+        size_t sc_mem_max, sc_mem_cnt;
 } scan_t;
 
-/* A byte a string may hold as it is: printable ASCII but " and \. */
+/* The bytes a string may hold as they are: printable ASCII but the quote
+ * and the backslash (a table: the innermost loop of every scan). */
+static const unsigned char plain_tab[256] = {
+    [0x20 ... 0x21] = 1, /* 0x22 is " */
+    [0x23 ... 0x5b] = 1, /* 0x5c is \ */
+    [0x5d ... 0x7f] = 1,
+};
+
 static inline int plain(unsigned c) {
-        return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+        return plain_tab[c & 0xff];
 }
 
 static void emit(scan_t *s, const unsigned char *from, size_t n) {
@@ -139,7 +166,7 @@ static int string(scan_t *s, const unsigned char **rawp, size_t *rawlen,
         }
         *rawp = start + 1;
         *rawlen = (size_t)(p - start - 1);
-        *escp = esc;
+        *escp = s->sc_last_esc = esc;
         s->sc_p = p + 1;
         emit(s, start, (size_t)(s->sc_p - start));
         return 1;
@@ -288,9 +315,58 @@ static int after_member(scan_t *s, int close) {
         return 0;
 }
 
+static int object_members(scan_t *s, int usage, int top);
+
+/* Records a member of the top-level object; 0 when there are too many. */
+static int member_add(scan_t *s, const unsigned char *k, size_t klen,
+                      int esc, const unsigned char *v, int t, int64_t iv) {
+        kb_jtext_member_t *m;
+        if (s->sc_mem_cnt >= s->sc_mem_max) {
+                s->sc_unsure = 1;
+                return 0;
+        }
+        m = &s->sc_mem[s->sc_mem_cnt++];
+        m->jm_key = (const char *)k;
+        m->jm_key_len = klen;
+        m->jm_key_esc = esc;
+        m->jm_val = (const char *)v;
+        m->jm_val_len = (size_t)(s->sc_p - v);
+        m->jm_type = t;
+        m->jm_str_esc = t == T_STR && s->sc_last_esc;
+        m->jm_int = t == T_INT ? iv : 0;
+        return 1;
+}
+
 /* usage: this object is the top-level "usage" (record its members);
  * top: this is the top-level object (look for "usage"). */
+/* KB_JTEXT_NO_DUPLICATES: 0 when the key k is one of this object's
+ * earlier keys (from index base on). Keys with escapes, or too many keys,
+ * leave the answer to jansson (sc_unsure). */
+static int key_new(scan_t *s, int base, const unsigned char *k, size_t klen,
+                   int esc) {
+        int i;
+        if (!s->sc_nodups)
+                return 1;
+        if (esc || s->sc_nk >= KEYS_MAX) {
+                s->sc_unsure = 1;
+                return 1;
+        }
+        for (i = base; i < s->sc_nk; i++)
+                if (s->sc_kl[i] == klen && !memcmp(s->sc_kp[i], k, klen))
+                        return 0;
+        s->sc_kp[s->sc_nk] = k;
+        s->sc_kl[s->sc_nk++] = klen;
+        return 1;
+}
+
 static int object(scan_t *s, int usage, int top) {
+        int base = s->sc_nk, r = object_members(s, usage, top);
+        s->sc_nk = base; /* this object's keys are done with */
+        return r;
+}
+
+static int object_members(scan_t *s, int usage, int top) {
+        int base = s->sc_nk;
         emit(s, s->sc_p++, 1);
         ws(s);
         if (s->sc_p < s->sc_end && *s->sc_p == '}') {
@@ -298,12 +374,13 @@ static int object(scan_t *s, int usage, int top) {
                 return 1;
         }
         for (;;) {
-                const unsigned char *k;
+                const unsigned char *k, *v;
                 size_t klen;
                 int esc, t, is_usage = 0;
                 int64_t iv = 0;
                 if (s->sc_p >= s->sc_end || *s->sc_p != '"' ||
-                    !string(s, &k, &klen, &esc))
+                    !string(s, &k, &klen, &esc) ||
+                    !key_new(s, base, k, klen, esc))
                         return 0;
                 ws(s);
                 if (s->sc_p >= s->sc_end || *s->sc_p != ':')
@@ -315,8 +392,11 @@ static int object(scan_t *s, int usage, int top) {
                         memset(s->sc_usage, 0, sizeof(*s->sc_usage));
                         is_usage = 1;
                 }
+                v = s->sc_p;
                 t = value(s, is_usage, &iv);
                 if (t == T_ERR)
+                        return 0;
+                if (top && s->sc_mem && !member_add(s, k, klen, esc, v, t, iv))
                         return 0;
                 if (is_usage)
                         s->sc_usage->ju_usage = t == T_OBJ;
@@ -390,29 +470,62 @@ static int value(scan_t *s, int usage, int64_t *iv) {
         return t;
 }
 
+/* The whole text: 1 valid, 0 not. */
+static int scan_run(scan_t *s, const char *in, size_t len) {
+        int64_t iv;
+        s->sc_p = (const unsigned char *)in;
+        s->sc_end = s->sc_p + len;
+        ws(s);
+        /* Without JSON_DECODE_ANY, only an object or an array. */
+        if (s->sc_p >= s->sc_end || (*s->sc_p != '{' && *s->sc_p != '['))
+                return 0;
+        if (value(s, 0, &iv) == T_ERR)
+                return 0;
+        ws(s);
+        return s->sc_p == s->sc_end;
+}
+
+/* Zeroes what a scan starts from (the key arrays need no zeroing). */
+static void scan_init(scan_t *s) {
+        memset(s, 0, offsetof(scan_t, sc_kp));
+        s->sc_nk = 0;
+        s->sc_mem = NULL;
+        s->sc_mem_max = s->sc_mem_cnt = 0;
+}
+
 int kb_jtext_check(const char *in, size_t len, char *out, size_t *out_lenp,
                    kb_jtext_usage_t *usage) {
         scan_t s;
-        int64_t iv;
         kb_jtext_usage_t dummy;
-        memset(&s, 0, sizeof(s));
-        s.sc_p = (const unsigned char *)in;
-        s.sc_end = s.sc_p + len;
+        scan_init(&s);
         s.sc_out = out;
         s.sc_usage = usage ? usage : &dummy;
         memset(s.sc_usage, 0, sizeof(*s.sc_usage));
-        ws(&s);
-        /* Without JSON_DECODE_ANY, only an object or an array. */
-        if (s.sc_p >= s.sc_end || (*s.sc_p != '{' && *s.sc_p != '['))
-                return 0;
-        if (value(&s, 0, &iv) == T_ERR)
-                return 0;
-        ws(&s);
-        if (s.sc_p != s.sc_end)
+        if (!scan_run(&s, in, len))
                 return 0;
         if (out_lenp)
                 *out_lenp = s.sc_olen;
         return 1;
+}
+
+int kb_jtext_members(const char *in, size_t len, int flags,
+                     kb_jtext_member_t *mem, size_t max) {
+        scan_t s;
+        kb_jtext_usage_t dummy;
+        size_t i = 0;
+        while (i < len && (in[i] == ' ' || in[i] == '\n' || in[i] == '\r' ||
+                           in[i] == '\t'))
+                i++;
+        if (i >= len || in[i] != '{')
+                return -1;
+        scan_init(&s);
+        s.sc_usage = &dummy;
+        s.sc_nodups = flags & KB_JTEXT_NO_DUPLICATES;
+        s.sc_mem = mem;
+        s.sc_mem_max = max;
+        if (!scan_run(&s, in, len) || s.sc_unsure)
+                return -1;
+        return (int)s.sc_mem_cnt;
 }
 
 /* ---- writing ------------------------------------------------------------ */

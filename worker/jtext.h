@@ -39,6 +39,39 @@ typedef struct kb_jtext_usage_s {
 int kb_jtext_check(const char *in, size_t len, char *out, size_t *out_lenp,
                    kb_jtext_usage_t *usage);
 
+/* A member of a top-level object, as written in the text. */
+enum {
+        KB_JTEXT_OBJECT = 1,
+        KB_JTEXT_ARRAY,
+        KB_JTEXT_STRING,
+        KB_JTEXT_INTEGER, /* within int64: jm_int */
+        KB_JTEXT_REAL,
+        KB_JTEXT_LITERAL, /* true, false, null */
+};
+
+typedef struct kb_jtext_member_s {
+        const char *jm_key;  /* between the quotes, escapes as written */
+        size_t jm_key_len;
+        int jm_key_esc;      /* the key has escapes */
+        const char *jm_val;  /* the value's text (strings with quotes) */
+        size_t jm_val_len;
+        int jm_type;         /* KB_JTEXT_* */
+        int jm_str_esc;      /* a string with escapes */
+        int64_t jm_int;
+} kb_jtext_member_t;
+
+#define KB_JTEXT_NO_DUPLICATES 1 /* as jansson's JSON_REJECT_DUPLICATES */
+
+/* Checks in[0..len) as kb_jtext_check does and lists the members of the
+ * object at its top into mem[0..max). flags: KB_JTEXT_NO_DUPLICATES (keys
+ * are compared as written: a key with escapes makes the answer -1). The
+ * member pointers point into in. Returns the number of members, or -1 when
+ * the text is not JSON, not an object, has duplicate keys, more than max
+ * members, or cannot be decided here (then ask jansson, which also says
+ * why). */
+int kb_jtext_members(const char *in, size_t len, int flags,
+                     kb_jtext_member_t *mem, size_t max);
+
 /* A growing output buffer. An allocation failure is sticky: every later
  * put does nothing and kb_jtext_buf_take returns NULL. */
 typedef struct kb_jtext_buf_s {

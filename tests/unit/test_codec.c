@@ -330,3 +330,135 @@ Test(codec, output_scan_invalid_untouched) {
         cr_assert_eq(len, strlen(buf));
         cr_assert_eq(r.output_text, NULL);
 }
+
+/* ---- the tree-less item decoding ------------------------------------------
+ * kb_codec_item_decode reads the top level from the text and leaves the
+ * input as text; the reference is what it did before: the whole value
+ * through json_loadb (JSON_REJECT_DUPLICATES) and kb_codec_item_from_json,
+ * the body json_dumps of the input with "model" added. */
+
+static kb_codec_res_t ref_decode(const char *s, size_t len, kb_item_t *it,
+                                 char *err, size_t errsz) {
+        json_t *o = json_loadb(s, len, JSON_REJECT_DUPLICATES, NULL);
+        kb_codec_res_t r;
+        if (!o || !json_is_object(o)) {
+                json_decref(o);
+                memset(it, 0, sizeof(*it));
+                it->item_index = -1;
+                return KB_CODEC_UNDECODABLE;
+        }
+        r = kb_codec_item_from_json(o, len, 0, it, err, errsz);
+        json_decref(o);
+        return r;
+}
+
+static int str_same(const char *a, const char *b) {
+        return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
+static void decode_against_ref(const char *s, size_t len, const char *what) {
+        kb_item_t a, b;
+        char ea[512], eb[512];
+        kb_codec_res_t ra = kb_codec_item_decode(s, len, 0, &a, ea, sizeof(ea));
+        kb_codec_res_t rb = ref_decode(s, len, &b, eb, sizeof(eb));
+        cr_assert_eq(ra, rb, "%s: %d vs %d: %.*s", what, ra, rb, (int)len, s);
+        if (ra != KB_CODEC_UNDECODABLE) {
+                cr_assert_str_eq(ea, eb, "%s", what);
+                cr_assert(str_same(a.batch_id, b.batch_id), "%s", what);
+                cr_assert(str_same(a.item_id, b.item_id), "%s", what);
+                cr_assert(str_same(a.model, b.model), "%s", what);
+                cr_assert(str_same(a.operation, b.operation), "%s", what);
+                cr_assert(str_same(a.callback_url, b.callback_url), "%s", what);
+                cr_assert_eq(a.item_index, b.item_index, "%s", what);
+                cr_assert_eq(a.items_total, b.items_total, "%s", what);
+                cr_assert_eq(a.deadline, b.deadline, "%s", what);
+                cr_assert_eq(a.submitted_at, b.submitted_at, "%s", what);
+                cr_assert((!a.metadata && !b.metadata) ||
+                              json_equal(a.metadata, b.metadata),
+                          "%s", what);
+                cr_assert_eq(!!(a.input || a.input_text), !!b.input, "%s", what);
+        }
+        if (ra == KB_CODEC_OK) {
+                int64_t ca, cb;
+                char *ba = kb_codec_request_body(&a, &ca),
+                     *bb = kb_codec_request_body(&b, &cb);
+                json_t *ja = json_loads(ba, 0, NULL), *jb = json_loads(bb, 0, NULL);
+                cr_assert(ja && json_equal(ja, jb), "%s: %s vs %s", what, ba, bb);
+                cr_assert_eq(ca, cb, "%s: cap", what);
+                json_decref(ja);
+                json_decref(jb);
+                free(ba);
+                free(bb);
+        }
+        kb_item_clear(&a);
+        kb_item_clear(&b);
+}
+
+static const char *fast_items[] = {
+    "{" OKITEM "}",
+    " {" OKITEM ",\"operation\":\"embeddings\",\"deadline\":1,\"submitted_at\":"
+    "2,\"metadata\":{\"k\":\"v\"},\"callback_url\":\"https://x\"} ",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"x\\u00e9\",\"item_index\":0,"
+    "\"items_total\":2,\"model\":\"m\\/1\",\"input\":{ \"model\" : \"own\" ,"
+    " \"max_tokens\": 5, \"max_output_tokens\": 7 }}",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"x\",\"item_index\":0,\"items_total\":"
+    "2,\"model\":\"m\",\"input\":{}}",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"x\",\"item_index\":0,\"items_total\":"
+    "2,\"model\":\"m\",\"input\":{\"max_tokens\":1.5,\"max_completion_tokens\":"
+    "3,\"m\\u006fdel\":\"esc\"}}",
+    "{" OKITEM ",\"input\":{\"b\":1}}", /* a duplicate key */
+    "{" OKITEM ",\"metadata\":{\"k\":\"v\",\"k\":\"w\"}}",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"x\",\"item_index\":0,\"items_total\":"
+    "2,\"model\":\"m\",\"input\":{\"a\":{\"a\":1},\"b\":{\"a\":2}}}",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"x\",\"item_index\":0,\"items_total\":"
+    "2,\"model\":\"m\",\"input\":{\"a\":{\"x\":1,\"x\":2}}}",
+    "{\"b\\u0061tch_id\":\"b-1\",\"item_id\":\"x\",\"item_index\":0,"
+    "\"items_total\":2,\"model\":\"m\",\"input\":{}}",
+    "{" OKITEM ",\"metadata\":[1]}",
+    "{" OKITEM ",\"deadline\":1.0}",
+    "{" OKITEM ",\"deadline\":-3}",
+    "{" OKITEM ",\"operation\":7}",
+    "{" OKITEM ",\"extra\":[true,false,null,-0,1e3]}",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"x\",\"item_index\":0,\"items_total\":"
+    "2,\"model\":\"m\",\"input\":\"text\"}",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"x\",\"item_index\":0,\"items_total\":"
+    "2,\"model\":\"m\",\"input\":null}",
+    "{\"batch_id\":\"b-1\",\"item_id\":\"a\\nb\",\"item_index\":0,"
+    "\"items_total\":2,\"model\":\"m\",\"input\":{}}",
+    "{\"batch_id\":\"b/1\",\"item_index\":0,\"items_total\":1}",
+    "{\"batch_id\":null,\"item_index\":0,\"items_total\":1}",
+    "[" OKITEM "]", "{" OKITEM "", "", "{}",
+};
+
+Test(codec, fast_decode_like_jansson) {
+        size_t i;
+        char what[32];
+        for (i = 0; i < sizeof(fast_items) / sizeof(*fast_items); i++) {
+                snprintf(what, sizeof(what), "case %zu", i);
+                decode_against_ref(fast_items[i], strlen(fast_items[i]), what);
+        }
+        for (i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+                snprintf(what, sizeof(what), "table %zu", i);
+                decode_against_ref(cases[i].json, strlen(cases[i].json), what);
+        }
+}
+
+/* The first three (valid) items with one byte changed, many times. */
+Test(codec, fast_decode_random_like_jansson) {
+        static const char alphabet[] = "{}[]\":,\\ 0123456789-.eEtfnul\x01\xc3"
+                                       "abmodelinput";
+        unsigned seed = 99;
+        char buf[1024], what[32];
+        int i;
+        for (i = 0; i < 20000; i++) {
+                const char *base = fast_items[i % 3];
+                size_t len = strlen(base), at;
+                memcpy(buf, base, len);
+                seed = seed * 1103515245u + 12345u;
+                at = (seed >> 8) % len;
+                seed = seed * 1103515245u + 12345u;
+                buf[at] = alphabet[(seed >> 8) % (sizeof(alphabet) - 1)];
+                snprintf(what, sizeof(what), "mutated %d", i);
+                decode_against_ref(buf, len, what);
+        }
+}
