@@ -172,6 +172,15 @@ static int string(scan_t *s, const unsigned char **rawp, size_t *rawlen,
         return 1;
 }
 
+/* jansson reads one character past a number or a literal and puts it
+ * back; a NUL byte put back is lost (its stream takes a NUL for "nothing
+ * buffered"), so "[1\0]" loads as [1]. The same here, found by
+ * tests/fuzz/fuzz_item_json.c. */
+static void skip_lookahead_nul(scan_t *s) {
+        if (s->sc_p < s->sc_end && *s->sc_p == '\0')
+                s->sc_p++;
+}
+
 /* A number at sc_p: T_INT (within int64, *iv) or T_REAL (not overflowing a
  * double), else T_ERR; jansson's grammar and limits. */
 static int number(scan_t *s, int64_t *iv) {
@@ -210,6 +219,7 @@ static int number(scan_t *s, int64_t *iv) {
         }
         s->sc_p = p;
         emit(s, start, (size_t)(p - start));
+        skip_lookahead_nul(s);
         if (!real) {
                 /* strtoll's range: up to INT64_MAX, or its negation - 1. */
                 uint64_t v = 0, lim = neg ? (uint64_t)INT64_MAX + 1
@@ -430,6 +440,7 @@ static int literal(scan_t *s, const char *word) {
                 return 0;
         emit(s, s->sc_p, n);
         s->sc_p += n;
+        skip_lookahead_nul(s);
         return 1;
 }
 

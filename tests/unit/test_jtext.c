@@ -108,6 +108,13 @@ Test(jtext, nul_bytes) {
         against_jansson("[\"a\0b\"]", 7, "nul in string");
         against_jansson("[1]\0", 4, "nul after");
         against_jansson("[1,\0 2]", 7, "nul between");
+        /* jansson loses a NUL right after a number or a literal */
+        against_jansson("[1,2,3\0]", 8, "nul after a number");
+        against_jansson("[true\0,null\0]", 14, "nul after literals");
+        against_jansson("{\"a\":1\0}", 8, "nul after a member");
+        against_jansson("[1\0\0]", 5, "two nuls");
+        against_jansson("[\"a\"\0]", 6, "nul after a string");
+        against_jansson("[1\0 ]", 5, "nul then space");
 }
 
 /* jansson's depth limit: JSON_PARSER_MAX_DEPTH values deep, scalars too. */
