@@ -231,31 +231,39 @@ static json_t *item_shallow(const char *buf, size_t len, const char **inp,
 kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     size_t max_bytes, kb_item_t *item,
                                     char *errstr, size_t errstr_size) {
-        json_error_t jerr;
         json_t *o;
         kb_codec_res_t r;
         const char *in;
         size_t inlen = 0;
 
+        if (!buf || len == 0 || !(o = item_shallow(buf, len, &in, &inlen)))
+                return kb_codec_item_decode_tree(buf, len, max_bytes, item,
+                                                 errstr, errstr_size);
+        r = kb_codec_item_from_json(o, len, max_bytes, item, errstr,
+                                    errstr_size);
+        json_decref(o);
+        if (item->input && in) {
+                json_decref(item->input);
+                item->input = NULL;
+                item->input_text = in;
+                item->input_text_len = inlen;
+        }
+        return r;
+}
+
+kb_codec_res_t kb_codec_item_decode_tree(const void *buf, size_t len,
+                                         size_t max_bytes, kb_item_t *item,
+                                         char *errstr, size_t errstr_size) {
+        json_error_t jerr;
+        json_t *o;
+        kb_codec_res_t r;
+
         memset(item, 0, sizeof(*item));
         item->item_index = -1;
         errstr[0] = '\0';
-
         if (!buf || len == 0) {
                 snprintf(errstr, errstr_size, "empty value");
                 return KB_CODEC_UNDECODABLE;
-        }
-        if ((o = item_shallow(buf, len, &in, &inlen))) {
-                r = kb_codec_item_from_json(o, len, max_bytes, item, errstr,
-                                            errstr_size);
-                json_decref(o);
-                if (item->input && in) {
-                        json_decref(item->input);
-                        item->input = NULL;
-                        item->input_text = in;
-                        item->input_text_len = inlen;
-                }
-                return r;
         }
         o = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!o) {

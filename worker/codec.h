@@ -66,6 +66,14 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     char *errstr, size_t errstr_size);
 void kb_item_clear(kb_item_t *item);
 
+/* kb_codec_item_decode the way it was before the tree-less path: the whole
+ * value through json_loadb (JSON_REJECT_DUPLICATES), input as a tree. What
+ * kb_codec_item_decode falls back to for anything unusual, and the
+ * reference its tests and fuzz target compare with. */
+kb_codec_res_t kb_codec_item_decode_tree(const void *buf, size_t len,
+                                         size_t max_bytes, kb_item_t *item,
+                                         char *errstr, size_t errstr_size);
+
 /* The model request body: the item's input (tree or text) with "model"
  * added when it has none, compact JSON, NUL-terminated (caller frees);
  * *capp gets the last of max_tokens, max_completion_tokens,

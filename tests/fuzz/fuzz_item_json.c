@@ -4,7 +4,8 @@
  * Differential since issue 20 (the tree-less path of worker/jtext.c):
  * - kb_jtext_check accepts exactly what json_loadb(..., 0) accepts;
  * - kb_codec_item_decode gives the same outcome, error text and fields as
- *   json_loadb(JSON_REJECT_DUPLICATES) + kb_codec_item_from_json did, and
+ *   kb_codec_item_decode_tree (json_loadb(JSON_REJECT_DUPLICATES) +
+ *   kb_codec_item_from_json, what it did before), and
  *   the same request body (as JSON) and max_*tokens cap;
  *
  * Checks beyond "no crash, no leak, no UB":
@@ -35,34 +36,15 @@ static int same_str(const char *a, const char *b) {
         return (!a && !b) || (a && b && !strcmp(a, b));
 }
 
-/* What kb_codec_item_decode did before the tree-less path. */
-static kb_codec_res_t ref_decode(const uint8_t *data, size_t size,
-                                 size_t max_bytes, kb_item_t *it, char *err,
-                                 size_t errsz) {
-        json_t *o = size ? json_loadb((const char *)data, size,
-                                      JSON_REJECT_DUPLICATES, NULL)
-                         : NULL;
-        kb_codec_res_t r;
-        if (!o || !json_is_object(o)) {
-                json_decref(o);
-                memset(it, 0, sizeof(*it));
-                it->item_index = -1;
-                return KB_CODEC_UNDECODABLE;
-        }
-        r = kb_codec_item_from_json(o, size, max_bytes, it, err, errsz);
-        json_decref(o);
-        return r;
-}
-
 static void against_ref(const uint8_t *data, size_t size, size_t max_bytes,
                         kb_item_t *it, kb_codec_res_t r, const char *err) {
         kb_item_t ref;
         char rerr[512];
-        kb_codec_res_t rr =
-            ref_decode(data, size, max_bytes, &ref, rerr, sizeof(rerr));
+        kb_codec_res_t rr = kb_codec_item_decode_tree(data, size, max_bytes,
+                                                      &ref, rerr, sizeof(rerr));
         CHECK(r == rr);
+        CHECK(!strcmp(err, rerr));
         if (r != KB_CODEC_UNDECODABLE) {
-                CHECK(!strcmp(err, rerr));
                 CHECK(same_str(it->batch_id, ref.batch_id));
                 CHECK(same_str(it->item_id, ref.item_id));
                 CHECK(same_str(it->model, ref.model));
