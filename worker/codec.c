@@ -6,6 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Members of a BatchItem (or of its input) read without jansson; an item
+ * with more goes the jansson way. */
+#define ITEM_MEMBERS_MAX 64
+
+static int key_eq(const kb_jtext_member_t *m, const char *name) {
+        size_t n = strlen(name);
+        return m->jm_key_len == n && !memcmp(m->jm_key, name, n);
+}
+
 static const char *status_names[] = {"none", "succeeded", "failed",
                                      "cancelled", "expired"};
 
@@ -40,6 +49,81 @@ void kb_item_clear(kb_item_t *item) {
         json_decref(item->metadata);
         memset(item, 0, sizeof(*item));
         item->item_index = -1;
+}
+
+static const char *body_caps[] = {"max_tokens", "max_completion_tokens",
+                                  "max_output_tokens"};
+#define BODY_CAPS (sizeof(body_caps) / sizeof(*body_caps))
+
+/* The request body from the input's text: its compact copy, with
+ * ,"model":... before the closing brace when it has no model (where
+ * json_dumps after json_object_set_new put it). NULL when the text has
+ * keys with escapes (one may spell "model") or too many members. */
+static char *body_from_text(const kb_item_t *item, int64_t *capp) {
+        kb_jtext_member_t m[ITEM_MEMBERS_MAX];
+        int n = kb_jtext_members(item->input_text, item->input_text_len, 0, m,
+                                 ITEM_MEMBERS_MAX),
+            i, has_model = 0;
+        size_t k, clen;
+        kb_jtext_buf_t b;
+        if (n < 0)
+                return NULL;
+        for (i = 0; i < n; i++) {
+                if (m[i].jm_key_esc)
+                        return NULL;
+                has_model |= key_eq(&m[i], "model");
+        }
+        for (k = 0; k < BODY_CAPS; k++)
+                for (i = 0; i < n; i++)
+                        if (key_eq(&m[i], body_caps[k]) &&
+                            m[i].jm_type == KB_JTEXT_INTEGER)
+                                *capp = m[i].jm_int;
+        kb_jtext_buf_init(&b, item->input_text_len + 16 +
+                                  (item->model ? 2 * strlen(item->model) : 0));
+        if (b.jb_cap < item->input_text_len + 1) {
+                kb_jtext_buf_clear(&b);
+                return NULL;
+        }
+        kb_jtext_check(item->input_text, item->input_text_len, b.jb_buf, &clen,
+                       NULL);
+        b.jb_len = clen;
+        if (!has_model) {
+                b.jb_len--; /* the closing brace */
+                kb_jtext_put_lit(&b, clen > 2 ? ",\"model\":" : "\"model\":");
+                kb_jtext_put_str(&b, item->model);
+                kb_jtext_put_lit(&b, "}");
+        }
+        return kb_jtext_buf_take(&b, NULL);
+}
+
+char *kb_codec_request_body(kb_item_t *item, int64_t *capp) {
+        char *body;
+        size_t k;
+        *capp = 0;
+        if (item->input_text) {
+                if ((body = body_from_text(item, capp)))
+                        return body;
+                /* The way of a tree, then. */
+                *capp = 0;
+                if (!(item->input = json_loadb(item->input_text,
+                                               item->input_text_len, 0, NULL)))
+                        return NULL;
+                item->input_text = NULL;
+                item->input_text_len = 0;
+        }
+        if (!item->input)
+                return NULL;
+        if (!json_object_get(item->input, "model"))
+                json_object_set_new(item->input, "model",
+                                    json_string(item->model));
+        if (!(body = json_dumps(item->input, JSON_COMPACT)))
+                return NULL;
+        for (k = 0; k < BODY_CAPS; k++) {
+                json_t *v = json_object_get(item->input, body_caps[k]);
+                if (json_is_integer(v))
+                        *capp = json_integer_value(v);
+        }
+        return body;
 }
 
 /* Length of a UTF-8 string in code points (jansson guarantees validity). */
@@ -102,9 +186,85 @@ static int over_bound(char **s, size_t max) {
         return 1;
 }
 
+/* A jansson value for a member: scalars made directly (the text is
+ * checked: a string without escapes is valid UTF-8 without NUL), nested
+ * values, escaped strings and reals loaded from their own text. */
+static json_t *member_value(const kb_jtext_member_t *m) {
+        switch (m->jm_type) {
+        case KB_JTEXT_STRING:
+                if (!m->jm_str_esc)
+                        return json_stringn_nocheck(m->jm_val + 1,
+                                                    m->jm_val_len - 2);
+                break;
+        case KB_JTEXT_INTEGER:
+                return json_integer(m->jm_int);
+        case KB_JTEXT_LITERAL:
+                return m->jm_val[0] == 't'   ? json_true()
+                       : m->jm_val[0] == 'f' ? json_false()
+                                             : json_null();
+        }
+        return json_loadb(m->jm_val, m->jm_val_len,
+                          JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+}
+
+/* The fast way of kb_codec_item_decode: the item's top level built from
+ * its text, the input object left as text (*inp, a stand-in empty object
+ * in the tree: what the validation looks at is its type). NULL when the
+ * text must go to jansson: not a valid object without duplicate keys (and
+ * jansson says why), keys with escapes, too many members. */
+static json_t *item_shallow(const char *buf, size_t len, const char **inp,
+                            size_t *inlenp) {
+        kb_jtext_member_t m[ITEM_MEMBERS_MAX];
+        int n = kb_jtext_members(buf, len, KB_JTEXT_NO_DUPLICATES, m,
+                                 ITEM_MEMBERS_MAX),
+            i;
+        json_t *o;
+        *inp = NULL;
+        if (n < 0 || !(o = json_object()))
+                return NULL;
+        for (i = 0; i < n; i++) {
+                json_t *v;
+                if (m[i].jm_type == KB_JTEXT_OBJECT && key_eq(&m[i], "input")) {
+                        v = json_object();
+                        *inp = m[i].jm_val;
+                        *inlenp = m[i].jm_val_len;
+                } else
+                        v = member_value(&m[i]);
+                if (!v || json_object_setn_new_nocheck(o, m[i].jm_key,
+                                                       m[i].jm_key_len, v)) {
+                        json_decref(o);
+                        return NULL;
+                }
+        }
+        return o;
+}
+
 kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     size_t max_bytes, kb_item_t *item,
                                     char *errstr, size_t errstr_size) {
+        json_t *o;
+        kb_codec_res_t r;
+        const char *in;
+        size_t inlen = 0;
+
+        if (!buf || len == 0 || !(o = item_shallow(buf, len, &in, &inlen)))
+                return kb_codec_item_decode_tree(buf, len, max_bytes, item,
+                                                 errstr, errstr_size);
+        r = kb_codec_item_from_json(o, len, max_bytes, item, errstr,
+                                    errstr_size);
+        json_decref(o);
+        if (item->input && in) {
+                json_decref(item->input);
+                item->input = NULL;
+                item->input_text = in;
+                item->input_text_len = inlen;
+        }
+        return r;
+}
+
+kb_codec_res_t kb_codec_item_decode_tree(const void *buf, size_t len,
+                                         size_t max_bytes, kb_item_t *item,
+                                         char *errstr, size_t errstr_size) {
         json_error_t jerr;
         json_t *o;
         kb_codec_res_t r;
@@ -112,7 +272,6 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
         memset(item, 0, sizeof(*item));
         item->item_index = -1;
         errstr[0] = '\0';
-
         if (!buf || len == 0) {
                 snprintf(errstr, errstr_size, "empty value");
                 return KB_CODEC_UNDECODABLE;
@@ -290,36 +449,65 @@ int kb_codec_str_within(const char *s, size_t max_chars) {
         return !s || utf8_len(s) <= max_chars;
 }
 
-static int64_t obj_int(const json_t *o, const char *k, int *found) {
-        const json_t *v = json_object_get(o, k);
-        if (v && json_is_integer(v)) {
-                *found = 1;
-                return json_integer_value(v);
-        }
-        return 0;
+static void obj_int(const json_t *o, const char *k, int *found,
+                    int64_t *v) {
+        const json_t *j = json_object_get(o, k);
+        *found = j && json_is_integer(j);
+        *v = *found ? json_integer_value(j) : 0;
 }
 
 int kb_codec_usage_from_output(const json_t *output, kb_result_t *res) {
         const json_t *u = json_object_get(output, "usage");
-        int fin = 0, fout = 0, ftot = 0;
+        kb_jtext_usage_t ju;
+        memset(&ju, 0, sizeof(ju));
+        if (u && json_is_object(u)) {
+                ju.ju_usage = 1;
+                obj_int(u, "prompt_tokens", &ju.ju_has_prompt, &ju.ju_prompt);
+                obj_int(u, "completion_tokens", &ju.ju_has_completion,
+                        &ju.ju_completion);
+                obj_int(u, "input_tokens", &ju.ju_has_input, &ju.ju_input);
+                obj_int(u, "output_tokens", &ju.ju_has_output, &ju.ju_output);
+                obj_int(u, "total_tokens", &ju.ju_has_total, &ju.ju_total);
+        }
+        return kb_codec_usage_from_jtext(&ju, res);
+}
+
+int kb_codec_usage_from_jtext(const kb_jtext_usage_t *u, kb_result_t *res) {
+        int fin, fout;
         int64_t in, out, tot;
-        if (!u || !json_is_object(u))
+        if (!u->ju_usage)
                 return 0;
-        in = obj_int(u, "prompt_tokens", &fin);
-        if (!fin)
-                in = obj_int(u, "input_tokens", &fin);
-        out = obj_int(u, "completion_tokens", &fout);
-        if (!fout)
-                out = obj_int(u, "output_tokens", &fout);
-        tot = obj_int(u, "total_tokens", &ftot);
-        if (!fin && !fout && !ftot)
+        fin = u->ju_has_prompt || u->ju_has_input;
+        in = u->ju_has_prompt ? u->ju_prompt : u->ju_input;
+        fout = u->ju_has_completion || u->ju_has_output;
+        out = u->ju_has_completion ? u->ju_completion : u->ju_output;
+        tot = u->ju_total;
+        if (!fin && !fout && !u->ju_has_total)
                 return 0;
-        if (!ftot)
+        if (!u->ju_has_total)
                 tot = in + out;
         res->has_usage = 1;
         res->input_tokens = in;
         res->output_tokens = out;
         res->total_tokens = tot;
+        return 1;
+}
+
+int kb_codec_output_scan(char *buf, size_t *lenp, kb_result_t *res,
+                         kb_jtext_usage_t *usage) {
+        size_t n;
+        res->output_text = NULL;
+        res->output_text_len = 0;
+        /* A failed check leaves buf as it was: the compact copy goes to
+         * buf only once the text is known to be JSON. */
+        if (!kb_jtext_check(buf, *lenp, NULL, &n, usage))
+                return 0;
+        if (n < *lenp) /* there is whitespace to drop */
+                kb_jtext_check(buf, *lenp, buf, &n, NULL);
+        buf[n] = '\0';
+        *lenp = n;
+        res->output_text = buf;
+        res->output_text_len = n;
         return 1;
 }
 
@@ -331,17 +519,119 @@ static json_t *ms_or_null(int64_t ms) {
         return ms > 0 ? json_integer(ms) : json_null();
 }
 
+/* j compact, as json_dumps prints it. */
+static void put_json(kb_jtext_buf_t *b, const json_t *j) {
+        char *t = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!t) {
+                b->jb_oom = 1;
+                return;
+        }
+        kb_jtext_put_lit(b, t);
+        free(t);
+}
+
+static void put_ms(kb_jtext_buf_t *b, int64_t ms) {
+        if (ms > 0)
+                kb_jtext_put_int(b, ms);
+        else
+                kb_jtext_put_lit(b, "null");
+}
+
+/* Writes what json_dumps(kb_codec_result_json(item, res), JSON_COMPACT)
+ * prints, byte for byte (tests/unit/test_codec.c compares the two), but
+ * without the tree: the output goes in as the checked text it came as. */
 char *kb_codec_result_encode(const kb_item_t *item, const kb_result_t *res,
                              size_t *lenp) {
-        json_t *o = kb_codec_result_json(item, res);
-        char *s;
-        if (!o)
-                return NULL;
-        s = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        if (s && lenp)
-                *lenp = strlen(s);
-        return s;
+        kb_jtext_buf_t b;
+        kb_jtext_buf_init(&b, 512 + res->output_text_len);
+        kb_jtext_put_lit(&b, "{\"batch_id\":");
+        kb_jtext_put_str(&b, item->batch_id);
+        kb_jtext_put_lit(&b, ",\"item_id\":");
+        kb_jtext_put_str(&b, item->item_id);
+        kb_jtext_put_lit(&b, ",\"item_index\":");
+        kb_jtext_put_int(&b, item->item_index);
+        kb_jtext_put_lit(&b, ",\"items_total\":");
+        kb_jtext_put_int(&b, item->items_total);
+        kb_jtext_put_lit(&b, ",\"model\":");
+        kb_jtext_put_str(&b, item->model);
+        kb_jtext_put_lit(&b, ",\"operation\":");
+        kb_jtext_put_str(&b, item->operation);
+        kb_jtext_put_lit(&b, ",\"status\":");
+        kb_jtext_put_str(&b, kb_item_status_str(res->status));
+        kb_jtext_put_lit(&b, ",\"http_status\":");
+        if (res->http_status)
+                kb_jtext_put_int(&b, res->http_status);
+        else
+                kb_jtext_put_lit(&b, "null");
+        kb_jtext_put_lit(&b, ",\"output\":");
+        if (res->output)
+                put_json(&b, res->output);
+        else if (res->output_text)
+                kb_jtext_put_raw(&b, res->output_text, res->output_text_len);
+        else
+                kb_jtext_put_lit(&b, "null");
+        kb_jtext_put_lit(&b, ",\"error\":");
+        if (res->error_code) {
+                kb_jtext_put_lit(&b, "{\"code\":");
+                kb_jtext_put_str(&b, res->error_code);
+                kb_jtext_put_lit(&b, ",\"message\":");
+                kb_jtext_put_str(&b, res->error_message ? res->error_message
+                                                        : "");
+                kb_jtext_put_lit(&b, "}");
+        } else
+                kb_jtext_put_lit(&b, "null");
+        kb_jtext_put_lit(&b, ",\"attempts\":");
+        kb_jtext_put_int(&b, res->attempts);
+        kb_jtext_put_lit(&b, ",\"usage\":");
+        if (res->has_usage) {
+                kb_jtext_put_lit(&b, "{\"input_tokens\":");
+                kb_jtext_put_int(&b, res->input_tokens);
+                kb_jtext_put_lit(&b, ",\"output_tokens\":");
+                kb_jtext_put_int(&b, res->output_tokens);
+                kb_jtext_put_lit(&b, ",\"total_tokens\":");
+                kb_jtext_put_int(&b, res->total_tokens);
+                kb_jtext_put_lit(&b, "}");
+        } else
+                kb_jtext_put_lit(&b, "null");
+        kb_jtext_put_lit(&b, ",\"started_at\":");
+        put_ms(&b, res->started_at);
+        kb_jtext_put_lit(&b, ",\"finished_at\":");
+        put_ms(&b, res->finished_at);
+        kb_jtext_put_lit(&b, ",\"latency_ms\":");
+        if (res->latency_ms >= 0)
+                kb_jtext_put_int(&b, res->latency_ms);
+        else
+                kb_jtext_put_lit(&b, "null");
+        kb_jtext_put_lit(&b, ",\"worker\":");
+        kb_jtext_put_str(&b, res->worker);
+        kb_jtext_put_lit(&b, ",\"callback_url\":");
+        kb_jtext_put_str(&b, item->callback_url);
+        kb_jtext_put_lit(&b, ",\"deadline\":");
+        put_ms(&b, item->deadline);
+        kb_jtext_put_lit(&b, ",\"metadata\":");
+        if (item->metadata && json_is_object(item->metadata)) {
+                const char *k;
+                json_t *v;
+                int first = 1;
+                kb_jtext_put_lit(&b, "{");
+                json_object_foreach(item->metadata, k, v) {
+                        if (!first)
+                                kb_jtext_put_lit(&b, ",");
+                        first = 0;
+                        kb_jtext_put_str(&b, k);
+                        kb_jtext_put_lit(&b, ":");
+                        if (json_is_string(v))
+                                kb_jtext_put_str(&b, json_string_value(v));
+                        else
+                                put_json(&b, v);
+                }
+                kb_jtext_put_lit(&b, "}");
+        } else if (item->metadata)
+                put_json(&b, item->metadata);
+        else
+                kb_jtext_put_lit(&b, "null");
+        kb_jtext_put_lit(&b, "}");
+        return kb_jtext_buf_take(&b, lenp);
 }
 
 json_t *kb_codec_result_json(const kb_item_t *item, const kb_result_t *res) {
@@ -359,7 +649,14 @@ json_t *kb_codec_result_json(const kb_item_t *item, const kb_result_t *res) {
         json_object_set_new(o, "http_status",
                             res->http_status ? json_integer(res->http_status)
                                              : json_null());
-        json_object_set(o, "output", res->output ? res->output : json_null());
+        if (res->output)
+                json_object_set(o, "output", res->output);
+        else if (res->output_text)
+                json_object_set_new(o, "output",
+                                    json_loadb(res->output_text,
+                                               res->output_text_len, 0, NULL));
+        else
+                json_object_set_new(o, "output", json_null());
         if (res->error_code) {
                 json_t *e = json_object();
                 json_object_set_new(e, "code", json_string(res->error_code));

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "jtext.h"
+
 typedef enum {
         KB_CODEC_OK = 0,
         KB_CODEC_UNDECODABLE,   /* not JSON / not an object: DLQ,
@@ -48,7 +50,13 @@ typedef struct kb_item_s {
         int64_t items_total;  /* 0 when absent */
         char *model;          /* NULL when absent */
         char *operation;      /* NULL: the route's default */
-        json_t *input;        /* owned reference, an object, or NULL */
+        json_t *input;        /* owned reference, an object, or NULL;
+                               * NULL too when input_text has it */
+        const char *input_text; /* borrowed from the decoded value (valid
+                                 * while it is): the input object as JSON
+                                 * text, when kb_codec_item_decode took it
+                                 * without building a tree; else NULL */
+        size_t input_text_len;
         int64_t deadline;     /* epoch ms, 0 when none */
         char *callback_url;   /* or NULL */
         json_t *metadata;     /* owned reference, object of strings, or NULL */
@@ -63,6 +71,21 @@ kb_codec_res_t kb_codec_item_decode(const void *buf, size_t len,
                                     size_t max_bytes, kb_item_t *item,
                                     char *errstr, size_t errstr_size);
 void kb_item_clear(kb_item_t *item);
+
+/* kb_codec_item_decode the way it was before the tree-less path: the whole
+ * value through json_loadb (JSON_REJECT_DUPLICATES), input as a tree. What
+ * kb_codec_item_decode falls back to for anything unusual, and the
+ * reference its tests and fuzz target compare with. */
+kb_codec_res_t kb_codec_item_decode_tree(const void *buf, size_t len,
+                                         size_t max_bytes, kb_item_t *item,
+                                         char *errstr, size_t errstr_size);
+
+/* The model request body: the item's input (tree or text) with "model"
+ * added when it has none, compact JSON, NUL-terminated (caller frees);
+ * *capp gets the last of max_tokens, max_completion_tokens,
+ * max_output_tokens that is an integer (in that order), else 0. NULL on
+ * allocation failure or when the item has no input. */
+char *kb_codec_request_body(kb_item_t *item, int64_t *capp);
 
 /* The validation half of kb_codec_item_decode: reads a BatchItem from an
  * already parsed JSON object (the Avro decoder builds that object from the
@@ -100,7 +123,11 @@ const char *kb_item_status_str(kb_item_status_t st);
 typedef struct kb_result_s {
         kb_item_status_t status;
         int http_status;       /* 0: null */
-        json_t *output;        /* borrowed; NULL: null */
+        json_t *output;        /* borrowed; NULL: output_text, or null */
+        const char *output_text; /* borrowed: checked, compact JSON text
+                                  * (kb_codec_output_scan), embedded as it
+                                  * is; used when output is NULL */
+        size_t output_text_len;
         const char *error_code;/* NULL: no error */
         const char *error_message;
         int attempts;
@@ -116,14 +143,28 @@ typedef struct kb_result_s {
  * input_tokens/output_tokens). Returns 1 when found. */
 int kb_codec_usage_from_output(const json_t *output, kb_result_t *res);
 
+/* The same from the usage kb_jtext_check read from the response text. */
+int kb_codec_usage_from_jtext(const kb_jtext_usage_t *u, kb_result_t *res);
+
+/* Checks that a model response buf[0..*lenp) is JSON (as jansson would
+ * load it: see jtext.h) without building a tree, compacts it in place (buf
+ * must have room for *lenp + 1 bytes; *lenp becomes the compact length,
+ * NUL-terminated) and points res->output_text at it. usage: NULL, or what
+ * the response says in its top-level "usage" (kb_codec_usage_from_jtext).
+ * Returns 1 when JSON; 0 when not (buf and *lenp untouched, res->output_text
+ * NULL). */
+int kb_codec_output_scan(char *buf, size_t *lenp, kb_result_t *res,
+                         kb_jtext_usage_t *usage);
+
 /* Encodes an ItemResult as a JSON object string (caller frees with free()).
  * The item may be partly filled (invalid items). NULL on allocation
  * failure. */
 char *kb_codec_result_encode(const kb_item_t *item, const kb_result_t *res,
                              size_t *lenp);
 
-/* The ItemResult as a JSON object (what kb_codec_result_encode prints; the
- * Avro encoder converts it, see serde.h). New reference, caller decrefs;
+/* The ItemResult as a JSON object (what kb_codec_result_encode prints,
+ * written without this tree; the Avro encoder converts it, see serde.h).
+ * res->output_text is loaded into the tree. New reference, caller decrefs;
  * NULL on allocation failure. */
 json_t *kb_codec_result_json(const kb_item_t *item, const kb_result_t *res);
 

@@ -134,7 +134,7 @@ static const kb_conf_setting_t kb_conf_settings[] = {
               worker_commit_interval_ms),
         S_INT("worker.max_item_bytes", 1024, 104857600, "1048576",
               worker_max_item_bytes),
-        S_INT("worker.queue_max_kbytes", 1, 2097151, "16384",
+        S_INT("worker.queue_max_kbytes", 1, 2097151, "1024",
               worker_queue_max_kbytes),
         S_INT("worker.offsets_window", 64, KB_OFFSETS_WINDOW_MAX, "16384",
               worker_offsets_window),

@@ -344,8 +344,16 @@ void kb_metrics_retry(int tier) {
 
 void kb_metrics_request(const char *route, const char *code, CURL *easy,
                         const json_t *output) {
-        curl_off_t us = 0;
         kb_result_t res;
+        memset(&res, 0, sizeof(res));
+        if (output)
+                kb_codec_usage_from_output(output, &res);
+        kb_metrics_request_usage(route, code, easy, &res);
+}
+
+void kb_metrics_request_usage(const char *route, const char *code, CURL *easy,
+                              const kb_result_t *usage) {
+        curl_off_t us = 0;
         if (!code || !*code)
                 code = "ok";
         kb_metrics_inc(KB_M_MODEL_REQUESTS, route, code);
@@ -354,15 +362,14 @@ void kb_metrics_request(const char *route, const char *code, CURL *easy,
                 kb_metric_observe(
                         kb_metrics_get(KB_M_MODEL_REQUEST_SECONDS, route, NULL),
                         (double)us / 1e6);
-        memset(&res, 0, sizeof(res));
-        if (!output || !kb_codec_usage_from_output(output, &res))
+        if (!usage || !usage->has_usage)
                 return;
-        if (res.input_tokens > 0)
+        if (usage->input_tokens > 0)
                 kb_metric_add(kb_metrics_get(KB_M_TOKENS, route, "input"),
-                              (double)res.input_tokens);
-        if (res.output_tokens > 0)
+                              (double)usage->input_tokens);
+        if (usage->output_tokens > 0)
                 kb_metric_add(kb_metrics_get(KB_M_TOKENS, route, "output"),
-                              (double)res.output_tokens);
+                              (double)usage->output_tokens);
 }
 
 void kb_metrics_process_info(void) {

@@ -94,6 +94,12 @@ void kb_metrics_retry(int tier);
  * (a success's response body, borrowed; NULL for none). */
 void kb_metrics_request(const char *route, const char *code, CURL *easy,
                         const json_t *output);
+/* The same with the tokens already read (the items pipeline reads them
+ * from the response text, kb_codec_output_scan): usage->has_usage and its
+ * counts (borrowed; NULL for none). */
+struct kb_result_s;
+void kb_metrics_request_usage(const char *route, const char *code, CURL *easy,
+                              const struct kb_result_s *usage);
 
 /* The family's metric name ("kbatch_inflight"), NULL when out of range. */
 const char *kb_metrics_name(kb_metric_id_t id);

@@ -43,11 +43,26 @@ if [ ! -x build/bench/rawconsume ] || [ tests/bench/rawconsume.c -nt build/bench
     $(pkg-config --cflags --libs rdkafka)
 fi
 
+# Only the contenders that will run are built.
+wants() { [ -z "${BENCH_CONTENDERS:-}" ] || [[ ",$BENCH_CONTENDERS," == *",$1,"* ]]; }
+
 # The Parallel Consumer contender (Maven Central), rebuilt when its sources change.
 jar=build/bench/pc/pc-worker.jar
-if [ ! -f "$jar" ] || [ -n "$(find tests/bench/pc -newer "$jar" -type f | head -1)" ]; then
+if wants pc && { [ ! -f "$jar" ] || [ -n "$(find tests/bench/pc -newer "$jar" -type f | head -1)" ]; }; then
   log "building $jar (mvn)"
   mvn -q -B -f tests/bench/pc/pom.xml package ${BENCH_MVN_OPTS:-} >&2
+fi
+
+# The Go contender (franz-go, pinned in go.mod/go.sum; the Go module proxy),
+# rebuilt when its sources change.
+gobin=build/bench/go-worker
+if wants go && { [ ! -x "$gobin" ] || [ -n "$(find tests/bench/contenders/go -newer "$gobin" -type f | head -1)" ]; }; then
+  if command -v go >/dev/null 2>&1; then
+    log "building $gobin (go)"
+    go build -C tests/bench/contenders/go -trimpath -o "$PWD/$gobin" . >&2
+  else
+    log "no Go toolchain: the go contender will be skipped"
+  fi
 fi
 
 # A broker of our own, so that nobody else's tests share it.

@@ -153,7 +153,7 @@ Test(conf, defaults) {
         cr_expect_eq(c->worker_revoke_drain_ms, 10000);
         cr_expect_eq(c->worker_commit_interval_ms, 1000);
         cr_expect_eq(c->worker_max_item_bytes, 1048576);
-        cr_expect_eq(c->worker_queue_max_kbytes, 16384);
+        cr_expect_eq(c->worker_queue_max_kbytes, 1024);
         cr_expect_eq(c->worker_offsets_window, 16384);
         cr_expect_eq(c->http_max_response_bytes, 16777216);
         cr_expect_eq(c->http_max_connections, 0);

@@ -144,7 +144,21 @@ Test(serde, item_round_trip_equals_json_decoding) {
         cr_assert_str_eq(a.callback_url, b.callback_url);
         cr_assert_eq(a.deadline, b.deadline);
         cr_assert_eq(a.submitted_at, b.submitted_at);
-        cr_assert(json_equal(a.input, b.input));
+        {
+                /* JSON items keep their input as text: the request bodies
+                 * are what must agree */
+                int64_t ca, cb;
+                char *ba = kb_codec_request_body(&a, &ca),
+                     *bb = kb_codec_request_body(&b, &cb);
+                json_t *ja = json_loads(ba, 0, NULL),
+                       *jb = json_loads(bb, 0, NULL);
+                cr_assert(ja && jb && json_equal(ja, jb), "%s vs %s", ba, bb);
+                cr_assert_eq(ca, cb);
+                json_decref(ja);
+                json_decref(jb);
+                free(ba);
+                free(bb);
+        }
         cr_assert(json_equal(a.metadata, b.metadata));
         kb_item_clear(&a);
         kb_item_clear(&b);
