@@ -76,8 +76,12 @@ def test_check_config_prints_effective_config_redacted(tmp_path):
 def test_topics_create_is_idempotent_and_describe(env):
     conf = env.write_conf()
     r = env.kbatch("topics", "create", "--partitions", "3", conf=conf)
-    created = [l for l in r.stdout.splitlines() if l.startswith("created")]
-    assert len(created) == 10, r.stdout      # items, 3 retry tiers, dlq, results, batches, batches.dlq, control, batch-state
+    created = {l.split()[1][len(env.prefix):] for l in r.stdout.splitlines()
+               if l.startswith("created")}
+    # SPEC §1's topics (3 retry tiers) and the HTTP API's records (§11)
+    assert created == {"items", "items.retry.1", "items.retry.2", "items.retry.3",
+                       "items.dlq", "results", "batches", "batches.dlq", "control",
+                       "batch-state", "files", "api-batches"}, r.stdout
     r = env.kbatch("topics", "create", "--partitions", "3", conf=conf)
     assert all(l.startswith("exists") for l in r.stdout.splitlines()), r.stdout
     d = env.describe(conf)
