@@ -677,6 +677,12 @@ struct kb_aggregator_s {
         int ag_txn_ready;
         int ag_assigned_once;
         int ag_fatal;
+        /* The transactional producer failed (a fatal or unclassified
+         * transactional error): recreate it and rewind (producer_recover). */
+        int ag_recover;
+        int64_t ag_recover_at;
+        uint64_t ag_recoveries;
+        int ag_test_fatal_every; /* $KBATCH_TEST_TXN_FATAL_EVERY=N */
         int64_t ag_next_commit;
         int64_t ag_next_cron;
         /* counters, for logs */
@@ -826,6 +832,19 @@ static void set_fatal(kb_aggregator_t *ag, const char *what, const char *msg) {
         kb_log(KB_LOG_ERROR, "aggregator", "fatal: %s: %s", what, msg);
         ag->ag_fatal = 1;
         kb_loop_stop_requested = 1;
+}
+
+/* The transactional producer is unusable (a fatal error, e.g.
+ * INVALID_TXN_STATE after a transaction timed out during a broker outage):
+ * no more transactions until producer_recover() has made a new one. */
+static void set_recover(kb_aggregator_t *ag, const char *what,
+                        const char *msg) {
+        if (!ag->ag_recover)
+                kb_log(KB_LOG_ERROR, "aggregator",
+                       "transactional producer failed: %s: %s; recreating it",
+                       what, msg);
+        ag->ag_recover = 1;
+        ag->ag_txn_ready = 0;
 }
 
 /* ---- restore from batch-state ---- */
@@ -1021,7 +1040,7 @@ static txn_res_t txn_classify(kb_aggregator_t *ag, const char *what,
         else
                 r = TXN_FATAL;
         if (r == TXN_FATAL)
-                set_fatal(ag, what, rd_kafka_error_string(e));
+                set_recover(ag, what, rd_kafka_error_string(e));
         else
                 kb_log(KB_LOG_WARN, "aggregator", "%s: %s: %s", what,
                        rd_kafka_error_name(e), rd_kafka_error_string(e));
@@ -1210,8 +1229,14 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 if (r != TXN_OK)
                         goto abort;
         }
+        ag->ag_txn_seq++;
+        if (ag->ag_test_fatal_every &&
+            ag->ag_txn_seq % (uint64_t)ag->ag_test_fatal_every == 0)
+                rd_kafka_test_fatal_error(ag->ag_producer,
+                                          RD_KAFKA_RESP_ERR_INVALID_TXN_STATE,
+                                          "test: KBATCH_TEST_TXN_FATAL_EVERY");
         if (ag->ag_test_abort_every &&
-            ++ag->ag_txn_seq % (uint64_t)ag->ag_test_abort_every == 0) {
+            ag->ag_txn_seq % (uint64_t)ag->ag_test_abort_every == 0) {
                 kb_log(KB_LOG_WARN, "aggregator",
                        "test: aborting a transaction on purpose");
                 goto abort;
@@ -1289,8 +1314,7 @@ abort:
                         break;
         }
         if (r != TXN_OK) {
-                if (!ag->ag_fatal)
-                        set_fatal(ag, "abort transaction", "did not succeed");
+                set_recover(ag, "abort transaction", "did not succeed");
                 return TXN_FATAL;
         }
         return TXN_ABORT;
@@ -1472,7 +1496,10 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 char buf[512];
                 rd_kafka_fatal_error(rk, buf, sizeof(buf));
-                set_fatal(ag, rd_kafka_name(rk), buf);
+                if (rk == ag->ag_producer)
+                        set_recover(ag, rd_kafka_name(rk), buf);
+                else
+                        set_fatal(ag, rd_kafka_name(rk), buf);
                 return;
         }
         if (kb_kafka_error(rk, err, reason)) {
@@ -1716,6 +1743,31 @@ static int has_prop(const kb_conf_t *conf, const char *name) {
         return 0;
 }
 
+/* A transactional producer with our transactional.id (not initialized). */
+static rd_kafka_t *producer_new(kb_aggregator_t *ag, char *errstr,
+                                size_t errstr_size) {
+        const kb_conf_t *conf = ag->ag_conf;
+        rd_kafka_conf_t *kc;
+        char num[32];
+        snprintf(num, sizeof(num), "%d", conf->aggregator_transaction_timeout_ms);
+        if (!(kc = kb_kafka_conf_new(conf, "aggregator-producer", errstr,
+                                     errstr_size)))
+                return NULL;
+        if (kb_kafka_conf_set(kc, "transactional.id", ag->ag_txn_id, errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "transaction.timeout.ms", num, errstr,
+                              errstr_size) ||
+            (!has_prop(conf, "compression.type") &&
+             kb_kafka_conf_set(kc, "compression.type", "lz4", errstr,
+                               errstr_size))) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_opaque(kc, ag);
+        return kb_kafka_producer_new(conf, kc, errstr, errstr_size);
+}
+
 /* Checks that results and batch-state exist and are co-partitioned, and
  * that the batches topic exists. */
 static int check_topics(kb_aggregator_t *ag, char *errstr,
@@ -1812,23 +1864,12 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
         /* The transactional producer. */
         snprintf(ag->ag_txn_id, sizeof(ag->ag_txn_id), "kbatch-aggregator-%s",
                  kb_conf_instance_id(conf));
-        snprintf(num, sizeof(num), "%d", conf->aggregator_transaction_timeout_ms);
-        if (!(kc = kb_kafka_conf_new(conf, "aggregator-producer", errstr,
-                                     errstr_size)))
-                goto fail;
-        if (kb_kafka_conf_set(kc, "transactional.id", ag->ag_txn_id, errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "transaction.timeout.ms", num, errstr,
-                              errstr_size) ||
-            (!has_prop(conf, "compression.type") &&
-             kb_kafka_conf_set(kc, "compression.type", "lz4", errstr,
-                               errstr_size)))
-                goto fail;
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, ag);
-        ag->ag_producer = kb_kafka_producer_new(conf, kc, errstr, errstr_size);
-        kc = NULL;
-        if (!ag->ag_producer)
+        if (getenv("KBATCH_TEST_TXN_FATAL_EVERY"))
+                ag->ag_test_fatal_every =
+                    atoi(getenv("KBATCH_TEST_TXN_FATAL_EVERY"));
+        if (ag->ag_test_fatal_every < 0)
+                ag->ag_test_fatal_every = 0;
+        if (!(ag->ag_producer = producer_new(ag, errstr, errstr_size)))
                 goto fail;
         if (check_topics(ag, errstr, errstr_size) < 0)
                 goto fail;
@@ -1951,14 +1992,67 @@ fail:
         return NULL;
 }
 
+/* In process, instead of exiting: a new transactional producer with the
+ * same transactional.id (init_transactions fences the failed one and aborts
+ * its open transaction), then the state and positions of the last commit
+ * (rewind_all). Meanwhile the consumer is polled (rebalances, the poll
+ * interval) and what it returns is dropped: the rewind goes back to the
+ * committed offsets. Tried again every second until the broker answers.
+ * Returns the time to wait. */
+static int producer_recover(kb_aggregator_t *ag, int64_t now) {
+        rd_kafka_message_t *m;
+        rd_kafka_error_t *e;
+        char errstr[512];
+        int budget = 20000;
+
+        while (budget-- > 0 && !ag->ag_fatal &&
+               (m = rd_kafka_consumer_poll(ag->ag_consumer, 0)))
+                rd_kafka_message_destroy(m);
+        if (ag->ag_fatal || now < ag->ag_recover_at)
+                return ag->ag_fatal ? 1000 : (int)(ag->ag_recover_at - now);
+        ag->ag_recover_at = now + 1000;
+        if (ag->ag_producer && rd_kafka_fatal_error(ag->ag_producer, NULL, 0)) {
+                rd_kafka_destroy(ag->ag_producer);
+                ag->ag_producer = NULL;
+        }
+        if (!ag->ag_producer &&
+            !(ag->ag_producer = producer_new(ag, errstr, sizeof(errstr)))) {
+                kb_log(KB_LOG_WARN, "aggregator", "new producer: %s", errstr);
+                return 1000;
+        }
+        /* Bounded: the loop serves the other roles too. */
+        if ((e = rd_kafka_init_transactions(ag->ag_producer, 5000))) {
+                kb_log(KB_LOG_WARN, "aggregator",
+                       "initializing transactions: %s (retrying)",
+                       rd_kafka_error_string(e));
+                if (rd_kafka_error_is_fatal(e)) {
+                        rd_kafka_destroy(ag->ag_producer);
+                        ag->ag_producer = NULL;
+                }
+                rd_kafka_error_destroy(e);
+                return 1000;
+        }
+        ag->ag_recover = 0;
+        ag->ag_txn_ready = 1;
+        ag->ag_recoveries++;
+        kb_log(KB_LOG_INFO, "aggregator",
+               "transactional producer recreated (%s); rewinding",
+               ag->ag_txn_id);
+        rewind_all(ag);
+        return 0;
+}
+
 int kb_aggregator_serve(kb_aggregator_t *ag, int64_t now) {
         const kb_conf_t *conf = ag->ag_conf;
         int budget = 20000, wait, held_wait;
         rd_kafka_message_t *m;
 
-        rd_kafka_poll(ag->ag_producer, 0); /* error_cb */
+        if (ag->ag_producer)
+                rd_kafka_poll(ag->ag_producer, 0); /* error_cb */
         if (ag->ag_fatal)
                 return 1000;
+        if (ag->ag_recover)
+                return producer_recover(ag, now);
         held_wait = resume_held(ag, now);
         while (budget-- > 0 && !ag->ag_fatal &&
                (m = rd_kafka_consumer_poll(ag->ag_consumer, 0))) {
@@ -1970,7 +2064,7 @@ int kb_aggregator_serve(kb_aggregator_t *ag, int64_t now) {
                 cron(ag);
                 ag->ag_next_cron = now + 1000;
         }
-        if (now >= ag->ag_next_commit && !ag->ag_fatal) {
+        if (now >= ag->ag_next_commit && !ag->ag_fatal && !ag->ag_recover) {
                 if (txn_commit(ag) == TXN_ABORT)
                         rewind_all(ag);
                 now = kb_now_ms();
