@@ -682,6 +682,8 @@ struct kb_aggregator_s {
         int ag_recover;
         int64_t ag_recover_at;
         uint64_t ag_recoveries;
+        int64_t ag_recover_since; /* first of the recent recoveries */
+        int ag_recover_recent;
         int ag_test_fatal_every; /* $KBATCH_TEST_TXN_FATAL_EVERY=N */
         int64_t ag_next_commit;
         int64_t ag_next_cron;
@@ -839,10 +841,27 @@ static void set_fatal(kb_aggregator_t *ag, const char *what, const char *msg) {
  * no more transactions until producer_recover() has made a new one. */
 static void set_recover(kb_aggregator_t *ag, const char *what,
                         const char *msg) {
-        if (!ag->ag_recover)
-                kb_log(KB_LOG_ERROR, "aggregator",
-                       "transactional producer failed: %s: %s; recreating it",
-                       what, msg);
+        int64_t now = kb_now_ms();
+        if (ag->ag_recover && !ag->ag_txn_ready)
+                return;
+        /* Two processes with one instance id fence each other for ever:
+         * more than 5 failures in 5 minutes end the process instead. */
+        if (now - ag->ag_recover_since > 300000) {
+                ag->ag_recover_since = now;
+                ag->ag_recover_recent = 0;
+        }
+        if (++ag->ag_recover_recent > 5) {
+                char why[768];
+                snprintf(why, sizeof(why),
+                         "%s (the 6th failure in 5 minutes: another process "
+                         "with transactional.id %s?)",
+                         msg, ag->ag_txn_id);
+                set_fatal(ag, what, why);
+                return;
+        }
+        kb_log(KB_LOG_ERROR, "aggregator",
+               "transactional producer failed: %s: %s; recreating it", what,
+               msg);
         ag->ag_recover = 1;
         ag->ag_txn_ready = 0;
 }
@@ -1358,8 +1377,12 @@ static void rewind_all(kb_aggregator_t *ag) {
         if (n > 0) {
                 err = rd_kafka_committed(ag->ag_consumer, l, 30000);
                 if (err) {
-                        set_fatal(ag, "rewind: committed offsets",
-                                  rd_kafka_err2str(err));
+                        /* The broker is not quite back (NOT_COORDINATOR
+                         * right after an outage): again in a second. */
+                        kb_log(KB_LOG_WARN, "aggregator",
+                               "rewind: committed offsets: %s (retrying)",
+                               rd_kafka_err2str(err));
+                        ag->ag_recover = 1;
                         rd_kafka_topic_partition_list_destroy(l);
                         return;
                 }
@@ -1458,7 +1481,7 @@ static void on_revoke(kb_aggregator_t *ag,
         int i;
         /* Hand over what is done; on failure the next owner restores the
          * last commit and replays. */
-        if (!lost && !ag->ag_fatal && ag->ag_txn_ready)
+        if (!lost && !ag->ag_fatal && ag->ag_txn_ready && !ag->ag_recover)
                 txn_commit(ag);
         for (i = 0; i < parts->cnt; i++) {
                 kb_agpart_t *ap = part_get(ag, parts->elems[i].partition, 0);
@@ -2011,33 +2034,39 @@ static int producer_recover(kb_aggregator_t *ag, int64_t now) {
         if (ag->ag_fatal || now < ag->ag_recover_at)
                 return ag->ag_fatal ? 1000 : (int)(ag->ag_recover_at - now);
         ag->ag_recover_at = now + 1000;
-        if (ag->ag_producer && rd_kafka_fatal_error(ag->ag_producer, NULL, 0)) {
-                rd_kafka_destroy(ag->ag_producer);
-                ag->ag_producer = NULL;
-        }
-        if (!ag->ag_producer &&
-            !(ag->ag_producer = producer_new(ag, errstr, sizeof(errstr)))) {
-                kb_log(KB_LOG_WARN, "aggregator", "new producer: %s", errstr);
-                return 1000;
-        }
-        /* Bounded: the loop serves the other roles too. */
-        if ((e = rd_kafka_init_transactions(ag->ag_producer, 5000))) {
-                kb_log(KB_LOG_WARN, "aggregator",
-                       "initializing transactions: %s (retrying)",
-                       rd_kafka_error_string(e));
-                if (rd_kafka_error_is_fatal(e)) {
+        if (!ag->ag_txn_ready) {
+                if (ag->ag_producer &&
+                    rd_kafka_fatal_error(ag->ag_producer, NULL, 0)) {
                         rd_kafka_destroy(ag->ag_producer);
                         ag->ag_producer = NULL;
                 }
-                rd_kafka_error_destroy(e);
-                return 1000;
+                if (!ag->ag_producer &&
+                    !(ag->ag_producer =
+                          producer_new(ag, errstr, sizeof(errstr)))) {
+                        kb_log(KB_LOG_WARN, "aggregator", "new producer: %s",
+                               errstr);
+                        return 1000;
+                }
+                /* Bounded: the loop serves the other roles too. */
+                if ((e = rd_kafka_init_transactions(ag->ag_producer, 5000))) {
+                        kb_log(KB_LOG_WARN, "aggregator",
+                               "initializing transactions: %s (retrying)",
+                               rd_kafka_error_string(e));
+                        if (rd_kafka_error_is_fatal(e)) {
+                                rd_kafka_destroy(ag->ag_producer);
+                                ag->ag_producer = NULL;
+                        }
+                        rd_kafka_error_destroy(e);
+                        return 1000;
+                }
+                ag->ag_txn_ready = 1;
+                ag->ag_recoveries++;
+                kb_log(KB_LOG_INFO, "aggregator",
+                       "transactional producer recreated (%s); rewinding",
+                       ag->ag_txn_id);
         }
+        /* A rewind that cannot finish yet sets ag_recover again. */
         ag->ag_recover = 0;
-        ag->ag_txn_ready = 1;
-        ag->ag_recoveries++;
-        kb_log(KB_LOG_INFO, "aggregator",
-               "transactional producer recreated (%s); rewinding",
-               ag->ag_txn_id);
         rewind_all(ag);
         return 0;
 }
@@ -2084,7 +2113,7 @@ void kb_aggregator_shutdown(kb_aggregator_t *ag) {
         rd_kafka_resp_err_t err;
         if (!ag)
                 return;
-        if (!ag->ag_fatal && ag->ag_txn_ready)
+        if (!ag->ag_fatal && ag->ag_txn_ready && !ag->ag_recover)
                 txn_commit(ag);
         /* Leaves the group; the revoke callback commits again (no-op). */
         err = rd_kafka_consumer_close(ag->ag_consumer);

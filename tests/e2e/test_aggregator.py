@@ -444,12 +444,12 @@ def test_aborted_transactions_rewind(env, events):
 
 
 def test_fatal_transactional_error_recreates_the_producer(env, events):
-    """A fatal transactional error (injected before every 2nd commit with
+    """A fatal transactional error (injected before every 3rd commit with
     rd_kafka_test_fatal_error, as INVALID_TXN_STATE after a broker outage):
     the aggregator recreates its transactional producer in process, fences
     the failed one, restores its state and rewinds; it never exits, and
     each batch gets exactly one batch.completed with exact counts."""
-    agg = spread_batches(env, events, {"KBATCH_TEST_TXN_FATAL_EVERY": "2"}, "fx", 300, 9,
+    agg = spread_batches(env, events, {"KBATCH_TEST_TXN_FATAL_EVERY": "3"}, "fx", 300, 9,
                          seed=7, pause=0.4)
     logs = agg.logs()
     assert sum(1 for l in logs if l.get("msg", "").startswith(
