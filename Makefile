@@ -1,7 +1,8 @@
 # kbatch — one hand-written Makefile.
 #   make                 build build/kbatch (and the test fakes)
 #   make SAN=address,undefined   the same with sanitizers, in build/san/
-#   make deps            install missing Debian packages (idempotent)
+#   make deps            install missing Debian packages, build librdkafka
+#                        2.8.0 into build/rdkafka when missing (idempotent)
 #   make test            unit + integration + e2e (starts what it needs)
 #   make demo            a whole batch end to end on a local broker
 #   make bench           benchmarks (not part of make test)

@@ -1438,7 +1438,15 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         }
         rd_kafka_queue_io_event_enable(it->it_pq, wfd, "p", 1);
 
-        /* Consumer: manual offsets, cooperative-sticky, bounded prefetch. */
+        /* Consumer: manual offsets, bounded prefetch, eager range
+         * assignment. Eager: a rebalance calls the revoke callback (drain,
+         * synchronous commit) before rejoining. With cooperative-sticky
+         * the rejoin comes first, and the periodic commits sent behind the
+         * JoinGroup on the coordinator connection wait for the whole
+         * rebalance, fail with the old generation and make librdkafka (2.0.2
+         * and 2.8.0 alike, librdkafka#4059) drop the whole assignment: with
+         * a crash every few seconds most work ran twice (docs/reliability.md,
+         * chaos). */
         if (!(kc = kb_kafka_conf_new(conf, "items-consumer", errstr,
                                      errstr_size)))
                 goto fail;
@@ -1450,7 +1458,7 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
             kb_kafka_conf_set(kc, "enable.auto.offset.store", "false", errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "partition.assignment.strategy",
-                              "cooperative-sticky", errstr, errstr_size) ||
+                              "range", errstr, errstr_size) ||
             kb_kafka_conf_set(kc, "auto.offset.reset", "earliest", errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "queued.max.messages.kbytes", num, errstr,
