@@ -30,13 +30,17 @@ CFLAGS    += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-paramete
 # the rpath (no LD_LIBRARY_PATH). RDKAFKA_PREFIX= (empty) links the system
 # one (Debian 12: 2.0.2, with the bugs docs/reliability.md describes).
 RDKAFKA_PREFIX ?= $(CURDIR)/build/rdkafka
+PKG_CONFIG := pkg-config
 ifneq ($(RDKAFKA_PREFIX),)
 RDKAFKA_PC := $(RDKAFKA_PREFIX)/lib/pkgconfig/rdkafka.pc
-export PKG_CONFIG_PATH := $(RDKAFKA_PREFIX)/lib/pkgconfig$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH))
+# (make 4.3's $(shell) does not see variables the makefile exports)
+PKG_CONFIG := PKG_CONFIG_PATH='$(RDKAFKA_PREFIX)/lib/pkgconfig$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH))' pkg-config
 LDFLAGS   += -Wl,-rpath,$(RDKAFKA_PREFIX)/lib
 endif
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# -isystem: the libraries' headers are not ours to warn about (clang's
+# -Wignored-qualifiers on librdkafka 2.8's rdkafka.h).
+PKG_CFLAGS = $(patsubst -I%,-isystem %,$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null))
+PKG_LIBS   = $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 LDLIBS    += $(PKG_LIBS) -lm -lpthread
 ifneq ($(SAN),)
 CFLAGS    += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all

@@ -78,7 +78,7 @@ do_build() {
     # fuzz_avro starts the fake registry (an ordinary build)
     make --no-print-directory build/fake_registry >&2
     local cflags libs
-    cflags="-O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iworker $(pkg-config --cflags $PKGS)"
+    cflags="-O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iworker $(pkg-config --cflags $PKGS | sed 's/-I/-isystem /g')"
     libs="$RPATH $(pkg-config --libs $PKGS) -lm -lpthread"
     for t in $(targets); do
         if [ ! -x "$OUT/$t" ] || [ "$FUZZ_DIR/$t.c" -nt "$OUT/$t" ] || [ $OUT/libkbatch.a -nt "$OUT/$t" ]; then
