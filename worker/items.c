@@ -136,6 +136,9 @@ struct kb_items_s {
         rd_kafka_t *it_producer;
         rd_kafka_queue_t *it_cq;  /* consumer queue */
         rd_kafka_queue_t *it_pq;  /* producer main queue */
+        int it_pwfd;              /* its wake pipe */
+        int it_producer_failed;   /* fatal error: producer_recover() */
+        int64_t it_test_fatal_at; /* $KBATCH_TEST_PRODUCER_FATAL_MS */
         kb_routes_t *it_routes;
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
@@ -1298,6 +1301,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 char buf[512];
                 rd_kafka_fatal_error(rk, buf, sizeof(buf));
+                if (rk == it->it_producer) { /* recreated, not the end */
+                        kb_log(KB_LOG_ERROR, "items",
+                               "producer failed: %s; recreating it", buf);
+                        it->it_producer_failed = 1;
+                        return;
+                }
                 kb_log(KB_LOG_ERROR, "kafka", "fatal error: %s", buf);
                 it->it_fatal = 1;
                 kb_loop_stop_requested = 1;
@@ -1376,6 +1385,56 @@ static void metrics_refresh(kb_items_t *it) {
 
 /* ---- construction ---------------------------------------------------------- */
 
+/* The items producer (idempotent, acks=all), delivery reports and errors
+ * to us. */
+static rd_kafka_t *producer_create(kb_items_t *it, char *errstr,
+                                   size_t errstr_size) {
+        rd_kafka_conf_t *kc = kb_kafka_conf_new(it->it_conf, "items-producer",
+                                                errstr, errstr_size);
+        if (!kc)
+                return NULL;
+        rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
+        rd_kafka_conf_set_stats_cb(kc, stats_cb);
+        if (kb_kafka_conf_set(kc, "statistics.interval.ms",
+                              kb_metrics_stats_interval(it->it_conf), errstr,
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_opaque(kc, it);
+        return kb_kafka_producer_new(it->it_conf, kc, errstr, errstr_size);
+}
+
+/* A fatal error of the idempotent producer (an unrecoverable sequence or
+ * epoch error): instead of exiting, purge it (the delivery reports of what
+ * it held put those jobs on the produce retry queue), then publish through
+ * a new one. What the old one had written but not confirmed is published
+ * again (at-least-once); offsets are marked done only on acknowledgement,
+ * as always. */
+static void producer_recover(kb_items_t *it) {
+        char errstr[512];
+        rd_kafka_t *nrk;
+        int64_t until;
+        if (!(nrk = producer_create(it, errstr, sizeof(errstr)))) {
+                kb_log(KB_LOG_WARN, "items", "new producer: %s (retrying)",
+                       errstr);
+                return;
+        }
+        rd_kafka_purge(it->it_producer,
+                       RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        until = kb_now_ms() + 10000;
+        while (rd_kafka_outq_len(it->it_producer) > 0 && kb_now_ms() < until)
+                rd_kafka_poll(it->it_producer, 10);
+        rd_kafka_queue_destroy(it->it_pq);
+        rd_kafka_destroy(it->it_producer);
+        it->it_producer = nrk;
+        it->it_pq = rd_kafka_queue_get_main(nrk);
+        rd_kafka_queue_io_event_enable(it->it_pq, it->it_pwfd, "p", 1);
+        it->it_producer_failed = 0;
+        kb_log(KB_LOG_INFO, "items", "producer recreated");
+}
+
 kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
                          size_t errstr_size) {
         kb_items_t *it = calloc(1, sizeof(*it));
@@ -1416,27 +1475,18 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
         }
 
         /* Producer: idempotent, acks=all; delivery reports on our loop. */
-        if (!(kc = kb_kafka_conf_new(conf, "items-producer", errstr,
-                                     errstr_size)))
+        if (!(it->it_producer = producer_create(it, errstr, errstr_size)))
                 goto fail;
-        rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
-        rd_kafka_conf_set_stats_cb(kc, stats_cb);
-        if (kb_kafka_conf_set(kc, "statistics.interval.ms",
-                              kb_metrics_stats_interval(conf), errstr,
-                              errstr_size))
-                goto fail;
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, it);
-        if (!(it->it_producer = kb_kafka_producer_new(conf, kc, errstr,
-                                                      errstr_size)))
-                goto fail;
-        kc = NULL;
         it->it_pq = rd_kafka_queue_get_main(it->it_producer);
         if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
                 snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
                 goto fail;
         }
+        it->it_pwfd = wfd;
         rd_kafka_queue_io_event_enable(it->it_pq, wfd, "p", 1);
+        if (getenv("KBATCH_TEST_PRODUCER_FATAL_MS"))
+                it->it_test_fatal_at =
+                    kb_now_ms() + atoi(getenv("KBATCH_TEST_PRODUCER_FATAL_MS"));
 
         /* Consumer: manual offsets, bounded prefetch, eager range
          * assignment. Eager: a rebalance calls the revoke callback (drain,
@@ -1526,6 +1576,14 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
         kb_job_t *jb, *tmp;
 
         producer_poll(it);
+        if (it->it_test_fatal_at && now >= it->it_test_fatal_at) {
+                it->it_test_fatal_at = 0;
+                rd_kafka_test_fatal_error(it->it_producer,
+                                          RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                          "test: KBATCH_TEST_PRODUCER_FATAL_MS");
+        }
+        if (it->it_producer_failed)
+                producer_recover(it);
         metrics_refresh(it);
 
         TAILQ_FOREACH_SAFE(jb, &it->it_produce_retryq, jb_link, tmp) {
