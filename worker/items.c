@@ -1415,22 +1415,13 @@ static rd_kafka_t *producer_create(kb_items_t *it, char *errstr,
 static void producer_recover(kb_items_t *it) {
         char errstr[512];
         rd_kafka_t *nrk;
-        int64_t until;
         if (!(nrk = producer_create(it, errstr, sizeof(errstr)))) {
                 kb_log(KB_LOG_WARN, "items", "new producer: %s (retrying)",
                        errstr);
                 return;
         }
-        rd_kafka_purge(it->it_producer,
-                       RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        until = kb_now_ms() + 10000;
-        while (rd_kafka_outq_len(it->it_producer) > 0 && kb_now_ms() < until)
-                rd_kafka_poll(it->it_producer, 10);
-        rd_kafka_queue_destroy(it->it_pq);
-        rd_kafka_destroy(it->it_producer);
-        it->it_producer = nrk;
-        it->it_pq = rd_kafka_queue_get_main(nrk);
-        rd_kafka_queue_io_event_enable(it->it_pq, it->it_pwfd, "p", 1);
+        kb_kafka_producer_replace(&it->it_producer, &it->it_pq, nrk,
+                                  it->it_pwfd);
         it->it_producer_failed = 0;
         kb_log(KB_LOG_INFO, "items", "producer recreated");
 }

@@ -59,6 +59,14 @@ int kb_kafka_conf_set(rd_kafka_conf_t *kc, const char *name, const char *value,
 rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
                                   char *errstr, size_t errstr_size);
 
+/* Replaces a producer that had a fatal error by nrk (made like it): purges
+ * *rkp (its delivery reports, served here through its callback, fail what
+ * it held, which the owner publishes again), waits up to 10 s for them,
+ * destroys *pqp and *rkp, and sets *rkp = nrk, *pqp = its main queue,
+ * forwarded to the wake pipe wfd. Takes nrk. */
+void kb_kafka_producer_replace(rd_kafka_t **rkp, rd_kafka_queue_t **pqp,
+                               rd_kafka_t *nrk, int wfd);
+
 /* Name of retry tier n (1-based): "<items topic>.retry.<n>". Caller frees. */
 char *kb_kafka_retry_topic(const kb_conf_t *conf, int n);
 
