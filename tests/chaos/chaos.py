@@ -232,6 +232,11 @@ class Outputs:
                         if m.error():
                             continue
                         t, p, o = m.topic(), m.partition(), m.offset()
+                        if o < self.pos.get((t, p), 0):
+                            # read again (this reader lost its assignment in
+                            # an outage and went back to the beginning): the
+                            # same message, not a duplicate
+                            continue
                         self.pos[(t, p)] = o + 1
                         if t == results_t:
                             self.results.append((p, o, json.loads(m.value())))
