@@ -684,6 +684,8 @@ struct kb_aggregator_s {
         uint64_t ag_recoveries;
         int64_t ag_recover_since; /* first of the recent recoveries */
         int ag_recover_recent;
+        int64_t ag_fenced_at;     /* last recovery from fencing */
+        int64_t ag_txn_begun_at;  /* the open transaction's begin, or 0 */
         int ag_test_fatal_every; /* $KBATCH_TEST_TXN_FATAL_EVERY=N */
         int64_t ag_next_commit;
         int64_t ag_next_cron;
@@ -839,11 +841,35 @@ static void set_fatal(kb_aggregator_t *ag, const char *what, const char *msg) {
 /* The transactional producer is unusable (a fatal error, e.g.
  * INVALID_TXN_STATE after a transaction timed out during a broker outage):
  * no more transactions until producer_recover() has made a new one. */
+static int is_fenced(rd_kafka_resp_err_t err) {
+        return err == RD_KAFKA_RESP_ERR__FENCED ||
+               err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+               err == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
 static void set_recover(kb_aggregator_t *ag, const char *what,
-                        const char *msg) {
+                        const char *msg, rd_kafka_resp_err_t err) {
         int64_t now = kb_now_ms();
         if (ag->ag_recover && !ag->ag_txn_ready)
                 return;
+        /* Fenced: after a transaction open longer than its timeout (an
+         * outage), the coordinator did it; else, or twice in a row,
+         * another process has our instance id, and the newer one stays. */
+        if (is_fenced(err)) {
+                if (!ag->ag_txn_begun_at ||
+                    now - ag->ag_txn_begun_at <
+                        ag->ag_conf->aggregator_transaction_timeout_ms ||
+                    (ag->ag_fenced_at && now - ag->ag_fenced_at < 300000)) {
+                        char why[768];
+                        snprintf(why, sizeof(why),
+                                 "%s (another process with transactional.id "
+                                 "%s?)",
+                                 msg, ag->ag_txn_id);
+                        set_fatal(ag, what, why);
+                        return;
+                }
+                ag->ag_fenced_at = now;
+        }
         /* Two processes with one instance id fence each other for ever:
          * more than 5 failures in 5 minutes end the process instead. */
         if (now - ag->ag_recover_since > 300000) {
@@ -1059,7 +1085,8 @@ static txn_res_t txn_classify(kb_aggregator_t *ag, const char *what,
         else
                 r = TXN_FATAL;
         if (r == TXN_FATAL)
-                set_recover(ag, what, rd_kafka_error_string(e));
+                set_recover(ag, what, rd_kafka_error_string(e),
+                            rd_kafka_error_code(e));
         else
                 kb_log(KB_LOG_WARN, "aggregator", "%s: %s: %s", what,
                        rd_kafka_error_name(e), rd_kafka_error_string(e));
@@ -1207,6 +1234,7 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 rd_kafka_topic_partition_list_destroy(offs);
                 return r == TXN_FATAL ? TXN_FATAL : TXN_RETRY;
         }
+        ag->ag_txn_begun_at = t0;
         TAILQ_FOREACH(bt, &ag->ag_dirty, bt_dlink) {
                 kb_bstate_t *bs = bt->bt_st;
                 size_t len;
@@ -1273,6 +1301,7 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 goto abort;
 
         /* Committed. */
+        ag->ag_txn_begun_at = 0;
         ms = kb_now_ms() - t0;
         ag->ag_commits++;
         ag->ag_commit_ms_sum += ms;
@@ -1333,9 +1362,11 @@ abort:
                         break;
         }
         if (r != TXN_OK) {
-                set_recover(ag, "abort transaction", "did not succeed");
+                set_recover(ag, "abort transaction", "did not succeed",
+                            RD_KAFKA_RESP_ERR_NO_ERROR);
                 return TXN_FATAL;
         }
+        ag->ag_txn_begun_at = 0;
         return TXN_ABORT;
 fatal:
         events_forget(ag);
@@ -1518,9 +1549,10 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
         kb_aggregator_t *ag = opaque;
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 char buf[512];
-                rd_kafka_fatal_error(rk, buf, sizeof(buf));
+                rd_kafka_resp_err_t ferr =
+                    rd_kafka_fatal_error(rk, buf, sizeof(buf));
                 if (rk == ag->ag_producer)
-                        set_recover(ag, rd_kafka_name(rk), buf);
+                        set_recover(ag, rd_kafka_name(rk), buf, ferr);
                 else
                         set_fatal(ag, rd_kafka_name(rk), buf);
                 return;
@@ -2060,6 +2092,7 @@ static int producer_recover(kb_aggregator_t *ag, int64_t now) {
                         return 1000;
                 }
                 ag->ag_txn_ready = 1;
+                ag->ag_txn_begun_at = 0;
                 ag->ag_recoveries++;
                 kb_log(KB_LOG_INFO, "aggregator",
                        "transactional producer recreated (%s); rewinding",
