@@ -1,7 +1,8 @@
 # kbatch — one hand-written Makefile.
 #   make                 build build/kbatch (and the test fakes)
 #   make SAN=address,undefined   the same with sanitizers, in build/san/
-#   make deps            install missing Debian packages (idempotent)
+#   make deps            install missing Debian packages, build librdkafka
+#                        2.8.0 into build/rdkafka when missing (idempotent)
 #   make test            unit + integration + e2e (starts what it needs)
 #   make demo            a whole batch end to end on a local broker
 #   make bench           benchmarks (not part of make test)
@@ -24,8 +25,22 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
              -Wno-format-truncation \
              -MMD -MP -Iworker -DKB_VERSION='"$(VERSION)"' -DKB_GITREV='"$(GITREV)"'
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# librdkafka 2.8.0 built from Debian 13's source by tests/rdkafka.sh into
+# RDKAFKA_PREFIX (when missing), found through pkg-config, loaded through
+# the rpath (no LD_LIBRARY_PATH). RDKAFKA_PREFIX= (empty) links the system
+# one (Debian 12: 2.0.2, with the bugs docs/reliability.md describes).
+RDKAFKA_PREFIX ?= $(CURDIR)/build/rdkafka
+PKG_CONFIG := pkg-config
+ifneq ($(RDKAFKA_PREFIX),)
+RDKAFKA_PC := $(RDKAFKA_PREFIX)/lib/pkgconfig/rdkafka.pc
+# (make 4.3's $(shell) does not see variables the makefile exports)
+PKG_CONFIG := PKG_CONFIG_PATH='$(RDKAFKA_PREFIX)/lib/pkgconfig$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH))' pkg-config
+LDFLAGS   += -Wl,-rpath,$(RDKAFKA_PREFIX)/lib
+endif
+# -isystem: the libraries' headers are not ours to warn about (clang's
+# -Wignored-qualifiers on librdkafka 2.8's rdkafka.h).
+PKG_CFLAGS = $(patsubst -I%,-isystem %,$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null))
+PKG_LIBS   = $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 LDLIBS    += $(PKG_LIBS) -lm -lpthread
 ifneq ($(SAN),)
 CFLAGS    += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -88,8 +103,18 @@ $(BUILD)/tests/test_%: tests/integration/test_%.c $(LIB) | $(BUILD)/tests
 $(BUILD)/obj $(BUILD)/tests:
 	mkdir -p $@
 
+# Everything compiled includes rdkafka.h: build the library first (and
+# recompile when it changes).
+$(BUILD)/obj: $(RDKAFKA_PC)
+$(LIB_OBJS) $(BUILD)/obj/main.o: $(RDKAFKA_PC)
+ifneq ($(RDKAFKA_PC),)
+$(RDKAFKA_PC):
+	@tests/rdkafka.sh $(RDKAFKA_PREFIX)
+endif
+
 deps:
 	@tests/deps.sh
+	$(if $(RDKAFKA_PREFIX),@tests/rdkafka.sh $(RDKAFKA_PREFIX))
 
 # The whole suite. Each part fails loudly; e2e starts its own broker and fakes.
 test: deps

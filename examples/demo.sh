@@ -20,6 +20,7 @@ trap cleanup EXIT
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+say "$("$build/kbatch" --version | sed 's/ libcurl.*//')"
 say "starting a local Kafka broker (first run fetches it from Maven Central)"
 bootstrap=$(tests/kafka/kafka.sh start)
 say "broker at $bootstrap"

@@ -693,6 +693,16 @@ struct kb_aggregator_s {
         int ag_txn_ready;
         int ag_assigned_once;
         int ag_fatal;
+        /* The transactional producer failed (a fatal or unclassified
+         * transactional error): recreate it and rewind (producer_recover). */
+        int ag_recover;
+        int64_t ag_recover_at;
+        uint64_t ag_recoveries;
+        int64_t ag_recover_since; /* first of the recent recoveries */
+        int ag_recover_recent;
+        int64_t ag_fenced_at;     /* last recovery from fencing */
+        int64_t ag_txn_begun_at;  /* the open transaction's begin, or 0 */
+        int ag_test_fatal_every; /* $KBATCH_TEST_TXN_FATAL_EVERY=N */
         int64_t ag_next_commit;
         int64_t ag_next_cron;
         /* counters, for logs */
@@ -842,6 +852,60 @@ static void set_fatal(kb_aggregator_t *ag, const char *what, const char *msg) {
         kb_log(KB_LOG_ERROR, "aggregator", "fatal: %s: %s", what, msg);
         ag->ag_fatal = 1;
         kb_loop_stop_requested = 1;
+}
+
+/* The transactional producer is unusable (a fatal error, e.g.
+ * INVALID_TXN_STATE after a transaction timed out during a broker outage):
+ * no more transactions until producer_recover() has made a new one. */
+static int is_fenced(rd_kafka_resp_err_t err) {
+        return err == RD_KAFKA_RESP_ERR__FENCED ||
+               err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+               err == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
+static void set_recover(kb_aggregator_t *ag, const char *what,
+                        const char *msg, rd_kafka_resp_err_t err) {
+        int64_t now = kb_now_ms();
+        if (ag->ag_recover && !ag->ag_txn_ready)
+                return;
+        /* Fenced: after a transaction open longer than its timeout (an
+         * outage), the coordinator did it; else, or twice in a row,
+         * another process has our instance id, and the newer one stays. */
+        if (is_fenced(err)) {
+                if (!ag->ag_txn_begun_at ||
+                    now - ag->ag_txn_begun_at <
+                        ag->ag_conf->aggregator_transaction_timeout_ms ||
+                    (ag->ag_fenced_at && now - ag->ag_fenced_at < 300000)) {
+                        char why[768];
+                        snprintf(why, sizeof(why),
+                                 "%s (another process with transactional.id "
+                                 "%s?)",
+                                 msg, ag->ag_txn_id);
+                        set_fatal(ag, what, why);
+                        return;
+                }
+                ag->ag_fenced_at = now;
+        }
+        /* Two processes with one instance id fence each other for ever:
+         * more than 5 failures in 5 minutes end the process instead. */
+        if (now - ag->ag_recover_since > 300000) {
+                ag->ag_recover_since = now;
+                ag->ag_recover_recent = 0;
+        }
+        if (++ag->ag_recover_recent > 5) {
+                char why[768];
+                snprintf(why, sizeof(why),
+                         "%s (the 6th failure in 5 minutes: another process "
+                         "with transactional.id %s?)",
+                         msg, ag->ag_txn_id);
+                set_fatal(ag, what, why);
+                return;
+        }
+        kb_log(KB_LOG_ERROR, "aggregator",
+               "transactional producer failed: %s: %s; recreating it", what,
+               msg);
+        ag->ag_recover = 1;
+        ag->ag_txn_ready = 0;
 }
 
 /* ---- restore from batch-state ---- */
@@ -1037,7 +1101,8 @@ static txn_res_t txn_classify(kb_aggregator_t *ag, const char *what,
         else
                 r = TXN_FATAL;
         if (r == TXN_FATAL)
-                set_fatal(ag, what, rd_kafka_error_string(e));
+                set_recover(ag, what, rd_kafka_error_string(e),
+                            rd_kafka_error_code(e));
         else
                 kb_log(KB_LOG_WARN, "aggregator", "%s: %s: %s", what,
                        rd_kafka_error_name(e), rd_kafka_error_string(e));
@@ -1185,6 +1250,7 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 rd_kafka_topic_partition_list_destroy(offs);
                 return r == TXN_FATAL ? TXN_FATAL : TXN_RETRY;
         }
+        ag->ag_txn_begun_at = t0;
         TAILQ_FOREACH(bt, &ag->ag_dirty, bt_dlink) {
                 kb_bstate_t *bs = bt->bt_st;
                 size_t len;
@@ -1226,8 +1292,14 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 if (r != TXN_OK)
                         goto abort;
         }
+        ag->ag_txn_seq++;
+        if (ag->ag_test_fatal_every &&
+            ag->ag_txn_seq % (uint64_t)ag->ag_test_fatal_every == 0)
+                rd_kafka_test_fatal_error(ag->ag_producer,
+                                          RD_KAFKA_RESP_ERR_INVALID_TXN_STATE,
+                                          "test: KBATCH_TEST_TXN_FATAL_EVERY");
         if (ag->ag_test_abort_every &&
-            ++ag->ag_txn_seq % (uint64_t)ag->ag_test_abort_every == 0) {
+            ag->ag_txn_seq % (uint64_t)ag->ag_test_abort_every == 0) {
                 kb_log(KB_LOG_WARN, "aggregator",
                        "test: aborting a transaction on purpose");
                 goto abort;
@@ -1245,6 +1317,7 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 goto abort;
 
         /* Committed. */
+        ag->ag_txn_begun_at = 0;
         ms = kb_now_ms() - t0;
         ag->ag_commits++;
         ag->ag_commit_ms_sum += ms;
@@ -1305,10 +1378,11 @@ abort:
                         break;
         }
         if (r != TXN_OK) {
-                if (!ag->ag_fatal)
-                        set_fatal(ag, "abort transaction", "did not succeed");
+                set_recover(ag, "abort transaction", "did not succeed",
+                            RD_KAFKA_RESP_ERR_NO_ERROR);
                 return TXN_FATAL;
         }
+        ag->ag_txn_begun_at = 0;
         return TXN_ABORT;
 fatal:
         events_forget(ag);
@@ -1350,8 +1424,12 @@ static void rewind_all(kb_aggregator_t *ag) {
         if (n > 0) {
                 err = rd_kafka_committed(ag->ag_consumer, l, 30000);
                 if (err) {
-                        set_fatal(ag, "rewind: committed offsets",
-                                  rd_kafka_err2str(err));
+                        /* The broker is not quite back (NOT_COORDINATOR
+                         * right after an outage): again in a second. */
+                        kb_log(KB_LOG_WARN, "aggregator",
+                               "rewind: committed offsets: %s (retrying)",
+                               rd_kafka_err2str(err));
+                        ag->ag_recover = 1;
                         rd_kafka_topic_partition_list_destroy(l);
                         return;
                 }
@@ -1450,7 +1528,7 @@ static void on_revoke(kb_aggregator_t *ag,
         int i;
         /* Hand over what is done; on failure the next owner restores the
          * last commit and replays. */
-        if (!lost && !ag->ag_fatal && ag->ag_txn_ready)
+        if (!lost && !ag->ag_fatal && ag->ag_txn_ready && !ag->ag_recover)
                 txn_commit(ag);
         for (i = 0; i < parts->cnt; i++) {
                 kb_agpart_t *ap = part_get(ag, parts->elems[i].partition, 0);
@@ -1487,8 +1565,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
         kb_aggregator_t *ag = opaque;
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 char buf[512];
-                rd_kafka_fatal_error(rk, buf, sizeof(buf));
-                set_fatal(ag, rd_kafka_name(rk), buf);
+                rd_kafka_resp_err_t ferr =
+                    rd_kafka_fatal_error(rk, buf, sizeof(buf));
+                if (rk == ag->ag_producer)
+                        set_recover(ag, rd_kafka_name(rk), buf, ferr);
+                else
+                        set_fatal(ag, rd_kafka_name(rk), buf);
                 return;
         }
         if (kb_kafka_error(rk, err, reason)) {
@@ -1732,6 +1814,31 @@ static int has_prop(const kb_conf_t *conf, const char *name) {
         return 0;
 }
 
+/* A transactional producer with our transactional.id (not initialized). */
+static rd_kafka_t *producer_new(kb_aggregator_t *ag, char *errstr,
+                                size_t errstr_size) {
+        const kb_conf_t *conf = ag->ag_conf;
+        rd_kafka_conf_t *kc;
+        char num[32];
+        snprintf(num, sizeof(num), "%d", conf->aggregator_transaction_timeout_ms);
+        if (!(kc = kb_kafka_conf_new(conf, "aggregator-producer", errstr,
+                                     errstr_size)))
+                return NULL;
+        if (kb_kafka_conf_set(kc, "transactional.id", ag->ag_txn_id, errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "transaction.timeout.ms", num, errstr,
+                              errstr_size) ||
+            (!has_prop(conf, "compression.type") &&
+             kb_kafka_conf_set(kc, "compression.type", "lz4", errstr,
+                               errstr_size))) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_opaque(kc, ag);
+        return kb_kafka_producer_new(conf, kc, errstr, errstr_size);
+}
+
 /* Checks that results and batch-state exist and are co-partitioned, and
  * that the batches topic exists. */
 static int check_topics(kb_aggregator_t *ag, char *errstr,
@@ -1828,23 +1935,12 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
         /* The transactional producer. */
         snprintf(ag->ag_txn_id, sizeof(ag->ag_txn_id), "kbatch-aggregator-%s",
                  kb_conf_instance_id(conf));
-        snprintf(num, sizeof(num), "%d", conf->aggregator_transaction_timeout_ms);
-        if (!(kc = kb_kafka_conf_new(conf, "aggregator-producer", errstr,
-                                     errstr_size)))
-                goto fail;
-        if (kb_kafka_conf_set(kc, "transactional.id", ag->ag_txn_id, errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "transaction.timeout.ms", num, errstr,
-                              errstr_size) ||
-            (!has_prop(conf, "compression.type") &&
-             kb_kafka_conf_set(kc, "compression.type", "lz4", errstr,
-                               errstr_size)))
-                goto fail;
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, ag);
-        ag->ag_producer = kb_kafka_producer_new(conf, kc, errstr, errstr_size);
-        kc = NULL;
-        if (!ag->ag_producer)
+        if (getenv("KBATCH_TEST_TXN_FATAL_EVERY"))
+                ag->ag_test_fatal_every =
+                    atoi(getenv("KBATCH_TEST_TXN_FATAL_EVERY"));
+        if (ag->ag_test_fatal_every < 0)
+                ag->ag_test_fatal_every = 0;
+        if (!(ag->ag_producer = producer_new(ag, errstr, errstr_size)))
                 goto fail;
         if (check_topics(ag, errstr, errstr_size) < 0)
                 goto fail;
@@ -1967,14 +2063,74 @@ fail:
         return NULL;
 }
 
+/* In process, instead of exiting: a new transactional producer with the
+ * same transactional.id (init_transactions fences the failed one and aborts
+ * its open transaction), then the state and positions of the last commit
+ * (rewind_all). Meanwhile the consumer is polled (rebalances, the poll
+ * interval) and what it returns is dropped: the rewind goes back to the
+ * committed offsets. Tried again every second until the broker answers.
+ * Returns the time to wait. */
+static int producer_recover(kb_aggregator_t *ag, int64_t now) {
+        rd_kafka_message_t *m;
+        rd_kafka_error_t *e;
+        char errstr[512];
+        int budget = 20000;
+
+        while (budget-- > 0 && !ag->ag_fatal &&
+               (m = rd_kafka_consumer_poll(ag->ag_consumer, 0)))
+                rd_kafka_message_destroy(m);
+        if (ag->ag_fatal || now < ag->ag_recover_at)
+                return ag->ag_fatal ? 1000 : (int)(ag->ag_recover_at - now);
+        ag->ag_recover_at = now + 1000;
+        if (!ag->ag_txn_ready) {
+                if (ag->ag_producer &&
+                    rd_kafka_fatal_error(ag->ag_producer, NULL, 0)) {
+                        rd_kafka_destroy(ag->ag_producer);
+                        ag->ag_producer = NULL;
+                }
+                if (!ag->ag_producer &&
+                    !(ag->ag_producer =
+                          producer_new(ag, errstr, sizeof(errstr)))) {
+                        kb_log(KB_LOG_WARN, "aggregator", "new producer: %s",
+                               errstr);
+                        return 1000;
+                }
+                /* Bounded: the loop serves the other roles too. */
+                if ((e = rd_kafka_init_transactions(ag->ag_producer, 5000))) {
+                        kb_log(KB_LOG_WARN, "aggregator",
+                               "initializing transactions: %s (retrying)",
+                               rd_kafka_error_string(e));
+                        if (rd_kafka_error_is_fatal(e)) {
+                                rd_kafka_destroy(ag->ag_producer);
+                                ag->ag_producer = NULL;
+                        }
+                        rd_kafka_error_destroy(e);
+                        return 1000;
+                }
+                ag->ag_txn_ready = 1;
+                ag->ag_txn_begun_at = 0;
+                ag->ag_recoveries++;
+                kb_log(KB_LOG_INFO, "aggregator",
+                       "transactional producer recreated (%s); rewinding",
+                       ag->ag_txn_id);
+        }
+        /* A rewind that cannot finish yet sets ag_recover again. */
+        ag->ag_recover = 0;
+        rewind_all(ag);
+        return 0;
+}
+
 int kb_aggregator_serve(kb_aggregator_t *ag, int64_t now) {
         const kb_conf_t *conf = ag->ag_conf;
         int budget = 20000, wait, held_wait;
         rd_kafka_message_t *m;
 
-        rd_kafka_poll(ag->ag_producer, 0); /* error_cb */
+        if (ag->ag_producer)
+                rd_kafka_poll(ag->ag_producer, 0); /* error_cb */
         if (ag->ag_fatal)
                 return 1000;
+        if (ag->ag_recover)
+                return producer_recover(ag, now);
         held_wait = resume_held(ag, now);
         while (budget-- > 0 && !ag->ag_fatal &&
                (m = rd_kafka_consumer_poll(ag->ag_consumer, 0))) {
@@ -1986,7 +2142,7 @@ int kb_aggregator_serve(kb_aggregator_t *ag, int64_t now) {
                 cron(ag);
                 ag->ag_next_cron = now + 1000;
         }
-        if (now >= ag->ag_next_commit && !ag->ag_fatal) {
+        if (now >= ag->ag_next_commit && !ag->ag_fatal && !ag->ag_recover) {
                 if (txn_commit(ag) == TXN_ABORT)
                         rewind_all(ag);
                 now = kb_now_ms();
@@ -2006,7 +2162,7 @@ void kb_aggregator_shutdown(kb_aggregator_t *ag) {
         rd_kafka_resp_err_t err;
         if (!ag)
                 return;
-        if (!ag->ag_fatal && ag->ag_txn_ready)
+        if (!ag->ag_fatal && ag->ag_txn_ready && !ag->ag_recover)
                 txn_commit(ag);
         /* Leaves the group; the revoke callback commits again (no-op). */
         err = rd_kafka_consumer_close(ag->ag_consumer);

@@ -139,6 +139,9 @@ struct kb_items_s {
         rd_kafka_t *it_producer;
         rd_kafka_queue_t *it_cq;  /* consumer queue */
         rd_kafka_queue_t *it_pq;  /* producer main queue */
+        int it_pwfd;              /* its wake pipe */
+        int it_producer_failed;   /* fatal error: producer_recover() */
+        int64_t it_test_fatal_at; /* $KBATCH_TEST_PRODUCER_FATAL_MS */
         kb_routes_t *it_routes;
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
@@ -1501,6 +1504,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 char buf[512];
                 rd_kafka_fatal_error(rk, buf, sizeof(buf));
+                if (rk == it->it_producer) { /* recreated, not the end */
+                        kb_log(KB_LOG_ERROR, "items",
+                               "producer failed: %s; recreating it", buf);
+                        it->it_producer_failed = 1;
+                        return;
+                }
                 kb_log(KB_LOG_ERROR, "kafka", "fatal error: %s", buf);
                 it->it_fatal = 1;
                 kb_loop_stop_requested = 1;
@@ -1579,6 +1588,47 @@ static void metrics_refresh(kb_items_t *it) {
 
 /* ---- construction ---------------------------------------------------------- */
 
+/* The items producer (idempotent, acks=all), delivery reports and errors
+ * to us. */
+static rd_kafka_t *producer_create(kb_items_t *it, char *errstr,
+                                   size_t errstr_size) {
+        rd_kafka_conf_t *kc = kb_kafka_conf_new(it->it_conf, "items-producer",
+                                                errstr, errstr_size);
+        if (!kc)
+                return NULL;
+        rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
+        rd_kafka_conf_set_stats_cb(kc, stats_cb);
+        if (kb_kafka_conf_set(kc, "statistics.interval.ms",
+                              kb_metrics_stats_interval(it->it_conf), errstr,
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                return NULL;
+        }
+        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_opaque(kc, it);
+        return kb_kafka_producer_new(it->it_conf, kc, errstr, errstr_size);
+}
+
+/* A fatal error of the idempotent producer (an unrecoverable sequence or
+ * epoch error): instead of exiting, purge it (the delivery reports of what
+ * it held put those jobs on the produce retry queue), then publish through
+ * a new one. What the old one had written but not confirmed is published
+ * again (at-least-once); offsets are marked done only on acknowledgement,
+ * as always. */
+static void producer_recover(kb_items_t *it) {
+        char errstr[512];
+        rd_kafka_t *nrk;
+        if (!(nrk = producer_create(it, errstr, sizeof(errstr)))) {
+                kb_log(KB_LOG_WARN, "items", "new producer: %s (retrying)",
+                       errstr);
+                return;
+        }
+        kb_kafka_producer_replace(&it->it_producer, &it->it_pq, nrk,
+                                  it->it_pwfd);
+        it->it_producer_failed = 0;
+        kb_log(KB_LOG_INFO, "items", "producer recreated");
+}
+
 kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
                          char *errstr, size_t errstr_size) {
         kb_items_t *it = calloc(1, sizeof(*it));
@@ -1628,29 +1678,28 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
         }
 
         /* Producer: idempotent, acks=all; delivery reports on our loop. */
-        if (!(kc = kb_kafka_conf_new(conf, "items-producer", errstr,
-                                     errstr_size)))
+        if (!(it->it_producer = producer_create(it, errstr, errstr_size)))
                 goto fail;
-        rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
-        rd_kafka_conf_set_stats_cb(kc, stats_cb);
-        if (kb_kafka_conf_set(kc, "statistics.interval.ms",
-                              kb_metrics_stats_interval(conf), errstr,
-                              errstr_size))
-                goto fail;
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, it);
-        if (!(it->it_producer = kb_kafka_producer_new(conf, kc, errstr,
-                                                      errstr_size)))
-                goto fail;
-        kc = NULL;
         it->it_pq = rd_kafka_queue_get_main(it->it_producer);
         if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
                 snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
                 goto fail;
         }
+        it->it_pwfd = wfd;
         rd_kafka_queue_io_event_enable(it->it_pq, wfd, "p", 1);
+        if (getenv("KBATCH_TEST_PRODUCER_FATAL_MS"))
+                it->it_test_fatal_at =
+                    kb_now_ms() + atoi(getenv("KBATCH_TEST_PRODUCER_FATAL_MS"));
 
-        /* Consumer: manual offsets, cooperative-sticky, bounded prefetch. */
+        /* Consumer: manual offsets, bounded prefetch, eager range
+         * assignment. Eager: a rebalance calls the revoke callback (drain,
+         * synchronous commit) before rejoining. With cooperative-sticky
+         * the rejoin comes first, and the periodic commits sent behind the
+         * JoinGroup on the coordinator connection wait for the whole
+         * rebalance, fail with the old generation and make librdkafka (2.0.2
+         * and 2.8.0 alike, librdkafka#4059) drop the whole assignment: with
+         * a crash every few seconds most work ran twice (docs/reliability.md,
+         * chaos). */
         if (!(kc = kb_kafka_conf_new(conf, "items-consumer", errstr,
                                      errstr_size)))
                 goto fail;
@@ -1662,7 +1711,7 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
             kb_kafka_conf_set(kc, "enable.auto.offset.store", "false", errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "partition.assignment.strategy",
-                              "cooperative-sticky", errstr, errstr_size) ||
+                              "range", errstr, errstr_size) ||
             kb_kafka_conf_set(kc, "auto.offset.reset", "earliest", errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "queued.max.messages.kbytes", num, errstr,
@@ -1730,6 +1779,14 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
         size_t i;
 
         producer_poll(it);
+        if (it->it_test_fatal_at && now >= it->it_test_fatal_at) {
+                it->it_test_fatal_at = 0;
+                rd_kafka_test_fatal_error(it->it_producer,
+                                          RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                          "test: KBATCH_TEST_PRODUCER_FATAL_MS");
+        }
+        if (it->it_producer_failed)
+                producer_recover(it);
         metrics_refresh(it);
 
         {

@@ -277,6 +277,19 @@ rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
         return rk;
 }
 
+void kb_kafka_producer_replace(rd_kafka_t **rkp, rd_kafka_queue_t **pqp,
+                               rd_kafka_t *nrk, int wfd) {
+        int64_t until = kb_now_ms() + 10000;
+        rd_kafka_purge(*rkp, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        while (rd_kafka_outq_len(*rkp) > 0 && kb_now_ms() < until)
+                rd_kafka_poll(*rkp, 10);
+        rd_kafka_queue_destroy(*pqp);
+        rd_kafka_destroy(*rkp);
+        *rkp = nrk;
+        *pqp = rd_kafka_queue_get_main(nrk);
+        rd_kafka_queue_io_event_enable(*pqp, wfd, "p", 1);
+}
+
 char *kb_kafka_retry_topic(const kb_conf_t *conf, int n) {
         char *s;
         if (asprintf(&s, "%s.retry.%d", conf->topics_name[KB_TOPIC_ITEMS], n) <

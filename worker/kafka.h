@@ -67,6 +67,14 @@ rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
                                 const char *isolation, char *errstr,
                                 size_t errstr_size);
 
+/* Replaces a producer that had a fatal error by nrk (made like it): purges
+ * *rkp (its delivery reports, served here through its callback, fail what
+ * it held, which the owner publishes again), waits up to 10 s for them,
+ * destroys *pqp and *rkp, and sets *rkp = nrk, *pqp = its main queue,
+ * forwarded to the wake pipe wfd. Takes nrk. */
+void kb_kafka_producer_replace(rd_kafka_t **rkp, rd_kafka_queue_t **pqp,
+                               rd_kafka_t *nrk, int wfd);
+
 /* Name of retry tier n (1-based): "<items topic>.retry.<n>". Caller frees. */
 char *kb_kafka_retry_topic(const kb_conf_t *conf, int n);
 

@@ -44,8 +44,19 @@ int main(int argc, char **argv) {
                 return 2;
         }
         if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
-                printf("kbatch %s (%s; librdkafka %s, %s)\n", KB_VERSION,
-                       KB_GITREV, rd_kafka_version_str(), curl_version());
+                /* A header of another version than the library loaded
+                 * (a build that missed build/rdkafka) shows. */
+                if (rd_kafka_version() != RD_KAFKA_VERSION)
+                        printf("kbatch %s (%s; librdkafka %s, built with "
+                               "headers %d.%d.%d, %s)\n",
+                               KB_VERSION, KB_GITREV, rd_kafka_version_str(),
+                               RD_KAFKA_VERSION >> 24,
+                               (RD_KAFKA_VERSION >> 16) & 0xff,
+                               (RD_KAFKA_VERSION >> 8) & 0xff, curl_version());
+                else
+                        printf("kbatch %s (%s; librdkafka %s, %s)\n",
+                               KB_VERSION, KB_GITREV, rd_kafka_version_str(),
+                               curl_version());
                 return 0;
         }
         if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||

@@ -199,6 +199,9 @@ struct kb_notifier_s {
         rd_kafka_t *nt_producer;
         rd_kafka_queue_t *nt_cq;
         rd_kafka_queue_t *nt_pq;
+        int nt_pwfd;              /* its wake pipe */
+        int nt_producer_failed;   /* fatal error: producer_recover() */
+        int64_t nt_test_fatal_at; /* $KBATCH_TEST_PRODUCER_FATAL_MS */
         kb_serde_t *nt_serde;
         char *nt_secret; /* owned, never logged */
         size_t nt_secret_len;
@@ -1222,6 +1225,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
         if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 char buf[512];
                 rd_kafka_fatal_error(rk, buf, sizeof(buf));
+                if (rk == nt->nt_producer) { /* recreated, not the end */
+                        kb_log(KB_LOG_ERROR, "notifier",
+                               "producer failed: %s; recreating it", buf);
+                        nt->nt_producer_failed = 1;
+                        return;
+                }
                 kb_log(KB_LOG_ERROR, "kafka", "fatal error: %s", buf);
                 nt->nt_fatal = 1;
                 kb_loop_stop_requested = 1;
@@ -1242,6 +1251,35 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
 
 /* ---- construction ---------------------------------------------------------
  */
+
+/* The DLQ producer (idempotent, acks=all), reports and errors to us. */
+static rd_kafka_t *producer_create(kb_notifier_t *nt, char *errstr,
+                                   size_t errstr_size) {
+        rd_kafka_conf_t *kc = kb_kafka_conf_new(nt->nt_conf, "notifier-producer",
+                                                errstr, errstr_size);
+        if (!kc)
+                return NULL;
+        rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
+        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_opaque(kc, nt);
+        return kb_kafka_producer_new(nt->nt_conf, kc, errstr, errstr_size);
+}
+
+/* A fatal error of the producer: publish through a new one (what the old
+ * one held is dead-lettered again: at-least-once), never exit. */
+static void producer_recover(kb_notifier_t *nt) {
+        char errstr[512];
+        rd_kafka_t *nrk = producer_create(nt, errstr, sizeof(errstr));
+        if (!nrk) {
+                kb_log(KB_LOG_WARN, "notifier", "new producer: %s (retrying)",
+                       errstr);
+                return;
+        }
+        kb_kafka_producer_replace(&nt->nt_producer, &nt->nt_pq, nrk,
+                                  nt->nt_pwfd);
+        nt->nt_producer_failed = 0;
+        kb_log(KB_LOG_INFO, "notifier", "producer recreated");
+}
 
 kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                                char *errstr, size_t errstr_size) {
@@ -1294,22 +1332,18 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                 goto fail;
 
         /* DLQ producer: idempotent, acks=all; reports on our loop. */
-        if (!(kc = kb_kafka_conf_new(conf, "notifier-producer", errstr,
-                                     errstr_size)))
+        if (!(nt->nt_producer = producer_create(nt, errstr, errstr_size)))
                 goto fail;
-        rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, nt);
-        if (!(nt->nt_producer =
-                      kb_kafka_producer_new(conf, kc, errstr, errstr_size)))
-                goto fail;
-        kc = NULL;
         nt->nt_pq = rd_kafka_queue_get_main(nt->nt_producer);
         if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
                 snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
                 goto fail;
         }
+        nt->nt_pwfd = wfd;
         rd_kafka_queue_io_event_enable(nt->nt_pq, wfd, "p", 1);
+        if (getenv("KBATCH_TEST_PRODUCER_FATAL_MS"))
+                nt->nt_test_fatal_at =
+                    kb_now_ms() + atoi(getenv("KBATCH_TEST_PRODUCER_FATAL_MS"));
 
         /* Consumer: read_committed (the aggregator is transactional),
          * manual offsets, eager range assignment (little traffic; avoids
@@ -1389,6 +1423,14 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
         kb_nevent_t *ev;
 
         producer_poll(nt);
+        if (nt->nt_test_fatal_at && now >= nt->nt_test_fatal_at) {
+                nt->nt_test_fatal_at = 0;
+                rd_kafka_test_fatal_error(nt->nt_producer,
+                                          RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                          "test: KBATCH_TEST_PRODUCER_FATAL_MS");
+        }
+        if (nt->nt_producer_failed)
+                producer_recover(nt);
         {
                 int w = prodq_serve(nt, now);
                 if (w < wait)

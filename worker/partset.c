@@ -19,7 +19,6 @@ struct kb_partset_s {
         int ps_all_paused;
         int ps_assigned_once;
         int64_t ps_next_commit;
-        int64_t ps_hold_until;  /* no periodic commits before (#4059) */
         int ps_stopping;        /* paused for KB_PAUSE_STOP: closing */
         int ps_cooperative;     /* the last rebalance protocol seen */
         char ps_meta[KB_OFFSETS_META_MAX + 1];
@@ -196,7 +195,6 @@ void kb_partset_assign(kb_partset_t *ps,
                 kb_log(KB_LOG_WARN, ps->ps_fac, "resume: %s",
                        rd_kafka_err2str(err));
         ps->ps_assigned_once = 1;
-        ps->ps_hold_until = 0;
         /* New partitions are not paused for the global limit; the role
          * pauses again if it still has to. */
         ps->ps_all_paused = 0;
@@ -223,17 +221,8 @@ kb_part_t **kb_partset_revoking(kb_partset_t *ps,
 void kb_partset_revoked(kb_partset_t *ps, kb_part_t **pts, size_t n,
                         int lost) {
         size_t i;
-        if (!lost && n) {
+        if (!lost && n)
                 kb_partset_commit(ps, pts, n, 1);
-                /* A cooperative revoke is followed at once by a second
-                 * rebalance. librdkafka < 2.8 declares the whole assignment
-                 * lost when a commit races that rebalance's generation bump
-                 * (librdkafka#4059), and the work done since the last
-                 * commit would run again elsewhere: hold periodic commits
-                 * until the rebalance ends with its assign callback. */
-                if (cooperative(ps))
-                        ps->ps_hold_until = kb_now_ms() + 30000;
-        }
         for (i = 0; i < n; i++) {
                 kb_part_t *pt = pts[i];
                 kb_log(KB_LOG_INFO, ps->ps_fac, "%s %s[%d]%s",
@@ -307,7 +296,7 @@ void kb_partset_commit(kb_partset_t *ps, kb_part_t **pts, size_t n, int sync) {
 }
 
 int kb_partset_commit_due(kb_partset_t *ps, int64_t now) {
-        if (now >= ps->ps_next_commit && now >= ps->ps_hold_until) {
+        if (now >= ps->ps_next_commit) {
                 kb_partset_commit(ps, NULL, 0, 0);
                 ps->ps_next_commit = now + ps->ps_interval_ms;
         }

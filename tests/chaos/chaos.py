@@ -71,6 +71,7 @@ class Supervisor:
         self.slots = {}
         self.kills = 0
         self.stops = 0
+        self.deaths = []           # (slot, time.time()) of every SIGKILL or own exit
         self.unexpected = []       # (slot, exit code, fatal errors or log tail)
         self._lock = threading.Lock()
         self._watch = True
@@ -98,6 +99,7 @@ class Supervisor:
         w.proc.send_signal(signal.SIGKILL)
         w.proc.wait()
         self.kills += 1
+        self.deaths.append((slot, time.time()))
         return self.start(slot)
 
     def stop(self, slot, timeout=60):
@@ -124,6 +126,7 @@ class Supervisor:
                 fatal = [l["msg"] for l in w.logs()
                          if l.get("level") == "error" and "fatal" in l.get("msg", "")]
                 self.unexpected.append((s, w.proc.returncode, fatal[:3] or w.tail(15)))
+                self.deaths.append((s, time.time()))
                 log(f"worker {s} exited on its own ({w.proc.returncode}); restarting it")
                 self.start(s)
             time.sleep(0.2)
@@ -229,6 +232,11 @@ class Outputs:
                         if m.error():
                             continue
                         t, p, o = m.topic(), m.partition(), m.offset()
+                        if o < self.pos.get((t, p), 0):
+                            # read again (this reader lost its assignment in
+                            # an outage and went back to the beginning): the
+                            # same message, not a duplicate
+                            continue
                         self.pos[(t, p)] = o + 1
                         if t == results_t:
                             self.results.append((p, o, json.loads(m.value())))
@@ -420,6 +428,7 @@ def check_invariants(name, outs, items, where, supervisor, report_path, extra=No
         assert got_counts == want, f"{name}: batch {b}: event counts {got_counts}, results say {want}"
         updated = [e for e in events if e["batch_id"] == b and e["type"] != "batch.completed"]
         assert not updated, f"{name}: batch {b}: unexpected {updated[:2]}"
+    per_death, survivors = duplicates_by_death(results, per, supervisor)
     rep = {"scenario": name, "items": len(keys), "results": len(results),
            "duplicate_items": dup_items, "duplicate_results": dup_results,
            "duplicate_rate": round(dup_results / len(keys), 5),
@@ -427,13 +436,52 @@ def check_invariants(name, outs, items, where, supervisor, report_path, extra=No
                s: sum(st[s] for st in statuses.values())
                for s in ("succeeded", "failed", "cancelled", "expired")},
            "kills": supervisor.kills, "sigterms": supervisor.stops,
-           "unexpected_exits": len(supervisor.unexpected)}
+           "unexpected_exits": len(supervisor.unexpected),
+           # duplicate results attributed to each process death (the dead
+           # process had published the item's first result and died before
+           # committing it), and those of items whose first result came
+           # from a process that lived on (work a survivor redid or lost)
+           "duplicates_per_death": per_death,
+           "duplicates_per_kill_max": max(per_death, default=0),
+           "duplicates_per_kill_mean": round(sum(per_death) / len(per_death), 1)
+           if per_death else 0,
+           "survivor_duplicates": survivors}
     rep.update(extra or {})
     log(f"{name}: " + json.dumps(rep))
     if report_path:
         with open(report_path, "a") as f:
             f.write(json.dumps(rep) + "\n")
     return rep
+
+
+def duplicates_by_death(results, per, supervisor):
+    """Splits the duplicate results (per: item -> number of results) by
+    cause. An item's duplicates belong to the first death (SIGKILL or own
+    exit) of the slot that published its first result after that result's
+    finished_at; when that slot never died afterwards, to the survivors.
+    Returns ([duplicates of each death, in order], survivors' duplicates)."""
+    first = {}
+    for _, _, r in results:
+        k = (r["batch_id"], r["item_index"])
+        if k not in first or (r.get("finished_at") or 0) < (first[k].get("finished_at") or 0):
+            first[k] = r
+    prefix = supervisor.env.id + "-"
+    deaths = sorted(supervisor.deaths, key=lambda d: d[1])
+    counts = [0] * len(deaths)
+    survivors = 0
+    for k, n in per.items():
+        if n < 2:
+            continue
+        r = first[k]
+        slot = (r.get("worker") or "")[len(prefix):]
+        t = (r.get("finished_at") or 0) / 1000.0
+        for i, (s, when) in enumerate(deaths):
+            if s == slot and when >= t:
+                counts[i] += n - 1
+                break
+        else:
+            survivors += n - 1
+    return counts, survivors
 
 
 def report_path():

@@ -10,6 +10,7 @@ Run with tests/chaos/run.sh (make test-chaos): it starts a broker of its
 own, because one scenario stops and restarts it."""
 import os
 import random
+import signal
 import subprocess
 import time
 
@@ -24,13 +25,31 @@ KAFKA_SH = os.path.join(ROOT, "tests", "kafka", "kafka.sh")
 PARTITIONS = 12
 # fast failure detection: a SIGKILLed member leaves the group after 6 s
 KAFKA_PROPS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+# Duplicate results per item the scenarios accept (issue 18): work redone
+# after a crash is bounded by what the dead process had in flight plus what
+# it finished since its last commit; survivors redo nothing.
+DYNAMIC_MAX_RATE = 0.10
+STATIC_MAX_RATE = 0.15   # faster than dynamic: more done per second between commits
+BROKER_DOWN_MAX_RATE = 0.02
+FROZEN_MAX_RATE = 0.02
+# The outage scenarios run with the session timeout of deploy/ (60 s,
+# docs/deploy.md), longer than the outage as the workers see it: "15 s
+# down" was 21-37 s without a broker here (stop and restart included, on a
+# loaded machine). With a shorter session (6 s; 30 s and 45 s in slow
+# runs), librdkafka declares its session timed out and the assignment lost
+# during the outage, and what each worker finished since its last commit
+# (up to a second of work, 6-12 % of the items here) runs again elsewhere
+# (docs/reliability.md).
+OUTAGE_SESSION_MS = 60000
 
 
-def chaos_conf(env, fake, max_inflight, timeout_ms=30000, retry="", extra=""):
+def chaos_conf(env, fake, max_inflight, timeout_ms=30000, retry="", extra="",
+               session_ms=KAFKA_PROPS["session.timeout.ms"]):
     routes = (f'( {{ model = "*"; base_url = "{fake.url}"; max_inflight = 100000; '
               f'timeout_ms = {timeout_ms}; connect_timeout_ms = 2000; }} )')
     return env.write_conf(
-        routes=routes, max_inflight=max_inflight, kafka_props=KAFKA_PROPS,
+        routes=routes, max_inflight=max_inflight,
+        kafka_props=dict(KAFKA_PROPS, **{"session.timeout.ms": session_ms}),
         commit_interval_ms=1000,    # the default
         admin_listen="127.0.0.1:0",  # for Supervisor.diagnose()
         worker_extra="revoke_drain_ms = 5000;",
@@ -63,7 +82,8 @@ def start_run(env, supervise, closing, fake, prefix, batches, per_batch, max_inf
     return conf, items, where, outs, sup, sampler
 
 
-def finish(name, env, conf, outs, sampler, sup, items, where, t0, timeout=300, extra=None):
+def finish(name, env, conf, outs, sampler, sup, items, where, t0, timeout=300, extra=None,
+           fake=None):
     """Waits for every result and the final commit, stops everything, checks
     the invariants; returns the report."""
     missing = wait_all_results(outs, set(where), timeout)
@@ -84,11 +104,15 @@ def finish(name, env, conf, outs, sampler, sup, items, where, t0, timeout=300, e
     sampler.close()
     sup.close()
     outs.close()
+    extra = dict(extra or {})
+    if fake:   # every model call beyond one per item is money spent twice
+        calls = fake.stats(items=False)["requests_total"]
+        extra.update(model_calls=calls, extra_model_calls=calls - len(items))
     assert not sampler.violations, \
         f"{name}: offsets committed past unfinished items: {sampler.violations[:5]}"
     assert sampler.samples >= 3, f"{name}: only {sampler.samples} commit samples"
     rep = check_invariants(name, outs, items, where, sup, report_path(),
-                           extra=dict(extra or {}, commit_samples=sampler.samples,
+                           extra=dict(extra, commit_samples=sampler.samples,
                                       committed_items_checked=sampler.covered,
                                       seconds=round(time.time() - t0)))
     return rep
@@ -112,35 +136,49 @@ def test_sigkill_one_of_three_workers_every_few_seconds(env, supervise, closing,
             sup.kill(victim)
         assert sup.kills >= 5, f"the run ended after {sup.kills} kills"
         rep = finish("sigkill-" + ("static" if static else "dynamic"),
-                     env, conf, outs, sampler, sup, items, where, t0)
-        calls = fake.stats(items=False)["requests_total"]
-        log(f"sigkill: {calls} model calls for {len(items)} items")
+                     env, conf, outs, sampler, sup, items, where, t0, fake=fake)
         assert not sup.unexpected, sup.unexpected
         assert rep["status_counts"]["succeeded"] == len(items)
-        # at most the items in flight and done-but-not-committed at each
-        # kill with static membership; with dynamic membership the group
-        # rebalances without pause (a kill every 3-5 s, sessions expire
-        # after 6 s) and librdkafka defers commits meanwhile, so much more
-        # runs twice (docs/reliability.md): a loose bound, for regressions
-        # (it grows with the number of kills, 17-55 so far: 1.3-2.3)
-        assert rep["duplicate_rate"] <= (0.25 if static else 4.0), rep
+        # Work redone is what a dead worker had finished since its last
+        # commit (every second; max_inflight 40 at 30-90 ms: ~700 items a
+        # second at most) — survivors redo nothing, even with the group
+        # rebalancing without pause (dynamic: a kill every 3-5 s, sessions
+        # expire after 6 s; docs/reliability.md).
+        assert rep["duplicate_rate"] < (STATIC_MAX_RATE if static else DYNAMIC_MAX_RATE), rep
+        assert rep["duplicates_per_kill_max"] <= 1000, rep
+        assert rep["survivor_duplicates"] <= len(items) // 200, rep
+
+
+def outage_run(env, supervise, closing, name, outage, max_rate):
+    """Two workers on 8,000 items; at 35 % done, outage() (which returns
+    the report's extra figures); then every result, no process exit at all
+    (a transactional error turned fatal by the outage, INVALID_TXN_STATE
+    of librdkafka#3297/#4849, makes the aggregator recreate its producer
+    in process), the invariants, and fewer duplicates than max_rate."""
+    with FakeModel("--latency-ms", "20-60", "--threads", "4", "--no-item-stats") as fake:
+        conf, items, where, outs, sup, sampler = start_run(
+            env, supervise, closing, fake, name, 10, 800, max_inflight=30,
+            slots=("w0", "w1"), session_ms=OUTAGE_SESSION_MS)
+        t0 = time.time()
+        keys = set(where)
+        while len(outs.done_keys()) < len(keys) * 0.35:
+            assert time.time() - t0 < 120, "no progress before the outage"
+            time.sleep(0.2)
+        log(f"{name}: outage at {len(outs.done_keys())} of {len(keys)} items done")
+        extra = outage()
+        rep = finish(name, env, conf, outs, sampler, sup, items, where, t0,
+                     extra=extra, fake=fake)
+        assert not sup.unexpected, sup.unexpected
+        assert rep["status_counts"]["succeeded"] == len(items)
+        assert rep["duplicate_rate"] < max_rate, rep
 
 
 def test_broker_down_15s(env, supervise, closing, kafka_run_dir):
     """The broker is stopped (SIGTERM: a controlled shutdown) half-way and
     started again 15 s later. The workers ride it out: nothing is lost, no
     batch event is doubled."""
-    with FakeModel("--latency-ms", "20-60", "--threads", "4", "--no-item-stats") as fake:
-        conf, items, where, outs, sup, sampler = start_run(
-            env, supervise, closing, fake, "down", 10, 800, max_inflight=30,
-            slots=("w0", "w1"))
-        t0 = time.time()
-        keys = set(where)
-        while len(outs.done_keys()) < len(keys) * 0.35:
-            assert time.time() - t0 < 120, "no progress before the outage"
-            time.sleep(0.2)
+    def outage():
         e = dict(os.environ, KAFKA_RUN_DIR=kafka_run_dir)
-        log(f"stopping the broker ({len(outs.done_keys())} of {len(keys)} items done)")
         subprocess.run([KAFKA_SH, "stop"], env=e, check=True, capture_output=True, timeout=120)
         t_down = time.time()
         time.sleep(15)
@@ -148,19 +186,26 @@ def test_broker_down_15s(env, supervise, closing, kafka_run_dir):
         r = subprocess.run([KAFKA_SH, "start"], env=e, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.strip() == env.bootstrap, "the broker came back on another port"
-        down_s = round(time.time() - t_down)
-        rep = finish("broker-down", env, conf, outs, sampler, sup, items, where, t0,
-                     extra={"broker_down_s": down_s})
-        # Known: librdkafka 2.0.2 can turn the abort of a transaction that
-        # timed out during the outage into a fatal INVALID_TXN_STATE
-        # (librdkafka#3297, #4849); the aggregator then stops the process
-        # (exit 1) and the restarted one recovers (restore + fencing).
-        # Any other way of dying is a failure.
-        for slot, rc, why in sup.unexpected:
-            assert rc == 1 and any("aggregator" in m or "transaction" in m for m in why), \
-                (slot, rc, why)
-        assert rep["duplicate_rate"] <= 0.25, rep
-        assert rep["status_counts"]["succeeded"] == len(items)
+        return {"broker_down_s": round(time.time() - t_down)}
+    outage_run(env, supervise, closing, "broker-down", outage, BROKER_DOWN_MAX_RATE)
+
+
+def test_broker_frozen_15s(env, supervise, closing, kafka_run_dir):
+    """The broker is frozen (SIGSTOP: connections stay open, nothing is
+    answered, requests and transactions time out) half-way and resumed
+    (SIGCONT) 15 s later: the same guarantees."""
+    def outage():
+        with open(os.path.join(kafka_run_dir, "kafka.pid")) as f:
+            pid = int(f.read().strip())
+        log(f"SIGSTOP the broker (pid {pid})")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(15)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        log("SIGCONT the broker")
+        return {"broker_frozen_s": 15}
+    outage_run(env, supervise, closing, "broker-frozen", outage, FROZEN_MAX_RATE)
 
 
 def test_model_faults(env, supervise, closing):

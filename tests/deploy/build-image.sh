@@ -12,6 +12,9 @@ cd "$KB_ROOT"
 tag=${1:-$KB_IMAGE}
 
 "$(dirname "$0")/base-image.sh"
+# The librdkafka 2.8.0 tarball the image builds (fetched and checked once,
+# into tests/rdkafka/cache/, the only part of the cache in the context).
+tests/rdkafka.sh >&2
 
 gitrev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 log=$KB_DEPLOY_BUILD/image-build.log

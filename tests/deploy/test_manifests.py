@@ -17,6 +17,7 @@ from conftest import (BUILD, K8S_VERSIONS, OVERLAYS, ROOT, kubeconform,
                       kustomize_build)
 
 SECRET_PLACEHOLDER = "placeholder"
+POD_NAME_VARS = ("KBATCH_WORKER_INSTANCE_ID", "KBATCH_KAFKA_PROPERTIES_GROUP_INSTANCE_ID")
 
 
 def effective_conf(render, deployment, tmp_path):
@@ -27,7 +28,7 @@ def effective_conf(render, deployment, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBATCH_")}
     for k, v in render.env_of(deployment).items():
         env[k] = v if v is not None else (
-            "kbatch-7d4b9c-x2x" if k == "KBATCH_WORKER_INSTANCE_ID" else SECRET_PLACEHOLDER)
+            "kbatch-7d4b9c-x2x" if k in POD_NAME_VARS else SECRET_PLACEHOLDER)
     r = subprocess.run([os.path.join(BUILD, "kbatch"), "check-config", "-c", str(conf)],
                        capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 0, f"{render.name}/{deployment['metadata']['name']}: {r.stderr}"
@@ -206,6 +207,23 @@ def test_grace_period_covers_drain(renders, overlay, tmp_path):
         drain_s = int(conf["worker.shutdown_drain_ms"]) / 1000
         grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace >= drain_s + 10 + 5, (d["metadata"]["name"], grace, drain_s)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_static_membership_from_pod_name(renders, overlay, tmp_path):
+    """Every Deployment joins its groups as a static member named after the
+    pod (a restarted container takes its partitions back without a
+    rebalance), with the session timeout of docs/deploy.md: longer than a
+    container restart takes, short enough for a pod gone for good."""
+    r = renders[overlay]
+    for d in deployments(r):
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        gi = env.get("KBATCH_KAFKA_PROPERTIES_GROUP_INSTANCE_ID")
+        assert gi and gi["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", \
+            (d["metadata"]["name"], gi)
+        st = int(r.env_of(d)["KBATCH_KAFKA_PROPERTIES_SESSION_TIMEOUT_MS"])
+        assert 10000 <= st <= 60000, (d["metadata"]["name"], st)
+        effective_conf(r, d, tmp_path)   # check-config accepts both
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -398,29 +398,60 @@ def test_duplicates_do_not_change_counts(env, events):
                for l in agg.logs()), agg.tail()
 
 
+def spread_batches(env, events, test_env, prefix, total, fail_every, seed, pause):
+    """An aggregator (extra environment test_env, commits every 50 ms) fed
+    three batches of `total` results, shuffled, published 100 at a time
+    `pause` seconds apart (several transactions with content); waits for
+    the three events and checks one batch.completed each with exact
+    counts. Returns the worker, still running."""
+    conf = agg_conf(env, commit_ms=50)
+    env.create_topics(conf, partitions=4)
+    agg = env.worker(conf, env={**ROLES_AGG, **test_env}, name="agg")
+    agg.wait_assigned(timeout=60)
+    rs = [result(f"{prefix}-{k}", i, total,
+                 status="failed" if i % fail_every == 0 else "succeeded")
+          for k in range(3) for i in range(total)]
+    random.Random(seed).shuffle(rs)
+    for n in range(0, len(rs), 100):
+        publish_results(env, rs[n:n + 100])
+        time.sleep(pause)
+    events.wait(lambda evs: all(events.completed(f"{prefix}-{k}") for k in range(3)),
+                timeout=120)
+    events.poll(3)
+    assert agg.proc.poll() is None, agg.tail()
+    assert len(events.events) == 3, events.events
+    failed = sum(1 for i in range(total) if i % fail_every == 0)
+    for e in events.events:
+        assert (e["items_succeeded"], e["items_failed"], e["revision"]) == \
+            (total - failed, failed, 1), e
+    return agg
+
+
 def test_aborted_transactions_rewind(env, events):
     """Every 2nd transaction aborted (as on an abortable error): the
     aggregator rewinds to the last commit and restores its state; still
     exactly one event per batch and exact counts."""
-    conf = agg_conf(env, commit_ms=50)
-    env.create_topics(conf, partitions=4)
-    agg = env.worker(conf, env={**ROLES_AGG, "KBATCH_TEST_TXN_ABORT_EVERY": "2"}, name="agg")
-    agg.wait_assigned(timeout=60)
-    rs = [result(f"ab-{k}", i, 400, status="failed" if i % 7 == 0 else "succeeded")
-          for k in range(3) for i in range(400)]
-    random.Random(5).shuffle(rs)
     # spread over ~3 s: a rewind (seek, re-fetch) takes ~0.5 s, and the
     # test wants several transactions with content, so several aborts
-    for n in range(0, len(rs), 100):
-        publish_results(env, rs[n:n + 100])
-        time.sleep(0.25)
-    events.wait(lambda evs: all(events.completed(f"ab-{k}") for k in range(3)), timeout=90)
-    events.poll(3)
-    assert len(events.events) == 3, events.events
-    for e in events.events:
-        assert (e["items_succeeded"], e["items_failed"], e["revision"]) == (342, 58, 1)
+    agg = spread_batches(env, events, {"KBATCH_TEST_TXN_ABORT_EVERY": "2"}, "ab", 400, 7,
+                         seed=5, pause=0.25)
     logs = agg.logs()
     assert sum(1 for l in logs if l.get("msg", "").startswith("rewound")) >= 2
+    assert agg.stop() == 0
+
+
+def test_fatal_transactional_error_recreates_the_producer(env, events):
+    """A fatal transactional error (injected before every 3rd commit with
+    rd_kafka_test_fatal_error, as INVALID_TXN_STATE after a broker outage):
+    the aggregator recreates its transactional producer in process, fences
+    the failed one, restores its state and rewinds; it never exits, and
+    each batch gets exactly one batch.completed with exact counts."""
+    agg = spread_batches(env, events, {"KBATCH_TEST_TXN_FATAL_EVERY": "3"}, "fx", 300, 9,
+                         seed=7, pause=0.4)
+    logs = agg.logs()
+    assert sum(1 for l in logs if l.get("msg", "").startswith(
+        "transactional producer recreated")) >= 1, agg.tail()
+    assert not any(l.get("msg", "").startswith("fatal") for l in logs), agg.tail()
     assert agg.stop() == 0
 
 

@@ -1,5 +1,6 @@
 """The command line: exit codes, one-line errors, check-config, topics."""
 import json
+import os
 import subprocess
 
 from conftest import KBATCH
@@ -17,6 +18,12 @@ def one_line(s):
 def test_version_and_help():
     r = run("--version")
     assert r.returncode == 0 and r.stdout.startswith("kbatch ")
+    # librdkafka 2.8.0 of tests/rdkafka.sh (issue 18), found through the
+    # binary's rpath, not LD_LIBRARY_PATH or the system's 2.0.2.
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    r = run("--version", env=env)
+    assert r.returncode == 0 and "librdkafka 2.8.0," in r.stdout, r.stdout
+    assert "built with headers" not in r.stdout, r.stdout   # and its rdkafka.h
     r = run("--help")
     assert r.returncode == 0
     for cmd in ("worker", "topics", "check-config"):

@@ -332,3 +332,22 @@ aggregator: { commit_interval_ms = 200; };""")
     assert body["status"] == "succeeded"
     assert body["items_total"] == n and body["items_succeeded"] == n
     assert body["metadata"] == {"team": "search"}
+
+
+def test_fatal_producer_error_recreates_the_producer(env, rx):
+    """Issue 18: a fatal error of the DLQ producer (injected with
+    rd_kafka_test_fatal_error) no longer ends the worker: the producer is
+    recreated, and later dead letters go out through the new one."""
+    conf = nconf(env, allow_private=False)
+    env.create_topics(conf, partitions=PARTS)
+    w = env.worker(conf, env={**ROLES, "KBATCH_TEST_PRODUCER_FATAL_MS": "1000"})
+    w.wait_log(lambda l: l.get("msg") == "producer recreated", timeout=60)
+    evs = [event(f"pf-{i}", callback_url=f"http://127.0.0.1:{rx.port}/hook") for i in range(5)]
+    publish(env, evs)
+    msgs = dlq(env, len(evs), timeout=90)
+    assert {m.key().decode() for m in msgs} == {e["batch_id"] for e in evs}
+    assert all(headers_of(m)["kbatch-error-code"] == "webhook_refused" for m in msgs)
+    wait_committed(env, len(evs))
+    assert w.proc.poll() is None, w.tail()
+    assert not any(l.get("msg", "").startswith("fatal error") for l in w.logs()), w.tail()
+    assert w.stop() == 0

@@ -23,6 +23,14 @@ FUZZ_DIR=tests/fuzz
 OUT=build/fuzz
 PKGS="rdkafka libcurl jansson avro-c libconfig libmicrohttpd libcrypto"
 CLANG=${KB_FUZZ_CC:-clang}
+# librdkafka 2.8.0 of tests/rdkafka.sh, as the Makefile links it (an empty
+# RDKAFKA_PREFIX: the system one).
+RDKAFKA_PREFIX=${RDKAFKA_PREFIX-$ROOT/build/rdkafka}
+RPATH=""
+if [ -n "$RDKAFKA_PREFIX" ]; then
+    export PKG_CONFIG_PATH=$RDKAFKA_PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+    RPATH="-Wl,-rpath,$RDKAFKA_PREFIX/lib"
+fi
 
 log() { printf 'fuzz: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -65,12 +73,13 @@ do_build() {
     # environment is appended to by the Makefile (warnings clang has and gcc
     # has not are not errors of this build).
     CFLAGS="-O1 -g -Wno-unknown-warning-option" \
-        make --no-print-directory -j2 CC="$CLANG" BUILD=$OUT SAN=$san $OUT/libkbatch.a >&2
+        make --no-print-directory -j2 CC="$CLANG" BUILD=$OUT SAN=$san \
+        RDKAFKA_PREFIX="$RDKAFKA_PREFIX" $OUT/libkbatch.a >&2
     # fuzz_avro starts the fake registry (an ordinary build)
     make --no-print-directory build/fake_registry >&2
     local cflags libs
-    cflags="-O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iworker $(pkg-config --cflags $PKGS)"
-    libs="$(pkg-config --libs $PKGS) -lm -lpthread"
+    cflags="-O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iworker $(pkg-config --cflags $PKGS | sed 's/-I/-isystem /g')"
+    libs="$RPATH $(pkg-config --libs $PKGS) -lm -lpthread"
     for t in $(targets); do
         if [ ! -x "$OUT/$t" ] || [ "$FUZZ_DIR/$t.c" -nt "$OUT/$t" ] || [ $OUT/libkbatch.a -nt "$OUT/$t" ]; then
             log "linking $OUT/$t"
