@@ -387,6 +387,7 @@ json_t *kb_codec_result_json(const kb_item_t *item, const kb_result_t *res) {
                                                  ? json_integer(res->latency_ms)
                                                  : json_null());
         json_object_set_new(o, "worker", str_or_null(res->worker));
+        json_object_set_new(o, "route", str_or_null(res->route));
         json_object_set_new(o, "callback_url", str_or_null(item->callback_url));
         json_object_set_new(o, "deadline", ms_or_null(item->deadline));
         json_object_set(o, "metadata",

@@ -109,6 +109,7 @@ typedef struct kb_result_s {
         int64_t started_at, finished_at; /* epoch ms; 0: null */
         int64_t latency_ms;              /* -1: null */
         const char *worker;
+        const char *route;     /* the route of the last call; NULL: null */
 } kb_result_t;
 
 /* Extracts usage from a model response body (OpenAI chat/completions/

@@ -256,6 +256,11 @@ static const kb_conf_setting_t kb_conf_route_settings[] = {
         S_INT("tokens_per_minute", 0, 2000000000, "0", tokens_per_minute),
         S_BOOL("tls_verify", "true", tls_verify),
         S_STR("ca_file", 1, 4096, NULL, ca_file, NULL),
+        S_STR("name", 1, 256, NULL, name, NULL),
+        S_STR("fallback", 1, 256, NULL, fallback, NULL),
+        S_INT("breaker_failures", 1, 1000000, "5", breaker_failures),
+        S_INT("breaker_open_ms", 100, 86400000, "30000", breaker_open_ms),
+        S_INT("fallback_after_ms", 0, 86400000, "10000", fallback_after_ms),
 };
 #define KB_CONF_ROUTE_SETTING_CNT                                              \
         (sizeof(kb_conf_route_settings) / sizeof(*kb_conf_route_settings))
@@ -1338,6 +1343,7 @@ static int default_routes(kb_conf_ctx_t *ctx) {
         conf->route_cnt = 1;
         if (route_init(ctx, &conf->routes[0]) ||
             !(conf->routes[0].model = strdup("*")) ||
+            !(conf->routes[0].name = strdup("*")) ||
             !(conf->routes[0].base_url = strdup("http://127.0.0.1:8000")))
                 return conf_fail(ctx, NULL, NULL, "out of memory");
         return 0;
@@ -1493,10 +1499,68 @@ static int parse_route(kb_conf_ctx_t *ctx, kb_route_conf_t *rc, int idx,
         return 0;
 }
 
+/* 1 when some route names routes[i] as its fallback. */
+static int route_is_fallback(const kb_conf_t *conf, size_t i) {
+        size_t j;
+        for (j = 0; j < conf->route_cnt; j++)
+                if (conf->routes[j].fallback &&
+                    !strcmp(conf->routes[j].fallback, conf->routes[i].name))
+                        return 1;
+        return 0;
+}
+
+/* Names (default: the model glob), unique; fallbacks name another route;
+ * a model glob already matched by an earlier route is an error unless the
+ * route serves as a fallback (it is then reached by name, SPEC §12). */
+static int check_route_names(kb_conf_ctx_t *ctx, const config_setting_t *l) {
+        kb_conf_t *conf = ctx->conf;
+        char subject[64];
+        size_t i, j;
+        for (i = 0; i < conf->route_cnt; i++)
+                if (!conf->routes[i].name &&
+                    !(conf->routes[i].name = strdup(conf->routes[i].model)))
+                        return conf_fail(ctx, NULL, NULL, "out of memory");
+        for (i = 0; i < conf->route_cnt; i++) {
+                kb_route_conf_t *rc = &conf->routes[i];
+                const config_setting_t *g =
+                    config_setting_get_elem(l, (unsigned)i);
+                kb_conf_loc_t gl = setting_loc(ctx, g);
+                for (j = 0; j < i; j++) {
+                        const kb_route_conf_t *o = &conf->routes[j];
+                        int model = !strcmp(o->model, rc->model) &&
+                                    !route_is_fallback(conf, i);
+                        if (!model && strcmp(o->name, rc->name))
+                                continue;
+                        snprintf(subject, sizeof(subject), "routes[%zu].%s", i,
+                                 model ? "model" : "name");
+                        return conf_fail(
+                            ctx, &gl, subject,
+                            "'%s' is already the %s of routes[%zu] (line "
+                            "%d)%s",
+                            model ? rc->model : rc->name,
+                            model ? "model" : "name", j, o->line,
+                            model ? ", which always matches first" : "");
+                }
+                if (!rc->fallback)
+                        continue;
+                snprintf(subject, sizeof(subject), "routes[%zu].fallback", i);
+                for (j = 0; j < conf->route_cnt; j++)
+                        if (j != i && conf->routes[j].name &&
+                            !strcmp(conf->routes[j].name, rc->fallback))
+                                break;
+                if (j == conf->route_cnt)
+                        return conf_fail(ctx, &gl, subject,
+                                         "'%s' is not the name of another "
+                                         "route",
+                                         rc->fallback);
+        }
+        return 0;
+}
+
 static int parse_routes(kb_conf_ctx_t *ctx, const config_setting_t *l) {
         kb_conf_loc_t loc = setting_loc(ctx, l);
         kb_conf_t *conf = ctx->conf;
-        int n, i, j;
+        int n, i;
 
         if (!config_setting_is_list(l))
                 return conf_fail(ctx, &loc, "routes",
@@ -1515,24 +1579,9 @@ static int parse_routes(kb_conf_ctx_t *ctx, const config_setting_t *l) {
                 conf->route_cnt = (size_t)i + 1;
                 if (parse_route(ctx, &conf->routes[i], i, g))
                         return -1;
-                for (j = 0; j < i; j++)
-                        if (!strcmp(conf->routes[j].model,
-                                    conf->routes[i].model)) {
-                                char subject[64];
-                                kb_conf_loc_t gl = setting_loc(ctx, g);
-                                snprintf(subject, sizeof(subject),
-                                         "routes[%d].model", i);
-                                return conf_fail(
-                                    ctx, &gl, subject,
-                                    "'%s' is already the model of routes[%d] "
-                                    "(line %d), which always matches first",
-                                    conf->routes[i].model, j,
-                                    conf->routes[j].line);
-                        }
         }
-        return 0;
+        return check_route_names(ctx, l);
 }
-
 
 /*
  * The file

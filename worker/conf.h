@@ -72,6 +72,15 @@ typedef struct kb_route_conf_s {
                                     * embeddings, completions) first, then
                                     * the route's own, overriding by name */
         size_t operation_cnt;
+        /* SPEC §12 */
+        char *name;                /* default: the model glob (resolved at
+                                    * load: never NULL after it) */
+        char *fallback;            /* the name of another route, or NULL */
+        int breaker_failures;      /* failures in a row that open the
+                                    * circuit, default 5 */
+        int breaker_open_ms;       /* open this long, then probe; 30000 */
+        int fallback_after_ms;     /* a Retry-After longer than this sends
+                                    * items to the fallback; 10000 */
         int line;                  /* config line of this route, 0 if default */
 } kb_route_conf_t;
 

@@ -105,6 +105,7 @@ struct kb_job_s {
         int64_t jb_offset;
         kb_item_t jb_item;
         kb_route_t *jb_route;
+        kb_route_t *jb_called;          /* the route of the last call */
         const char *jb_opname;
         job_state_t jb_state;
         CURL *jb_easy;
@@ -573,6 +574,7 @@ static void job_complete(kb_job_t *jb, kb_result_t *res, int dlq,
         char err[512];
         res->worker = it->it_worker;
         res->attempts = jb->jb_attempts;
+        res->route = jb->jb_called ? jb->jb_called->rt_conf->name : NULL;
         if (!res->finished_at)
                 res->finished_at = kb_wall_ms();
         if (!jb->jb_item.operation && jb->jb_opname)
@@ -729,6 +731,8 @@ static int job_call(kb_job_t *jb) {
 
         jb->jb_attempts++;
         jb->jb_sent_ms = kb_now_ms();
+        jb->jb_called = rt;
+        kb_route_breaker_call(rt, jb->jb_sent_ms);
         if (!jb->jb_started_at)
                 jb->jb_started_at = kb_wall_ms();
         snprintf(url, sizeof(url), "%s%s", rt->rt_base_url, path);
@@ -841,14 +845,37 @@ static void timer_remove(kb_items_t *it, kb_job_t *jb) {
         }
 }
 
+static int route_dispatch(kb_items_t *it, kb_route_t *rt);
+
+/* The route's circuit is open (or a long Retry-After blocks it): its
+ * waiting items go to fb, its fallback (SPEC §12), and fb dispatches. */
+static int route_divert(kb_items_t *it, kb_route_t *rt, kb_route_t *fb) {
+        kb_job_t *jb;
+        while ((jb = TAILQ_FIRST(&rt->rt_waitq))) {
+                TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
+                rt->rt_waiting--;
+                kb_metric_add(kb_metrics_get(KB_M_ROUTE_FALLBACKS,
+                                             rt->rt_conf->name,
+                                             fb->rt_conf->name), 1);
+                jb->jb_route = fb;
+                TAILQ_INSERT_TAIL(&fb->rt_waitq, jb, jb_link);
+                fb->rt_waiting++;
+        }
+        return route_dispatch(it, fb);
+}
+
 /* Starts waiting jobs of a route while its limits allow. Returns the ms
  * until the route's rate limits may admit the next one (1000 when it is
  * waiting for a call to finish, or has nothing waiting). */
 static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
         kb_job_t *jb;
         int64_t wait = 1000, now = kb_now_ms();
-        while (rt->rt_inflight < rt->rt_limit &&
-               (jb = TAILQ_FIRST(&rt->rt_waitq))) {
+        kb_route_t *fb;
+        while ((jb = TAILQ_FIRST(&rt->rt_waitq))) {
+                if (rt->rt_fallback && (fb = kb_route_select(rt, now)) != rt)
+                        return route_divert(it, rt, fb);
+                if (rt->rt_inflight >= rt->rt_limit)
+                        break;
                 if (!kb_route_admit(rt, jb->jb_est_tokens, now, &wait))
                         return (int)(wait < 1000 ? wait : 1000);
                 TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
@@ -957,6 +984,28 @@ static int job_retry(kb_job_t *jb, kb_outcome_t oc, const char *msg) {
         return 0;
 }
 
+/* After a retryable failure on a route that now sends its items to its
+ * fallback (circuit open, or a Retry-After longer than fallback_after_ms):
+ * the item is called again there at once, rather than waiting for the
+ * route (a retry tier would hold it for the Retry-After). Returns 1 then;
+ * 0 when the item is not retried this way (no fallback, attempts used
+ * up: job_retry decides). */
+static int job_fallback(kb_job_t *jb, kb_outcome_t oc) {
+        kb_route_t *rt = jb->jb_route, *fb;
+        if (!rt->rt_fallback || !kb_outcome_retryable(oc) ||
+            jb->jb_attempts >= jb->jb_it->it_conf->retry_max_attempts ||
+            (fb = kb_route_select(rt, kb_now_ms())) == rt)
+                return 0;
+        kb_metric_add(kb_metrics_get(KB_M_ROUTE_FALLBACKS, rt->rt_conf->name,
+                                     fb->rt_conf->name), 1);
+        jb->jb_route = fb;
+        jb->jb_state = JOB_WAITING;
+        TAILQ_INSERT_HEAD(&fb->rt_waitq, jb, jb_link);
+        fb->rt_waiting++;
+        route_dispatch(jb->jb_it, fb);
+        return 1;
+}
+
 static void call_done(kb_xfer_t *xf, CURLcode cc) {
         kb_job_t *jb = (kb_job_t *)xf;
         kb_items_t *it = jb->jb_it;
@@ -973,7 +1022,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         if (cc == CURLE_OK && status >= 200 && status <= 299 && jb->jb_resp)
                 body = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
         oc = kb_http_classify(cc, status, jb->jb_too_large, body != NULL);
-        kb_metrics_request(rt->rt_conf->model, kb_outcome_code(oc), jb->jb_easy,
+        kb_metrics_request(rt->rt_conf->name, kb_outcome_code(oc), jb->jb_easy,
                            oc == KB_OUT_OK ? body : NULL);
         kb_route_on_outcome(
             rt,
@@ -984,6 +1033,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
             kb_http_retry_after_ms(
                 jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL)),
             jb->jb_sent_ms, kb_now_ms());
+        kb_route_breaker_record(rt, kb_breaker_signal_of(oc), kb_now_ms());
 
         memset(&res, 0, sizeof(res));
         res.http_status = (int)status;
@@ -1018,7 +1068,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                 if (status && jb->jb_resp && !body)
                         body = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
                 res.output = body;
-                if (job_retry(jb, oc, msg)) {
+                if (job_fallback(jb, oc) || job_retry(jb, oc, msg)) {
                         json_decref(body);
                         route_dispatch(it, rt);
                         return;
@@ -1156,7 +1206,8 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                          "deadline passed before the item started");
                 return;
         }
-        if (!(jb->jb_route = kb_routes_match(it->it_routes, jb->jb_item.model))) {
+        if (!(jb->jb_route = kb_routes_match(it->it_routes, jb->jb_item.model)) ||
+            !(jb->jb_route = kb_route_select(jb->jb_route, kb_now_ms()))) {
                 snprintf(err, sizeof(err), "no route matches model '%.200s'",
                          jb->jb_item.model);
                 job_fail(jb, KB_STATUS_FAILED, "unknown_model", err);
@@ -1558,7 +1609,7 @@ static void metrics_refresh(kb_items_t *it) {
                       it->it_inflight);
         for (i = 0; i < n; i++) {
                 kb_route_t *rt = kb_routes_get(it->it_routes, i);
-                const char *r = rt->rt_conf->model;
+                const char *r = rt->rt_conf->name;
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_INFLIGHT, r, NULL),
                               rt->rt_inflight);
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_CONCURRENCY_LIMIT, r,
@@ -1566,6 +1617,9 @@ static void metrics_refresh(kb_items_t *it) {
                               rt->rt_limit);
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_QUEUE, r, NULL),
                               rt->rt_waiting);
+                kb_metric_set(kb_metrics_get(KB_M_ROUTE_BREAKER, r, NULL),
+                              kb_route_breaker_state(rt, kb_now_ms()));
+
         }
 }
 

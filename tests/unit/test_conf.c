@@ -650,6 +650,28 @@ static const err_case_t err_cases[] = {
           "routes = ( { model = \"*\"; base_url = \"http://a\"; },\n"
           "  { model = \"*\"; base_url = \"http://b\"; } );\n",
           KB_CONF_ERR_INVALID, 2, "'routes[1].model' '*' is already the model" },
+        { "route duplicate name",
+          "routes = ( { model = \"a\"; name = \"x\"; base_url = \"http://a\"; },\n"
+          "  { model = \"b\"; name = \"x\"; base_url = \"http://b\"; } );\n",
+          KB_CONF_ERR_INVALID, 2, "'routes[1].name' 'x' is already the name" },
+        { "route name defaults to the model",
+          "routes = ( { model = \"a\"; base_url = \"http://a\"; },\n"
+          "  { model = \"b\"; name = \"a\"; base_url = \"http://b\"; } );\n",
+          KB_CONF_ERR_INVALID, 2, "'routes[1].name' 'a' is already the name" },
+        { "route unknown fallback",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  fallback = \"nope\"; } );\n",
+          KB_CONF_ERR_INVALID, 1,
+          "'routes[0].fallback' 'nope' is not the name of another route" },
+        { "route fallback to itself",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  fallback = \"a\"; } );\n",
+          KB_CONF_ERR_INVALID, 1,
+          "'routes[0].fallback' 'a' is not the name of another route" },
+        { "route breaker_failures range",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  breaker_failures = 0; } );\n",
+          KB_CONF_ERR_INVALID, 2, "'routes[0].breaker_failures' must be between" },
         /* cross-field */
         { "inprocess above max",
           "retry = {\n  max_attempts = 3;\n  inprocess_attempts = 4;\n};\n",
