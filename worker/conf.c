@@ -104,6 +104,8 @@ static const kb_conf_setting_t kb_conf_settings[] = {
         S_STR("topics.prefix", 0, 200, "kbatch.", topics_prefix, check_topic),
         S_STR("topics.items", 1, 240, "items", topics_base[KB_TOPIC_ITEMS],
               check_topic),
+        S_STR("topics.items_priority", 1, 249, "items.priority",
+              topics_base[KB_TOPIC_ITEMS_PRIORITY], check_topic),
         S_STR("topics.items_dlq", 1, 249, "items.dlq",
               topics_base[KB_TOPIC_ITEMS_DLQ], check_topic),
         S_STR("topics.results", 1, 249, "results",

@@ -42,6 +42,7 @@ typedef enum {
         KB_TOPIC_BATCHES_DLQ,
         KB_TOPIC_CONTROL,
         KB_TOPIC_BATCH_STATE,
+        KB_TOPIC_ITEMS_PRIORITY, /* SPEC §12: the priority lane */
         KB_TOPIC__CNT
 } kb_topic_t;
 

@@ -26,6 +26,7 @@
 #include "offsets.h"
 #include "partset.h"
 #include "retry.h"
+#include "routeq.h"
 #include "routes.h"
 #include "serde.h"
 
@@ -106,6 +107,8 @@ struct kb_job_s {
         kb_item_t jb_item;
         kb_route_t *jb_route;
         kb_route_t *jb_called;          /* the route of the last call */
+        kb_rq_node_t jb_rqn;            /* in jb_route's queue (WAITING) */
+        int jb_lane;                    /* 0: priority lane, 1: normal */
         const char *jb_opname;
         job_state_t jb_state;
         CURL *jb_easy;
@@ -139,6 +142,9 @@ struct kb_items_s {
         rd_kafka_t *it_producer;
         rd_kafka_queue_t *it_cq;  /* consumer queue */
         rd_kafka_queue_t *it_pq;  /* producer main queue */
+        rd_kafka_queue_t *it_prioq; /* the priority lane's partitions,
+                                     * forwarded here: fetched first */
+        int it_prio_jobs;         /* jobs alive from the priority lane */
         kb_routes_t *it_routes;
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
@@ -172,13 +178,32 @@ static int part_current(const kb_job_t *jb) {
 static void timer_remove(kb_items_t *it, kb_job_t *jb);
 static void job_start(kb_items_t *it, kb_job_t *jb);
 
+/* Route queues (routeq.h): lanes, batches in turn. */
+#define RQN_JOB(n) ((kb_job_t *)(void *)((char *)(n) - offsetof(kb_job_t, jb_rqn)))
+
+/* Queues a job on rt (its route from now on); head: it already waited. */
+static void route_enqueue(kb_route_t *rt, kb_job_t *jb, int head) {
+        jb->jb_route = rt;
+        jb->jb_state = JOB_WAITING;
+        if (kb_routeq_push(&rt->rt_q, &jb->jb_rqn, jb->jb_lane,
+                           jb->jb_item.batch_id, head) != 0) {
+                kb_log(KB_LOG_ERROR, "items", "out of memory");
+                jb->jb_it->it_fatal = 1;
+        }
+        rt->rt_waiting++;
+}
+
+static void route_dequeue(kb_job_t *jb) {
+        kb_routeq_remove(&jb->jb_route->rt_q, &jb->jb_rqn);
+        jb->jb_route->rt_waiting--;
+        jb->jb_state = JOB_NEW;
+}
+
 static void job_destroy(kb_job_t *jb) {
         kb_items_t *it = jb->jb_it;
         int i;
-        if (jb->jb_state == JOB_WAITING && jb->jb_route) {
-                TAILQ_REMOVE(&jb->jb_route->rt_waitq, jb, jb_link);
-                jb->jb_route->rt_waiting--;
-        }
+        if (jb->jb_state == JOB_WAITING && jb->jb_route)
+                route_dequeue(jb);
         if (jb->jb_in_retryq)
                 TAILQ_REMOVE(&it->it_produce_retryq, jb, jb_link);
         if (jb->jb_easy) {
@@ -206,6 +231,8 @@ static void job_destroy(kb_job_t *jb) {
                 rd_kafka_message_destroy(jb->jb_msg);
         if (part_current(jb))
                 jb->jb_part->pt_jobs--;
+        if (jb->jb_lane == 0)
+                it->it_prio_jobs--;
         LIST_REMOVE(jb, jb_all);
         it->it_inflight--;
         free(jb);
@@ -850,16 +877,14 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt);
 /* The route's circuit is open (or a long Retry-After blocks it): its
  * waiting items go to fb, its fallback (SPEC §12), and fb dispatches. */
 static int route_divert(kb_items_t *it, kb_route_t *rt, kb_route_t *fb) {
-        kb_job_t *jb;
-        while ((jb = TAILQ_FIRST(&rt->rt_waitq))) {
-                TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
-                rt->rt_waiting--;
+        kb_rq_node_t *n;
+        while ((n = kb_routeq_peek(&rt->rt_q))) {
+                kb_job_t *jb = RQN_JOB(n);
+                route_dequeue(jb);
                 kb_metric_add(kb_metrics_get(KB_M_ROUTE_FALLBACKS,
                                              rt->rt_conf->name,
                                              fb->rt_conf->name), 1);
-                jb->jb_route = fb;
-                TAILQ_INSERT_TAIL(&fb->rt_waitq, jb, jb_link);
-                fb->rt_waiting++;
+                route_enqueue(fb, jb, 0);
         }
         return route_dispatch(it, fb);
 }
@@ -871,14 +896,16 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
         kb_job_t *jb;
         int64_t wait = 1000, now = kb_now_ms();
         kb_route_t *fb;
-        while ((jb = TAILQ_FIRST(&rt->rt_waitq))) {
+        kb_rq_node_t *n;
+        while ((n = kb_routeq_peek(&rt->rt_q))) {
+                jb = RQN_JOB(n);
                 if (rt->rt_fallback && (fb = kb_route_select(rt, now)) != rt)
                         return route_divert(it, rt, fb);
                 if (rt->rt_inflight >= rt->rt_limit)
                         break;
                 if (!kb_route_admit(rt, jb->jb_est_tokens, now, &wait))
                         return (int)(wait < 1000 ? wait : 1000);
-                TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
+                kb_routeq_pop(&rt->rt_q); /* jb: its batch's turn ends */
                 rt->rt_waiting--;
                 jb->jb_state = JOB_NEW;
                 if (jb->jb_item.deadline && kb_wall_ms() > jb->jb_item.deadline) {
@@ -898,13 +925,12 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
  * rate limits or a long Retry-After may not for hours). */
 static void route_expire_waiting(kb_items_t *it, kb_route_t *rt,
                                  int64_t wall_now) {
-        kb_job_t *jb, *tmp;
-        TAILQ_FOREACH_SAFE(jb, &rt->rt_waitq, jb_link, tmp) {
+        kb_rq_node_t *n, *tmp;
+        KB_ROUTEQ_FOREACH_SAFE(n, &rt->rt_q, tmp) {
+                kb_job_t *jb = RQN_JOB(n);
                 if (!jb->jb_item.deadline || wall_now <= jb->jb_item.deadline)
                         continue;
-                TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
-                rt->rt_waiting--;
-                jb->jb_state = JOB_NEW;
+                route_dequeue(jb);
                 job_fail(jb, KB_STATUS_EXPIRED, "expired",
                          jb->jb_attempts
                              ? "deadline passed while the item waited to be "
@@ -998,10 +1024,7 @@ static int job_fallback(kb_job_t *jb, kb_outcome_t oc) {
                 return 0;
         kb_metric_add(kb_metrics_get(KB_M_ROUTE_FALLBACKS, rt->rt_conf->name,
                                      fb->rt_conf->name), 1);
-        jb->jb_route = fb;
-        jb->jb_state = JOB_WAITING;
-        TAILQ_INSERT_HEAD(&fb->rt_waitq, jb, jb_link);
-        fb->rt_waiting++;
+        route_enqueue(fb, jb, 1);
         route_dispatch(jb->jb_it, fb);
         return 1;
 }
@@ -1136,9 +1159,7 @@ static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
                         continue;
                 switch (jb->jb_state) {
                 case JOB_WAITING:
-                        TAILQ_REMOVE(&jb->jb_route->rt_waitq, jb, jb_link);
-                        jb->jb_route->rt_waiting--;
-                        jb->jb_state = JOB_NEW;
+                        route_dequeue(jb);
                         break;
                 case JOB_TIMER:
                         timer_remove(it, jb);
@@ -1248,9 +1269,7 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                     kb_route_estimate_tokens(jb->jb_body, strlen(jb->jb_body),
                                              cap));
         }
-        jb->jb_state = JOB_WAITING;
-        TAILQ_INSERT_TAIL(&jb->jb_route->rt_waitq, jb, jb_link);
-        jb->jb_route->rt_waiting++;
+        route_enqueue(jb->jb_route, jb, 0);
         route_dispatch(it, jb->jb_route);
 }
 
@@ -1330,9 +1349,7 @@ static int timers_serve(kb_items_t *it, int64_t now) {
                 timer_remove(it, jb);
                 if (what == TIMER_BACKOFF) {
                         /* Ahead of fresh items: it already waited. */
-                        jb->jb_state = JOB_WAITING;
-                        TAILQ_INSERT_HEAD(&jb->jb_route->rt_waitq, jb, jb_link);
-                        jb->jb_route->rt_waiting++;
+                        route_enqueue(jb->jb_route, jb, 1);
                         route_dispatch(it, jb->jb_route);
                 } else {
                         if (what == TIMER_DUE)
@@ -1400,6 +1417,11 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
         jb->jb_epoch = pt->pt_epoch;
         jb->jb_offset = m->offset;
         jb->jb_item.item_index = -1;
+        jb->jb_lane = strcmp(pt->pt_topic,
+                             it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY])
+                          ? 1
+                          : 0;
+        it->it_prio_jobs += jb->jb_lane == 0;
         pt->pt_jobs++;
         LIST_INSERT_HEAD(&it->it_jobs, jb, jb_all);
         it->it_inflight++;
@@ -1524,12 +1546,32 @@ static void on_revoke(kb_items_t *it, rd_kafka_topic_partition_list_t *parts,
         kb_partset_unassign(it->it_ps, parts);
 }
 
+/* The priority lane (SPEC §12): its partitions' messages go to it_prioq,
+ * which kb_items_serve polls before the consumer's queue. */
+static void prio_forward(kb_items_t *it,
+                         const rd_kafka_topic_partition_list_t *parts) {
+        const char *prio = it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY];
+        int i;
+        for (i = 0; i < parts->cnt; i++) {
+                rd_kafka_queue_t *q;
+                if (strcmp(parts->elems[i].topic, prio))
+                        continue;
+                q = rd_kafka_queue_get_partition(it->it_consumer, prio,
+                                                 parts->elems[i].partition);
+                if (!q)
+                        continue;
+                rd_kafka_queue_forward(q, it->it_prioq);
+                rd_kafka_queue_destroy(q);
+        }
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
         kb_items_t *it = opaque;
-        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                prio_forward(it, parts);
                 kb_partset_assign(it->it_ps, parts);
-        else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
                 on_revoke(it, parts, rd_kafka_assignment_lost(rk));
         else {
                 kb_log(KB_LOG_ERROR, "items", "rebalance error: %s",
@@ -1737,10 +1779,20 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
                 goto fail;
         }
         rd_kafka_queue_io_event_enable(it->it_cq, wfd, "c", 1);
+        if (!(it->it_prioq = rd_kafka_queue_new(it->it_consumer)) ||
+            (wfd = kb_loop_wake_pipe(loop)) < 0) {
+                snprintf(errstr, errstr_size, "priority queue: %s",
+                         strerror(errno));
+                goto fail;
+        }
+        rd_kafka_queue_io_event_enable(it->it_prioq, wfd, "q", 1);
 
-        topics = rd_kafka_topic_partition_list_new(1 + it->it_retry_cnt);
+        topics = rd_kafka_topic_partition_list_new(2 + it->it_retry_cnt);
         rd_kafka_topic_partition_list_add(
             topics, conf->topics_name[KB_TOPIC_ITEMS], RD_KAFKA_PARTITION_UA);
+        rd_kafka_topic_partition_list_add(
+            topics, conf->topics_name[KB_TOPIC_ITEMS_PRIORITY],
+            RD_KAFKA_PARTITION_UA);
         for (int i = 0; i < it->it_retry_cnt; i++)
                 rd_kafka_topic_partition_list_add(topics,
                                                   it->it_retry_topics[i],
@@ -1799,6 +1851,15 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                         qfull |= n >= conf->worker_route_queue_max;
                 }
                 active = it->it_inflight - it->it_held - waiting;
+                /* The priority lane first, with its own bound (a full
+                 * route queue of normal items does not hold it back). */
+                {
+                        rd_kafka_message_t *m;
+                        int budget = 1000;
+                        while (it->it_prio_jobs < max && budget-- > 0 &&
+                               (m = rd_kafka_consume_queue(it->it_prioq, 0)))
+                                handle_message(it, m);
+                }
                 int full = qfull || active >= max;
                 if (!full) {
                         it->it_full_since_ms = 0;
@@ -1912,6 +1973,8 @@ void kb_items_destroy(kb_items_t *it) {
         }
         if (it->it_cq)
                 rd_kafka_queue_destroy(it->it_cq);
+        if (it->it_prioq)
+                rd_kafka_queue_destroy(it->it_prioq);
         if (it->it_pq)
                 rd_kafka_queue_destroy(it->it_pq);
         if (it->it_consumer)

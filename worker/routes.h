@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "conf.h"
+#include "routeq.h"
 
 struct kb_job_s;
 
@@ -34,7 +35,8 @@ typedef struct kb_route_s {
         /* runtime, owned by the items pipeline */
         int rt_inflight;
         int rt_limit;                   /* current concurrency limit */
-        TAILQ_HEAD(, kb_job_s) rt_waitq;
+        kb_routeq_t rt_q;               /* items waiting: lanes, batches in
+                                         * turn (routeq.h) */
         int rt_waiting;
         /* limits (kb_route_on_outcome, kb_route_admit) */
         int rt_ok_streak;               /* successes since the last change */

@@ -111,7 +111,7 @@ Test(conf, defaults) {
         static const char *topics[KB_TOPIC__CNT] = {
                 "kbatch.items",       "kbatch.items.dlq", "kbatch.results",
                 "kbatch.batches",     "kbatch.batches.dlq", "kbatch.control",
-                "kbatch.batch-state",
+                "kbatch.batch-state", "kbatch.items.priority",
         };
         char host[256], want[300];
         size_t i;
