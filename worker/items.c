@@ -312,6 +312,8 @@ static rd_kafka_headers_t *copy_headers(kb_job_t *jb, const kb_out_t *out) {
         set_header(h, "kbatch-worker", "%s", jb->jb_it->it_worker);
         if (jb->jb_traceparent[0]) /* one trace per item, across tiers */
                 set_header(h, "traceparent", "%s", jb->jb_traceparent);
+        if (jb->jb_lane == 0) /* stays in the priority lane (SPEC §12) */
+                set_header(h, "kbatch-priority", "high");
         return h;
 }
 
@@ -1417,10 +1419,16 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
         jb->jb_epoch = pt->pt_epoch;
         jb->jb_offset = m->offset;
         jb->jb_item.item_index = -1;
-        jb->jb_lane = strcmp(pt->pt_topic,
-                             it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY])
-                          ? 1
-                          : 0;
+        {
+                /* The priority lane: its topic, or a retry-tier copy of
+                 * one of its items. */
+                char pr[8];
+                jb->jb_lane =
+                    strcmp(pt->pt_topic,
+                           it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY]) &&
+                    !(kb_kafka_header(m, "kbatch-priority", pr, sizeof(pr)) &&
+                      !strcmp(pr, "high"));
+        }
         it->it_prio_jobs += jb->jb_lane == 0;
         pt->pt_jobs++;
         LIST_INSERT_HEAD(&it->it_jobs, jb, jb_all);
@@ -1562,6 +1570,18 @@ static void prio_forward(kb_items_t *it,
                         continue;
                 rd_kafka_queue_forward(q, it->it_prioq);
                 rd_kafka_queue_destroy(q);
+        }
+}
+
+/* The priority lane is not paused for the global limit (it has its own
+ * bound, it_prio_jobs): a worker full of normal items still fetches it. */
+static void prio_unpause(kb_items_t *it) {
+        const char *prio = it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY];
+        size_t i;
+        for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
+                kb_part_t *pt = kb_partset_get(it->it_ps, i);
+                if (pt->pt_assigned && !strcmp(pt->pt_topic, prio))
+                        kb_partset_pause(it->it_ps, pt, KB_PAUSE_GLOBAL, 0);
         }
 }
 
@@ -1880,8 +1900,10 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                          * rebalances are served). */
                         if (!it->it_full_since_ms)
                                 it->it_full_since_ms = now;
-                        else if (now - it->it_full_since_ms >= 500)
+                        else if (now - it->it_full_since_ms >= 500) {
                                 kb_partset_pause_all(it->it_ps, KB_PAUSE_GLOBAL, 1);
+                                prio_unpause(it);
+                        }
                         if (wait > 100)
                                 wait = 100;
                 }
