@@ -52,6 +52,27 @@ typedef struct kb_kv_s {
         char *v;
 } kb_kv_t;
 
+/* A route's async job API (SPEC §12, mode = "async"). */
+typedef struct kb_async_conf_s {
+        char *submit_path;         /* POST the item's input here */
+        char *id_pointer;          /* JSON Pointer to the job id in the
+                                    * submit response */
+        char *status_path;         /* "{id}" replaced */
+        char *status_method;       /* "GET" or "POST" (the input + "id") */
+        char *status_pointer;      /* JSON Pointer to the status */
+        char **succeeded;          /* status values: done, output ready */
+        size_t succeeded_cnt;
+        char **failed;             /* status values: the job failed */
+        size_t failed_cnt;
+        char *output_pointer;      /* the output in the status response
+                                    * (NULL: all of it) */
+        char *result_path;         /* or fetched from here ("{id}"), NULL */
+        char *cancel_path;         /* POSTed on cancel/deadline, or NULL */
+        int poll_ms;               /* first poll interval, default 1000 */
+        int poll_max_ms;           /* backoff up to, default 30000 */
+        int max_wait_ms;           /* then job_timeout, default 86400000 */
+} kb_async_conf_t;
+
 typedef struct kb_route_conf_s {
         char *model;               /* glob (fnmatch) on the item's model */
         char *base_url;            /* e.g. "http://127.0.0.1:8000" */
@@ -82,6 +103,8 @@ typedef struct kb_route_conf_s {
         int breaker_open_ms;       /* open this long, then probe; 30000 */
         int fallback_after_ms;     /* a Retry-After longer than this sends
                                     * items to the fallback; 10000 */
+        char *mode;                /* "sync" (default) or "async" */
+        kb_async_conf_t async;     /* mode "async" */
         int line;                  /* config line of this route, 0 if default */
 } kb_route_conf_t;
 

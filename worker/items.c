@@ -17,6 +17,7 @@
 #include <sys/queue.h>
 #include <unistd.h>
 
+#include "async.h"
 #include "codec.h"
 #include "control.h"
 #include "http.h"
@@ -64,6 +65,7 @@ typedef enum {
         TIMER_DUE,         /* a retry-tier message not due yet: start it */
         TIMER_DECODE,      /* the schema registry was unavailable: decode
                             * again */
+        TIMER_POLL,        /* an async job runs: poll it when due */
 } job_timer_t;
 
 typedef struct kb_job_s kb_job_t;
@@ -108,6 +110,7 @@ struct kb_job_s {
         kb_route_t *jb_route;
         kb_route_t *jb_called;          /* the route of the last call */
         kb_rq_node_t jb_rqn;            /* in jb_route's queue (WAITING) */
+        kb_async_t *jb_async;           /* async routes: the job, owned */
         int jb_lane;                    /* 0: priority lane, 1: normal */
         const char *jb_opname;
         job_state_t jb_state;
@@ -145,6 +148,8 @@ struct kb_items_s {
         rd_kafka_queue_t *it_prioq; /* the priority lane's partitions,
                                      * forwarded here: fetched first */
         int it_prio_jobs;         /* jobs alive from the priority lane */
+        int it_polling;           /* async jobs waiting for their next
+                                   * poll: no in-flight slot (SPEC §12) */
         kb_routes_t *it_routes;
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
@@ -227,6 +232,7 @@ static void job_destroy(kb_job_t *jb) {
         if (jb->jb_state == JOB_TIMER)
                 timer_remove(it, jb);
         kb_item_clear(&jb->jb_item);
+        kb_async_destroy(jb->jb_async);
         if (jb->jb_msg)
                 rd_kafka_message_destroy(jb->jb_msg);
         if (part_current(jb))
@@ -604,6 +610,11 @@ static void job_complete(kb_job_t *jb, kb_result_t *res, int dlq,
         res->worker = it->it_worker;
         res->attempts = jb->jb_attempts;
         res->route = jb->jb_called ? jb->jb_called->rt_conf->name : NULL;
+        if (jb->jb_async && jb->jb_async->as_id) {
+                res->job_id = jb->jb_async->as_id;
+                res->job_polls = jb->jb_async->as_polls;
+                res->job_wall_ms = kb_wall_ms() - jb->jb_async->as_submitted;
+        }
         if (!res->finished_at)
                 res->finished_at = kb_wall_ms();
         if (!jb->jb_item.operation && jb->jb_opname)
@@ -758,7 +769,9 @@ static int job_call(kb_job_t *jb) {
         char url[4096];
         CURL *e;
 
-        jb->jb_attempts++;
+        const char *body = jb->jb_body;
+        if (!jb->jb_async || jb->jb_async->as_phase == KB_ASYNC_SUBMIT)
+                jb->jb_attempts++; /* polls are not attempts */
         jb->jb_sent_ms = kb_now_ms();
         jb->jb_called = rt;
         kb_route_breaker_call(rt, jb->jb_sent_ms);
@@ -802,10 +815,15 @@ static int job_call(kb_job_t *jb) {
                 return -1;
 
         jb->jb_xfer.xf_done = call_done;
-        curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_PRIVATE, &jb->jb_xfer);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, jb->jb_body);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(jb->jb_body));
+        if (jb->jb_async && kb_async_request(jb->jb_async, rt, jb->jb_body,
+                                             url, sizeof(url), &body))
+                return -1;
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        if (body) {
+                curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        }
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, jb->jb_hdrs);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, jb);
@@ -852,6 +870,7 @@ static void timer_add(kb_items_t *it, kb_job_t *jb, job_timer_t what,
         kb_job_t *after;
         jb->jb_state = JOB_TIMER;
         jb->jb_timer = what;
+        it->it_polling += what == TIMER_POLL;
         jb->jb_due = due;
         after = TAILQ_LAST(&it->it_timers, kb_timers_s);
         while (after && after->jb_due > due)
@@ -866,6 +885,7 @@ static void timer_add(kb_items_t *it, kb_job_t *jb, job_timer_t what,
 static void timer_remove(kb_items_t *it, kb_job_t *jb) {
         TAILQ_REMOVE(&it->it_timers, jb, jb_tlink);
         jb->jb_state = JOB_NEW;
+        it->it_polling -= jb->jb_timer == TIMER_POLL;
         if (jb->jb_timer == TIMER_DUE) {
                 it->it_held--;
                 if (part_current(jb) &&
@@ -1031,6 +1051,8 @@ static int job_fallback(kb_job_t *jb, kb_outcome_t oc) {
         return 1;
 }
 
+static void async_answer(kb_job_t *jb, json_t *body);
+
 static void call_done(kb_xfer_t *xf, CURLcode cc) {
         kb_job_t *jb = (kb_job_t *)xf;
         kb_items_t *it = jb->jb_it;
@@ -1065,6 +1087,12 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         res.started_at = jb->jb_started_at;
         res.finished_at = kb_wall_ms();
         res.latency_ms = res.finished_at - jb->jb_started_at;
+        if (jb->jb_async && oc == KB_OUT_OK) {
+                async_answer(jb, body);
+                json_decref(body);
+                route_dispatch(it, rt);
+                return;
+        }
         if (oc == KB_OUT_OK) {
                 res.status = KB_STATUS_SUCCEEDED;
                 res.output = body;
@@ -1104,6 +1132,126 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         route_dispatch(it, rt);
 }
 
+/* ---- async jobs (SPEC §12, async.h) -------------------------------- */
+
+/* Asks the provider to cancel the job, when it has one running. */
+static void async_abandon(kb_job_t *jb) {
+        if (jb->jb_async && jb->jb_async->as_id && jb->jb_route)
+                kb_async_cancel(jb->jb_it->it_loop, jb->jb_route,
+                                jb->jb_async->as_id, jb->jb_body);
+}
+
+/* Ends an async job (its result carries the job: job_complete). */
+static void async_complete(kb_job_t *jb, kb_item_status_t st,
+                           const char *code, const char *msg, json_t *output) {
+        kb_result_t res;
+        long http = 0;
+        memset(&res, 0, sizeof(res));
+        curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &http);
+        res.status = st;
+        res.http_status = (int)http;
+        res.error_code = code;
+        res.error_message = msg;
+        res.output = output;
+        res.started_at = jb->jb_started_at;
+        res.finished_at = kb_wall_ms();
+        res.latency_ms = res.finished_at - jb->jb_started_at;
+        if (st == KB_STATUS_SUCCEEDED)
+                kb_codec_usage_from_output(output, &res);
+        job_complete(jb, &res, 0, NULL);
+}
+
+/* The job runs: poll it after the backoff, holding no slot. */
+static void async_wait(kb_job_t *jb) {
+        timer_add(jb->jb_it, jb, TIMER_POLL,
+                  kb_now_ms() + kb_async_next_wait(
+                                    jb->jb_async,
+                                    &jb->jb_route->rt_conf->async));
+}
+
+/* A 2xx JSON answer to an async call, by phase. */
+static void async_answer(kb_job_t *jb, json_t *body) {
+        kb_async_t *as = jb->jb_async;
+        const kb_async_conf_t *ac = &jb->jb_route->rt_conf->async;
+        char msg[1024];
+        json_t *out;
+        switch (as->as_phase) {
+        case KB_ASYNC_SUBMIT:
+                if (kb_async_on_submit(as, ac, body, kb_wall_ms(), msg,
+                                       sizeof(msg)))
+                        async_complete(jb, KB_STATUS_FAILED, "invalid_response",
+                                       msg, body);
+                else
+                        async_wait(jb);
+                return;
+        case KB_ASYNC_POLL:
+                switch (kb_async_on_status(as, ac, body, msg, sizeof(msg))) {
+                case KB_ASYNC_RUNNING:
+                        async_wait(jb);
+                        return;
+                case KB_ASYNC_FAILED:
+                        /* The provider ran the job and says it failed: not
+                         * retried (SPEC §4 client_error). */
+                        async_complete(jb, KB_STATUS_FAILED, "client_error",
+                                       msg, body);
+                        return;
+                case KB_ASYNC_INVALID:
+                        async_complete(jb, KB_STATUS_FAILED, "invalid_response",
+                                       msg, body);
+                        return;
+                case KB_ASYNC_SUCCEEDED:
+                        break;
+                }
+                if (ac->result_path) {
+                        as->as_phase = KB_ASYNC_RESULT;
+                        route_enqueue(jb->jb_route, jb, 1);
+                        return; /* the caller dispatches */
+                }
+                break;
+        case KB_ASYNC_RESULT:
+                break;
+        }
+        if (!(out = kb_async_output(ac, body))) {
+                snprintf(msg, sizeof(msg), "the answer has no output at %.200s",
+                         ac->output_pointer);
+                async_complete(jb, KB_STATUS_FAILED, "invalid_response", msg,
+                               body);
+                return;
+        }
+        async_complete(jb, KB_STATUS_SUCCEEDED, NULL, NULL, out);
+}
+
+static int job_cancelled(kb_job_t *jb);
+
+/* A job's poll is due: unless its batch was cancelled, its deadline passed
+ * (expired) or it ran longer than async.max_wait_ms (job_timeout; the
+ * provider is asked to cancel it in all three cases), it goes to its
+ * route's queue, ahead of fresh items. */
+static void async_poll_due(kb_items_t *it, kb_job_t *jb) {
+        const kb_async_conf_t *ac = &jb->jb_route->rt_conf->async;
+        int64_t wall = kb_wall_ms();
+        char msg[256];
+        if (job_cancelled(jb))
+                return;
+        if (jb->jb_item.deadline && wall > jb->jb_item.deadline) {
+                async_abandon(jb);
+                job_fail(jb, KB_STATUS_EXPIRED, "expired",
+                         "deadline passed while the job ran");
+                return;
+        }
+        if (wall - jb->jb_async->as_submitted > ac->max_wait_ms) {
+                async_abandon(jb);
+                snprintf(msg, sizeof(msg),
+                         "the job did not end within async.max_wait_ms (%d "
+                         "ms)",
+                         ac->max_wait_ms);
+                job_fail(jb, KB_STATUS_FAILED, "job_timeout", msg);
+                return;
+        }
+        route_enqueue(jb->jb_route, jb, 1);
+        route_dispatch(it, jb->jb_route);
+}
+
 /* ---- consuming ---------------------------------------------------------- */
 
 /* Ends the job `cancelled` (no model call) when its batch was cancelled;
@@ -1118,6 +1266,7 @@ static int job_cancelled(kb_job_t *jb) {
                 return 0;
         snprintf(msg, sizeof(msg), "batch cancelled%s%.500s", *why ? ": " : "",
                  why);
+        async_abandon(jb);
         job_fail(jb, KB_STATUS_CANCELLED, "cancelled", msg);
         return 1;
 }
@@ -1150,7 +1299,8 @@ static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
         kb_items_t *it = opaque;
         kb_job_t *jb, *tmp;
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
-                if (jb->jb_state == JOB_TIMER && jb->jb_timer != TIMER_BACKOFF) {
+                if (jb->jb_state == JOB_TIMER && jb->jb_timer != TIMER_BACKOFF &&
+                    jb->jb_timer != TIMER_POLL) {
                         if (held_in_batch(it, jb, batch_id)) {
                                 timer_remove(it, jb);
                                 job_start(it, jb);
@@ -1244,6 +1394,11 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                          jb->jb_opname, jb->jb_item.model);
                 jb->jb_opname = NULL;
                 job_fail(jb, KB_STATUS_FAILED, "invalid_item", err);
+                return;
+        }
+        if (!strcmp(jb->jb_route->rt_conf->mode, "async") &&
+            !(jb->jb_async = kb_async_new())) {
+                job_fail(jb, KB_STATUS_FAILED, "invalid_item", "out of memory");
                 return;
         }
         /* The request body, once: also what the token estimate reads. */
@@ -1353,6 +1508,8 @@ static int timers_serve(kb_items_t *it, int64_t now) {
                         /* Ahead of fresh items: it already waited. */
                         route_enqueue(jb->jb_route, jb, 1);
                         route_dispatch(it, jb->jb_route);
+                } else if (what == TIMER_POLL) {
+                        async_poll_due(it, jb);
                 } else {
                         if (what == TIMER_DUE)
                                 log_retry_due(jb, now - jb->jb_due);
@@ -1870,7 +2027,8 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                         waiting += n;
                         qfull |= n >= conf->worker_route_queue_max;
                 }
-                active = it->it_inflight - it->it_held - waiting;
+                active = it->it_inflight - it->it_held - waiting -
+                         it->it_polling;
                 /* The priority lane first, with its own bound (a full
                  * route queue of normal items does not hold it back). */
                 {
@@ -1889,7 +2047,9 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 if (!full || kb_partset_all_paused(it->it_ps)) {
                         rd_kafka_message_t *m;
                         int budget = 10000;
-                        while ((it->it_inflight - it->it_held - waiting < max ||
+                        while ((it->it_inflight - it->it_held - waiting -
+                                        it->it_polling <
+                                    max ||
                                 kb_partset_all_paused(it->it_ps)) &&
                                budget-- > 0 &&
                                (m = rd_kafka_consumer_poll(it->it_consumer, 0)))
