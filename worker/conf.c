@@ -109,6 +109,8 @@ static const kb_conf_setting_t kb_conf_settings[] = {
               check_topic),
         S_STR("topics.items_priority", 1, 249, "items.priority",
               topics_base[KB_TOPIC_ITEMS_PRIORITY], check_topic),
+        S_STR("topics.items_jobs", 1, 249, "items.jobs",
+              topics_base[KB_TOPIC_ITEMS_JOBS], check_topic),
         S_STR("topics.items_dlq", 1, 249, "items.dlq",
               topics_base[KB_TOPIC_ITEMS_DLQ], check_topic),
         S_STR("topics.results", 1, 249, "results",

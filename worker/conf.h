@@ -43,6 +43,7 @@ typedef enum {
         KB_TOPIC_CONTROL,
         KB_TOPIC_BATCH_STATE,
         KB_TOPIC_ITEMS_PRIORITY, /* SPEC §12: the priority lane */
+        KB_TOPIC_ITEMS_JOBS,     /* SPEC §12: async job ids, compacted */
         KB_TOPIC__CNT
 } kb_topic_t;
 

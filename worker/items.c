@@ -21,6 +21,7 @@
 #include "codec.h"
 #include "control.h"
 #include "http.h"
+#include "jobstore.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
@@ -85,6 +86,7 @@ typedef struct kb_out_s {
         int64_t out_not_before; /* kbatch-not-before (epoch ms), or 0 */
         int out_pending;        /* produced, not yet acknowledged */
         int out_done;
+        int out_record;         /* an async job id record (jobstore.h) */
 } kb_out_t;
 
 struct kb_job_s {
@@ -111,6 +113,9 @@ struct kb_job_s {
         kb_route_t *jb_called;          /* the route of the last call */
         kb_rq_node_t jb_rqn;            /* in jb_route's queue (WAITING) */
         kb_async_t *jb_async;           /* async routes: the job, owned */
+        kb_out_t jb_rec;                /* its job id record */
+        int jb_recorded;                /* ... acknowledged: tombstone it
+                                         * after the result */
         int jb_lane;                    /* 0: priority lane, 1: normal */
         const char *jb_opname;
         job_state_t jb_state;
@@ -148,6 +153,8 @@ struct kb_items_s {
         rd_kafka_queue_t *it_prioq; /* the priority lane's partitions,
                                      * forwarded here: fetched first */
         int it_prio_jobs;         /* jobs alive from the priority lane */
+        kb_jobstore_t *it_jobstore; /* async job ids, when a route is
+                                     * async (jobstore.h) */
         int it_polling;           /* async jobs waiting for their next
                                    * poll: no in-flight slot (SPEC §12) */
         kb_routes_t *it_routes;
@@ -244,10 +251,14 @@ static void job_destroy(kb_job_t *jb) {
         free(jb);
 }
 
+static void async_forget(kb_job_t *jb);
+
 /* The job's last message was acknowledged: its offset is done. */
 static void job_finish(kb_job_t *jb) {
         if (part_current(jb))
                 kb_offsets_mark_done(jb->jb_part->pt_ot, jb->jb_offset);
+        if (jb->jb_recorded)
+                async_forget(jb);
         job_destroy(jb);
 }
 
@@ -496,6 +507,8 @@ static void job_produce(kb_job_t *jb) {
         }
 }
 
+static void async_recorded(kb_job_t *jb, rd_kafka_resp_err_t err);
+
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                       void *opaque) {
         kb_out_t *out = m->_private;
@@ -503,6 +516,10 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         int i;
         if (!out)
                 return;
+        if (out->out_record) {
+                async_recorded(out->out_job, m->err);
+                return;
+        }
         jb = out->out_job;
         out->out_pending = 0;
         if (m->err) {
@@ -1161,12 +1178,117 @@ static void async_complete(kb_job_t *jb, kb_item_status_t st,
         job_complete(jb, &res, 0, NULL);
 }
 
-/* The job runs: poll it after the backoff, holding no slot. */
+/* The job runs: poll it after the backoff, holding no slot. When the
+ * worker stops or the item's partition goes, it is left for the next
+ * owner, which resumes it from its record. */
 static void async_wait(kb_job_t *jb) {
+        if (jb->jb_it->it_stopping || !part_current(jb) ||
+            jb->jb_part->pt_revoking) {
+                job_destroy(jb);
+                return;
+        }
+        /* Nothing held while it waits but the item: a worker may keep
+         * tens of thousands of jobs running. */
+        curl_easy_cleanup(jb->jb_easy);
+        jb->jb_easy = NULL;
+        free(jb->jb_resp);
+        jb->jb_resp = NULL;
+        jb->jb_resp_len = jb->jb_resp_cap = 0;
+        curl_slist_free_all(jb->jb_hdrs);
+        jb->jb_hdrs = NULL;
         timer_add(jb->jb_it, jb, TIMER_POLL,
                   kb_now_ms() + kb_async_next_wait(
                                     jb->jb_async,
                                     &jb->jb_route->rt_conf->async));
+}
+
+/* The key of an item's job id record: <batch_id>:<item_index>. */
+static void async_key(const kb_job_t *jb, char *key, size_t key_size) {
+        snprintf(key, key_size, "%s:%lld", jb->jb_item.batch_id,
+                 (long long)jb->jb_item.item_index);
+}
+
+/* The provider accepted the job: its id goes to the jobs topic, and the
+ * job is polled only once the broker has it (async_recorded). */
+static void async_record(kb_job_t *jb) {
+        kb_items_t *it = jb->jb_it;
+        kb_async_t *as = jb->jb_async;
+        char key[512], *val;
+        size_t len;
+        rd_kafka_resp_err_t err;
+        async_key(jb, key, sizeof(key));
+        val = kb_jobstore_record(as->as_id, jb->jb_route->rt_conf->name,
+                                 as->as_submitted, &len);
+        memset(&jb->jb_rec, 0, sizeof(jb->jb_rec));
+        jb->jb_rec.out_job = jb;
+        jb->jb_rec.out_record = 1;
+        err = val ? rd_kafka_producev(
+                        it->it_producer,
+                        RD_KAFKA_V_TOPIC(
+                            it->it_conf->topics_name[KB_TOPIC_ITEMS_JOBS]),
+                        RD_KAFKA_V_KEY(key, strlen(key)),
+                        RD_KAFKA_V_VALUE(val, len),
+                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                        RD_KAFKA_V_OPAQUE(&jb->jb_rec), RD_KAFKA_V_END)
+                  : RD_KAFKA_RESP_ERR__FAIL;
+        if (err) {
+                free(val);
+                async_recorded(jb, err);
+                return;
+        }
+        jb->jb_state = JOB_PRODUCING; /* not freed before the report */
+}
+
+/* The job id record was acknowledged (or could not be produced: the job
+ * is polled anyway, and a crash now would submit it again). */
+static void async_recorded(kb_job_t *jb, rd_kafka_resp_err_t err) {
+        jb->jb_state = JOB_NEW;
+        if (err)
+                kb_log(KB_LOG_WARN, "async",
+                       "the job id of %s:%lld could not be recorded (%s): a "
+                       "crash would submit it again",
+                       jb->jb_item.batch_id, (long long)jb->jb_item.item_index,
+                       rd_kafka_err2str(err));
+        else
+                jb->jb_recorded = 1;
+        async_wait(jb);
+}
+
+/* The item's result is acknowledged: its job id record goes (a
+ * tombstone; fire and forget). */
+static void async_forget(kb_job_t *jb) {
+        kb_items_t *it = jb->jb_it;
+        char key[512];
+        async_key(jb, key, sizeof(key));
+        rd_kafka_producev(
+            it->it_producer,
+            RD_KAFKA_V_TOPIC(it->it_conf->topics_name[KB_TOPIC_ITEMS_JOBS]),
+            RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_VALUE(NULL, 0),
+            RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
+}
+
+/* A job this item submitted before (its id recorded, by this worker or
+ * the partition's last owner): resume polling it now. Returns 1 then. */
+static int async_resume(kb_job_t *jb) {
+        kb_items_t *it = jb->jb_it;
+        char key[512];
+        const char *id;
+        int64_t at = 0;
+        if (!it->it_jobstore)
+                return 0;
+        async_key(jb, key, sizeof(key));
+        if (!(id = kb_jobstore_get(it->it_jobstore, key,
+                                   jb->jb_route->rt_conf->name, &at)) ||
+            !(jb->jb_async->as_id = strdup(id)))
+                return 0;
+        jb->jb_async->as_phase = KB_ASYNC_POLL;
+        jb->jb_async->as_submitted = at;
+        jb->jb_started_at = at;
+        jb->jb_attempts = jb->jb_attempts > 1 ? jb->jb_attempts : 1;
+        jb->jb_recorded = 1;
+        kb_log(KB_LOG_INFO, "async", "%s: resuming job %s", key, id);
+        timer_add(it, jb, TIMER_POLL, kb_now_ms());
+        return 1;
 }
 
 /* A 2xx JSON answer to an async call, by phase. */
@@ -1182,7 +1304,7 @@ static void async_answer(kb_job_t *jb, json_t *body) {
                         async_complete(jb, KB_STATUS_FAILED, "invalid_response",
                                        msg, body);
                 else
-                        async_wait(jb);
+                        async_record(jb);
                 return;
         case KB_ASYNC_POLL:
                 switch (kb_async_on_status(as, ac, body, msg, sizeof(msg))) {
@@ -1426,6 +1548,8 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                     kb_route_estimate_tokens(jb->jb_body, strlen(jb->jb_body),
                                              cap));
         }
+        if (jb->jb_async && async_resume(jb))
+                return;
         route_enqueue(jb->jb_route, jb, 0);
         route_dispatch(it, jb->jb_route);
 }
@@ -1880,6 +2004,15 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
         }
         /* Value formats; with avro, register (or look up) the results
          * schema now, asynchronously, so the first result does not wait. */
+        for (size_t r = 0; r < conf->route_cnt; r++)
+                if (!strcmp(conf->routes[r].mode, "async") &&
+                    !it->it_jobstore &&
+                    !(it->it_jobstore = kb_jobstore_new(conf, loop, errstr,
+                                                        errstr_size))) {
+                        if (runtime)
+                                *runtime = 1;
+                        goto fail;
+                }
         if (!(it->it_serde = kb_serde_new(conf, loop, errstr, errstr_size)))
                 goto fail;
         {
@@ -2013,13 +2146,17 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 int w = kb_control_serve(it->it_control, now);
                 if (w < wait)
                         wait = w;
+                if (it->it_jobstore &&
+                    (w = kb_jobstore_serve(it->it_jobstore, now)) < wait)
+                        wait = w;
         }
 
         /* Consume while below the in-flight limit. Items held for a retry
          * tier, and items waiting in their route's queue, do not count: a
          * throttled route must not hold back the others (its queue has its
          * own bound). */
-        if (!it->it_stopping && kb_control_ready(it->it_control)) {
+        if (!it->it_stopping && kb_control_ready(it->it_control) &&
+            (!it->it_jobstore || kb_jobstore_ready(it->it_jobstore))) {
                 int waiting = 0, qfull = 0, active;
                 size_t r;
                 for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
@@ -2168,6 +2305,7 @@ void kb_items_destroy(kb_items_t *it) {
                 free(it->it_retry_topics[i]);
         free(it->it_retry_topics);
         kb_control_destroy(it->it_control);
+        kb_jobstore_destroy(it->it_jobstore);
         kb_routes_destroy(it->it_routes);
         kb_serde_destroy(it->it_serde);
         free(it);

@@ -2,6 +2,7 @@
 timer, output from the status answer or a result endpoint, failures,
 cancel and deadline while a job runs, against the fake model's job API in
 its two shapes."""
+import signal
 import time
 
 from conftest import item
@@ -9,7 +10,7 @@ from fakes import FakeModel
 from test_pipeline import results_until
 
 JOBS = """{{ model = "jobs-*"; name = "jobs"; base_url = "{url}"; mode = "async";
-   max_inflight = 20; {extra}
+   max_inflight = {route_inflight}; {extra}
    async = {{ submit_path = "/jobs/submit"; id_pointer = "/job/id";
      status_path = "/jobs/status/{{id}}"; status_pointer = "/status";
      succeeded = ["succeeded"]; failed = ["failed"]; output_pointer = "/output";
@@ -24,9 +25,11 @@ GENVR = """{{ model = "gen-*"; name = "genvr"; base_url = "{url}"; mode = "async
      output_pointer = "/data/output"; poll_ms = 200; poll_max_ms = 1000; }}; }}"""
 
 
-def jobs_route(url, poll_ms=500, poll_max_ms=2000, extra="", async_extra=""):
+def jobs_route(url, poll_ms=500, poll_max_ms=2000, extra="", async_extra="",
+               route_inflight=20):
     return JOBS.format(url=url, poll_ms=poll_ms, poll_max_ms=poll_max_ms,
-                       extra=extra, async_extra=async_extra)
+                       extra=extra, async_extra=async_extra,
+                       route_inflight=route_inflight)
 
 
 def batch(env, b, n, timeout=120):
@@ -129,3 +132,64 @@ def test_job_timeout_after_max_wait(env):
         assert res["error"]["code"] == "job_timeout"
         assert 2000 <= res["job"]["wall_ms"] < 5000
         assert w.stop() == 0
+
+
+def test_sigkill_while_jobs_run_resumes_without_resubmitting(env):
+    """A worker SIGKILLed while 200 jobs run: the next one finds their ids
+    in the jobs topic and polls them; an item is submitted again only when
+    its id was not recorded yet (reported)."""
+    with FakeModel("--job-ms", "6000") as fake:
+        conf = env.write_conf(routes=f"( {jobs_route(fake.url, poll_ms=500, poll_max_ms=1000)} )",
+                              max_inflight=50)
+        env.create_topics(conf, partitions=2)
+        env.produce("items", [item("k", i, 200, model="jobs-x") for i in range(200)])
+        w = env.worker(conf)
+        fake.wait_for(lambda s: s["jobs"]["submitted"] >= 200, timeout=60)
+        time.sleep(1)  # the records are acknowledged
+        assert w.stop(sig=signal.SIGKILL) != 0
+        # What the jobs topic holds for the batch when the worker died.
+        recorded = {m.key().decode() for m in env.consume("items.jobs", timeout=20, idle=8)
+                    if m.value() is not None}
+        w2 = env.worker(conf)
+        res = batch(env, "k", 200, timeout=120)
+        assert {r["status"] for r in res.values()} == {"succeeded"}
+        jobs = fake.stats()["jobs"]["by_item"]
+        twice = sorted(k for k, v in jobs.items() if v["submits"] > 1)
+        rec_twice = [k for k in twice if k.replace(":req-", ":") in recorded]
+        print(f"SIGKILL with 200 jobs running: {len(recorded)} ids recorded, "
+              f"{len(twice)} items submitted twice ({len(rec_twice)} of them recorded)")
+        assert len(recorded) >= 190
+        assert rec_twice == []
+        assert all(v["submits"] <= 2 for v in jobs.values())
+        # Resumed jobs keep their first submit time and id.
+        for r in res.values():
+            k = f"k:{r['item_id']}"
+            if jobs[k]["submits"] == 1:
+                assert r["job"]["wall_ms"] >= 5500, r
+        # The records are tombstoned after the results.
+        time.sleep(3)
+        latest = {}
+        for m in env.consume("items.jobs", timeout=20, idle=8):
+            latest[m.key().decode()] = m.value()
+        assert all(v is None for v in latest.values()), \
+            sum(1 for v in latest.values() if v is not None)
+        assert w2.stop() == 0
+
+
+def test_ten_thousand_jobs_running_at_once(env):
+    """Jobs waiting between polls hold no slot: with max_inflight 1000, one
+    worker keeps 10,000 jobs running at the provider; its RSS then."""
+    with FakeModel("--job-ms", "600000", "--no-item-stats", "--threads", "4") as fake:
+        conf = env.write_conf(routes=f"( {jobs_route(fake.url, poll_ms=20000, poll_max_ms=60000, route_inflight=256)} )",
+                              max_inflight=1000, log_level="warn")
+        env.create_topics(conf, partitions=4)
+        env.produce("items", [item("many", i, 10000, model="jobs-x") for i in range(10000)])
+        w = env.worker(conf)
+        st = fake.wait_for(lambda s: s["jobs"]["running"] >= 10000, timeout=120, interval=1)
+        with open(f"/proc/{w.proc.pid}/status") as f:
+            rss_kb = int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+        print(f"10,000 async jobs running at once on one worker "
+              f"(max_inflight 1000): RSS {rss_kb / 1024:.0f} MiB")
+        assert st["jobs"]["submitted"] == 10000
+        assert rss_kb < 512 * 1024
+        w.stop(sig=signal.SIGKILL)

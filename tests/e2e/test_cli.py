@@ -77,7 +77,9 @@ def test_topics_create_is_idempotent_and_describe(env):
     conf = env.write_conf()
     r = env.kbatch("topics", "create", "--partitions", "3", conf=conf)
     created = [l for l in r.stdout.splitlines() if l.startswith("created")]
-    assert len(created) == 10, r.stdout      # items, 3 retry tiers, dlq, results, batches, batches.dlq, control, batch-state
+    # items, 3 retry tiers, items.priority, items.jobs, dlq, results,
+    # batches, batches.dlq, control, batch-state
+    assert len(created) == 12, r.stdout
     r = env.kbatch("topics", "create", "--partitions", "3", conf=conf)
     assert all(l.startswith("exists") for l in r.stdout.splitlines()), r.stdout
     d = env.describe(conf)
@@ -85,6 +87,8 @@ def test_topics_create_is_idempotent_and_describe(env):
     assert d[env.topic("control")]["partitions"] == 1
     assert d[env.topic("items")]["group"] == env.group
     assert d[env.topic("items")]["lag"] == 0
+    assert d[env.topic("items.priority")]["group"] == env.group
+    assert d[env.topic("items.jobs")]["partitions"] == 3
     text = env.kbatch("topics", "describe", conf=conf).stdout
     assert env.topic("batch-state") in text
 

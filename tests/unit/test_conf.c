@@ -112,6 +112,7 @@ Test(conf, defaults) {
                 "kbatch.items",       "kbatch.items.dlq", "kbatch.results",
                 "kbatch.batches",     "kbatch.batches.dlq", "kbatch.control",
                 "kbatch.batch-state", "kbatch.items.priority",
+                "kbatch.items.jobs",
         };
         char host[256], want[300];
         size_t i;
