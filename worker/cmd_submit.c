@@ -92,6 +92,10 @@ static void usage(FILE *out) {
                 "  --format F                 require every line in format F "
                 "(default:\n"
                 "                             auto, each line as it comes)\n"
+                "  --priority high|normal     high: publish to the priority "
+                "lane\n"
+                "                             (topics.items_priority), served "
+                "first\n"
                 "  --dry-run                  validate only; connect to "
                 "nothing\n"
                 "  --force                    publish even when the batch id "
@@ -118,6 +122,7 @@ typedef struct {
         kb_bf_format_t so_format;
         int so_dry_run;
         int so_force;
+        int so_priority; /* --priority high: the priority lane */
         int so_quiet;
 } submit_opts_t;
 
@@ -305,7 +310,9 @@ static int check_topic(rd_kafka_t *rk, const char *topic, const kb_conf_t *conf,
 /* Publishes every request of in (rewound). Returns the exit code. */
 static int publish(const submit_opts_t *so, const kb_conf_t *conf,
                    validate_t *sv, FILE *in, progress_t *pg) {
-        const char *topic = conf->topics_name[KB_TOPIC_ITEMS];
+        const char *topic = conf->topics_name[so->so_priority
+                                                  ? KB_TOPIC_ITEMS_PRIORITY
+                                                  : KB_TOPIC_ITEMS];
         rd_kafka_conf_t *kc;
         rd_kafka_t *rk = NULL;
         kb_serde_t *sd = NULL;
@@ -473,6 +480,7 @@ int kb_cmd_submit(int argc, char **argv) {
                 O_FORMAT,
                 O_DRY_RUN,
                 O_FORCE,
+                O_PRIORITY,
         };
         static const struct option opts[] = {
                 {"config", 1, NULL, 'c'},
@@ -485,6 +493,7 @@ int kb_cmd_submit(int argc, char **argv) {
                 {"format", 1, NULL, O_FORMAT},
                 {"dry-run", 0, NULL, O_DRY_RUN},
                 {"force", 0, NULL, O_FORCE},
+                {"priority", 1, NULL, O_PRIORITY},
                 {"quiet", 0, NULL, 'q'},
                 {"help", 0, NULL, 'h'},
                 {NULL, 0, NULL, 0}};
@@ -574,6 +583,15 @@ int kb_cmd_submit(int argc, char **argv) {
                         break;
                 case O_FORCE:
                         so.so_force = 1;
+                        break;
+                case O_PRIORITY:
+                        if (strcmp(optarg, "high") && strcmp(optarg, "normal")) {
+                                rc = usage_error("--priority must be high or "
+                                                 "normal, not '%.100s'",
+                                                 optarg);
+                                goto out;
+                        }
+                        so.so_priority = !strcmp(optarg, "high");
                         break;
                 case 'q':
                         so.so_quiet = 1;

@@ -684,6 +684,13 @@ json_t *kb_codec_result_json(const kb_item_t *item, const kb_result_t *res) {
                                                  ? json_integer(res->latency_ms)
                                                  : json_null());
         json_object_set_new(o, "worker", str_or_null(res->worker));
+        json_object_set_new(o, "route", str_or_null(res->route));
+        json_object_set_new(
+            o, "job",
+            res->job_id ? json_pack("{s:s,s:i,s:I}", "id", res->job_id,
+                                    "polls", res->job_polls, "wall_ms",
+                                    (json_int_t)res->job_wall_ms)
+                        : json_null());
         json_object_set_new(o, "callback_url", str_or_null(item->callback_url));
         json_object_set_new(o, "deadline", ms_or_null(item->deadline));
         json_object_set(o, "metadata",

@@ -136,6 +136,11 @@ typedef struct kb_result_s {
         int64_t started_at, finished_at; /* epoch ms; 0: null */
         int64_t latency_ms;              /* -1: null */
         const char *worker;
+        const char *route;     /* the route of the last call; NULL: null */
+        const char *job_id;    /* async routes: the provider's job id;
+                                * NULL: "job" is null */
+        int job_polls;         /* status calls answered */
+        int64_t job_wall_ms;   /* submit to the last answer */
 } kb_result_t;
 
 /* Extracts usage from a model response body (OpenAI chat/completions/

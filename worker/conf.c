@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "jsonptr.h"
 #include "offsets.h"
 
 extern char **environ;
@@ -68,6 +69,8 @@ typedef struct kb_conf_setting_s {
 
 static int check_topic(const char *v, char *msg, size_t msg_size);
 static int check_instance(const char *v, char *msg, size_t msg_size);
+static int check_path(const char *v, char *msg, size_t msg_size);
+static int check_pointer(const char *v, char *msg, size_t msg_size);
 static int check_envname(const char *v, char *msg, size_t msg_size);
 static int check_url(const char *v, char *msg, size_t msg_size);
 static int check_urls(const char *v, char *msg, size_t msg_size);
@@ -104,6 +107,10 @@ static const kb_conf_setting_t kb_conf_settings[] = {
         S_STR("topics.prefix", 0, 200, "kbatch.", topics_prefix, check_topic),
         S_STR("topics.items", 1, 240, "items", topics_base[KB_TOPIC_ITEMS],
               check_topic),
+        S_STR("topics.items_priority", 1, 249, "items.priority",
+              topics_base[KB_TOPIC_ITEMS_PRIORITY], check_topic),
+        S_STR("topics.items_jobs", 1, 249, "items.jobs",
+              topics_base[KB_TOPIC_ITEMS_JOBS], check_topic),
         S_STR("topics.items_dlq", 1, 249, "items.dlq",
               topics_base[KB_TOPIC_ITEMS_DLQ], check_topic),
         S_STR("topics.results", 1, 249, "results",
@@ -266,9 +273,36 @@ static const kb_conf_setting_t kb_conf_route_settings[] = {
         S_INT("tokens_per_minute", 0, 2000000000, "0", tokens_per_minute),
         S_BOOL("tls_verify", "true", tls_verify),
         S_STR("ca_file", 1, 4096, NULL, ca_file, NULL),
+        S_STR("name", 1, 256, NULL, name, NULL),
+        S_STR("fallback", 1, 256, NULL, fallback, NULL),
+        S_INT("breaker_failures", 1, 1000000, "5", breaker_failures),
+        S_INT("breaker_open_ms", 100, 86400000, "30000", breaker_open_ms),
+        S_INT("fallback_after_ms", 0, 86400000, "10000", fallback_after_ms),
+        S_ENUM("mode", "sync|async", "sync", mode),
 };
 #define KB_CONF_ROUTE_SETTING_CNT                                              \
         (sizeof(kb_conf_route_settings) / sizeof(*kb_conf_route_settings))
+
+#undef OFF
+#define OFF(f) offsetof(kb_async_conf_t, f)
+
+/* The scalar keys of a route's async group (succeeded and failed are
+ * lists of strings with their own parser). */
+static const kb_conf_setting_t kb_conf_async_settings[] = {
+        S_STR("submit_path", 1, 4096, NULL, submit_path, check_path),
+        S_STR("id_pointer", 0, 1024, NULL, id_pointer, check_pointer),
+        S_STR("status_path", 1, 4096, NULL, status_path, check_path),
+        S_ENUM("status_method", "GET|POST", "GET", status_method),
+        S_STR("status_pointer", 0, 1024, NULL, status_pointer, check_pointer),
+        S_STR("output_pointer", 0, 1024, NULL, output_pointer, check_pointer),
+        S_STR("result_path", 1, 4096, NULL, result_path, check_path),
+        S_STR("cancel_path", 1, 4096, NULL, cancel_path, check_path),
+        S_INT("poll_ms", 10, 3600000, "1000", poll_ms),
+        S_INT("poll_max_ms", 10, 3600000, "30000", poll_max_ms),
+        S_INT("max_wait_ms", 1000, 2000000000, "86400000", max_wait_ms),
+};
+#define KB_CONF_ASYNC_SETTING_CNT                                              \
+        (sizeof(kb_conf_async_settings) / sizeof(*kb_conf_async_settings))
 
 #undef OFF
 
@@ -663,6 +697,25 @@ static int check_instance(const char *v, char *msg, size_t msg_size) {
                         return -1;
                 }
         return 0;
+}
+
+static int check_path(const char *v, char *msg, size_t msg_size) {
+        const char *p;
+        if (v[0] != '/') {
+                snprintf(msg, msg_size, "must be a path starting with '/'");
+                return -1;
+        }
+        for (p = v; *p; p++)
+                if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
+                        snprintf(msg, msg_size, "must not contain spaces or "
+                                 "control characters");
+                        return -1;
+                }
+        return 0;
+}
+
+static int check_pointer(const char *v, char *msg, size_t msg_size) {
+        return kb_jsonptr_check(v, msg, msg_size);
 }
 
 static int check_envname(const char *v, char *msg, size_t msg_size) {
@@ -1302,6 +1355,13 @@ static int parse_properties(kb_conf_ctx_t *ctx, rd_kafka_conf_t *scratch,
  * routes
  */
 
+static void strlist_free(char **l, size_t n) {
+        size_t i;
+        for (i = 0; i < n; i++)
+                free(l[i]);
+        free(l);
+}
+
 static void route_free(kb_route_conf_t *rc) {
         size_t i;
         for (i = 0; i < KB_CONF_ROUTE_SETTING_CNT; i++) {
@@ -1311,6 +1371,13 @@ static void route_free(kb_route_conf_t *rc) {
         }
         kv_free(rc->headers, rc->header_cnt);
         kv_free(rc->operations, rc->operation_cnt);
+        for (i = 0; i < KB_CONF_ASYNC_SETTING_CNT; i++) {
+                const kb_conf_setting_t *st = &kb_conf_async_settings[i];
+                if (st->type == KB_CONF_T_STR || st->type == KB_CONF_T_ENUM)
+                        free(*(char **)field(&rc->async, st));
+        }
+        strlist_free(rc->async.succeeded, rc->async.succeeded_cnt);
+        strlist_free(rc->async.failed, rc->async.failed_cnt);
         memset(rc, 0, sizeof(*rc));
 }
 
@@ -1332,6 +1399,12 @@ static int route_init(kb_conf_ctx_t *ctx, kb_route_conf_t *rc) {
                 if (st->def && parse_text(ctx, st, rc, st->path, st->def, NULL))
                         return -1;
         }
+        for (i = 0; i < KB_CONF_ASYNC_SETTING_CNT; i++) {
+                const kb_conf_setting_t *st = &kb_conf_async_settings[i];
+                if (st->def &&
+                    parse_text(ctx, st, &rc->async, st->path, st->def, NULL))
+                        return -1;
+        }
         for (i = 0; i < sizeof(kb_conf_default_ops) /
                             sizeof(*kb_conf_default_ops);
              i++)
@@ -1348,6 +1421,7 @@ static int default_routes(kb_conf_ctx_t *ctx) {
         conf->route_cnt = 1;
         if (route_init(ctx, &conf->routes[0]) ||
             !(conf->routes[0].model = strdup("*")) ||
+            !(conf->routes[0].name = strdup("*")) ||
             !(conf->routes[0].base_url = strdup("http://127.0.0.1:8000")))
                 return conf_fail(ctx, NULL, NULL, "out of memory");
         return 0;
@@ -1419,10 +1493,125 @@ static int parse_route_kv(kb_conf_ctx_t *ctx, kb_route_conf_t *rc, int idx,
         return 0;
 }
 
+/* A list of strings (succeeded, failed); *l and *n replaced. */
+static int parse_strlist(kb_conf_ctx_t *ctx, const config_setting_t *s,
+                         const char *subject, char ***l, size_t *n) {
+        kb_conf_loc_t loc = setting_loc(ctx, s);
+        int i, cnt;
+        if (!config_setting_is_array(s) && !config_setting_is_list(s))
+                return conf_fail(ctx, &loc, subject,
+                                 "must be a list of strings: [\"done\", ...]");
+        cnt = config_setting_length(s);
+        strlist_free(*l, *n);
+        *n = 0;
+        if (!(*l = calloc((size_t)cnt + 1, sizeof(char *))))
+                return conf_fail(ctx, &loc, NULL, "out of memory");
+        for (i = 0; i < cnt; i++) {
+                const config_setting_t *e =
+                    config_setting_get_elem(s, (unsigned)i);
+                if (config_setting_type(e) != CONFIG_TYPE_STRING)
+                        return conf_fail(ctx, &loc, subject,
+                                         "must be a list of strings");
+                if (!((*l)[(*n)++] = strdup(config_setting_get_string(e))))
+                        return conf_fail(ctx, &loc, NULL, "out of memory");
+        }
+        return 0;
+}
+
+/* routes[i].async = { ... } (SPEC §12). */
+static int parse_route_async(kb_conf_ctx_t *ctx, kb_route_conf_t *rc,
+                             int idx, const config_setting_t *g) {
+        kb_conf_loc_t loc = setting_loc(ctx, g);
+        const char *keys[KB_CONF_ASYNC_SETTING_CNT + 2], *sug;
+        char subject[128];
+        size_t k;
+        int i, n;
+        snprintf(subject, sizeof(subject), "routes[%d].async", idx);
+        if (!config_setting_is_group(g))
+                return conf_fail(ctx, &loc, subject,
+                                 "must be a group: { submit_path = \"...\"; "
+                                 "... }");
+        n = config_setting_length(g);
+        for (i = 0; i < n; i++) {
+                const config_setting_t *s =
+                    config_setting_get_elem(g, (unsigned)i);
+                const char *sn = config_setting_name(s);
+                const kb_conf_setting_t *st = NULL;
+                kb_conf_loc_t sl = setting_loc(ctx, s);
+                snprintf(subject, sizeof(subject), "routes[%d].async.%s", idx,
+                         sn);
+                if (!strcmp(sn, "succeeded") || !strcmp(sn, "failed")) {
+                        int ok = sn[0] == 's';
+                        if (parse_strlist(ctx, s, subject,
+                                          ok ? &rc->async.succeeded
+                                             : &rc->async.failed,
+                                          ok ? &rc->async.succeeded_cnt
+                                             : &rc->async.failed_cnt))
+                                return -1;
+                        continue;
+                }
+                for (k = 0; k < KB_CONF_ASYNC_SETTING_CNT; k++)
+                        if (!strcmp(kb_conf_async_settings[k].path, sn))
+                                st = &kb_conf_async_settings[k];
+                if (!st) {
+                        for (k = 0; k < KB_CONF_ASYNC_SETTING_CNT; k++)
+                                keys[k] = kb_conf_async_settings[k].path;
+                        keys[k++] = "succeeded";
+                        keys[k++] = "failed";
+                        if ((sug = suggest(sn, keys, k)))
+                                return conf_fail(ctx, &sl, NULL,
+                                                 "unknown key '%s'; did you "
+                                                 "mean '%s'?",
+                                                 subject, sug);
+                        return conf_fail(ctx, &sl, NULL, "unknown key '%s'",
+                                         subject);
+                }
+                if (parse_setting(ctx, st, &rc->async, subject, s))
+                        return -1;
+        }
+        return 0;
+}
+
+/* mode = "async" needs the async group's required keys. */
+static int check_route_async(kb_conf_ctx_t *ctx, kb_route_conf_t *rc,
+                             int idx, kb_conf_loc_t *loc) {
+        const kb_async_conf_t *a = &rc->async;
+        char subject[128];
+        const char *missing = NULL;
+        if (strcmp(rc->mode, "async"))
+                return 0;
+        if (!a->submit_path)
+                missing = "submit_path";
+        else if (!a->id_pointer)
+                missing = "id_pointer";
+        else if (!a->status_path)
+                missing = "status_path";
+        else if (!a->status_pointer)
+                missing = "status_pointer";
+        else if (!a->succeeded_cnt)
+                missing = "succeeded";
+        else if (!a->failed_cnt)
+                missing = "failed";
+        if (missing) {
+                snprintf(subject, sizeof(subject), "routes[%d].async.%s", idx,
+                         missing);
+                return conf_fail(ctx, loc, subject,
+                                 "is required with mode = \"async\"");
+        }
+        if (a->poll_max_ms < a->poll_ms) {
+                snprintf(subject, sizeof(subject), "routes[%d].async", idx);
+                return conf_fail(ctx, loc, subject,
+                                 "poll_max_ms (%d) must not be below poll_ms "
+                                 "(%d)",
+                                 a->poll_max_ms, a->poll_ms);
+        }
+        return 0;
+}
+
 static int parse_route(kb_conf_ctx_t *ctx, kb_route_conf_t *rc, int idx,
                        const config_setting_t *g) {
         kb_conf_loc_t loc = setting_loc(ctx, g), kfloc = { NULL, 0, NULL };
-        const char *route_keys[KB_CONF_ROUTE_SETTING_CNT + 2];
+        const char *route_keys[KB_CONF_ROUTE_SETTING_CNT + 3];
         char subject[128], ops[512];
         const kb_conf_setting_t *st;
         const char *sug;
@@ -1444,6 +1633,11 @@ static int parse_route(kb_conf_ctx_t *ctx, kb_route_conf_t *rc, int idx,
                 const char *name = config_setting_name(s);
                 kb_conf_loc_t sl = setting_loc(ctx, s);
                 snprintf(subject, sizeof(subject), "routes[%d].%s", idx, name);
+                if (!strcmp(name, "async")) {
+                        if (parse_route_async(ctx, rc, idx, s))
+                                return -1;
+                        continue;
+                }
                 if (!strcmp(name, "headers") || !strcmp(name, "operations")) {
                         if (parse_route_kv(ctx, rc, idx, s,
                                            !strcmp(name, "headers")))
@@ -1455,6 +1649,7 @@ static int parse_route(kb_conf_ctx_t *ctx, kb_route_conf_t *rc, int idx,
                                 route_keys[k] = kb_conf_route_settings[k].path;
                         route_keys[k++] = "headers";
                         route_keys[k++] = "operations";
+                        route_keys[k++] = "async";
                         sug = suggest(name, route_keys, k);
                         if (sug)
                                 return conf_fail(ctx, &sl, NULL,
@@ -1480,6 +1675,8 @@ static int parse_route(kb_conf_ctx_t *ctx, kb_route_conf_t *rc, int idx,
                 return conf_fail(ctx, &loc, subject,
                                  "is required (e.g. \"http://127.0.0.1:8000\")");
         }
+        if (check_route_async(ctx, rc, idx, &loc))
+                return -1;
         if (rc->api_key_env && rc->api_key_file) {
                 snprintf(subject, sizeof(subject), "routes[%d]", idx);
                 return conf_fail(ctx, kfloc.line ? &kfloc : &loc, subject,
@@ -1503,10 +1700,74 @@ static int parse_route(kb_conf_ctx_t *ctx, kb_route_conf_t *rc, int idx,
         return 0;
 }
 
+/* 1 when some route names routes[i] as its fallback. */
+static int route_is_fallback(const kb_conf_t *conf, size_t i) {
+        size_t j;
+        for (j = 0; j < conf->route_cnt; j++)
+                if (conf->routes[j].fallback &&
+                    !strcmp(conf->routes[j].fallback, conf->routes[i].name))
+                        return 1;
+        return 0;
+}
+
+/* Names (default: the model glob), unique; fallbacks name another route;
+ * a model glob already matched by an earlier route is an error unless the
+ * route serves as a fallback (it is then reached by name, SPEC §12). */
+static int check_route_names(kb_conf_ctx_t *ctx, const config_setting_t *l) {
+        kb_conf_t *conf = ctx->conf;
+        char subject[64];
+        size_t i, j;
+        for (i = 0; i < conf->route_cnt; i++)
+                if (!conf->routes[i].name &&
+                    !(conf->routes[i].name = strdup(conf->routes[i].model)))
+                        return conf_fail(ctx, NULL, NULL, "out of memory");
+        for (i = 0; i < conf->route_cnt; i++) {
+                kb_route_conf_t *rc = &conf->routes[i];
+                const config_setting_t *g =
+                    config_setting_get_elem(l, (unsigned)i);
+                kb_conf_loc_t gl = setting_loc(ctx, g);
+                for (j = 0; j < i; j++) {
+                        const kb_route_conf_t *o = &conf->routes[j];
+                        int model = !strcmp(o->model, rc->model) &&
+                                    !route_is_fallback(conf, i);
+                        if (!model && strcmp(o->name, rc->name))
+                                continue;
+                        snprintf(subject, sizeof(subject), "routes[%zu].%s", i,
+                                 model ? "model" : "name");
+                        return conf_fail(
+                            ctx, &gl, subject,
+                            "'%s' is already the %s of routes[%zu] (line "
+                            "%d)%s",
+                            model ? rc->model : rc->name,
+                            model ? "model" : "name", j, o->line,
+                            model ? ", which always matches first" : "");
+                }
+                if (!rc->fallback)
+                        continue;
+                snprintf(subject, sizeof(subject), "routes[%zu].fallback", i);
+                for (j = 0; j < conf->route_cnt; j++)
+                        if (j != i && conf->routes[j].name &&
+                            !strcmp(conf->routes[j].name, rc->fallback))
+                                break;
+                if (j == conf->route_cnt)
+                        return conf_fail(ctx, &gl, subject,
+                                         "'%s' is not the name of another "
+                                         "route",
+                                         rc->fallback);
+                /* A job running at an async provider cannot move. */
+                if (strcmp(rc->mode, "sync") ||
+                    strcmp(conf->routes[j].mode, "sync"))
+                        return conf_fail(ctx, &gl, subject,
+                                         "fallback routes must both be "
+                                         "mode = \"sync\"");
+        }
+        return 0;
+}
+
 static int parse_routes(kb_conf_ctx_t *ctx, const config_setting_t *l) {
         kb_conf_loc_t loc = setting_loc(ctx, l);
         kb_conf_t *conf = ctx->conf;
-        int n, i, j;
+        int n, i;
 
         if (!config_setting_is_list(l))
                 return conf_fail(ctx, &loc, "routes",
@@ -1525,24 +1786,9 @@ static int parse_routes(kb_conf_ctx_t *ctx, const config_setting_t *l) {
                 conf->route_cnt = (size_t)i + 1;
                 if (parse_route(ctx, &conf->routes[i], i, g))
                         return -1;
-                for (j = 0; j < i; j++)
-                        if (!strcmp(conf->routes[j].model,
-                                    conf->routes[i].model)) {
-                                char subject[64];
-                                kb_conf_loc_t gl = setting_loc(ctx, g);
-                                snprintf(subject, sizeof(subject),
-                                         "routes[%d].model", i);
-                                return conf_fail(
-                                    ctx, &gl, subject,
-                                    "'%s' is already the model of routes[%d] "
-                                    "(line %d), which always matches first",
-                                    conf->routes[i].model, j,
-                                    conf->routes[j].line);
-                        }
         }
-        return 0;
+        return check_route_names(ctx, l);
 }
-
 
 /*
  * The file
@@ -2167,6 +2413,32 @@ static void print_value(FILE *out, const void *base,
         }
 }
 
+static void print_strlist(FILE *out, const char *name, char **l, size_t n) {
+        size_t i;
+        fprintf(out, "                        %s = [", name);
+        for (i = 0; i < n; i++) {
+                fputs(i ? ", " : " ", out);
+                print_str(out, l[i]);
+        }
+        fputs(" ];\n", out);
+}
+
+static void print_route_async(FILE *out, const kb_async_conf_t *a) {
+        size_t i;
+        fputs("                async = {\n", out);
+        for (i = 0; i < KB_CONF_ASYNC_SETTING_CNT; i++) {
+                const kb_conf_setting_t *st = &kb_conf_async_settings[i];
+                if (st->type == KB_CONF_T_STR && !*(char *const *)cfield(a, st))
+                        continue;
+                fprintf(out, "                        %s = ", st->path);
+                print_value(out, a, st);
+                fputs(";\n", out);
+        }
+        print_strlist(out, "succeeded", a->succeeded, a->succeeded_cnt);
+        print_strlist(out, "failed", a->failed, a->failed_cnt);
+        fputs("                };\n", out);
+}
+
 static void print_route(FILE *out, const kb_route_conf_t *rc) {
         char name[256];
         size_t i;
@@ -2199,6 +2471,8 @@ static void print_route(FILE *out, const kb_route_conf_t *rc) {
                 fputs(";\n", out);
         }
         fputs("                };\n", out);
+        if (!strcmp(rc->mode, "async"))
+                print_route_async(out, &rc->async);
         fputs("        }", out);
 }
 

@@ -45,6 +45,8 @@ typedef enum {
         KB_TOPIC_BATCH_STATE,
         KB_TOPIC_FILES,       /* api: uploaded files (compacted) */
         KB_TOPIC_API_BATCHES, /* api: batch records (compacted) */
+        KB_TOPIC_ITEMS_PRIORITY, /* SPEC §12: the priority lane */
+        KB_TOPIC_ITEMS_JOBS,     /* SPEC §12: async job ids, compacted */
         KB_TOPIC__CNT
 } kb_topic_t;
 
@@ -53,6 +55,27 @@ typedef struct kb_kv_s {
         char *k;
         char *v;
 } kb_kv_t;
+
+/* A route's async job API (SPEC §12, mode = "async"). */
+typedef struct kb_async_conf_s {
+        char *submit_path;         /* POST the item's input here */
+        char *id_pointer;          /* JSON Pointer to the job id in the
+                                    * submit response */
+        char *status_path;         /* "{id}" replaced */
+        char *status_method;       /* "GET" or "POST" (the input + "id") */
+        char *status_pointer;      /* JSON Pointer to the status */
+        char **succeeded;          /* status values: done, output ready */
+        size_t succeeded_cnt;
+        char **failed;             /* status values: the job failed */
+        size_t failed_cnt;
+        char *output_pointer;      /* the output in the status response
+                                    * (NULL: all of it) */
+        char *result_path;         /* or fetched from here ("{id}"), NULL */
+        char *cancel_path;         /* POSTed on cancel/deadline, or NULL */
+        int poll_ms;               /* first poll interval, default 1000 */
+        int poll_max_ms;           /* backoff up to, default 30000 */
+        int max_wait_ms;           /* then job_timeout, default 86400000 */
+} kb_async_conf_t;
 
 typedef struct kb_route_conf_s {
         char *model;               /* glob (fnmatch) on the item's model */
@@ -75,6 +98,17 @@ typedef struct kb_route_conf_s {
                                     * embeddings, completions) first, then
                                     * the route's own, overriding by name */
         size_t operation_cnt;
+        /* SPEC §12 */
+        char *name;                /* default: the model glob (resolved at
+                                    * load: never NULL after it) */
+        char *fallback;            /* the name of another route, or NULL */
+        int breaker_failures;      /* failures in a row that open the
+                                    * circuit, default 5 */
+        int breaker_open_ms;       /* open this long, then probe; 30000 */
+        int fallback_after_ms;     /* a Retry-After longer than this sends
+                                    * items to the fallback; 10000 */
+        char *mode;                /* "sync" (default) or "async" */
+        kb_async_conf_t async;     /* mode "async" */
         int line;                  /* config line of this route, 0 if default */
 } kb_route_conf_t;
 

@@ -10,6 +10,7 @@
 #include "codec.h"
 #include "kafka.h"
 #include "log.h"
+#include "reader.h"
 
 #define KB_CONTROL_STARTUP_GRACE_MS 15000
 
@@ -117,11 +118,6 @@ kb_control_t *kb_control_new(const kb_conf_t *conf, kb_loop_t *loop,
                              char *errstr, size_t errstr_size) {
         kb_control_t *ct = calloc(1, sizeof(*ct));
         const char *topic = conf->topics_name[KB_TOPIC_CONTROL];
-        rd_kafka_conf_t *kc;
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_topic_t *rkt;
-        rd_kafka_topic_partition_list_t *l;
-        int i, wfd;
 
         if (!ct)
                 return NULL;
@@ -136,72 +132,12 @@ kb_control_t *kb_control_new(const kb_conf_t *conf, kb_loop_t *loop,
                 goto fail;
         }
         ct->ct_started_ms = kb_now_ms();
-        if (!(kc = kb_kafka_conf_new(conf, "control", errstr, errstr_size)))
+        if (!(ct->ct_rk = kb_reader_new(conf, "control", topic,
+                                        "control topic",
+                                        kb_wall_ms() - conf->control_lookback_ms,
+                                        loop, &ct->ct_q, &ct->ct_parts, errstr,
+                                        errstr_size)))
                 goto fail;
-        /* No group: every instance reads everything. A group id is set only
-         * because librdkafka wants one for a consumer handle; nothing is
-         * ever committed. */
-        if (kb_kafka_conf_set(kc, "group.id", "kbatch-control-reader", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
-                              errstr_size)) {
-                rd_kafka_conf_destroy(kc);
-                goto fail;
-        }
-        if (!(ct->ct_rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
-                                       errstr_size))) {
-                rd_kafka_conf_destroy(kc);
-                goto fail;
-        }
-        rkt = rd_kafka_topic_new(ct->ct_rk, topic, NULL);
-        if (kb_kafka_metadata(ct->ct_rk, 0, rkt, &md, 10000, errstr,
-                              errstr_size) ==
-            RD_KAFKA_RESP_ERR__AUTHENTICATION) {
-                /* errstr: the one line that says so */
-                rd_kafka_topic_destroy(rkt);
-                goto fail;
-        }
-        if (!md || md->topic_cnt != 1 || md->topics[0].err ||
-            md->topics[0].partition_cnt < 1) {
-                snprintf(errstr, errstr_size,
-                         "cannot read the control topic %s: %s", topic,
-                         md && md->topic_cnt
-                             ? rd_kafka_err2str(md->topics[0].err)
-                             : "no metadata (is the broker up, were the "
-                               "topics created?)");
-                if (md)
-                        rd_kafka_metadata_destroy(md);
-                rd_kafka_topic_destroy(rkt);
-                goto fail;
-        }
-        l = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
-        for (i = 0; i < md->topics[0].partition_cnt; i++)
-                rd_kafka_topic_partition_list_add(l, topic, i)->offset =
-                    kb_wall_ms() - conf->control_lookback_ms;
-        rd_kafka_metadata_destroy(md);
-        rd_kafka_topic_destroy(rkt);
-        /* Start from the look-back: offsets by time (a partition with
-         * nothing newer starts at its end). */
-        if (rd_kafka_offsets_for_times(ct->ct_rk, l, 10000)) {
-                for (i = 0; i < l->cnt; i++)
-                        l->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
-        }
-        for (i = 0; i < l->cnt; i++)
-                if (l->elems[i].offset < 0)
-                        l->elems[i].offset = RD_KAFKA_OFFSET_END;
-        ct->ct_parts = l->cnt;
-        if (rd_kafka_assign(ct->ct_rk, l)) {
-                snprintf(errstr, errstr_size, "cannot assign %s", topic);
-                rd_kafka_topic_partition_list_destroy(l);
-                goto fail;
-        }
-        rd_kafka_topic_partition_list_destroy(l);
-        rd_kafka_poll_set_consumer(ct->ct_rk);
-        ct->ct_q = rd_kafka_queue_get_consumer(ct->ct_rk);
-        if ((wfd = kb_loop_wake_pipe(loop)) >= 0)
-                rd_kafka_queue_io_event_enable(ct->ct_q, wfd, "t", 1);
         return ct;
 fail:
         kb_control_destroy(ct);

@@ -17,16 +17,19 @@
 #include <sys/queue.h>
 #include <unistd.h>
 
+#include "async.h"
 #include "codec.h"
 #include "control.h"
 #include "easypool.h"
 #include "http.h"
+#include "jobstore.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
 #include "offsets.h"
 #include "partset.h"
 #include "retry.h"
+#include "routeq.h"
 #include "routes.h"
 #include "serde.h"
 
@@ -64,6 +67,7 @@ typedef enum {
         TIMER_DUE,         /* a retry-tier message not due yet: start it */
         TIMER_DECODE,      /* the schema registry was unavailable: decode
                             * again */
+        TIMER_POLL,        /* an async job runs: poll it when due */
 } job_timer_t;
 
 typedef struct kb_job_s kb_job_t;
@@ -83,6 +87,7 @@ typedef struct kb_out_s {
         int64_t out_not_before; /* kbatch-not-before (epoch ms), or 0 */
         int out_pending;        /* produced, not yet acknowledged */
         int out_done;
+        int out_record;         /* an async job id record (jobstore.h) */
 } kb_out_t;
 
 struct kb_job_s {
@@ -106,6 +111,13 @@ struct kb_job_s {
         int64_t jb_offset;
         kb_item_t jb_item;
         kb_route_t *jb_route;
+        kb_route_t *jb_called;          /* the route of the last call */
+        kb_rq_node_t jb_rqn;            /* in jb_route's queue (WAITING) */
+        kb_async_t *jb_async;           /* async routes: the job, owned */
+        kb_out_t jb_rec;                /* its job id record */
+        int jb_recorded;                /* ... acknowledged: tombstone it
+                                         * after the result */
+        int jb_lane;                    /* 0: priority lane, 1: normal */
         const char *jb_opname;
         job_state_t jb_state;
         CURL *jb_easy;
@@ -142,6 +154,13 @@ struct kb_items_s {
         int it_pwfd;              /* its wake pipe */
         int it_producer_failed;   /* fatal error: producer_recover() */
         int64_t it_test_fatal_at; /* $KBATCH_TEST_PRODUCER_FATAL_MS */
+        rd_kafka_queue_t *it_prioq; /* the priority lane's partitions,
+                                     * forwarded here: fetched first */
+        int it_prio_jobs;         /* jobs alive from the priority lane */
+        kb_jobstore_t *it_jobstore; /* async job ids, when a route is
+                                     * async (jobstore.h) */
+        int it_polling;           /* async jobs waiting for their next
+                                   * poll: no in-flight slot (SPEC §12) */
         kb_routes_t *it_routes;
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
@@ -176,13 +195,32 @@ static int part_current(const kb_job_t *jb) {
 static void timer_remove(kb_items_t *it, kb_job_t *jb);
 static void job_start(kb_items_t *it, kb_job_t *jb);
 
+/* Route queues (routeq.h): lanes, batches in turn. */
+#define RQN_JOB(n) ((kb_job_t *)(void *)((char *)(n) - offsetof(kb_job_t, jb_rqn)))
+
+/* Queues a job on rt (its route from now on); head: it already waited. */
+static void route_enqueue(kb_route_t *rt, kb_job_t *jb, int head) {
+        jb->jb_route = rt;
+        jb->jb_state = JOB_WAITING;
+        if (kb_routeq_push(&rt->rt_q, &jb->jb_rqn, jb->jb_lane,
+                           jb->jb_item.batch_id, head) != 0) {
+                kb_log(KB_LOG_ERROR, "items", "out of memory");
+                jb->jb_it->it_fatal = 1;
+        }
+        rt->rt_waiting++;
+}
+
+static void route_dequeue(kb_job_t *jb) {
+        kb_routeq_remove(&jb->jb_route->rt_q, &jb->jb_rqn);
+        jb->jb_route->rt_waiting--;
+        jb->jb_state = JOB_NEW;
+}
+
 static void job_destroy(kb_job_t *jb) {
         kb_items_t *it = jb->jb_it;
         int i;
-        if (jb->jb_state == JOB_WAITING && jb->jb_route) {
-                TAILQ_REMOVE(&jb->jb_route->rt_waitq, jb, jb_link);
-                jb->jb_route->rt_waiting--;
-        }
+        if (jb->jb_state == JOB_WAITING && jb->jb_route)
+                route_dequeue(jb);
         if (jb->jb_in_retryq)
                 TAILQ_REMOVE(&it->it_produce_retryq, jb, jb_link);
         if (jb->jb_easy) {
@@ -207,19 +245,26 @@ static void job_destroy(kb_job_t *jb) {
         if (jb->jb_state == JOB_TIMER)
                 timer_remove(it, jb);
         kb_item_clear(&jb->jb_item);
+        kb_async_destroy(jb->jb_async);
         if (jb->jb_msg)
                 rd_kafka_message_destroy(jb->jb_msg);
         if (part_current(jb))
                 jb->jb_part->pt_jobs--;
+        if (jb->jb_lane == 0)
+                it->it_prio_jobs--;
         LIST_REMOVE(jb, jb_all);
         it->it_inflight--;
         free(jb);
 }
 
+static void async_forget(kb_job_t *jb);
+
 /* The job's last message was acknowledged: its offset is done. */
 static void job_finish(kb_job_t *jb) {
         if (part_current(jb))
                 kb_offsets_mark_done(jb->jb_part->pt_ot, jb->jb_offset);
+        if (jb->jb_recorded)
+                async_forget(jb);
         job_destroy(jb);
 }
 
@@ -290,6 +335,8 @@ static rd_kafka_headers_t *copy_headers(kb_job_t *jb, const kb_out_t *out) {
         set_header(h, "kbatch-worker", "%s", jb->jb_it->it_worker);
         if (jb->jb_traceparent[0]) /* one trace per item, across tiers */
                 set_header(h, "traceparent", "%s", jb->jb_traceparent);
+        if (jb->jb_lane == 0) /* stays in the priority lane (SPEC §12) */
+                set_header(h, "kbatch-priority", "high");
         return h;
 }
 
@@ -466,6 +513,8 @@ static void job_produce(kb_job_t *jb) {
         }
 }
 
+static void async_recorded(kb_job_t *jb, rd_kafka_resp_err_t err);
+
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                       void *opaque) {
         kb_out_t *out = m->_private;
@@ -473,6 +522,10 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
         int i;
         if (!out)
                 return;
+        if (out->out_record) {
+                async_recorded(out->out_job, m->err);
+                return;
+        }
         jb = out->out_job;
         out->out_pending = 0;
         if (m->err) {
@@ -579,6 +632,12 @@ static void job_complete(kb_job_t *jb, kb_result_t *res, int dlq,
         char err[512];
         res->worker = it->it_worker;
         res->attempts = jb->jb_attempts;
+        res->route = jb->jb_called ? jb->jb_called->rt_conf->name : NULL;
+        if (jb->jb_async && jb->jb_async->as_id) {
+                res->job_id = jb->jb_async->as_id;
+                res->job_polls = jb->jb_async->as_polls;
+                res->job_wall_ms = kb_wall_ms() - jb->jb_async->as_submitted;
+        }
         if (!res->finished_at)
                 res->finished_at = kb_wall_ms();
         if (!jb->jb_item.operation && jb->jb_opname)
@@ -746,8 +805,12 @@ static int job_call(kb_job_t *jb) {
         char url[4096];
         CURL *e;
 
-        jb->jb_attempts++;
+        const char *body = jb->jb_body;
+        if (!jb->jb_async || jb->jb_async->as_phase == KB_ASYNC_SUBMIT)
+                jb->jb_attempts++; /* polls are not attempts */
         jb->jb_sent_ms = kb_now_ms();
+        jb->jb_called = rt;
+        kb_route_breaker_call(rt, jb->jb_sent_ms);
         if (!jb->jb_started_at)
                 jb->jb_started_at = kb_wall_ms();
         snprintf(url, sizeof(url), "%s%s", rt->rt_base_url, path);
@@ -788,10 +851,15 @@ static int job_call(kb_job_t *jb) {
                 return -1;
 
         jb->jb_xfer.xf_done = call_done;
-        curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_PRIVATE, &jb->jb_xfer);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, jb->jb_body);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(jb->jb_body));
+        if (jb->jb_async && kb_async_request(jb->jb_async, rt, jb->jb_body,
+                                             url, sizeof(url), &body))
+                return -1;
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        if (body) {
+                curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        }
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, jb->jb_hdrs);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, jb);
@@ -839,6 +907,7 @@ static void timer_add(kb_items_t *it, kb_job_t *jb, job_timer_t what,
         kb_job_t *after;
         jb->jb_state = JOB_TIMER;
         jb->jb_timer = what;
+        it->it_polling += what == TIMER_POLL;
         jb->jb_due = due;
         after = TAILQ_LAST(&it->it_timers, kb_timers_s);
         while (after && after->jb_due > due)
@@ -853,6 +922,7 @@ static void timer_add(kb_items_t *it, kb_job_t *jb, job_timer_t what,
 static void timer_remove(kb_items_t *it, kb_job_t *jb) {
         TAILQ_REMOVE(&it->it_timers, jb, jb_tlink);
         jb->jb_state = JOB_NEW;
+        it->it_polling -= jb->jb_timer == TIMER_POLL;
         if (jb->jb_timer == TIMER_DUE) {
                 it->it_held--;
                 if (part_current(jb) &&
@@ -861,17 +931,40 @@ static void timer_remove(kb_items_t *it, kb_job_t *jb) {
         }
 }
 
+static int route_dispatch(kb_items_t *it, kb_route_t *rt);
+
+/* The route's circuit is open (or a long Retry-After blocks it): its
+ * waiting items go to fb, its fallback (SPEC §12), and fb dispatches. */
+static int route_divert(kb_items_t *it, kb_route_t *rt, kb_route_t *fb) {
+        kb_rq_node_t *n;
+        while ((n = kb_routeq_peek(&rt->rt_q))) {
+                kb_job_t *jb = RQN_JOB(n);
+                route_dequeue(jb);
+                kb_metric_add(kb_metrics_get(KB_M_ROUTE_FALLBACKS,
+                                             rt->rt_conf->name,
+                                             fb->rt_conf->name), 1);
+                route_enqueue(fb, jb, 0);
+        }
+        return route_dispatch(it, fb);
+}
+
 /* Starts waiting jobs of a route while its limits allow. Returns the ms
  * until the route's rate limits may admit the next one (1000 when it is
  * waiting for a call to finish, or has nothing waiting). */
 static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
         kb_job_t *jb;
         int64_t wait = 1000, now = kb_now_ms();
-        while (rt->rt_inflight < rt->rt_limit &&
-               (jb = TAILQ_FIRST(&rt->rt_waitq))) {
+        kb_route_t *fb;
+        kb_rq_node_t *n;
+        while ((n = kb_routeq_peek(&rt->rt_q))) {
+                jb = RQN_JOB(n);
+                if (rt->rt_fallback && (fb = kb_route_select(rt, now)) != rt)
+                        return route_divert(it, rt, fb);
+                if (rt->rt_inflight >= rt->rt_limit)
+                        break;
                 if (!kb_route_admit(rt, jb->jb_est_tokens, now, &wait))
                         return (int)(wait < 1000 ? wait : 1000);
-                TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
+                kb_routeq_pop(&rt->rt_q); /* jb: its batch's turn ends */
                 rt->rt_waiting--;
                 jb->jb_state = JOB_NEW;
                 if (jb->jb_item.deadline && kb_wall_ms() > jb->jb_item.deadline) {
@@ -891,13 +984,12 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
  * rate limits or a long Retry-After may not for hours). */
 static void route_expire_waiting(kb_items_t *it, kb_route_t *rt,
                                  int64_t wall_now) {
-        kb_job_t *jb, *tmp;
-        TAILQ_FOREACH_SAFE(jb, &rt->rt_waitq, jb_link, tmp) {
+        kb_rq_node_t *n, *tmp;
+        KB_ROUTEQ_FOREACH_SAFE(n, &rt->rt_q, tmp) {
+                kb_job_t *jb = RQN_JOB(n);
                 if (!jb->jb_item.deadline || wall_now <= jb->jb_item.deadline)
                         continue;
-                TAILQ_REMOVE(&rt->rt_waitq, jb, jb_link);
-                rt->rt_waiting--;
-                jb->jb_state = JOB_NEW;
+                route_dequeue(jb);
                 job_fail(jb, KB_STATUS_EXPIRED, "expired",
                          jb->jb_attempts
                              ? "deadline passed while the item waited to be "
@@ -978,6 +1070,27 @@ static int job_retry(kb_job_t *jb, kb_outcome_t oc, const char *msg) {
         return 0;
 }
 
+/* After a retryable failure on a route that now sends its items to its
+ * fallback (circuit open, or a Retry-After longer than fallback_after_ms):
+ * the item is called again there at once, rather than waiting for the
+ * route (a retry tier would hold it for the Retry-After). Returns 1 then;
+ * 0 when the item is not retried this way (no fallback, attempts used
+ * up: job_retry decides). */
+static int job_fallback(kb_job_t *jb, kb_outcome_t oc) {
+        kb_route_t *rt = jb->jb_route, *fb;
+        if (!rt->rt_fallback || !kb_outcome_retryable(oc) ||
+            jb->jb_attempts >= jb->jb_it->it_conf->retry_max_attempts ||
+            (fb = kb_route_select(rt, kb_now_ms())) == rt)
+                return 0;
+        kb_metric_add(kb_metrics_get(KB_M_ROUTE_FALLBACKS, rt->rt_conf->name,
+                                     fb->rt_conf->name), 1);
+        route_enqueue(fb, jb, 1);
+        route_dispatch(jb->jb_it, fb);
+        return 1;
+}
+
+static void async_answer(kb_job_t *jb, json_t *body);
+
 static void call_done(kb_xfer_t *xf, CURLcode cc) {
         kb_job_t *jb = (kb_job_t *)xf;
         kb_items_t *it = jb->jb_it;
@@ -999,7 +1112,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                                          &usage)))
                 kb_codec_usage_from_jtext(&usage, &res);
         oc = kb_http_classify(cc, status, jb->jb_too_large, body);
-        kb_metrics_request_usage(rt->rt_conf->model, kb_outcome_code(oc),
+        kb_metrics_request_usage(rt->rt_conf->name, kb_outcome_code(oc),
                                  jb->jb_easy, oc == KB_OUT_OK ? &res : NULL);
         kb_route_on_outcome(
             rt,
@@ -1010,11 +1123,20 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
             kb_http_retry_after_ms(
                 jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL)),
             jb->jb_sent_ms, kb_now_ms());
+        kb_route_breaker_record(rt, kb_breaker_signal_of(oc), kb_now_ms());
 
         res.http_status = (int)status;
         res.started_at = jb->jb_started_at;
         res.finished_at = kb_wall_ms();
         res.latency_ms = res.finished_at - jb->jb_started_at;
+        if (jb->jb_async && oc == KB_OUT_OK) {
+                /* A job API's answer is read by JSON Pointer: parsed. */
+                json_t *ans = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
+                async_answer(jb, ans);
+                json_decref(ans);
+                route_dispatch(it, rt);
+                return;
+        }
         if (oc == KB_OUT_OK) {
                 res.status = KB_STATUS_SUCCEEDED;
                 if (res.has_usage)
@@ -1043,13 +1165,238 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                 if (status && jb->jb_resp && !body)
                         kb_codec_output_scan(jb->jb_resp, &jb->jb_resp_len,
                                              &res, NULL);
-                if (job_retry(jb, oc, msg)) {
+                if (job_fallback(jb, oc) || job_retry(jb, oc, msg)) {
                         route_dispatch(it, rt);
                         return;
                 }
         }
         job_complete(jb, &res, 0, NULL);
         route_dispatch(it, rt);
+}
+
+/* ---- async jobs (SPEC §12, async.h) -------------------------------- */
+
+/* Asks the provider to cancel the job, when it has one running. */
+static void async_abandon(kb_job_t *jb) {
+        if (jb->jb_async && jb->jb_async->as_id && jb->jb_route)
+                kb_async_cancel(jb->jb_it->it_loop, jb->jb_route,
+                                jb->jb_async->as_id, jb->jb_body);
+}
+
+/* Ends an async job (its result carries the job: job_complete). */
+static void async_complete(kb_job_t *jb, kb_item_status_t st,
+                           const char *code, const char *msg, json_t *output) {
+        kb_result_t res;
+        long http = 0;
+        memset(&res, 0, sizeof(res));
+        curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &http);
+        res.status = st;
+        res.http_status = (int)http;
+        res.error_code = code;
+        res.error_message = msg;
+        res.output = output;
+        res.started_at = jb->jb_started_at;
+        res.finished_at = kb_wall_ms();
+        res.latency_ms = res.finished_at - jb->jb_started_at;
+        if (st == KB_STATUS_SUCCEEDED)
+                kb_codec_usage_from_output(output, &res);
+        job_complete(jb, &res, 0, NULL);
+}
+
+/* The job runs: poll it after the backoff, holding no slot. When the
+ * worker stops or the item's partition goes, it is left for the next
+ * owner, which resumes it from its record. */
+static void async_wait(kb_job_t *jb) {
+        if (jb->jb_it->it_stopping || !part_current(jb) ||
+            jb->jb_part->pt_revoking) {
+                job_destroy(jb);
+                return;
+        }
+        /* Nothing held while it waits but the item: a worker may keep
+         * tens of thousands of jobs running. */
+        curl_easy_cleanup(jb->jb_easy);
+        jb->jb_easy = NULL;
+        free(jb->jb_resp);
+        jb->jb_resp = NULL;
+        jb->jb_resp_len = jb->jb_resp_cap = 0;
+        curl_slist_free_all(jb->jb_hdrs);
+        jb->jb_hdrs = NULL;
+        timer_add(jb->jb_it, jb, TIMER_POLL,
+                  kb_now_ms() + kb_async_next_wait(
+                                    jb->jb_async,
+                                    &jb->jb_route->rt_conf->async));
+}
+
+/* The key of an item's job id record: <batch_id>:<item_index>. */
+static void async_key(const kb_job_t *jb, char *key, size_t key_size) {
+        snprintf(key, key_size, "%s:%lld", jb->jb_item.batch_id,
+                 (long long)jb->jb_item.item_index);
+}
+
+/* The provider accepted the job: its id goes to the jobs topic, and the
+ * job is polled only once the broker has it (async_recorded). */
+static void async_record(kb_job_t *jb) {
+        kb_items_t *it = jb->jb_it;
+        kb_async_t *as = jb->jb_async;
+        char key[512], *val;
+        size_t len;
+        rd_kafka_resp_err_t err;
+        async_key(jb, key, sizeof(key));
+        val = kb_jobstore_record(as->as_id, jb->jb_route->rt_conf->name,
+                                 as->as_submitted, &len);
+        memset(&jb->jb_rec, 0, sizeof(jb->jb_rec));
+        jb->jb_rec.out_job = jb;
+        jb->jb_rec.out_record = 1;
+        err = val ? rd_kafka_producev(
+                        it->it_producer,
+                        RD_KAFKA_V_TOPIC(
+                            it->it_conf->topics_name[KB_TOPIC_ITEMS_JOBS]),
+                        RD_KAFKA_V_KEY(key, strlen(key)),
+                        RD_KAFKA_V_VALUE(val, len),
+                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                        RD_KAFKA_V_OPAQUE(&jb->jb_rec), RD_KAFKA_V_END)
+                  : RD_KAFKA_RESP_ERR__FAIL;
+        if (err) {
+                free(val);
+                async_recorded(jb, err);
+                return;
+        }
+        jb->jb_state = JOB_PRODUCING; /* not freed before the report */
+}
+
+/* The job id record was acknowledged (or could not be produced: the job
+ * is polled anyway, and a crash now would submit it again). */
+static void async_recorded(kb_job_t *jb, rd_kafka_resp_err_t err) {
+        jb->jb_state = JOB_NEW;
+        if (err)
+                kb_log(KB_LOG_WARN, "async",
+                       "the job id of %s:%lld could not be recorded (%s): a "
+                       "crash would submit it again",
+                       jb->jb_item.batch_id, (long long)jb->jb_item.item_index,
+                       rd_kafka_err2str(err));
+        else
+                jb->jb_recorded = 1;
+        async_wait(jb);
+}
+
+/* The item's result is acknowledged: its job id record goes (a
+ * tombstone; fire and forget). */
+static void async_forget(kb_job_t *jb) {
+        kb_items_t *it = jb->jb_it;
+        char key[512];
+        async_key(jb, key, sizeof(key));
+        rd_kafka_producev(
+            it->it_producer,
+            RD_KAFKA_V_TOPIC(it->it_conf->topics_name[KB_TOPIC_ITEMS_JOBS]),
+            RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_VALUE(NULL, 0),
+            RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
+}
+
+/* A job this item submitted before (its id recorded, by this worker or
+ * the partition's last owner): resume polling it now. Returns 1 then. */
+static int async_resume(kb_job_t *jb) {
+        kb_items_t *it = jb->jb_it;
+        char key[512];
+        const char *id;
+        int64_t at = 0;
+        if (!it->it_jobstore)
+                return 0;
+        async_key(jb, key, sizeof(key));
+        if (!(id = kb_jobstore_get(it->it_jobstore, key,
+                                   jb->jb_route->rt_conf->name, &at)) ||
+            !(jb->jb_async->as_id = strdup(id)))
+                return 0;
+        jb->jb_async->as_phase = KB_ASYNC_POLL;
+        jb->jb_async->as_submitted = at;
+        jb->jb_started_at = at;
+        jb->jb_attempts = jb->jb_attempts > 1 ? jb->jb_attempts : 1;
+        jb->jb_recorded = 1;
+        kb_log(KB_LOG_INFO, "async", "%s: resuming job %s", key, id);
+        timer_add(it, jb, TIMER_POLL, kb_now_ms());
+        return 1;
+}
+
+/* A 2xx JSON answer to an async call, by phase. */
+static void async_answer(kb_job_t *jb, json_t *body) {
+        kb_async_t *as = jb->jb_async;
+        const kb_async_conf_t *ac = &jb->jb_route->rt_conf->async;
+        char msg[1024];
+        json_t *out;
+        switch (as->as_phase) {
+        case KB_ASYNC_SUBMIT:
+                if (kb_async_on_submit(as, ac, body, kb_wall_ms(), msg,
+                                       sizeof(msg)))
+                        async_complete(jb, KB_STATUS_FAILED, "invalid_response",
+                                       msg, body);
+                else
+                        async_record(jb);
+                return;
+        case KB_ASYNC_POLL:
+                switch (kb_async_on_status(as, ac, body, msg, sizeof(msg))) {
+                case KB_ASYNC_RUNNING:
+                        async_wait(jb);
+                        return;
+                case KB_ASYNC_FAILED:
+                        /* The provider ran the job and says it failed: not
+                         * retried (SPEC §4 client_error). */
+                        async_complete(jb, KB_STATUS_FAILED, "client_error",
+                                       msg, body);
+                        return;
+                case KB_ASYNC_INVALID:
+                        async_complete(jb, KB_STATUS_FAILED, "invalid_response",
+                                       msg, body);
+                        return;
+                case KB_ASYNC_SUCCEEDED:
+                        break;
+                }
+                if (ac->result_path) {
+                        as->as_phase = KB_ASYNC_RESULT;
+                        route_enqueue(jb->jb_route, jb, 1);
+                        return; /* the caller dispatches */
+                }
+                break;
+        case KB_ASYNC_RESULT:
+                break;
+        }
+        if (!(out = kb_async_output(ac, body))) {
+                snprintf(msg, sizeof(msg), "the answer has no output at %.200s",
+                         ac->output_pointer);
+                async_complete(jb, KB_STATUS_FAILED, "invalid_response", msg,
+                               body);
+                return;
+        }
+        async_complete(jb, KB_STATUS_SUCCEEDED, NULL, NULL, out);
+}
+
+static int job_cancelled(kb_job_t *jb);
+
+/* A job's poll is due: unless its batch was cancelled, its deadline passed
+ * (expired) or it ran longer than async.max_wait_ms (job_timeout; the
+ * provider is asked to cancel it in all three cases), it goes to its
+ * route's queue, ahead of fresh items. */
+static void async_poll_due(kb_items_t *it, kb_job_t *jb) {
+        const kb_async_conf_t *ac = &jb->jb_route->rt_conf->async;
+        int64_t wall = kb_wall_ms();
+        char msg[256];
+        if (job_cancelled(jb))
+                return;
+        if (jb->jb_item.deadline && wall > jb->jb_item.deadline) {
+                async_abandon(jb);
+                job_fail(jb, KB_STATUS_EXPIRED, "expired",
+                         "deadline passed while the job ran");
+                return;
+        }
+        if (wall - jb->jb_async->as_submitted > ac->max_wait_ms) {
+                async_abandon(jb);
+                snprintf(msg, sizeof(msg),
+                         "the job did not end within async.max_wait_ms (%d "
+                         "ms)",
+                         ac->max_wait_ms);
+                job_fail(jb, KB_STATUS_FAILED, "job_timeout", msg);
+                return;
+        }
+        route_enqueue(jb->jb_route, jb, 1);
+        route_dispatch(it, jb->jb_route);
 }
 
 /* ---- consuming ---------------------------------------------------------- */
@@ -1066,6 +1413,7 @@ static int job_cancelled(kb_job_t *jb) {
                 return 0;
         snprintf(msg, sizeof(msg), "batch cancelled%s%.500s", *why ? ": " : "",
                  why);
+        async_abandon(jb);
         job_fail(jb, KB_STATUS_CANCELLED, "cancelled", msg);
         return 1;
 }
@@ -1098,7 +1446,8 @@ static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
         kb_items_t *it = opaque;
         kb_job_t *jb, *tmp;
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
-                if (jb->jb_state == JOB_TIMER && jb->jb_timer != TIMER_BACKOFF) {
+                if (jb->jb_state == JOB_TIMER && jb->jb_timer != TIMER_BACKOFF &&
+                    jb->jb_timer != TIMER_POLL) {
                         if (held_in_batch(it, jb, batch_id)) {
                                 timer_remove(it, jb);
                                 job_start(it, jb);
@@ -1109,9 +1458,7 @@ static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
                         continue;
                 switch (jb->jb_state) {
                 case JOB_WAITING:
-                        TAILQ_REMOVE(&jb->jb_route->rt_waitq, jb, jb_link);
-                        jb->jb_route->rt_waiting--;
-                        jb->jb_state = JOB_NEW;
+                        route_dequeue(jb);
                         break;
                 case JOB_TIMER:
                         timer_remove(it, jb);
@@ -1179,7 +1526,8 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                          "deadline passed before the item started");
                 return;
         }
-        if (!(jb->jb_route = kb_routes_match(it->it_routes, jb->jb_item.model))) {
+        if (!(jb->jb_route = kb_routes_match(it->it_routes, jb->jb_item.model)) ||
+            !(jb->jb_route = kb_route_select(jb->jb_route, kb_now_ms()))) {
                 snprintf(err, sizeof(err), "no route matches model '%.200s'",
                          jb->jb_item.model);
                 job_fail(jb, KB_STATUS_FAILED, "unknown_model", err);
@@ -1195,6 +1543,11 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                 job_fail(jb, KB_STATUS_FAILED, "invalid_item", err);
                 return;
         }
+        if (!strcmp(jb->jb_route->rt_conf->mode, "async") &&
+            !(jb->jb_async = kb_async_new())) {
+                job_fail(jb, KB_STATUS_FAILED, "invalid_item", "out of memory");
+                return;
+        }
         /* The request body, once: also what the token estimate reads. */
         {
                 int64_t cap;
@@ -1208,9 +1561,9 @@ static void job_start(kb_items_t *it, kb_job_t *jb) {
                     kb_route_estimate_tokens(jb->jb_body, strlen(jb->jb_body),
                                              cap));
         }
-        jb->jb_state = JOB_WAITING;
-        TAILQ_INSERT_TAIL(&jb->jb_route->rt_waitq, jb, jb_link);
-        jb->jb_route->rt_waiting++;
+        if (jb->jb_async && async_resume(jb))
+                return;
+        route_enqueue(jb->jb_route, jb, 0);
         route_dispatch(it, jb->jb_route);
 }
 
@@ -1290,10 +1643,10 @@ static int timers_serve(kb_items_t *it, int64_t now) {
                 timer_remove(it, jb);
                 if (what == TIMER_BACKOFF) {
                         /* Ahead of fresh items: it already waited. */
-                        jb->jb_state = JOB_WAITING;
-                        TAILQ_INSERT_HEAD(&jb->jb_route->rt_waitq, jb, jb_link);
-                        jb->jb_route->rt_waiting++;
+                        route_enqueue(jb->jb_route, jb, 1);
                         route_dispatch(it, jb->jb_route);
+                } else if (what == TIMER_POLL) {
+                        async_poll_due(it, jb);
                 } else {
                         if (what == TIMER_DUE)
                                 log_retry_due(jb, now - jb->jb_due);
@@ -1360,6 +1713,17 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
         jb->jb_epoch = pt->pt_epoch;
         jb->jb_offset = m->offset;
         jb->jb_item.item_index = -1;
+        {
+                /* The priority lane: its topic, or a retry-tier copy of
+                 * one of its items. */
+                char pr[8];
+                jb->jb_lane =
+                    strcmp(pt->pt_topic,
+                           it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY]) &&
+                    !(kb_kafka_header(m, "kbatch-priority", pr, sizeof(pr)) &&
+                      !strcmp(pr, "high"));
+        }
+        it->it_prio_jobs += jb->jb_lane == 0;
         pt->pt_jobs++;
         LIST_INSERT_HEAD(&it->it_jobs, jb, jb_all);
         it->it_inflight++;
@@ -1484,12 +1848,44 @@ static void on_revoke(kb_items_t *it, rd_kafka_topic_partition_list_t *parts,
         kb_partset_unassign(it->it_ps, parts);
 }
 
+/* The priority lane (SPEC §12): its partitions' messages go to it_prioq,
+ * which kb_items_serve polls before the consumer's queue. */
+static void prio_forward(kb_items_t *it,
+                         const rd_kafka_topic_partition_list_t *parts) {
+        const char *prio = it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY];
+        int i;
+        for (i = 0; i < parts->cnt; i++) {
+                rd_kafka_queue_t *q;
+                if (strcmp(parts->elems[i].topic, prio))
+                        continue;
+                q = rd_kafka_queue_get_partition(it->it_consumer, prio,
+                                                 parts->elems[i].partition);
+                if (!q)
+                        continue;
+                rd_kafka_queue_forward(q, it->it_prioq);
+                rd_kafka_queue_destroy(q);
+        }
+}
+
+/* The priority lane is not paused for the global limit (it has its own
+ * bound, it_prio_jobs): a worker full of normal items still fetches it. */
+static void prio_unpause(kb_items_t *it) {
+        const char *prio = it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY];
+        size_t i;
+        for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
+                kb_part_t *pt = kb_partset_get(it->it_ps, i);
+                if (pt->pt_assigned && !strcmp(pt->pt_topic, prio))
+                        kb_partset_pause(it->it_ps, pt, KB_PAUSE_GLOBAL, 0);
+        }
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
         kb_items_t *it = opaque;
-        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                prio_forward(it, parts);
                 kb_partset_assign(it->it_ps, parts);
-        else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
                 on_revoke(it, parts, rd_kafka_assignment_lost(rk));
         else {
                 kb_log(KB_LOG_ERROR, "items", "rebalance error: %s",
@@ -1575,7 +1971,7 @@ static void metrics_refresh(kb_items_t *it) {
                       it->it_inflight);
         for (i = 0; i < n; i++) {
                 kb_route_t *rt = kb_routes_get(it->it_routes, i);
-                const char *r = rt->rt_conf->model;
+                const char *r = rt->rt_conf->name;
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_INFLIGHT, r, NULL),
                               rt->rt_inflight);
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_CONCURRENCY_LIMIT, r,
@@ -1583,6 +1979,9 @@ static void metrics_refresh(kb_items_t *it) {
                               rt->rt_limit);
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_QUEUE, r, NULL),
                               rt->rt_waiting);
+                kb_metric_set(kb_metrics_get(KB_M_ROUTE_BREAKER, r, NULL),
+                              kb_route_breaker_state(rt, kb_now_ms()));
+
         }
 }
 
@@ -1668,6 +2067,15 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
         }
         /* Value formats; with avro, register (or look up) the results
          * schema now, asynchronously, so the first result does not wait. */
+        for (size_t r = 0; r < conf->route_cnt; r++)
+                if (!strcmp(conf->routes[r].mode, "async") &&
+                    !it->it_jobstore &&
+                    !(it->it_jobstore = kb_jobstore_new(conf, loop, errstr,
+                                                        errstr_size))) {
+                        if (runtime)
+                                *runtime = 1;
+                        goto fail;
+                }
         if (!(it->it_serde = kb_serde_new(conf, loop, errstr, errstr_size)))
                 goto fail;
         {
@@ -1743,10 +2151,20 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
                 goto fail;
         }
         rd_kafka_queue_io_event_enable(it->it_cq, wfd, "c", 1);
+        if (!(it->it_prioq = rd_kafka_queue_new(it->it_consumer)) ||
+            (wfd = kb_loop_wake_pipe(loop)) < 0) {
+                snprintf(errstr, errstr_size, "priority queue: %s",
+                         strerror(errno));
+                goto fail;
+        }
+        rd_kafka_queue_io_event_enable(it->it_prioq, wfd, "q", 1);
 
-        topics = rd_kafka_topic_partition_list_new(1 + it->it_retry_cnt);
+        topics = rd_kafka_topic_partition_list_new(2 + it->it_retry_cnt);
         rd_kafka_topic_partition_list_add(
             topics, conf->topics_name[KB_TOPIC_ITEMS], RD_KAFKA_PARTITION_UA);
+        rd_kafka_topic_partition_list_add(
+            topics, conf->topics_name[KB_TOPIC_ITEMS_PRIORITY],
+            RD_KAFKA_PARTITION_UA);
         for (int i = 0; i < it->it_retry_cnt; i++)
                 rd_kafka_topic_partition_list_add(topics,
                                                   it->it_retry_topics[i],
@@ -1799,13 +2217,17 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 int w = kb_control_serve(it->it_control, now);
                 if (w < wait)
                         wait = w;
+                if (it->it_jobstore &&
+                    (w = kb_jobstore_serve(it->it_jobstore, now)) < wait)
+                        wait = w;
         }
 
         /* Consume while below the in-flight limit. Items held for a retry
          * tier, and items waiting in their route's queue, do not count: a
          * throttled route must not hold back the others (its queue has its
          * own bound). */
-        if (!it->it_stopping && kb_control_ready(it->it_control)) {
+        if (!it->it_stopping && kb_control_ready(it->it_control) &&
+            (!it->it_jobstore || kb_jobstore_ready(it->it_jobstore))) {
                 int waiting = 0, qfull = 0, active;
                 size_t r;
                 for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
@@ -1813,7 +2235,17 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                         waiting += n;
                         qfull |= n >= conf->worker_route_queue_max;
                 }
-                active = it->it_inflight - it->it_held - waiting;
+                active = it->it_inflight - it->it_held - waiting -
+                         it->it_polling;
+                /* The priority lane first, with its own bound (a full
+                 * route queue of normal items does not hold it back). */
+                {
+                        rd_kafka_message_t *m;
+                        int budget = 1000;
+                        while (it->it_prio_jobs < max && budget-- > 0 &&
+                               (m = rd_kafka_consume_queue(it->it_prioq, 0)))
+                                handle_message(it, m);
+                }
                 int full = qfull || active >= max;
                 if (!full) {
                         it->it_full_since_ms = 0;
@@ -1823,7 +2255,9 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 if (!full || kb_partset_all_paused(it->it_ps)) {
                         rd_kafka_message_t *m;
                         int budget = 10000;
-                        while ((it->it_inflight - it->it_held - waiting < max ||
+                        while ((it->it_inflight - it->it_held - waiting -
+                                        it->it_polling <
+                                    max ||
                                 kb_partset_all_paused(it->it_ps)) &&
                                budget-- > 0 &&
                                (m = rd_kafka_consumer_poll(it->it_consumer, 0)))
@@ -1834,8 +2268,10 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                          * rebalances are served). */
                         if (!it->it_full_since_ms)
                                 it->it_full_since_ms = now;
-                        else if (now - it->it_full_since_ms >= 500)
+                        else if (now - it->it_full_since_ms >= 500) {
                                 kb_partset_pause_all(it->it_ps, KB_PAUSE_GLOBAL, 1);
+                                prio_unpause(it);
+                        }
                         if (wait > 100)
                                 wait = 100;
                 }
@@ -1927,6 +2363,8 @@ void kb_items_destroy(kb_items_t *it) {
         }
         if (it->it_cq)
                 rd_kafka_queue_destroy(it->it_cq);
+        if (it->it_prioq)
+                rd_kafka_queue_destroy(it->it_prioq);
         if (it->it_pq)
                 rd_kafka_queue_destroy(it->it_pq);
         if (it->it_consumer)
@@ -1938,6 +2376,7 @@ void kb_items_destroy(kb_items_t *it) {
                 free(it->it_retry_topics[i]);
         free(it->it_retry_topics);
         kb_control_destroy(it->it_control);
+        kb_jobstore_destroy(it->it_jobstore);
         kb_routes_destroy(it->it_routes);
         kb_serde_destroy(it->it_serde);
         kb_easypool_destroy(it->it_easypool);

@@ -368,6 +368,12 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
                      "max.message.bytes", cmax);
                 free(t);
         }
+        SPEC(conf->topics_name[KB_TOPIC_ITEMS_PRIORITY], partitions,
+             "retention.ms", "604800000", "max.message.bytes", mmax);
+        /* Async job ids (jobstore.h): compacted, tombstones kept a day. */
+        SPEC(conf->topics_name[KB_TOPIC_ITEMS_JOBS], partitions,
+             "cleanup.policy", "compact", "delete.retention.ms", "86400000",
+             "max.message.bytes", mmax);
         SPEC(conf->topics_name[KB_TOPIC_ITEMS_DLQ], partitions, "retention.ms",
              "2592000000", "max.message.bytes", cmax);
         SPEC(conf->topics_name[KB_TOPIC_RESULTS], partitions, "retention.ms",
@@ -693,6 +699,8 @@ json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
                 ADD(t, conf->kafka_group_id);
                 free(t);
         }
+        ADD(conf->topics_name[KB_TOPIC_ITEMS_PRIORITY], conf->kafka_group_id);
+        ADD(conf->topics_name[KB_TOPIC_ITEMS_JOBS], NULL);
         ADD(conf->topics_name[KB_TOPIC_ITEMS_DLQ], NULL);
         ADD(conf->topics_name[KB_TOPIC_RESULTS], conf->kafka_aggregator_group_id);
         ADD(conf->topics_name[KB_TOPIC_BATCHES], conf->kafka_notifier_group_id);

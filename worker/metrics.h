@@ -51,6 +51,10 @@ typedef enum {
         KB_M_ROUTE_INFLIGHT,          /* gauge {route}: calls in flight */
         KB_M_ROUTE_CONCURRENCY_LIMIT, /* gauge {route}: current limit */
         KB_M_ROUTE_QUEUE,             /* gauge {route}: items waiting */
+        KB_M_ROUTE_BREAKER,           /* gauge {route}: circuit state, 0
+                                       * closed, 1 open, 2 half-open */
+        KB_M_ROUTE_FALLBACKS,         /* counter {route,to}: items sent to
+                                       * the route's fallback */
         KB_M_READY,                   /* gauge: 1 when /readyz answers 200 */
         KB_M_BUILD_INFO,              /* gauge {version,revision}: 1 */
         KB_M_START_TIME_SECONDS,      /* gauge: process start, unix time */

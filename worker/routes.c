@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "http.h"
 #include "log.h"
 
 struct kb_routes_s {
@@ -75,7 +76,7 @@ kb_routes_t *kb_routes_new(const kb_conf_t *conf, char *errstr,
                 size_t n;
                 rt->rt_conf = rc;
                 rt->rt_index = (int)i;
-                TAILQ_INIT(&rt->rt_waitq);
+                kb_routeq_init(&rt->rt_q);
                 rt->rt_limit = rc->max_inflight;
                 rt->rt_base_url = strdup(rc->base_url);
                 n = strlen(rt->rt_base_url);
@@ -104,6 +105,12 @@ kb_routes_t *kb_routes_new(const kb_conf_t *conf, char *errstr,
                         free(k);
                 }
         }
+        for (i = 0; i < conf->route_cnt; i++) {
+                kb_route_t *rt = &rs->rs_routes[i];
+                if (rt->rt_conf->fallback)
+                        rt->rt_fallback =
+                            kb_routes_find(rs, rt->rt_conf->fallback);
+        }
         return rs;
 }
 
@@ -112,6 +119,7 @@ void kb_routes_destroy(kb_routes_t *rs) {
         if (!rs)
                 return;
         for (i = 0; i < rs->rs_cnt; i++) {
+                kb_routeq_clear(&rs->rs_routes[i].rt_q);
                 free(rs->rs_routes[i].rt_base_url);
                 free(rs->rs_routes[i].rt_auth);
         }
@@ -123,6 +131,15 @@ size_t kb_routes_cnt(const kb_routes_t *rs) { return rs->rs_cnt; }
 
 kb_route_t *kb_routes_get(kb_routes_t *rs, size_t i) {
         return i < rs->rs_cnt ? &rs->rs_routes[i] : NULL;
+}
+
+kb_route_t *kb_routes_find(kb_routes_t *rs, const char *name) {
+        size_t i;
+        for (i = 0; name && i < rs->rs_cnt; i++)
+                if (rs->rs_routes[i].rt_conf->name &&
+                    !strcmp(rs->rs_routes[i].rt_conf->name, name))
+                        return &rs->rs_routes[i];
+        return NULL;
 }
 
 kb_route_t *kb_routes_match(kb_routes_t *rs, const char *model) {
@@ -273,7 +290,7 @@ void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
                 if (before != rt->rt_limit)
                         kb_log(KB_LOG_INFO, "routes",
                                "route '%s': %s, concurrency %d -> %d",
-                               rt->rt_conf->model,
+                               rt->rt_conf->name,
                                sig == KB_ROUTE_THROTTLED ? "throttled (429)"
                                                          : "timeouts",
                                before, rt->rt_limit);
@@ -336,4 +353,122 @@ int64_t kb_route_estimate_tokens(const char *body, size_t body_len,
                                  int64_t max_output) {
         (void)body;
         return (int64_t)(body_len + 3) / 4 + (max_output > 0 ? max_output : 0);
+}
+
+/* ---- circuit breaker and fallback ---------------------------------- */
+
+const char *kb_breaker_state_str(kb_breaker_state_t st) {
+        switch (st) {
+        case KB_BREAKER_CLOSED:
+                return "closed";
+        case KB_BREAKER_OPEN:
+                return "open";
+        case KB_BREAKER_HALF_OPEN:
+                return "half_open";
+        }
+        return "?";
+}
+
+static void breaker_set(kb_route_t *rt, kb_breaker_state_t st,
+                        int64_t now_ms) {
+        if (st == KB_BREAKER_OPEN)
+                rt->rt_open_until_ms = now_ms + rt->rt_conf->breaker_open_ms;
+        rt->rt_probe_ms = 0;
+        if (rt->rt_breaker == st)
+                return;
+        kb_log(st == KB_BREAKER_OPEN ? KB_LOG_WARN : KB_LOG_INFO, "routes",
+               "route '%s': circuit %s -> %s%s%s", rt->rt_conf->name,
+               kb_breaker_state_str(rt->rt_breaker), kb_breaker_state_str(st),
+               st == KB_BREAKER_OPEN && rt->rt_fallback ? ", items go to "
+                                                        : "",
+               st == KB_BREAKER_OPEN && rt->rt_fallback
+                   ? rt->rt_fallback->rt_conf->name
+                   : "");
+        rt->rt_breaker = st;
+}
+
+kb_breaker_state_t kb_route_breaker_state(kb_route_t *rt, int64_t now_ms) {
+        if (rt->rt_breaker == KB_BREAKER_OPEN && now_ms >= rt->rt_open_until_ms)
+                breaker_set(rt, KB_BREAKER_HALF_OPEN, now_ms);
+        return rt->rt_breaker;
+}
+
+void kb_route_breaker_record(kb_route_t *rt, kb_breaker_signal_t sig,
+                             int64_t now_ms) {
+        kb_breaker_state_t st = kb_route_breaker_state(rt, now_ms);
+        switch (sig) {
+        case KB_BREAKER_SUCCESS:
+                rt->rt_fail_streak = 0;
+                if (st != KB_BREAKER_CLOSED)
+                        breaker_set(rt, KB_BREAKER_CLOSED, now_ms);
+                return;
+        case KB_BREAKER_FAILURE:
+                rt->rt_fail_streak++;
+                /* A failure of a call sent while the circuit was open (a
+                 * call started before it opened) keeps it open; one in
+                 * half-open is the probe's answer. */
+                if (st == KB_BREAKER_HALF_OPEN ||
+                    (st == KB_BREAKER_CLOSED &&
+                     rt->rt_fail_streak >= rt->rt_conf->breaker_failures))
+                        breaker_set(rt, KB_BREAKER_OPEN, now_ms);
+                return;
+        case KB_BREAKER_NEUTRAL:
+                if (st == KB_BREAKER_HALF_OPEN)
+                        rt->rt_probe_ms = 0; /* let another call probe */
+                return;
+        }
+}
+
+kb_breaker_signal_t kb_breaker_signal_of(int outcome) {
+        switch ((kb_outcome_t)outcome) {
+        case KB_OUT_TIMEOUT:
+        case KB_OUT_CONNECTION_ERROR:
+        case KB_OUT_SERVER_ERROR:
+                return KB_BREAKER_FAILURE;
+        case KB_OUT_RATE_LIMITED:
+        case KB_OUT__CNT:
+                return KB_BREAKER_NEUTRAL;
+        default:
+                return KB_BREAKER_SUCCESS;
+        }
+}
+
+void kb_route_breaker_call(kb_route_t *rt, int64_t now_ms) {
+        if (kb_route_breaker_state(rt, now_ms) == KB_BREAKER_HALF_OPEN)
+                rt->rt_probe_ms = now_ms ? now_ms : 1;
+}
+
+/* 1 when the route takes an item now (see kb_route_select). */
+static int route_takes(kb_route_t *rt, int64_t now_ms) {
+        const kb_route_conf_t *rc = rt->rt_conf;
+        switch (kb_route_breaker_state(rt, now_ms)) {
+        case KB_BREAKER_OPEN:
+                return 0;
+        case KB_BREAKER_HALF_OPEN:
+                /* A probe that never reported (its item was cancelled, or
+                 * its answer is lost) is given up after the route's
+                 * timeout: then another call probes. */
+                if (rt->rt_probe_ms &&
+                    now_ms - rt->rt_probe_ms <= (int64_t)rc->timeout_ms)
+                        return 0;
+                break;
+        case KB_BREAKER_CLOSED:
+                break;
+        }
+        return rt->rt_blocked_until_ms - now_ms <= (int64_t)rc->fallback_after_ms;
+}
+
+kb_route_t *kb_route_select(kb_route_t *rt, int64_t now_ms) {
+        kb_route_t *r = rt;
+        int hops;
+        /* Bounded: fallback chains may form a cycle. */
+        for (hops = 0; r && hops < 64; hops++, r = r->rt_fallback) {
+                if (!r->rt_fallback || route_takes(r, now_ms)) {
+                        if (r != rt && !route_takes(r, now_ms))
+                                return rt; /* the end of the chain is down
+                                            * too: stay */
+                        return r;
+                }
+        }
+        return rt;
 }

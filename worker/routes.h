@@ -14,8 +14,16 @@
 #include <time.h>
 
 #include "conf.h"
+#include "routeq.h"
 
 struct kb_job_s;
+
+/* The circuit breaker of a route (SPEC §12). */
+typedef enum {
+        KB_BREAKER_CLOSED = 0,
+        KB_BREAKER_OPEN = 1,      /* failing: no calls until it probes */
+        KB_BREAKER_HALF_OPEN = 2, /* one probe call decides */
+} kb_breaker_state_t;
 
 typedef struct kb_route_s {
         const kb_route_conf_t *rt_conf; /* borrowed from the config */
@@ -27,7 +35,8 @@ typedef struct kb_route_s {
         /* runtime, owned by the items pipeline */
         int rt_inflight;
         int rt_limit;                   /* current concurrency limit */
-        TAILQ_HEAD(, kb_job_s) rt_waitq;
+        kb_routeq_t rt_q;               /* items waiting: lanes, batches in
+                                         * turn (routeq.h) */
         int rt_waiting;
         /* limits (kb_route_on_outcome, kb_route_admit) */
         int rt_ok_streak;               /* successes since the last change */
@@ -38,6 +47,13 @@ typedef struct kb_route_s {
         double rt_rpm_tokens;           /* requests_per_minute bucket */
         double rt_tpm_tokens;           /* tokens_per_minute bucket */
         int64_t rt_refilled_ms;
+        /* circuit breaker and fallback (SPEC §12) */
+        struct kb_route_s *rt_fallback; /* routes.rt_conf->fallback, or NULL */
+        kb_breaker_state_t rt_breaker;
+        int rt_fail_streak;             /* breaker failures in a row */
+        int64_t rt_open_until_ms;       /* mono ms: OPEN until, then probe */
+        int64_t rt_probe_ms;            /* mono ms the half-open probe call
+                                         * started, 0: none in flight */
 } kb_route_t;
 
 typedef struct kb_routes_s kb_routes_t;
@@ -51,6 +67,9 @@ void kb_routes_destroy(kb_routes_t *routes); /* NULL is a no-op */
 
 size_t kb_routes_cnt(const kb_routes_t *routes);
 kb_route_t *kb_routes_get(kb_routes_t *routes, size_t i);
+
+/* The route named name, or NULL. */
+kb_route_t *kb_routes_find(kb_routes_t *routes, const char *name);
 
 /* The first route whose glob matches model, or NULL. */
 kb_route_t *kb_routes_match(kb_routes_t *routes, const char *model);
@@ -114,6 +133,44 @@ void kb_route_correct_tokens(kb_route_t *rt, int64_t estimated,
  * max_completion_tokens or max_output_tokens). */
 int64_t kb_route_estimate_tokens(const char *body, size_t body_len,
                                  int64_t max_output);
+
+/* ---- circuit breaker and fallback (SPEC §12) ----
+ * A route's circuit opens after breaker_failures breaker failures in a row
+ * (connection errors, timeouts, 5xx), stays open breaker_open_ms, then is
+ * half-open: one probe call is let through; its success closes the
+ * circuit, its failure opens it again. Any other answer (a success, a 4xx)
+ * resets the count. A 429 is neither (the endpoint is up, but says
+ * nothing about its health). The breaker only changes where items go when
+ * the route has a fallback; without one it is reported (metrics) only. */
+
+typedef enum {
+        KB_BREAKER_SUCCESS = 0, /* an answer that shows the endpoint works */
+        KB_BREAKER_FAILURE,     /* connection error, timeout, 5xx */
+        KB_BREAKER_NEUTRAL,     /* 429 or an aborted call */
+} kb_breaker_signal_t;
+
+/* Feeds a finished call to the breaker. now_ms: monotonic. */
+void kb_route_breaker_record(kb_route_t *rt, kb_breaker_signal_t sig,
+                             int64_t now_ms);
+
+/* The breaker signal of a call's outcome (a kb_outcome_t, http.h). */
+kb_breaker_signal_t kb_breaker_signal_of(int outcome);
+
+/* The breaker's state now (OPEN turns HALF_OPEN once breaker_open_ms
+ * passed). */
+kb_breaker_state_t kb_route_breaker_state(kb_route_t *rt, int64_t now_ms);
+
+/* A call on the route starts now: in HALF_OPEN, it is the probe. */
+void kb_route_breaker_call(kb_route_t *rt, int64_t now_ms);
+
+/* Where an item for rt goes now: rt itself when it takes calls (its
+ * circuit closed, or half-open without a probe in flight, and no
+ * Retry-After blocking it longer than fallback_after_ms) or has no
+ * fallback; otherwise the first route of its fallback chain that does.
+ * When no route of the chain does, rt. */
+kb_route_t *kb_route_select(kb_route_t *rt, int64_t now_ms);
+
+const char *kb_breaker_state_str(kb_breaker_state_t st);
 
 /* Appends the route's static headers (auth and configured headers) to a
  * request's header list. Returns the new list (NULL on failure). */

@@ -387,6 +387,7 @@ kb_serde_t *kb_serde_new(const kb_conf_t *conf, kb_loop_t *loop, char *errstr,
                 sd->sd_format[i] = parse_format(ovr[i], sd->sd_default);
         /* DLQs hold copies of what they dead-letter. */
         sd->sd_format[KB_TOPIC_ITEMS_DLQ] = sd->sd_format[KB_TOPIC_ITEMS];
+        sd->sd_format[KB_TOPIC_ITEMS_PRIORITY] = sd->sd_format[KB_TOPIC_ITEMS];
         sd->sd_format[KB_TOPIC_BATCHES_DLQ] = sd->sd_format[KB_TOPIC_BATCHES];
         for (i = 0; i < KB_TOPIC__CNT; i++)
                 any_avro |= sd->sd_format[i] == KB_FORMAT_AVRO;

@@ -336,9 +336,9 @@ def test_kafka_topics_cover_spec(renders, overlay, tmp_path):
     r = renders[overlay]
     conf = effective_conf(r, deployments(r)[0], tmp_path)
     tiers = len(int_list(conf["retry.delays_ms"]))
-    want = {conf[f"topic.{k}"] for k in ("items", "items_dlq", "results", "batches",
-                                        "batches_dlq", "control", "batch_state",
-                                        "files", "api_batches")}
+    want = {conf[f"topic.{k}"] for k in ("items", "items_priority", "items_jobs", "items_dlq",
+                                        "results", "batches", "batches_dlq", "control",
+                                        "batch_state", "files", "api_batches")}
     want |= {f"{conf['topic.items']}.retry.{n}" for n in range(1, tiers + 1)}
     topics = {t["spec"]["topicName"]: t for t in r.of_kind("KafkaTopic")}
     assert set(topics) == want

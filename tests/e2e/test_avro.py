@@ -165,7 +165,8 @@ SAMPLES = {
         "error": {"code": "max_attempts_exceeded", "message": "429 x5"},
         "attempts": 5, "usage": {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
         "started_at": 1700000000000, "finished_at": 1700000001000, "latency_ms": 1000,
-        "worker": "w", "callback_url": None, "deadline": None, "metadata": None}),
+        "worker": "w", "callback_url": None, "deadline": None, "metadata": None,
+        "route": "primary", "job": {"id": "job-1", "polls": 3, "wall_ms": 2100}}),
     "BatchEvent": ("batch_event", {
         "event_id": "b-1:2", "type": "batch.updated", "revision": 2, "batch_id": "b-1",
         "status": "partial_succeeded", "items_total": 2, "items_succeeded": 1,

@@ -85,10 +85,12 @@ def test_topics_create_is_idempotent_and_describe(env):
     r = env.kbatch("topics", "create", "--partitions", "3", conf=conf)
     created = {l.split()[1][len(env.prefix):] for l in r.stdout.splitlines()
                if l.startswith("created")}
-    # SPEC §1's topics (3 retry tiers) and the HTTP API's records (§11)
+    # SPEC §1's topics (3 retry tiers), the priority lane and the async job
+    # ids (§12), and the HTTP API's records (§11)
     assert created == {"items", "items.retry.1", "items.retry.2", "items.retry.3",
-                       "items.dlq", "results", "batches", "batches.dlq", "control",
-                       "batch-state", "files", "api-batches"}, r.stdout
+                       "items.priority", "items.jobs", "items.dlq", "results",
+                       "batches", "batches.dlq", "control", "batch-state", "files",
+                       "api-batches"}, r.stdout
     r = env.kbatch("topics", "create", "--partitions", "3", conf=conf)
     assert all(l.startswith("exists") for l in r.stdout.splitlines()), r.stdout
     d = env.describe(conf)
@@ -96,6 +98,8 @@ def test_topics_create_is_idempotent_and_describe(env):
     assert d[env.topic("control")]["partitions"] == 1
     assert d[env.topic("items")]["group"] == env.group
     assert d[env.topic("items")]["lag"] == 0
+    assert d[env.topic("items.priority")]["group"] == env.group
+    assert d[env.topic("items.jobs")]["partitions"] == 3
     text = env.kbatch("topics", "describe", conf=conf).stdout
     assert env.topic("batch-state") in text
 

@@ -520,3 +520,66 @@ def test_sigterm_with_requests_waiting():
     assert time.monotonic() - t0 < 2
     for s in socks + [hang]:
         s.close()
+
+
+# -- the job API (async providers, issue 19) ------------------------------------
+
+def _get(fake, path, headers=None):
+    conn = http.client.HTTPConnection(fake.host, fake.port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def test_job_api_post_then_get():
+    h = {"kbatch-batch-id": "b", "kbatch-item-id": "i1"}
+    with FakeModel(job_ms=300) as f:
+        st, _, body = f.post("/jobs/submit", {"prompt": "x"}, headers=h)
+        assert st == 202
+        jid = json.loads(body)["job"]["id"]
+        st, j = _get(f, f"/jobs/status/{jid}", headers=h)
+        assert (st, j["status"]) == (200, "running")
+        time.sleep(0.4)
+        st, j = _get(f, f"/jobs/status/{jid}", headers=h)
+        assert j["status"] == "succeeded"
+        assert j["output"]["input"] == {"prompt": "x"}
+        assert _get(f, "/jobs/status/nope")[0] == 404
+        # failing jobs and cancel
+        f.configure(job_fail=1.0, job_ms=10000)
+        _, _, body = f.post("/jobs/submit", {}, headers={"kbatch-batch-id": "b", "kbatch-item-id": "i2"})
+        j2 = json.loads(body)["job"]["id"]
+        st, _, body = f.post(f"/jobs/cancel/{j2}", {}, headers={"kbatch-batch-id": "b", "kbatch-item-id": "i2"})
+        assert json.loads(body)["status"] == "cancelled"
+        assert _get(f, f"/jobs/status/{j2}")[1]["status"] == "cancelled"
+        f.configure(job_ms=0)
+        _, _, body = f.post("/jobs/submit", {})
+        j3 = json.loads(body)["job"]["id"]
+        j = _get(f, f"/jobs/status/{j3}")[1]
+        assert j["status"] == "failed" and "injected" in j["error"]["message"]
+        jobs = f.stats()["jobs"]
+        assert jobs["submitted"] == 3 and jobs["cancelled"] == 1
+        assert jobs["by_item"]["b:i1"] == {"submits": 1, "polls": 2, "results": 0, "cancels": 0}
+        assert jobs["by_item"]["b:i2"]["cancels"] == 1
+
+
+def test_job_api_genvr_three_posts():
+    h = {"kbatch-batch-id": "g", "kbatch-item-id": "1"}
+    with FakeModel("--job-ms", "200") as f:
+        st, _, body = f.post("/genvr/generate-batch", {"prompt": "p"}, headers=h)
+        d = json.loads(body)
+        assert st == 200 and d["success"] and d["data"]["status"] == "queued"
+        jid = d["data"]["id"]
+        st, _, body = f.post("/genvr/status-batch", {"prompt": "p", "id": jid}, headers=h)
+        assert json.loads(body)["data"]["status"] == "processing"
+        st, _, body = f.post("/genvr/response-batch", {"prompt": "p", "id": jid}, headers=h)
+        assert st == 409
+        time.sleep(0.3)
+        st, _, body = f.post("/genvr/status-batch", {"prompt": "p", "id": jid}, headers=h)
+        assert json.loads(body)["data"]["status"] == "completed"
+        st, _, body = f.post("/genvr/response-batch", {"prompt": "p", "id": jid}, headers=h)
+        assert st == 200 and json.loads(body)["data"]["output"] == {"job": jid}
+        assert f.stats()["jobs"]["by_item"]["g:1"] == {"submits": 1, "polls": 2, "results": 2, "cancels": 0}
+        assert f.stats(items=False)["jobs"]["running"] == 0

@@ -63,11 +63,14 @@ typedef struct fm_conf_s {
         int    cf_max_concurrency;  /* 0: unlimited */
         int    cf_retry_after;      /* seconds, for 429s */
         bool   cf_record_items;     /* keep by_item (costs memory) */
+        int    cf_job_ms;           /* job API: how long a job runs */
+        double cf_job_fail;         /* job API: share of jobs that fail */
 } fm_conf_t;
 
 static fm_conf_t cf = {
         .cf_retry_after  = 1,
         .cf_record_items = true,
+        .cf_job_ms       = 2000,
 };
 static pthread_mutex_t cf_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -492,6 +495,9 @@ static struct {
         json_t         *st_by_path;      /* path -> count */
         json_t         *st_by_item;      /* "batch:item" -> record */
         json_t         *st_triggers;     /* item key -> trigger answers */
+        json_t         *st_jobs;         /* job API: id -> job */
+        json_t         *st_job_items;    /* job API: item key -> counts */
+        uint64_t        st_job_seq;
         json_t         *st_headers;      /* last request's headers, as a
                                           * string holding a JSON object */
         char            st_last_method[16];
@@ -508,6 +514,8 @@ static void stats_init(void) {
         st.st_by_item  = json_object();
         st.st_triggers = json_object();
         st.st_headers  = json_string("{}");
+        st.st_jobs      = json_object();
+        st.st_job_items = json_object();
 }
 
 /** Zeroes statistics and trigger counters (POST /_reset). */
@@ -519,6 +527,8 @@ static void stats_reset(void) {
         json_object_clear(st.st_by_path);
         json_object_clear(st.st_by_item);
         json_object_clear(st.st_triggers);
+        json_object_clear(st.st_jobs);
+        json_object_clear(st.st_job_items);
         json_decref(st.st_headers);
         st.st_headers = json_string("{}");
         st.st_last_method[0] = st.st_last_path[0] = '\0';
@@ -1715,7 +1725,7 @@ static json_t *conf_json(const fm_conf_t *c) {
                          c->cf_lat_max_ms);
         else
                 snprintf(lat, sizeof(lat), "%d", c->cf_lat_min_ms);
-        return json_pack("{s:s,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:b}",
+        return json_pack("{s:s,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:b,s:i,s:f}",
                          "latency_ms", lat,
                          "latency_min_ms", c->cf_lat_min_ms,
                          "latency_max_ms", c->cf_lat_max_ms,
@@ -1726,7 +1736,9 @@ static json_t *conf_json(const fm_conf_t *c) {
                          "fail_garbage", c->cf_fail_garbage,
                          "max_concurrency", c->cf_max_concurrency,
                          "retry_after", c->cf_retry_after,
-                         "record_items", c->cf_record_items);
+                         "record_items", c->cf_record_items,
+                         "job_ms", c->cf_job_ms,
+                         "job_fail", c->cf_job_fail);
 }
 
 /** Parses "N" or "MIN-MAX" milliseconds. */
@@ -1777,6 +1789,8 @@ static bool conf_apply(fm_conf_t *c, json_t *o, char *err, size_t err_size) {
                         rate = &c->cf_fail_hang;
                 else if (!strcmp(k, "fail_garbage"))
                         rate = &c->cf_fail_garbage;
+                else if (!strcmp(k, "job_fail"))
+                        rate = &c->cf_job_fail;
                 if (rate) {
                         double d = json_number_value(v);
                         if (!json_is_number(v) || d < 0 || d > 1) {
@@ -1808,6 +1822,14 @@ static bool conf_apply(fm_conf_t *c, json_t *o, char *err, size_t err_size) {
                                                   &c->cf_lat_max_ms)) {
                                 goto bad_latency;
                         }
+                } else if (!strcmp(k, "job_ms")) {
+                        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                            json_integer_value(v) > 86400000) {
+                                snprintf(err, err_size, "%s: an integer "
+                                         "0..86400000 expected", k);
+                                return false;
+                        }
+                        c->cf_job_ms = (int)json_integer_value(v);
                 } else if (!strcmp(k, "max_concurrency") ||
                            !strcmp(k, "retry_after")) {
                         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
@@ -1845,6 +1867,30 @@ static json_t *headers_json(json_t *raw) {
                                      json_string_length(raw), 0, NULL)
                         : NULL;
         return h ? h : json_object();
+}
+
+/** The job API's part of /_stats (under st_lock): jobs submitted, running
+ *  now (started, not past their time, not cancelled), cancelled, and with
+ *  items the per-item submits/polls/results/cancels. */
+static json_t *jobs_stats(bool items) {
+        int64_t now = (int64_t)(now_mono_ns() / 1000000);
+        json_int_t running = 0, cancelled = 0;
+        const char *k;
+        json_t *j;
+        json_object_foreach(st.st_jobs, k, j) {
+                if (json_is_true(json_object_get(j, "cancelled")))
+                        cancelled++;
+                else if (json_integer_value(json_object_get(j, "done_ms")) >
+                         now)
+                        running++;
+        }
+        json_t *r = json_pack("{s:I,s:I,s:I}", "submitted",
+                              (json_int_t)json_object_size(st.st_jobs),
+                              "running", running, "cancelled", cancelled);
+        if (r && items)
+                json_object_set_new(r, "by_item",
+                                    json_deep_copy(st.st_job_items));
+        return r;
 }
 
 /** The /_stats body; caller frees. Built and serialized under the lock
@@ -1891,6 +1937,8 @@ static char *stats_dump(bool items, size_t *len) {
                 }
                 json_object_set_new(r, "by_item", bi);
         }
+        if (r)
+                json_object_set_new(r, "jobs", jobs_stats(items));
         char *s = dump(r, len);
         pthread_mutex_unlock(&st.st_lock);
         return s;
@@ -1980,6 +2028,141 @@ static enum MHD_Result handle_control(struct MHD_Connection *conn,
 /* ------------------------------------------------------------------------ */
 /* libmicrohttpd callbacks                                                   */
 
+/* ------------------------------------------------------------------------ */
+/* Job API (async providers, SPEC §12): two shapes.                          */
+/*   POST-then-GET: POST /jobs/submit -> 202 {"job": {"id"}};               */
+/*     GET /jobs/status/ID -> {"id", "status": queued|running|succeeded|   */
+/*     failed|cancelled, "output" (succeeded), "error": {"message"}};        */
+/*     POST /jobs/cancel/ID.                                                 */
+/*   GenVR's three POSTs: /genvr/generate-batch (the input) ->              */
+/*     {"success": true, "data": {"id", "status"}}; /genvr/status-batch and  */
+/*     /genvr/response-batch (the input with "id") -> {"data": {"id",       */
+/*     "status": queued|processing|completed|failed, "error"}} and          */
+/*     {"data": {"id", "output"}}.                                           */
+/* A job runs job_ms, fails with probability job_fail; submits, polls,       */
+/* result fetches and cancels are counted per item (kbatch item headers).   */
+
+static void job_count(const char *item, const char *what) {
+        json_t *c;
+        if (!item)
+                return;
+        if (!(c = json_object_get(st.st_job_items, item))) {
+                c = json_pack("{s:i,s:i,s:i,s:i}", "submits", 0, "polls", 0,
+                              "results", 0, "cancels", 0);
+                json_object_set_new(st.st_job_items, item, c);
+        }
+        counter_add(c, what, 1);
+}
+
+/** The job's state now: "running", "succeeded", "failed", "cancelled". */
+static const char *job_state(json_t *j, int64_t now) {
+        if (json_is_true(json_object_get(j, "cancelled")))
+                return "cancelled";
+        if (json_integer_value(json_object_get(j, "done_ms")) > now)
+                return "running";
+        return json_is_true(json_object_get(j, "fail")) ? "failed"
+                                                        : "succeeded";
+}
+
+static enum MHD_Result handle_jobs(struct MHD_Connection *conn, fm_req_t *rq,
+                                   const char *method, const char *path) {
+        fm_conf_t c = conf_get();
+        int64_t now = (int64_t)(now_mono_ns() / 1000000);
+        bool genvr = !strncmp(path, "/genvr/", 7);
+        const char *op = path + (genvr ? 7 : 6), *id = NULL;
+        json_t *req = NULL, *j, *out = NULL;
+        unsigned status = 200;
+        char idbuf[64];
+
+        stats_arrival(conn, rq, method, path, &c);
+        if (rq->rq_body.b_len)
+                req = json_loadb(rq->rq_body.b_data, rq->rq_body.b_len, 0,
+                                 NULL);
+        pthread_mutex_lock(&st.st_lock);
+        if ((!strcmp(op, "submit") || !strcmp(op, "generate-batch")) &&
+            !strcmp(method, "POST")) {
+                snprintf(idbuf, sizeof(idbuf), "job-%" PRIu64, ++st.st_job_seq);
+                j = json_pack("{s:I,s:b,s:b,s:s?,s:O?}", "done_ms",
+                              (json_int_t)(now + c.cf_job_ms), "fail",
+                              rng_unit() < c.cf_job_fail, "cancelled", 0,
+                              "item", rq->rq_item, "input", req);
+                json_object_set_new(st.st_jobs, idbuf, j);
+                job_count(rq->rq_item, "submits");
+                if (genvr)
+                        out = json_pack("{s:b,s:{s:s,s:s}}", "success", 1,
+                                        "data", "id", idbuf, "status",
+                                        "queued");
+                else {
+                        status = 202;
+                        out = json_pack("{s:{s:s,s:s}}", "job", "id", idbuf,
+                                        "status", "queued");
+                }
+                goto answer;
+        }
+        if (genvr)
+                id = json_string_value(json_object_get(req, "id"));
+        else if (!strncmp(op, "status/", 7))
+                id = op + 7;
+        else if (!strncmp(op, "cancel/", 7))
+                id = op + 7;
+        if (!id || !(j = json_object_get(st.st_jobs, id))) {
+                status = 404;
+                out = json_pack("{s:{s:s}}", "error", "message",
+                                "no such job");
+                goto answer;
+        }
+        if ((genvr && !strcmp(op, "status-batch")) ||
+            (!genvr && !strncmp(op, "status/", 7) && !strcmp(method, "GET"))) {
+                const char *stt = job_state(j, now);
+                job_count(rq->rq_item, "polls");
+                if (genvr)
+                        out = json_pack(
+                            "{s:b,s:{s:s,s:s}}", "success", 1, "data", "id",
+                            id, "status",
+                            !strcmp(stt, "running")     ? "processing"
+                            : !strcmp(stt, "succeeded") ? "completed"
+                                                        : stt);
+                else
+                        out = json_pack("{s:s,s:s}", "id", id, "status", stt);
+                if (!strcmp(stt, "failed"))
+                        json_object_set_new(genvr ? json_object_get(out, "data")
+                                                  : out,
+                                            "error",
+                                            json_pack("{s:s}", "message",
+                                                      "the job failed "
+                                                      "(injected)"));
+                if (!genvr && !strcmp(stt, "succeeded"))
+                        json_object_set_new(out, "output",
+                                            json_pack("{s:s,s:O?}", "job", id,
+                                                      "input",
+                                                      json_object_get(
+                                                          j, "input")));
+        } else if (genvr && !strcmp(op, "response-batch")) {
+                job_count(rq->rq_item, "results");
+                if (strcmp(job_state(j, now), "succeeded")) {
+                        status = 409;
+                        out = json_pack("{s:b,s:s}", "success", 0, "message",
+                                        "the job has no result");
+                } else
+                        out = json_pack("{s:b,s:{s:s,s:{s:s}}}", "success", 1,
+                                        "data", "id", id, "output", "job", id);
+        } else if (!genvr && !strncmp(op, "cancel/", 7) &&
+                   !strcmp(method, "POST")) {
+                job_count(rq->rq_item, "cancels");
+                json_object_set_new(j, "cancelled", json_true());
+                out = json_pack("{s:s,s:s}", "id", id, "status", "cancelled");
+        } else {
+                status = 405;
+                out = json_pack("{s:{s:s}}", "error", "message",
+                                "method not allowed");
+        }
+answer:
+        pthread_mutex_unlock(&st.st_lock);
+        json_decref(req);
+        stats_outcome(rq, status, NULL);
+        return respond_json(conn, status, out);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
                                   const char *version, const char *upload,
@@ -2012,6 +2195,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         }
         if (url[0] == '/' && url[1] == '_')
                 return handle_control(conn, rq, method, url);
+        if (!strncmp(url, "/jobs/", 6) || !strncmp(url, "/genvr/", 7))
+                return handle_jobs(conn, rq, method, url);
         return handle_api(conn, rq, method, url);
 }
 
@@ -2051,6 +2236,8 @@ static void usage(FILE *f) {
 "  --seed N              random seed (default 1)\n"
 "  --threads N           server threads (default 2)\n"
 "  --no-item-stats       do not keep per-item stats (for long benchmarks)\n"
+"  --job-ms N            job API: how long a job runs (default 2000)\n"
+"  --job-fail RATE       job API: share of jobs that fail (default 0)\n"
 "  --log-responses FILE  append \"batch:item status arrived_ms responded_ms\"\n"
 "                        per answered request with kbatch item headers\n"
 "  --help                this text\n"
@@ -2058,6 +2245,9 @@ static void usage(FILE *f) {
 "Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings,\n"
 "/v1/responses, /v1/messages (Anthropic); GET /_stats[?items=0];\n"
 "POST /_reset; GET|POST /_config.\n"
+"Job API: POST /jobs/submit, GET /jobs/status/ID, POST /jobs/cancel/ID;\n"
+"POST /genvr/generate-batch, /genvr/status-batch, /genvr/response-batch\n"
+"(the input with \"id\"). /_stats \"jobs\" counts them per item.\n"
 "A request body's \"fake\" object forces an answer: {\"status\": 500,\n"
 "\"times\": 2, \"latency_ms\": 100, \"retry_after\": 2, \"mode\":\n"
 "\"reset|hang|garbage|trickle\", \"body_bytes\": N, \"chunk_bytes\": 8,\n"
@@ -2107,7 +2297,7 @@ int main(int argc, char **argv) {
         enum {
                 O_PORT = 256, O_PORT_FILE, O_HOST, O_LATENCY, O_F500, O_F429,
                 O_FRESET, O_FHANG, O_FGARBAGE, O_RETRY, O_MAXCONC, O_SEED,
-                O_THREADS, O_NOITEMS, O_RESPLOG, O_HELP,
+                O_THREADS, O_NOITEMS, O_RESPLOG, O_HELP, O_JOBMS, O_JOBFAIL,
         };
         static const struct option opts[] = {
                 { "port",            required_argument, NULL, O_PORT },
@@ -2126,6 +2316,8 @@ int main(int argc, char **argv) {
                 { "no-item-stats",   no_argument,       NULL, O_NOITEMS },
                 { "log-responses",   required_argument, NULL, O_RESPLOG },
                 { "help",            no_argument,       NULL, O_HELP },
+                { "job-ms",          required_argument, NULL, O_JOBMS },
+                { "job-fail",        required_argument, NULL, O_JOBFAIL },
                 { NULL, 0, NULL, 0 },
         };
         const char *host = "127.0.0.1", *port_file = NULL;
@@ -2183,6 +2375,15 @@ int main(int argc, char **argv) {
                         break;
                 case O_NOITEMS:
                         cf.cf_record_items = false;
+                        break;
+                case O_JOBMS:
+                        cf.cf_job_ms = (int)parse_long("--job-ms", optarg, 0,
+                                                       86400000);
+                        break;
+                case O_JOBFAIL:
+                        if (!parse_rate(optarg, &cf.cf_job_fail))
+                                die_usage("bad rate \"%s\" (0..1 expected)",
+                                          optarg);
                         break;
                 case O_RESPLOG:
                         if (!(resp_log = fopen(optarg, "a"))) {

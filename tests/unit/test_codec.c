@@ -194,7 +194,7 @@ Test(codec, result_encode_fields) {
                     "model", "operation", "status", "http_status", "output",
                     "error", "attempts", "usage", "started_at", "finished_at",
                     "latency_ms", "worker", "callback_url", "deadline",
-                    "metadata"};
+                    "metadata", "route", "job"};
                 size_t i;
                 for (i = 0; i < sizeof(fields) / sizeof(*fields); i++)
                         cr_expect(json_object_get(o, fields[i]) != NULL,

@@ -112,6 +112,8 @@ Test(conf, defaults) {
                 "kbatch.items",       "kbatch.items.dlq", "kbatch.results",
                 "kbatch.batches",     "kbatch.batches.dlq", "kbatch.control",
                 "kbatch.batch-state", "kbatch.files",     "kbatch.api-batches",
+                "kbatch.items.priority",
+                "kbatch.items.jobs",
         };
         char host[256], want[300];
         size_t i;
@@ -362,7 +364,28 @@ Test(conf, full_config) {
         cr_expect_eq(c->control_lookback_ms, 0);
         cr_expect_eq(c->notifier_allow_private, 1);
         cr_expect_str_eq(c->log_format, "text");
-        cr_assert_eq(c->route_cnt, 2);
+        cr_assert_eq(c->route_cnt, 3);
+        {
+                const kb_route_conf_t *g = &c->routes[1];
+                cr_expect_str_eq(g->name, "genvr");
+                cr_expect_null(g->fallback);
+                cr_expect_eq(g->breaker_failures, 3);
+                cr_expect_eq(g->breaker_open_ms, 30000);
+                cr_expect_str_eq(g->mode, "async");
+                cr_expect_str_eq(g->async.id_pointer, "/data/id");
+                cr_expect_str_eq(g->async.status_method, "POST");
+                cr_expect_eq(g->async.succeeded_cnt, 1);
+                cr_expect_str_eq(g->async.succeeded[0], "completed");
+                cr_expect_eq(g->async.failed_cnt, 2);
+                cr_expect_str_eq(g->async.failed[1], "cancelled");
+                cr_expect_null(g->async.output_pointer);
+                cr_expect_null(g->async.cancel_path);
+                cr_expect_eq(g->async.poll_ms, 500);
+                cr_expect_eq(g->async.poll_max_ms, 5000);
+                cr_expect_eq(g->async.max_wait_ms, 600000);
+                cr_expect_str_eq(c->routes[0].mode, "sync");
+                cr_expect_str_eq(c->routes[0].name, "gpt-*");
+        }
         r = &c->routes[0];
         cr_expect_str_eq(r->model, "gpt-*");
         cr_expect_str_eq(r->base_url, "https://api.example.com/");
@@ -389,7 +412,7 @@ Test(conf, full_config) {
         cr_expect_str_eq(kv_get(r->operations, r->operation_cnt, "rerank"),
                          "/v1/rerank");
         cr_expect_eq(r->line, 93);
-        cr_expect_str_eq(c->routes[1].api_key_file, "/run/secrets/key");
+        cr_expect_str_eq(c->routes[2].api_key_file, "/run/secrets/key");
         kb_conf_destroy(c);
         free(path);
 }
@@ -650,6 +673,59 @@ static const err_case_t err_cases[] = {
           "routes = ( { model = \"*\"; base_url = \"http://a\"; },\n"
           "  { model = \"*\"; base_url = \"http://b\"; } );\n",
           KB_CONF_ERR_INVALID, 2, "'routes[1].model' '*' is already the model" },
+        { "route duplicate name",
+          "routes = ( { model = \"a\"; name = \"x\"; base_url = \"http://a\"; },\n"
+          "  { model = \"b\"; name = \"x\"; base_url = \"http://b\"; } );\n",
+          KB_CONF_ERR_INVALID, 2, "'routes[1].name' 'x' is already the name" },
+        { "route name defaults to the model",
+          "routes = ( { model = \"a\"; base_url = \"http://a\"; },\n"
+          "  { model = \"b\"; name = \"a\"; base_url = \"http://b\"; } );\n",
+          KB_CONF_ERR_INVALID, 2, "'routes[1].name' 'a' is already the name" },
+        { "route unknown fallback",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  fallback = \"nope\"; } );\n",
+          KB_CONF_ERR_INVALID, 1,
+          "'routes[0].fallback' 'nope' is not the name of another route" },
+        { "route fallback to itself",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  fallback = \"a\"; } );\n",
+          KB_CONF_ERR_INVALID, 1,
+          "'routes[0].fallback' 'a' is not the name of another route" },
+        { "async route with a fallback",
+          "routes = ( { model = \"a\"; base_url = \"http://a\"; fallback = \"b\";\n"
+          "  mode = \"async\"; async = { submit_path = \"/s\"; id_pointer = \"/id\";\n"
+          "    status_path = \"/s/{id}\"; status_pointer = \"/st\";\n"
+          "    succeeded = [\"ok\"]; failed = [\"bad\"]; }; },\n"
+          "  { model = \"b\"; base_url = \"http://b\"; } );\n",
+          KB_CONF_ERR_INVALID, 1, "fallback routes must both be mode = \"sync\"" },
+        { "async without submit_path",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  mode = \"async\"; } );\n",
+          KB_CONF_ERR_INVALID, 1,
+          "'routes[0].async.submit_path' is required with mode = \"async\"" },
+        { "async bad pointer",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  async = { id_pointer = \"data/id\"; }; } );\n",
+          KB_CONF_ERR_INVALID, 2, "is not a JSON Pointer" },
+        { "async unknown key",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  async = { pol_ms = 5; }; } );\n",
+          KB_CONF_ERR_INVALID, 2, "did you mean 'poll_ms'?" },
+        { "async succeeded not a list",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  async = { succeeded = \"done\"; }; } );\n",
+          KB_CONF_ERR_INVALID, 2, "must be a list of strings" },
+        { "async poll_max below poll",
+          "routes = ( { model = \"a\"; base_url = \"http://a\"; mode = \"async\";\n"
+          "  async = { submit_path = \"/s\"; id_pointer = \"/id\";\n"
+          "    status_path = \"/s/{id}\"; status_pointer = \"/st\";\n"
+          "    succeeded = [\"ok\"]; failed = [\"bad\"]; poll_ms = 500;\n"
+          "    poll_max_ms = 100; }; } );\n",
+          KB_CONF_ERR_INVALID, 1, "poll_max_ms (100) must not be below poll_ms" },
+        { "route breaker_failures range",
+          "routes = ( { model = \"a\"; base_url = \"http://a\";\n"
+          "  breaker_failures = 0; } );\n",
+          KB_CONF_ERR_INVALID, 2, "'routes[0].breaker_failures' must be between" },
         /* cross-field */
         { "inprocess above max",
           "retry = {\n  max_attempts = 3;\n  inprocess_attempts = 4;\n};\n",

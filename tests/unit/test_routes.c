@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "http.h"
 #include "routes.h"
 
 static kb_conf_t *conf;
@@ -164,4 +165,130 @@ Test(routes, one_item_cannot_hold_the_tokens_bucket) {
         cr_expect_eq(kb_route_admit(rt, 50, now, &wait), 0);
         cr_expect_gt(wait, 4000);
         cr_expect_lt(wait, 6000);
+}
+
+/* ---- names, fallback, circuit breaker (SPEC §12) ---------------------- */
+
+#define FALLBACK_ROUTES                                                        \
+        "routes = ( { model = \"m*\"; name = \"primary\"; "                    \
+        "base_url = \"http://a\"; fallback = \"backup\"; "                     \
+        "breaker_failures = 3; breaker_open_ms = 1000; "                       \
+        "fallback_after_ms = 5000; timeout_ms = 2000; },"                      \
+        "{ model = \"m*\"; name = \"backup\"; base_url = \"http://b\"; },"     \
+        "{ model = \"*\"; base_url = \"http://c\"; } );"
+
+Test(routes, names_default_to_the_glob_and_fallback_resolves) {
+        load(FALLBACK_ROUTES);
+        kb_route_t *p = kb_routes_find(routes, "primary");
+        kb_route_t *b = kb_routes_find(routes, "backup");
+        kb_route_t *c = kb_routes_find(routes, "*");
+        cr_assert(p && b && c);
+        cr_expect_eq(kb_routes_match(routes, "m1"), p);
+        cr_expect_eq(p->rt_fallback, b);
+        cr_expect_null(b->rt_fallback);
+        cr_expect_null(kb_routes_find(routes, "nope"));
+        cr_expect_eq(b->rt_conf->breaker_failures, 5); /* defaults */
+        cr_expect_eq(b->rt_conf->breaker_open_ms, 30000);
+        cr_expect_eq(b->rt_conf->fallback_after_ms, 10000);
+}
+
+Test(routes, breaker_opens_after_failures_in_a_row) {
+        load(FALLBACK_ROUTES);
+        kb_route_t *p = kb_routes_find(routes, "primary");
+        kb_route_t *b = kb_routes_find(routes, "backup");
+        int64_t t = 100000;
+        cr_expect_eq(kb_route_select(p, t), p);
+        kb_route_breaker_record(p, KB_BREAKER_FAILURE, t);
+        kb_route_breaker_record(p, KB_BREAKER_FAILURE, t);
+        /* A success in between resets the count. */
+        kb_route_breaker_record(p, KB_BREAKER_SUCCESS, t);
+        kb_route_breaker_record(p, KB_BREAKER_FAILURE, t);
+        kb_route_breaker_record(p, KB_BREAKER_FAILURE, t);
+        cr_expect_eq(kb_route_breaker_state(p, t), KB_BREAKER_CLOSED);
+        cr_expect_eq(kb_route_select(p, t), p);
+        /* Neither does a 429. */
+        kb_route_breaker_record(p, KB_BREAKER_NEUTRAL, t);
+        kb_route_breaker_record(p, KB_BREAKER_FAILURE, t);
+        cr_expect_eq(kb_route_breaker_state(p, t), KB_BREAKER_OPEN);
+        cr_expect_eq(kb_route_select(p, t), b);
+        cr_expect_eq(kb_route_select(p, t + 999), b);
+        cr_expect_eq(kb_route_select(b, t), b); /* no fallback: itself */
+}
+
+Test(routes, half_open_lets_one_probe_through) {
+        load(FALLBACK_ROUTES);
+        kb_route_t *p = kb_routes_find(routes, "primary");
+        kb_route_t *b = kb_routes_find(routes, "backup");
+        int64_t t = 100000;
+        int i;
+        for (i = 0; i < 3; i++)
+                kb_route_breaker_record(p, KB_BREAKER_FAILURE, t);
+        cr_expect_eq(kb_route_breaker_state(p, t + 1000),
+                     KB_BREAKER_HALF_OPEN);
+        /* The first item after the open time probes; the next ones go to
+         * the fallback while the probe runs. */
+        cr_expect_eq(kb_route_select(p, t + 1000), p);
+        kb_route_breaker_call(p, t + 1000);
+        cr_expect_eq(kb_route_select(p, t + 1001), b);
+        /* The probe fails: open again for breaker_open_ms. */
+        kb_route_breaker_record(p, KB_BREAKER_FAILURE, t + 1500);
+        cr_expect_eq(kb_route_breaker_state(p, t + 1500), KB_BREAKER_OPEN);
+        cr_expect_eq(kb_route_select(p, t + 2499), b);
+        cr_expect_eq(kb_route_breaker_state(p, t + 2500),
+                     KB_BREAKER_HALF_OPEN);
+        kb_route_breaker_call(p, t + 2500);
+        /* A probe that never answers is given up after timeout_ms. */
+        cr_expect_eq(kb_route_select(p, t + 4500), b);
+        cr_expect_eq(kb_route_select(p, t + 4501), p);
+        kb_route_breaker_call(p, t + 4501);
+        /* The probe succeeds: closed, items stay on the route. */
+        kb_route_breaker_record(p, KB_BREAKER_SUCCESS, t + 4600);
+        cr_expect_eq(kb_route_breaker_state(p, t + 4600), KB_BREAKER_CLOSED);
+        cr_expect_eq(kb_route_select(p, t + 4600), p);
+        cr_expect_eq(p->rt_fail_streak, 0);
+}
+
+Test(routes, long_retry_after_goes_to_the_fallback) {
+        load(FALLBACK_ROUTES);
+        kb_route_t *p = kb_routes_find(routes, "primary");
+        kb_route_t *b = kb_routes_find(routes, "backup");
+        int64_t t = 100000;
+        /* Retry-After at most fallback_after_ms: the item waits. */
+        kb_route_on_outcome(p, KB_ROUTE_THROTTLED, 5000, t, t);
+        cr_expect_eq(kb_route_select(p, t), p);
+        /* Longer: it goes to the fallback until the wait left is short. */
+        kb_route_on_outcome(p, KB_ROUTE_THROTTLED, 60000, t, t);
+        cr_expect_eq(kb_route_select(p, t), b);
+        cr_expect_eq(kb_route_select(p, t + 55000), p);
+        cr_expect_eq(kb_route_breaker_state(p, t), KB_BREAKER_CLOSED);
+}
+
+Test(routes, fallback_chain_ends_and_cycles_are_bounded) {
+        load("routes = ( { model = \"a\"; base_url = \"http://a\"; "
+             "fallback = \"b\"; breaker_failures = 1; },"
+             "{ model = \"b\"; base_url = \"http://b\"; fallback = \"a\"; "
+             "breaker_failures = 1; } );");
+        kb_route_t *a = kb_routes_find(routes, "a");
+        kb_route_t *b = kb_routes_find(routes, "b");
+        int64_t t = 100000;
+        cr_assert(a && b);
+        kb_route_breaker_record(a, KB_BREAKER_FAILURE, t);
+        cr_expect_eq(kb_route_select(a, t), b);
+        /* Both down: an item stays where it is (no ping-pong). */
+        kb_route_breaker_record(b, KB_BREAKER_FAILURE, t);
+        cr_expect_eq(kb_route_select(a, t), a);
+        cr_expect_eq(kb_route_select(b, t), b);
+}
+
+Test(routes, breaker_signals) {
+        cr_expect_eq(kb_breaker_signal_of(KB_OUT_CONNECTION_ERROR),
+                     KB_BREAKER_FAILURE);
+        cr_expect_eq(kb_breaker_signal_of(KB_OUT_TIMEOUT), KB_BREAKER_FAILURE);
+        cr_expect_eq(kb_breaker_signal_of(KB_OUT_SERVER_ERROR),
+                     KB_BREAKER_FAILURE);
+        cr_expect_eq(kb_breaker_signal_of(KB_OUT_RATE_LIMITED),
+                     KB_BREAKER_NEUTRAL);
+        cr_expect_eq(kb_breaker_signal_of(KB_OUT_CLIENT_ERROR),
+                     KB_BREAKER_SUCCESS);
+        cr_expect_eq(kb_breaker_signal_of(KB_OUT_OK), KB_BREAKER_SUCCESS);
 }
