@@ -604,6 +604,19 @@ char *kb_codec_result_encode(const kb_item_t *item, const kb_result_t *res,
                 kb_jtext_put_lit(&b, "null");
         kb_jtext_put_lit(&b, ",\"worker\":");
         kb_jtext_put_str(&b, res->worker);
+        kb_jtext_put_lit(&b, ",\"route\":");
+        kb_jtext_put_str(&b, res->route);
+        kb_jtext_put_lit(&b, ",\"job\":");
+        if (res->job_id) {
+                kb_jtext_put_lit(&b, "{\"id\":");
+                kb_jtext_put_str(&b, res->job_id);
+                kb_jtext_put_lit(&b, ",\"polls\":");
+                kb_jtext_put_int(&b, res->job_polls);
+                kb_jtext_put_lit(&b, ",\"wall_ms\":");
+                kb_jtext_put_int(&b, res->job_wall_ms);
+                kb_jtext_put_lit(&b, "}");
+        } else
+                kb_jtext_put_lit(&b, "null");
         kb_jtext_put_lit(&b, ",\"callback_url\":");
         kb_jtext_put_str(&b, item->callback_url);
         kb_jtext_put_lit(&b, ",\"deadline\":");

@@ -644,6 +644,8 @@ int kb_kafka_check_limits(const kb_conf_t *conf, rd_kafka_t *rk) {
                 return 0;
         want[cnt].name = conf->topics_name[KB_TOPIC_ITEMS];
         want[cnt++].need = conf->worker_max_item_bytes;
+        want[cnt].name = conf->topics_name[KB_TOPIC_ITEMS_PRIORITY];
+        want[cnt++].need = conf->worker_max_item_bytes;
         want[cnt].name = conf->topics_name[KB_TOPIC_RESULTS];
         want[cnt++].need = m;
         want[cnt].name = conf->topics_name[KB_TOPIC_ITEMS_DLQ];

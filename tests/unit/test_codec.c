@@ -305,6 +305,12 @@ Test(codec, result_encode_like_jansson) {
                                 r.finished_at = 1700000000123LL;
                                 r.latency_ms = k ? -1 : 123;
                                 r.worker = k ? NULL : "w-1";
+                                /* the route and an async job (SPEC §12),
+                                 * with strings to escape */
+                                r.route = k ? "fallback \"b\"" : NULL;
+                                r.job_id = k ? "job-\u00e9\n1" : NULL;
+                                r.job_polls = 3;
+                                r.job_wall_ms = 4000000000LL;
                                 if (outputs[j]) {
                                         tree = json_loads(outputs[j], 0, NULL);
                                         cr_assert(tree);
