@@ -2159,16 +2159,12 @@ int kb_aggregator_serve(kb_aggregator_t *ag, int64_t now) {
 }
 
 void kb_aggregator_shutdown(kb_aggregator_t *ag) {
-        rd_kafka_resp_err_t err;
         if (!ag)
                 return;
         if (!ag->ag_fatal && ag->ag_txn_ready && !ag->ag_recover)
                 txn_commit(ag);
         /* Leaves the group; the revoke callback commits again (no-op). */
-        err = rd_kafka_consumer_close(ag->ag_consumer);
-        if (err)
-                kb_log(KB_LOG_WARN, "aggregator", "consumer close: %s",
-                       rd_kafka_err2str(err));
+        kb_kafka_consumer_close(ag->ag_consumer, 15000, "aggregator");
         kb_log(KB_LOG_INFO, "aggregator",
                "stopped: %llu results (%llu counted, %llu duplicates, %llu "
                "invalid, %llu ignored), %llu events, %llu transactions "
@@ -2204,7 +2200,7 @@ void kb_aggregator_destroy(kb_aggregator_t *ag) {
         if (ag->ag_cq)
                 rd_kafka_queue_destroy(ag->ag_cq);
         if (ag->ag_consumer)
-                rd_kafka_destroy(ag->ag_consumer);
+                kb_kafka_consumer_destroy(ag->ag_consumer);
         if (ag->ag_restorer) {
                 rd_kafka_consumer_close(ag->ag_restorer);
                 rd_kafka_destroy(ag->ag_restorer);

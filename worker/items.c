@@ -2339,10 +2339,7 @@ void kb_items_shutdown(kb_items_t *it, int drain_ms) {
         producer_poll(it);
         kb_partset_commit(it->it_ps, NULL, 0, 1);
         /* Leave the group: the revoke callback commits again (no-op). */
-        err = rd_kafka_consumer_close(it->it_consumer);
-        if (err)
-                kb_log(KB_LOG_WARN, "items", "consumer close: %s",
-                       rd_kafka_err2str(err));
+        kb_kafka_consumer_close(it->it_consumer, 15000, "items");
         kb_log(KB_LOG_INFO, "items", "stopped (%d items abandoned)",
                it->it_inflight);
 }
@@ -2368,7 +2365,7 @@ void kb_items_destroy(kb_items_t *it) {
         if (it->it_pq)
                 rd_kafka_queue_destroy(it->it_pq);
         if (it->it_consumer)
-                rd_kafka_destroy(it->it_consumer);
+                kb_kafka_consumer_destroy(it->it_consumer);
         if (it->it_producer)
                 rd_kafka_destroy(it->it_producer);
         kb_partset_destroy(it->it_ps);

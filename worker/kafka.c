@@ -204,6 +204,42 @@ int kb_kafka_produce_err_permanent(rd_kafka_resp_err_t err) {
         }
 }
 
+int kb_kafka_consumer_close(rd_kafka_t *rk, int timeout_ms, const char *who) {
+        rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+        rd_kafka_error_t *e = rd_kafka_consumer_close_queue(rk, q);
+        int64_t until = kb_now_ms() + timeout_ms;
+        int closed;
+        if (e) {
+                kb_log(KB_LOG_WARN, who, "consumer close: %s",
+                       rd_kafka_error_string(e));
+                rd_kafka_error_destroy(e);
+        }
+        /* Serves the rebalance callbacks of the close, as
+         * rd_kafka_consumer_close() does, but not forever: a close after
+         * an UNKNOWN_MEMBER commit error could wait without end, and
+         * SIGTERM must finish (the group drops the member at its session
+         * timeout anyway). */
+        while (!(closed = rd_kafka_consumer_closed(rk)) &&
+               kb_now_ms() < until)
+                rd_kafka_queue_poll_callback(q, 100);
+        rd_kafka_queue_destroy(q);
+        if (!closed)
+                kb_log(KB_LOG_WARN, who,
+                       "the consumer did not leave its group within %d ms; "
+                       "going on (the group drops it at its session timeout)",
+                       timeout_ms);
+        return closed ? 0 : -1;
+}
+
+void kb_kafka_consumer_destroy(rd_kafka_t *rk) {
+        if (!rk)
+                return;
+        /* A close that timed out is not tried again here. */
+        rd_kafka_destroy_flags(rk, rd_kafka_consumer_closed(rk)
+                                       ? 0
+                                       : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+}
+
 /* Sets a property unless kafka.properties already did. */
 static int set_default(const kb_conf_t *conf, rd_kafka_conf_t *kc,
                        const char *name, const char *value, char *errstr,

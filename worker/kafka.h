@@ -113,4 +113,13 @@ int kb_kafka_produce_err_permanent(rd_kafka_resp_err_t err);
  * the topics cannot be described: 0, nothing said. */
 int kb_kafka_check_limits(const kb_conf_t *conf, rd_kafka_t *rk);
 
+/* Leaves the group (rd_kafka_consumer_close_queue), serving the rebalance
+ * callbacks, for at most timeout_ms. 0 when closed, -1 when it timed out
+ * (logged under facility `who`). */
+int kb_kafka_consumer_close(rd_kafka_t *rk, int timeout_ms, const char *who);
+
+/* rd_kafka_destroy() of a consumer, without a second (blocking) close when
+ * kb_kafka_consumer_close() timed out or it never joined. NULL: no-op. */
+void kb_kafka_consumer_destroy(rd_kafka_t *rk);
+
 #endif

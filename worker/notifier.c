@@ -1515,10 +1515,7 @@ void kb_notifier_shutdown(kb_notifier_t *nt, int drain_ms) {
                        rd_kafka_err2str(err));
         producer_poll(nt);
         kb_partset_commit(nt->nt_ps, NULL, 0, 1);
-        err = rd_kafka_consumer_close(nt->nt_consumer);
-        if (err)
-                kb_log(KB_LOG_WARN, "notifier", "consumer close: %s",
-                       rd_kafka_err2str(err));
+        kb_kafka_consumer_close(nt->nt_consumer, 15000, "notifier");
         kb_log(KB_LOG_INFO, "notifier",
                "stopped (%d events left to the next "
                "owner)",
@@ -1554,7 +1551,7 @@ void kb_notifier_destroy(kb_notifier_t *nt) {
         if (nt->nt_pq)
                 rd_kafka_queue_destroy(nt->nt_pq);
         if (nt->nt_consumer)
-                rd_kafka_destroy(nt->nt_consumer);
+                kb_kafka_consumer_destroy(nt->nt_consumer);
         if (nt->nt_producer)
                 rd_kafka_destroy(nt->nt_producer);
         kb_partset_destroy(nt->nt_ps);

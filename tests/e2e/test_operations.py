@@ -67,10 +67,11 @@ def wait_until(pred, timeout, what):
 def test_readyz_false_until_the_group_is_joined(env):
     conf = env.write_conf(admin_listen="127.0.0.1:0")
     env.create_topics(conf, partitions=2)
-    # A member that only speaks the "range" assignor holds the group: kbatch
-    # (cooperative-sticky) cannot join it until that member leaves.
+    # A member that only speaks the "roundrobin" assignor holds the group:
+    # kbatch (eager "range", issue 18) cannot join it until that member
+    # leaves.
     holder = Consumer({"bootstrap.servers": env.bootstrap, "group.id": env.group,
-                       "partition.assignment.strategy": "range",
+                       "partition.assignment.strategy": "roundrobin",
                        "enable.auto.commit": False})
     holder.subscribe([env.topic("items")])
     try:
