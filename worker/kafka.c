@@ -220,8 +220,31 @@ int kb_kafka_consumer_close(rd_kafka_t *rk, int timeout_ms, const char *who) {
          * SIGTERM must finish (the group drops the member at its session
          * timeout anyway). */
         while (!(closed = rd_kafka_consumer_closed(rk)) &&
-               kb_now_ms() < until)
-                rd_kafka_queue_poll_callback(q, 100);
+               kb_now_ms() < until) {
+                rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+                if (!ev)
+                        continue;
+                /* The owner drained and committed before: a revocation
+                 * only lets the partitions go, an assignment is refused. */
+                if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+                        const char *proto = rd_kafka_rebalance_protocol(rk);
+                        int coop = proto && !strcmp(proto, "COOPERATIVE");
+                        rd_kafka_resp_err_t re = rd_kafka_event_error(ev);
+                        rd_kafka_topic_partition_list_t *parts =
+                            rd_kafka_event_topic_partition_list(ev);
+                        if (coop) {
+                                rd_kafka_error_t *ue =
+                                    re == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
+                                        ? NULL
+                                        : rd_kafka_incremental_unassign(rk,
+                                                                        parts);
+                                if (ue)
+                                        rd_kafka_error_destroy(ue);
+                        } else
+                                rd_kafka_assign(rk, NULL);
+                }
+                rd_kafka_event_destroy(ev);
+        }
         rd_kafka_queue_destroy(q);
         if (!closed)
                 kb_log(KB_LOG_WARN, who,
