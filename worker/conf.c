@@ -147,6 +147,8 @@ static const kb_conf_setting_t kb_conf_settings[] = {
               worker_offsets_window),
         S_INT("worker.route_queue_max", 1, 1000000, "10000",
               worker_route_queue_max),
+        S_INT("worker.read_ahead", 0, KB_OFFSETS_WINDOW_LIMIT, "1000000",
+              worker_read_ahead),
         S_STR("worker.instance_id", 0, 128, "", worker_instance_id,
               check_instance),
 

@@ -142,6 +142,8 @@ typedef struct kb_conf_s {
         int worker_queue_max_kbytes;     /* librdkafka prefetch, 16384 */
         int worker_offsets_window;       /* per partition, 16384 */
         int worker_route_queue_max;      /* items waiting per route, 10000 */
+        int worker_read_ahead;           /* offsets past the lowest unfinished
+                                          * one, items topic; 0: off */
         char *worker_instance_id;        /* "" -> hostname-pid */
         char *instance_id;               /* resolved at load, see
                                           * kb_conf_instance_id() */

@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "offsets.h"
 #include "partset.h"
+#include "readahead.h"
 #include "retry.h"
 #include "routeq.h"
 #include "routes.h"
@@ -157,6 +158,8 @@ struct kb_items_s {
         rd_kafka_queue_t *it_prioq; /* the priority lane's partitions,
                                      * forwarded here: fetched first */
         int it_prio_jobs;         /* jobs alive from the priority lane */
+        int it_ra_on;             /* worker.read_ahead > 0 */
+        size_t it_ra_deferred;    /* offsets deferred, all partitions */
         kb_jobstore_t *it_jobstore; /* async job ids, when a route is
                                      * async (jobstore.h) */
         int it_polling;           /* async jobs waiting for their next
@@ -1657,50 +1660,52 @@ static int timers_serve(kb_items_t *it, int64_t now) {
         return jb ? (int)(jb->jb_due - now) : 1000;
 }
 
-/* Takes ownership of m. */
-static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
-        kb_part_t *pt;
-        kb_job_t *jb;
-        kb_offsets_res_t r;
+/* Moves pt's fetch position to offset. */
+static void part_seek(kb_items_t *it, kb_part_t *pt, int64_t offset) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, pt->pt_topic, pt->pt_partition)
+            ->offset = offset;
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(it->it_consumer, l, 5000);
+        if (e) {
+                kb_log(KB_LOG_WARN, "items", "%s[%d]: seek to %lld: %s",
+                       pt->pt_topic, (int)pt->pt_partition, (long long)offset,
+                       rd_kafka_error_string(e));
+                rd_kafka_error_destroy(e);
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+}
 
-        if (m->err) {
-                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                        kb_log(KB_LOG_WARN, "items", "consumer: %s",
-                               rd_kafka_message_errstr(m));
-                rd_kafka_message_destroy(m);
-                return;
-        }
-        pt = kb_partset_find(it->it_ps, rd_kafka_topic_name(m->rkt),
-                             m->partition);
-        if (!pt || !pt->pt_assigned || pt->pt_revoking) {
-                rd_kafka_message_destroy(m);
-                return;
-        }
-        r = kb_offsets_track(pt->pt_ot, m->offset);
+/* Goes back to offset of pt (a message refused for now) and pauses the
+ * partition until its offsets window (or its read-ahead) has room. */
+static void seek_back(kb_items_t *it, kb_part_t *pt, int64_t offset) {
+        kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 1);
+        part_seek(it, pt, offset);
+}
+
+/* Tracks m's offset: 1 when m is to be processed, else 0 with m freed (done
+ * before, already in flight, or beyond the window: sought back to). */
+static int track(kb_items_t *it, kb_part_t *pt, rd_kafka_message_t *m) {
+        kb_offsets_res_t r = kb_offsets_track(pt->pt_ot, m->offset);
         if (r == KB_OFFSETS_FULL) {
                 /* Should not happen (we pause at the bound), but never drop:
                  * go back to it and wait for the window to move. */
-                rd_kafka_topic_partition_list_t *l =
-                    rd_kafka_topic_partition_list_new(1);
-                kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 1);
-                rd_kafka_topic_partition_list_add(l, pt->pt_topic,
-                                                  pt->pt_partition)
-                    ->offset = m->offset;
-                rd_kafka_error_t *e = rd_kafka_seek_partitions(it->it_consumer,
-                                                               l, 5000);
-                if (e)
-                        rd_kafka_error_destroy(e);
-                rd_kafka_topic_partition_list_destroy(l);
+                seek_back(it, pt, m->offset);
                 rd_kafka_message_destroy(m);
-                return;
+                return 0;
         }
         if (r != KB_OFFSETS_OK) {
                 /* Done before (commit metadata), or already in flight. */
                 rd_kafka_message_destroy(m);
-                return;
+                return 0;
         }
         if (kb_offsets_window_full(pt->pt_ot))
                 kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 1);
+        return 1;
+}
+
+/* A job for m (tracked), started. Takes ownership of m. */
+static void job_new(kb_items_t *it, kb_part_t *pt, rd_kafka_message_t *m) {
+        kb_job_t *jb;
         if (!(jb = calloc(1, sizeof(*jb)))) {
                 kb_log(KB_LOG_ERROR, "items", "out of memory");
                 it->it_fatal = 1;
@@ -1729,6 +1734,252 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
         it->it_inflight++;
         kb_metrics_inc(KB_M_ITEMS_CONSUMED, NULL, NULL);
         job_begin(it, jb);
+}
+
+/* ---- read-ahead (worker.read_ahead; readahead.h) ---------------------- */
+
+/* Below this many items waiting on its route, a batch is light: its items
+ * are taken even while the queues are full (a small batch behind a large
+ * one starts at once); a route's queue takes at most half its bound more
+ * of them. */
+#define KB_RA_LIGHT 32
+
+/* The read-ahead set of pt: partitions of the items topic only; made at
+ * the first message of an assignment. NULL when off or out of memory. */
+static kb_ra_t *ra_of(kb_items_t *it, kb_part_t *pt) {
+        if (!it->it_ra_on ||
+            strcmp(pt->pt_topic, it->it_conf->topics_name[KB_TOPIC_ITEMS]))
+                return NULL;
+        if (!pt->pt_ra)
+                pt->pt_ra = kb_ra_new();
+        return pt->pt_ra;
+}
+
+/* Items waiting in all route queues, and in the fullest one. */
+static int ra_waiting(kb_items_t *it, int *most) {
+        int waiting = 0;
+        size_t r;
+        *most = 0;
+        for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
+                int n = kb_routes_get(it->it_routes, r)->rt_waiting;
+                waiting += n;
+                if (n > *most)
+                        *most = n;
+        }
+        return waiting;
+}
+
+/* Full: a route's queue at its bound, or the calls at the worker's limit
+ * (the consume loop's own test). Room: well below both (hysteresis, so
+ * that each read of deferred items fills a quarter of a queue). */
+static int ra_full(kb_items_t *it) {
+        int most, waiting = ra_waiting(it, &most);
+        return most >= it->it_conf->worker_route_queue_max ||
+               it->it_inflight - it->it_held - waiting - it->it_polling >=
+                   it->it_conf->worker_max_inflight;
+}
+
+static int ra_calls_room(kb_items_t *it) {
+        int most, waiting = ra_waiting(it, &most);
+        return it->it_inflight - it->it_held - waiting - it->it_polling <
+               it->it_conf->worker_max_inflight;
+}
+
+static int ra_room(kb_items_t *it) {
+        int most, waiting = ra_waiting(it, &most);
+        return most <= it->it_conf->worker_route_queue_max * 3 / 4 &&
+               it->it_inflight - it->it_held - waiting - it->it_polling <
+                   it->it_conf->worker_max_inflight;
+}
+
+/* Is m light (see KB_RA_LIGHT)? Decodes it; *batch_id gets its batch id
+ * (malloc'd; NULL when it has none). Items that will fail without a call
+ * (undecodable, no route) are light: they cost nothing to take. */
+static int ra_light(kb_items_t *it, const rd_kafka_message_t *m,
+                    char **batch_id) {
+        kb_item_t item;
+        char err[256];
+        kb_codec_res_t cr;
+        kb_route_t *rt;
+        int light = 1;
+        *batch_id = NULL;
+        memset(&item, 0, sizeof(item));
+        cr = kb_serde_item_decode(
+            it->it_serde, rd_kafka_topic_name(m->rkt),
+            it->it_conf->topics_name[KB_TOPIC_RESULTS], m->payload, m->len,
+            (size_t)it->it_conf->worker_max_item_bytes, &item, err,
+            sizeof(err));
+        if (cr == KB_CODEC_OK && item.batch_id &&
+            (rt = kb_routes_match(it->it_routes, item.model))) {
+                int q = it->it_conf->worker_route_queue_max;
+                light = kb_routeq_batch_cnt(&rt->rt_q, item.batch_id) <
+                            KB_RA_LIGHT &&
+                        rt->rt_waiting < q + q / 2;
+                *batch_id = strdup(item.batch_id);
+        } else if (cr != KB_CODEC_OK && cr != KB_CODEC_UNDECODABLE &&
+                   cr != KB_CODEC_UNADDRESSABLE && cr != KB_CODEC_INVALID)
+                light = 0; /* cannot be decoded yet: read it later */
+        kb_item_clear(&item);
+        return light;
+}
+
+/* Items of batch_id waiting on every route: kb_ra_pick reads the batch
+ * with fewest first. */
+static long ra_score(const char *batch_id, void *opaque) {
+        kb_items_t *it = opaque;
+        long n = 0;
+        size_t r;
+        for (r = 0; r < kb_routes_cnt(it->it_routes); r++)
+                n += kb_routeq_batch_cnt(&kb_routes_get(it->it_routes, r)->rt_q,
+                                         batch_id);
+        return n;
+}
+
+/* Back to the front: the partition reads new offsets again. */
+static void ra_front(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra) {
+        int64_t next = kb_offsets_next(pt->pt_ot);
+        kb_ra_set_refilling(ra, 0);
+        kb_log(KB_LOG_DEBUG, "items", "%s[%d]: read-ahead: front at %lld (%zu deferred)",
+               pt->pt_topic, (int)pt->pt_partition, (long long)next,
+               kb_ra_cnt(ra));
+        if (next >= 0)
+                part_seek(it, pt, next);
+}
+
+/* Reads deferred offsets again: from the first of the batch with fewest
+ * items waiting. The partition reads even with its window full. */
+static void ra_refill(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra) {
+        int64_t off = kb_ra_pick(ra, ra_score, it);
+        if (off < 0)
+                return;
+        kb_ra_set_refilling(ra, 1);
+        kb_log(KB_LOG_DEBUG, "items", "%s[%d]: read-ahead: reading deferred from %lld (%zu deferred)",
+               pt->pt_topic, (int)pt->pt_partition, (long long)off,
+               kb_ra_cnt(ra));
+        part_seek(it, pt, off);
+        kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 0);
+        kb_partset_pause(it->it_ps, pt, KB_PAUSE_GLOBAL, 0);
+}
+
+/* A message of a partition with read-ahead: 1 when handled here (m then
+ * owned), 0 for the usual path. */
+static int ra_handle(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra,
+                     rd_kafka_message_t *m) {
+        char *batch = NULL;
+        int64_t next = kb_offsets_next(pt->pt_ot);
+        if (kb_ra_refilling(ra))
+                kb_ra_seen(ra, m->offset);
+        if (kb_ra_has(ra, m->offset, NULL)) {
+                if (ra_full(it)) {
+                        /* Full again: it stays deferred. */
+                        if (kb_ra_refilling(ra))
+                                ra_front(it, pt, ra);
+                        rd_kafka_message_destroy(m);
+                        return 1;
+                }
+                kb_ra_take(ra, m->offset);
+                it->it_ra_deferred--;
+                job_new(it, pt, m); /* tracked when it was deferred */
+                return 1;
+        }
+        if (next >= 0 && m->offset < next)
+                return 0; /* taken or done: the tracker drops it */
+        kb_ra_set_refilling(ra, 0); /* reading new offsets */
+        if (!ra_full(it))
+                return 0;
+        if (kb_ra_at_bound(ra)) {
+                seek_back(it, pt, m->offset);
+                rd_kafka_message_destroy(m);
+                return 1;
+        }
+        /* Light items are taken while calls have room (the route queue
+         * is what is full); at the worker's call limit everything waits. */
+        if (ra_calls_room(it) && ra_light(it, m, &batch)) {
+                free(batch);
+                return 0;
+        }
+        if (!track(it, pt, m)) {
+                free(batch);
+                return 1;
+        }
+        if (kb_ra_defer(ra, m->offset, batch ? batch : "") == 0) {
+                it->it_ra_deferred++;
+                rd_kafka_message_destroy(m);
+        } else
+                job_new(it, pt, m); /* no room to defer: take it */
+        free(batch);
+        return 1;
+}
+
+/* Each serve: partitions re-read deferred offsets when there is room, and
+ * go back to the front when full. */
+static void ra_serve(kb_items_t *it) {
+        size_t i;
+        int room = -1, full = -1;
+        for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
+                kb_part_t *pt = kb_partset_get(it->it_ps, i);
+                kb_ra_t *ra = pt->pt_ra;
+                if (!ra || !pt->pt_assigned || pt->pt_revoking ||
+                    !kb_ra_cnt(ra))
+                        continue;
+                if (kb_ra_refilling(ra) && !kb_ra_pass_over(ra)) {
+                        if (full < 0)
+                                full = ra_full(it);
+                        if (full)
+                                ra_front(it, pt, ra);
+                } else {
+                        /* At the front, or a re-read that went past every
+                         * deferred offset (those below where it started
+                         * are left): read them again when there is room. */
+                        if (room < 0)
+                                room = ra_room(it);
+                        if (room)
+                                ra_refill(it, pt, ra);
+                }
+        }
+}
+
+/* The items partitions that read ahead are not paused for the global
+ * limit: they defer what they cannot take. */
+static void ra_unpause(kb_items_t *it) {
+        size_t i;
+        for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
+                kb_part_t *pt = kb_partset_get(it->it_ps, i);
+                if (pt->pt_assigned && ra_of(it, pt))
+                        kb_partset_pause(it->it_ps, pt, KB_PAUSE_GLOBAL, 0);
+        }
+}
+
+/* Forgets pt's deferred offsets (revocation: the next owner reads them). */
+static void ra_forget(kb_items_t *it, kb_part_t *pt) {
+        if (!pt->pt_ra)
+                return;
+        it->it_ra_deferred -= kb_ra_cnt(pt->pt_ra);
+        kb_ra_clear(pt->pt_ra);
+}
+
+/* Takes ownership of m. */
+static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
+        kb_part_t *pt;
+        kb_ra_t *ra;
+
+        if (m->err) {
+                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                        kb_log(KB_LOG_WARN, "items", "consumer: %s",
+                               rd_kafka_message_errstr(m));
+                rd_kafka_message_destroy(m);
+                return;
+        }
+        pt = kb_partset_find(it->it_ps, rd_kafka_topic_name(m->rkt),
+                             m->partition);
+        if (!pt || !pt->pt_assigned || pt->pt_revoking) {
+                rd_kafka_message_destroy(m);
+                return;
+        }
+        if ((ra = ra_of(it, pt)) && ra_handle(it, pt, ra, m))
+                return;
+        if (track(it, pt, m))
+                job_new(it, pt, m);
 }
 
 /* ---- commits and rebalances ----------------------------------------- */
@@ -1819,6 +2070,7 @@ static void drop_unstarted(kb_items_t *it, kb_part_t *pt) {
  * report, touching nothing). */
 static void part_release(kb_items_t *it, kb_part_t *pt) {
         kb_job_t *jb, *tmp;
+        ra_forget(it, pt);
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
                 if (jb->jb_part != pt || jb->jb_epoch != pt->pt_epoch)
                         continue;
@@ -1969,6 +2221,8 @@ static void metrics_refresh(kb_items_t *it) {
         size_t i, n = kb_routes_cnt(it->it_routes);
         kb_metric_set(kb_metrics_get(KB_M_INFLIGHT, NULL, NULL),
                       it->it_inflight);
+        kb_metric_set(kb_metrics_get(KB_M_DEFERRED, NULL, NULL),
+                      (double)it->it_ra_deferred);
         for (i = 0; i < n; i++) {
                 kb_route_t *rt = kb_routes_get(it->it_routes, i);
                 const char *r = rt->rt_conf->name;
@@ -2135,10 +2389,17 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
         rd_kafka_conf_set_opaque(kc, it);
         if (!(it->it_ps = kb_partset_new(
                   "items", (size_t)conf->worker_offsets_window,
-                  conf->worker_commit_interval_ms))) {
+                  conf->worker_commit_interval_ms)) ||
+            (conf->worker_read_ahead > 0 &&
+             kb_partset_set_wide(
+                 it->it_ps, conf->topics_name[KB_TOPIC_ITEMS],
+                 (size_t)(conf->worker_read_ahead > conf->worker_offsets_window
+                              ? conf->worker_read_ahead
+                              : conf->worker_offsets_window)))) {
                 snprintf(errstr, errstr_size, "out of memory");
                 goto fail;
         }
+        it->it_ra_on = conf->worker_read_ahead > 0;
         if (!(it->it_consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
                                              errstr_size)))
                 goto fail;
@@ -2252,9 +2513,32 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                         if (kb_partset_all_paused(it->it_ps) && active < max * 3 / 4 + 1)
                                 kb_partset_pause_all(it->it_ps, KB_PAUSE_GLOBAL, 0);
                 }
+                /* Full: with read-ahead the items partitions read on (what
+                 * cannot be taken is deferred), the others pause at once;
+                 * without, everything pauses if full for long, so that we
+                 * keep polling (max.poll.interval.ms never expires,
+                 * rebalances are served). */
+                if (full) {
+                        if (!it->it_full_since_ms)
+                                it->it_full_since_ms = now;
+                        /* Read-ahead is for full route queues: at the
+                         * worker's call limit, a queue has no turns to
+                         * share. */
+                        int ra_mode = it->it_ra_on && qfull && active < max;
+                        if ((ra_mode || now - it->it_full_since_ms >= 500) &&
+                            !kb_partset_all_paused(it->it_ps)) {
+                                kb_partset_pause_all(it->it_ps, KB_PAUSE_GLOBAL, 1);
+                                prio_unpause(it);
+                                if (ra_mode)
+                                        ra_unpause(it);
+                        }
+                        if (wait > 100)
+                                wait = 100;
+                }
                 if (!full || kb_partset_all_paused(it->it_ps)) {
                         rd_kafka_message_t *m;
-                        int budget = 10000;
+                        /* Deferring decodes each item: a smaller slice. */
+                        int budget = full ? 2000 : 10000;
                         while ((it->it_inflight - it->it_held - waiting -
                                         it->it_polling <
                                     max ||
@@ -2262,19 +2546,9 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                                budget-- > 0 &&
                                (m = rd_kafka_consumer_poll(it->it_consumer, 0)))
                                 handle_message(it, m);
-                } else {
-                        /* Full: if for long, pause everything so that we can
-                         * keep polling (max.poll.interval.ms never expires,
-                         * rebalances are served). */
-                        if (!it->it_full_since_ms)
-                                it->it_full_since_ms = now;
-                        else if (now - it->it_full_since_ms >= 500) {
-                                kb_partset_pause_all(it->it_ps, KB_PAUSE_GLOBAL, 1);
-                                prio_unpause(it);
-                        }
-                        if (wait > 100)
-                                wait = 100;
                 }
+                if (it->it_ra_on)
+                        ra_serve(it);
         }
 
         {
@@ -2296,11 +2570,13 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 }
         }
 
-        /* Partitions paused by their offset window resume when it moved. */
+        /* Partitions paused by their offset window (or a read-ahead at its
+         * bound) resume when it moved. */
         for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
                 kb_part_t *pt = kb_partset_get(it->it_ps, i);
                 if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
-                    !kb_offsets_window_full(pt->pt_ot))
+                    !kb_offsets_window_full(pt->pt_ot) &&
+                    !(pt->pt_ra && kb_ra_at_bound(pt->pt_ra)))
                         kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 0);
         }
 
@@ -2368,6 +2644,10 @@ void kb_items_destroy(kb_items_t *it) {
                 kb_kafka_consumer_destroy(it->it_consumer);
         if (it->it_producer)
                 rd_kafka_destroy(it->it_producer);
+        for (i = 0; it->it_ps && i < kb_partset_cnt(it->it_ps); i++) {
+                kb_ra_destroy(kb_partset_get(it->it_ps, i)->pt_ra);
+                kb_partset_get(it->it_ps, i)->pt_ra = NULL;
+        }
         kb_partset_destroy(it->it_ps);
         for (i = 0; it->it_retry_topics && i < (size_t)it->it_retry_cnt; i++)
                 free(it->it_retry_topics[i]);

@@ -162,6 +162,13 @@ static const mfamily_t families[KB_M__CNT] = {
                               {"route", NULL},
                               NULL,
                               0},
+        [KB_M_DEFERRED] = {"kbatch_items_deferred",
+                           "Items read ahead while the route queues were full "
+                           "and deferred: only their offsets are held.",
+                           MT_GAUGE,
+                           {NULL},
+                           NULL,
+                           0},
         [KB_M_ROUTE_BREAKER] = {"kbatch_route_breaker_state",
                                 "Circuit breaker of the route: 0 closed, 1 "
                                 "open, 2 half-open (SPEC 12).",

@@ -51,6 +51,8 @@ typedef enum {
         KB_M_ROUTE_INFLIGHT,          /* gauge {route}: calls in flight */
         KB_M_ROUTE_CONCURRENCY_LIMIT, /* gauge {route}: current limit */
         KB_M_ROUTE_QUEUE,             /* gauge {route}: items waiting */
+        KB_M_DEFERRED,                /* gauge: items read ahead and
+                                       * deferred (offsets only) */
         KB_M_ROUTE_BREAKER,           /* gauge {route}: circuit state, 0
                                        * closed, 1 open, 2 half-open */
         KB_M_ROUTE_FALLBACKS,         /* counter {route,to}: items sent to

@@ -13,6 +13,9 @@
 
 #define META_PREFIX     "kb1:"
 #define META_PREFIX_LEN 4
+#define META2_PREFIX    "kb2:"
+/* The first ring a wide tracker allocates (bits); it doubles as needed. */
+#define RING_START_BITS 32768
 /* The largest bitmap whose encoding fits: 4 + ceil(4n/3) <= META_MAX. */
 #define META_BYTES_MAX (((KB_OFFSETS_META_MAX - META_PREFIX_LEN) * 3) / 4)
 
@@ -25,6 +28,7 @@ struct kb_offsets_s {
         size_t    ot_window;  /* bound on next - low */
         uint64_t *ot_ring;    /* done bits */
         uint64_t  ot_mask;    /* ring size in bits - 1 (a power of two) */
+        uint64_t  ot_ring_max; /* the ring's size bound (bits), >= window */
         int       ot_started; /* low/next are meaningful */
         int64_t   ot_low;     /* lowest offset not done (or next) */
         int64_t   ot_next;    /* one past the highest offset in the window */
@@ -80,29 +84,16 @@ static uint8_t bm_byte(const uint8_t *bits, size_t nbits, size_t i) {
         return bits[i];
 }
 
-int kb_offsets_meta_encode(const uint8_t *bits, size_t nbits, char *out,
-                           size_t out_size) {
-        size_t n = (nbits + 7) / 8;
-        while (n > 0 && bm_byte(bits, nbits, n - 1) == 0)
-                n--; /* trailing zero bytes are trimmed */
-        if (n == 0) {
-                if (out_size < 1)
-                        return -1;
-                out[0] = '\0';
-                return 0;
-        }
-        size_t len = META_PREFIX_LEN + (4 * n + 2) / 3;
-        if (len > (size_t)INT32_MAX || len + 1 > out_size)
-                return -1;
-
-        memcpy(out, META_PREFIX, META_PREFIX_LEN);
-        char *o = out + META_PREFIX_LEN;
+/* Unpadded base64 of the n bytes byte(ctx, i): writes ceil(4n/3) chars and
+ * a NUL at o (the caller sized it). */
+static void b64_put(char *o, size_t n,
+                    uint8_t (*byte)(const void *ctx, size_t i),
+                    const void *ctx) {
         for (size_t i = 0; i < n; i += 3) {
                 uint32_t v = 0;
                 size_t k;
                 for (k = 0; k < 3; k++)
-                        v = (v << 8) |
-                            (i + k < n ? bm_byte(bits, nbits, i + k) : 0);
+                        v = (v << 8) | (i + k < n ? byte(ctx, i + k) : 0);
                 size_t have = n - i < 3 ? n - i : 3; /* 1..3 bytes */
                 *o++ = b64_alphabet[(v >> 18) & 63];
                 *o++ = b64_alphabet[(v >> 12) & 63];
@@ -112,27 +103,20 @@ int kb_offsets_meta_encode(const uint8_t *bits, size_t nbits, char *out,
                         *o++ = b64_alphabet[v & 63];
         }
         *o = '\0';
-        return (int)len;
 }
 
-int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
-                           size_t *nbits) {
-        *bits  = NULL;
-        *nbits = 0;
-        if (len == 0)
-                return 0;
-        if (!meta || len > KB_OFFSETS_META_MAX || len < META_PREFIX_LEN ||
-            memcmp(meta, META_PREFIX, META_PREFIX_LEN) != 0)
-                return -1;
-
-        const unsigned char *p = (const unsigned char *)meta + META_PREFIX_LEN;
-        size_t n = len - META_PREFIX_LEN;
+/* Decodes n chars of canonical unpadded base64 into *out (malloc'd, NULL
+ * when empty) of *out_n bytes. Returns 0, or -1 (nothing allocated). */
+static int b64_get(const unsigned char *p, size_t n, uint8_t **out,
+                   size_t *out_n) {
+        *out   = NULL;
+        *out_n = 0;
         if (n % 4 == 1) /* one char carries 6 bits: not a whole byte */
                 return -1;
-        size_t out_n = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
-        if (out_n == 0)
+        size_t on = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
+        if (on == 0)
                 return 0;
-        uint8_t *b = malloc(out_n);
+        uint8_t *b = malloc(on);
         if (!b)
                 return -1;
 
@@ -150,7 +134,7 @@ int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
                         v = (v << 6) | (uint32_t)c;
                 }
                 /* Canonical form only: the unused low bits of a short final
-                 * chunk must be zero, so each bitmap has one encoding. */
+                 * chunk must be zero, so each value has one encoding. */
                 if ((chunk == 2 && (v & 0xffff)) || (chunk == 3 && (v & 0xff)))
                         goto bad;
                 b[bi++] = (uint8_t)(v >> 16);
@@ -159,12 +143,122 @@ int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
                 if (chunk > 3)
                         b[bi++] = (uint8_t)v;
         }
-        *bits  = b;
-        *nbits = out_n * 8;
+        *out   = b;
+        *out_n = on;
         return 0;
 bad:
         free(b);
         return -1;
+}
+
+typedef struct {
+        const uint8_t *bits;
+        size_t nbits;
+} bm_ctx_t;
+
+static uint8_t bm_ctx_byte(const void *ctx, size_t i) {
+        const bm_ctx_t *c = ctx;
+        return bm_byte(c->bits, c->nbits, i);
+}
+
+static uint8_t raw_byte(const void *ctx, size_t i) {
+        return ((const uint8_t *)ctx)[i];
+}
+
+int kb_offsets_meta_encode(const uint8_t *bits, size_t nbits, char *out,
+                           size_t out_size) {
+        size_t n = (nbits + 7) / 8;
+        while (n > 0 && bm_byte(bits, nbits, n - 1) == 0)
+                n--; /* trailing zero bytes are trimmed */
+        if (n == 0) {
+                if (out_size < 1)
+                        return -1;
+                out[0] = '\0';
+                return 0;
+        }
+        size_t len = META_PREFIX_LEN + (4 * n + 2) / 3;
+        if (len > (size_t)INT32_MAX || len + 1 > out_size)
+                return -1;
+
+        bm_ctx_t c = {bits, nbits};
+        memcpy(out, META_PREFIX, META_PREFIX_LEN);
+        b64_put(out + META_PREFIX_LEN, n, bm_ctx_byte, &c);
+        return (int)len;
+}
+
+/* kb2: run lengths (LEB128) alternating not done, done, not done, ...
+ * from the committed offset; the first run may be 0. Fills a bitmap. */
+static int meta2_decode(const uint8_t *runs, size_t n, uint8_t **bits,
+                        size_t *nbits) {
+        uint64_t total = 0, v = 0;
+        unsigned sh = 0;
+        size_t i, nruns = 0;
+        /* First pass: validate and size. */
+        for (i = 0; i < n; i++) {
+                if (sh > 28)
+                        return -1;
+                v |= (uint64_t)(runs[i] & 0x7f) << sh;
+                sh += 7;
+                if (runs[i] & 0x80)
+                        continue;
+                if ((v == 0 && nruns > 0) || (total += v) > KB_OFFSETS_WINDOW_LIMIT)
+                        return -1; /* only the first run may be empty */
+                nruns++;
+                v  = 0;
+                sh = 0;
+        }
+        if (sh || nruns % 2) /* a cut varint, or no done run last */
+                return -1;
+        if (total == 0)
+                return 0;
+        size_t nbytes = (size_t)((total + 7) / 8);
+        uint8_t *b = calloc(nbytes, 1);
+        if (!b)
+                return -1;
+        uint64_t pos = 0;
+        int done = 0;
+        for (i = 0; i < n; i++) {
+                v |= (uint64_t)(runs[i] & 0x7f) << sh;
+                sh += 7;
+                if (runs[i] & 0x80)
+                        continue;
+                if (done)
+                        for (uint64_t k = pos; k < pos + v; k++)
+                                b[k >> 3] |= (uint8_t)(1u << (k & 7));
+                pos += v;
+                done = !done;
+                v  = 0;
+                sh = 0;
+        }
+        *bits  = b;
+        *nbits = nbytes * 8;
+        return 0;
+}
+
+int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
+                           size_t *nbits) {
+        *bits  = NULL;
+        *nbits = 0;
+        if (len == 0)
+                return 0;
+        if (!meta || len > KB_OFFSETS_META_MAX || len < META_PREFIX_LEN)
+                return -1;
+        int v2 = !memcmp(meta, META2_PREFIX, META_PREFIX_LEN);
+        if (!v2 && memcmp(meta, META_PREFIX, META_PREFIX_LEN) != 0)
+                return -1;
+        uint8_t *b;
+        size_t nb;
+        if (b64_get((const unsigned char *)meta + META_PREFIX_LEN,
+                    len - META_PREFIX_LEN, &b, &nb) == -1)
+                return -1;
+        if (!v2) {
+                *bits  = b;
+                *nbits = nb * 8;
+                return 0;
+        }
+        int r = nb ? meta2_decode(b, nb, bits, nbits) : -1;
+        free(b);
+        return r;
 }
 
 /* ---- the ring of done bits ---- */
@@ -244,15 +338,18 @@ static void set_last(kb_offsets_t *ot, int64_t off, const char *meta,
 
 /* ---- the tracker ---- */
 
-kb_offsets_t *kb_offsets_new(size_t max_window) {
+static kb_offsets_t *offsets_new(size_t max_window, size_t limit) {
         if (max_window == 0)
                 max_window = KB_OFFSETS_WINDOW_DEFAULT;
-        if (max_window > KB_OFFSETS_WINDOW_MAX)
-                max_window = KB_OFFSETS_WINDOW_MAX;
+        if (max_window > limit)
+                max_window = limit;
 
-        size_t ring_bits = 64;
+        size_t ring_bits = 64, ring_max;
         while (ring_bits < max_window)
                 ring_bits <<= 1;
+        ring_max = ring_bits;
+        if (ring_bits > RING_START_BITS && limit > KB_OFFSETS_WINDOW_MAX)
+                ring_bits = RING_START_BITS; /* wide: grows as needed */
 
         kb_offsets_t *ot = calloc(1, sizeof(*ot));
         if (!ot)
@@ -264,10 +361,45 @@ kb_offsets_t *kb_offsets_new(size_t max_window) {
         }
         ot->ot_window     = max_window;
         ot->ot_mask       = ring_bits - 1;
+        ot->ot_ring_max   = ring_max;
         ot->ot_last_off   = -1;
         ot->ot_last_valid = 1;
         ot->ot_blocked    = -1;
         return ot;
+}
+
+kb_offsets_t *kb_offsets_new(size_t max_window) {
+        return offsets_new(max_window, KB_OFFSETS_WINDOW_MAX);
+}
+
+kb_offsets_t *kb_offsets_new_wide(size_t max_window) {
+        return offsets_new(max_window, KB_OFFSETS_WINDOW_LIMIT);
+}
+
+int64_t kb_offsets_next(const kb_offsets_t *ot) {
+        return ot->ot_started ? ot->ot_next : -1;
+}
+
+/* Makes the ring hold [low, upto): doubles it (copying the window's bits)
+ * up to its bound. Returns 0, or -1 when out of memory. */
+static int ring_reserve(kb_offsets_t *ot, int64_t upto) {
+        uint64_t need = (uint64_t)(upto - ot->ot_low), bits = ot->ot_mask + 1;
+        if (need <= bits)
+                return 0;
+        while (bits < need && bits < ot->ot_ring_max)
+                bits <<= 1;
+        uint64_t *r = calloc(bits / 64, sizeof(*r));
+        if (!r)
+                return -1;
+        for (int64_t o = ot->ot_low; o < ot->ot_next; o++) {
+                uint64_t p = (uint64_t)o & (bits - 1);
+                if (ring_get(ot, o))
+                        r[p >> 6] |= 1ULL << (p & 63);
+        }
+        free(ot->ot_ring);
+        ot->ot_ring = r;
+        ot->ot_mask = bits - 1;
+        return 0;
 }
 
 void kb_offsets_destroy(kb_offsets_t *ot) {
@@ -341,6 +473,12 @@ kb_offsets_res_t kb_offsets_track(kb_offsets_t *ot, int64_t offset) {
                  * that can never move (issue 15). */
                 ot->ot_low = ot->ot_next = offset;
         }
+        if (ring_reserve(ot, offset + 1) == -1) {
+                /* No memory to widen: wait as at the bound (retried when
+                 * the low end moved). */
+                ot->ot_blocked = offset;
+                return KB_OFFSETS_FULL;
+        }
         ot->ot_blocked = -1;
 
         ring_fill(ot, ot->ot_next, offset); /* gaps count as done */
@@ -396,6 +534,68 @@ static void bm_or(uint8_t *bm, size_t i, uint64_t v, unsigned c) {
         }
 }
 
+/* The first offset in [o, end) whose done bit is not val (end if none):
+ * the ring below next, the committed metadata's skip set above. */
+static int64_t run_end(const kb_offsets_t *ot, int64_t o, int val,
+                       int64_t end) {
+        int64_t lim = end < ot->ot_next ? end : ot->ot_next;
+        while (o < lim) {
+                uint64_t p = (uint64_t)o & ot->ot_mask;
+                unsigned b = (unsigned)(p & 63);
+                uint64_t w = ot->ot_ring[p >> 6] >> b;
+                uint64_t x = val ? ~w : w; /* 1: the bit differs */
+                if (b)
+                        x &= (1ULL << (64 - b)) - 1;
+                if (x) {
+                        int64_t r = o + __builtin_ctzll(x);
+                        if (r < lim)
+                                return r;
+                        o = lim;
+                        break;
+                }
+                o += 64 - b;
+        }
+        if (o < ot->ot_next)
+                o = lim;
+        for (; o < end; o++)
+                if (skip_has(ot, o) != val)
+                        return o;
+        return end;
+}
+
+/* "kb2:" metadata for [low, end), cut after the last done run that fits. */
+static void meta2_encode(const kb_offsets_t *ot, int64_t low, int64_t end,
+                         char *meta) {
+        uint8_t buf[META_BYTES_MAX];
+        size_t n = 0, keep = 0;
+        int64_t o = low;
+        int val = 0;
+        while (o < end) {
+                int64_t e = run_end(ot, o, val, end);
+                uint64_t v = (uint64_t)(e - o);
+                uint8_t tmp[10];
+                size_t k = 0;
+                do {
+                        tmp[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+                        v >>= 7;
+                } while (v);
+                if (n + k > sizeof(buf))
+                        break;
+                memcpy(buf + n, tmp, k);
+                n += k;
+                if (val)
+                        keep = n;
+                o   = e;
+                val = !val;
+        }
+        if (!keep) {
+                meta[0] = '\0';
+                return;
+        }
+        memcpy(meta, META2_PREFIX, META_PREFIX_LEN);
+        b64_put(meta + META_PREFIX_LEN, keep, raw_byte, buf);
+}
+
 int kb_offsets_committable(const kb_offsets_t *ot, int64_t *offset, char *meta,
                            size_t meta_size) {
         if (meta_size < KB_OFFSETS_META_MAX + 1) {
@@ -413,6 +613,12 @@ int kb_offsets_committable(const kb_offsets_t *ot, int64_t *offset, char *meta,
                 int64_t end = ot->ot_next;
                 if (ot->ot_skip && ot->ot_skip_end > end)
                         end = ot->ot_skip_end;
+                if (end - low > KB_OFFSETS_WINDOW_MAX) {
+                        /* A wide tracker far ahead: run lengths. */
+                        *offset = low;
+                        meta2_encode(ot, low, end, meta);
+                        goto changed;
+                }
                 /* Both parts are within KB_OFFSETS_WINDOW_MAX of low: the
                  * ring by the window bound, the skip set by the size of the
                  * metadata it came from (and low >= its base). */
@@ -441,6 +647,7 @@ int kb_offsets_committable(const kb_offsets_t *ot, int64_t *offset, char *meta,
                 if (kb_offsets_meta_encode(bm, nbits, meta, meta_size) == -1)
                         meta[0] = '\0'; /* cannot happen: sized above */
         }
+changed:
         return *offset != ot->ot_last_off || !ot->ot_last_valid ||
                strcmp(meta, ot->ot_last_meta) != 0;
 }

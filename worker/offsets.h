@@ -57,6 +57,9 @@ const char *kb_offsets_res_str(kb_offsets_res_t res);
  * 4 + ceil(ceil(w / 8) * 4 / 3) <= 4000. */
 #define KB_OFFSETS_WINDOW_MAX 23976
 
+/* The largest window of a wide tracker (kb_offsets_new_wide). */
+#define KB_OFFSETS_WINDOW_LIMIT (1 << 24)
+
 /* New tracker. max_window: the bound on next - low (0 = default); it is
  * clamped to KB_OFFSETS_WINDOW_MAX so that the encoded metadata always fits
  * KB_OFFSETS_META_MAX. The tracker starts without a position: the first
@@ -64,6 +67,20 @@ const char *kb_offsets_res_str(kb_offsets_res_t res);
  * caller frees with kb_offsets_destroy(). */
 kb_offsets_t *kb_offsets_new(size_t max_window);
 void kb_offsets_destroy(kb_offsets_t *ot); /* NULL is a no-op */
+
+/* A wide tracker: max_window up to KB_OFFSETS_WINDOW_LIMIT (clamped; 0 =
+ * default), for a reader that runs far ahead of its lowest unfinished
+ * offset (the items' read-ahead). Its ring starts small and doubles as the
+ * window widens. Beyond KB_OFFSETS_WINDOW_MAX the done offsets cannot all
+ * be carried in 4 KB: the metadata is then "kb2:" (run lengths, see
+ * kb_offsets_meta_decode), which holds long runs compactly and, when even
+ * that does not fit, is cut after the last run that does (the offsets past
+ * the cut are redone after a restart, never skipped wrongly). */
+kb_offsets_t *kb_offsets_new_wide(size_t max_window);
+
+/* One past the highest offset tracked (the first never seen), or -1 when
+ * nothing was tracked or reset. */
+int64_t kb_offsets_next(const kb_offsets_t *ot);
 
 /* Starts from a committed position: offset `committed` (the next offset the
  * consumer will read) and its commit metadata (meta_len bytes, need not be
@@ -114,7 +131,10 @@ void kb_offsets_committed(kb_offsets_t *ot, int64_t offset, const char *meta);
  * -1 when out_size is too small.
  * decode: meta is len bytes (need not be NUL-terminated, never read past
  * len; any bytes are safe). "" gives no bits; otherwise the metadata must be
- * "kb1:" + canonical unpadded base64 and at most KB_OFFSETS_META_MAX bytes.
+ * "kb1:" + canonical unpadded base64 and at most KB_OFFSETS_META_MAX bytes,
+ * or "kb2:" + the same base64 of LEB128 run lengths alternating not done,
+ * done, not done, ..., done from the committed offset (only the first run
+ * may be 0; at most KB_OFFSETS_WINDOW_LIMIT offsets in all).
  * Fills *bits (caller frees with free(); NULL when *nbits is 0) and *nbits (a
  * multiple of 8); returns 0, or -1 (with *bits NULL) when malformed or out of
  * memory. */

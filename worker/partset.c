@@ -11,6 +11,8 @@
 struct kb_partset_s {
         const char *ps_fac;
         size_t ps_window;
+        char *ps_wide_topic;    /* its partitions get a wide tracker */
+        size_t ps_wide_window;
         int ps_interval_ms;
         rd_kafka_t *ps_consumer;
         kb_part_t **ps_parts;
@@ -36,6 +38,13 @@ kb_partset_t *kb_partset_new(const char *facility, size_t window,
         return ps;
 }
 
+int kb_partset_set_wide(kb_partset_t *ps, const char *topic, size_t window) {
+        free(ps->ps_wide_topic);
+        ps->ps_wide_topic  = topic ? strdup(topic) : NULL;
+        ps->ps_wide_window = window;
+        return topic && !ps->ps_wide_topic ? -1 : 0;
+}
+
 void kb_partset_destroy(kb_partset_t *ps) {
         size_t i;
         if (!ps)
@@ -46,6 +55,7 @@ void kb_partset_destroy(kb_partset_t *ps) {
                 free(ps->ps_parts[i]);
         }
         free(ps->ps_parts);
+        free(ps->ps_wide_topic);
         free(ps);
 }
 
@@ -163,7 +173,10 @@ void kb_partset_assign(kb_partset_t *ps,
                 pt->pt_paused = pt->pt_pause = 0;
                 pt->pt_revoking = 0;
                 kb_offsets_destroy(pt->pt_ot);
-                pt->pt_ot = kb_offsets_new(ps->ps_window);
+                pt->pt_ot = ps->ps_wide_topic &&
+                                    !strcmp(tp->topic, ps->ps_wide_topic)
+                                ? kb_offsets_new_wide(ps->ps_wide_window)
+                                : kb_offsets_new(ps->ps_window);
                 if (tp->offset >= 0 &&
                     kb_offsets_reset(pt->pt_ot, tp->offset, tp->metadata,
                                      tp->metadata_size) < 0)

@@ -36,6 +36,8 @@ typedef struct kb_part_s {
         /* the role's own counters, reset at each assignment */
         int pt_jobs;          /* work of this epoch alive */
         int pt_held;          /* of which held back until due */
+        struct kb_ra_s *pt_ra; /* the items role's read-ahead (owned and
+                                * freed by it; NULL for other roles) */
 } kb_part_t;
 
 typedef struct kb_partset_s kb_partset_t;
@@ -45,6 +47,11 @@ typedef struct kb_partset_s kb_partset_t;
 kb_partset_t *kb_partset_new(const char *facility, size_t window,
                              int commit_interval_ms);
 void kb_partset_destroy(kb_partset_t *ps); /* NULL is a no-op */
+
+/* The partitions of topic (copied; NULL: none) get a wide offsets tracker
+ * of `window` (kb_offsets_new_wide) at their next assignment. Returns 0, or
+ * -1 when out of memory. */
+int kb_partset_set_wide(kb_partset_t *ps, const char *topic, size_t window);
 
 /* The consumer (borrowed) the partitions belong to. */
 void kb_partset_set_consumer(kb_partset_t *ps, rd_kafka_t *consumer);

@@ -8,6 +8,7 @@ typedef struct kb_rq_bucket_s {
         TAILQ_ENTRY(kb_rq_bucket_s) b_link; /* in its lane's ring */
         TAILQ_HEAD(, kb_rq_node_s) b_items;
         int b_lane;
+        int b_cnt; /* items queued in it */
         char *b_batch;
 } kb_rq_bucket_t;
 
@@ -81,8 +82,18 @@ int kb_routeq_push(kb_routeq_t *q, kb_rq_node_t *n, int lane,
         else
                 TAILQ_INSERT_TAIL(&b->b_items, n, n_link);
         n->n_bucket = b;
+        b->b_cnt++;
         q->rq_cnt++;
         return 0;
+}
+
+int kb_routeq_batch_cnt(kb_routeq_t *q, const char *batch_id) {
+        int l, n = 0;
+        for (l = 0; l < KB_ROUTEQ_LANES; l++) {
+                kb_rq_bucket_t *b = bucket_find(q, l, batch_id ? batch_id : "");
+                n += b ? b->b_cnt : 0;
+        }
+        return n;
 }
 
 kb_rq_node_t *kb_routeq_peek(const kb_routeq_t *q) {
@@ -101,6 +112,7 @@ void kb_routeq_remove(kb_routeq_t *q, kb_rq_node_t *n) {
                 return;
         TAILQ_REMOVE(&b->b_items, n, n_link);
         n->n_bucket = NULL;
+        b->b_cnt--;
         q->rq_cnt--;
         if (TAILQ_EMPTY(&b->b_items))
                 bucket_free(q, b);

@@ -38,6 +38,9 @@ void kb_routeq_clear(kb_routeq_t *q);
 int kb_routeq_push(kb_routeq_t *q, kb_rq_node_t *n, int lane,
                    const char *batch_id, int head);
 
+/* Items of batch_id queued (both lanes). O(batches queued). */
+int kb_routeq_batch_cnt(kb_routeq_t *q, const char *batch_id);
+
 /* The item kb_routeq_pop would take next, or NULL. */
 kb_rq_node_t *kb_routeq_peek(const kb_routeq_t *q);
 

@@ -40,9 +40,9 @@ def test_priority_items_overtake_a_saturating_backlog(env, lane):
     with FakeModel("--latency-ms", str(LATENCY_MS)) as fake:
         # Priority: 20,000 items, 200 s of work at 10 x 100 ms, more than a
         # route queue holds (worker.route_queue_max 10,000): the worker is
-        # full and has paused the items topic. Normal: 4,000 (all fetched:
-        # batches take turns among the items a worker holds; a batch behind
-        # more than that waits for the fetch).
+        # full and reads ahead on the items topic. Normal: 4,000 (all
+        # fetched: batches take turns among the items a worker holds; see
+        # the read-ahead tests below for a batch behind more than that).
         conf = setup(env, fake, 20000 if lane == "priority" else 4000)
         w = env.worker(conf)
         w.wait_assigned()
@@ -63,17 +63,71 @@ def test_priority_items_overtake_a_saturating_backlog(env, lane):
         w.stop()
 
 
-def test_small_batch_behind_a_large_one_finishes_in_seconds(env):
+def small_behind(env, n_big, timeout):
+    """Publishes a 10-item batch behind n_big items, starts a worker;
+    returns ms from its start until the small batch is done."""
     with FakeModel("--latency-ms", str(LATENCY_MS)) as fake:
-        conf = setup(env, fake, 4000)
+        conf = setup(env, fake, n_big)
         env.produce("items", [item("small", i, 10) for i in range(10)])
         t0 = int(time.time() * 1000)
         w = env.worker(conf)
-        res = finished(env, "small", 10, timeout=60)
+        res = finished(env, "small", 10, timeout=timeout)
+        assert len(res) == 10, f"{len(res)} of 10 done"
         assert {r["status"] for r in res.values()} == {"succeeded"}
         took = max(r["finished_at"] for r in res.values()) - t0
-        print(f"10-item batch behind a 4000-item one: done {took} ms after the worker started")
-        # Batches take turns on the route: ~2 x 10 calls at 10 in flight,
-        # not the ~40 s the large batch needs.
-        assert took < 10000, took
+        print(f"10-item batch behind a {n_big}-item one: done {took} ms after the worker started")
+        w.stop()
+        return took
+
+
+def test_small_batch_behind_a_large_one_finishes_in_seconds(env):
+    # Batches take turns on the route: ~2 x 10 calls at 10 in flight,
+    # not the ~40 s the large batch needs.
+    assert small_behind(env, 4000, 60) < 10000
+
+
+def test_small_batch_behind_a_very_large_one_finishes_in_seconds(env):
+    """Read-ahead (worker.read_ahead): 10 items published behind 50,000
+    (500 s of work at 10 x 100 ms, five times what the route queue holds)
+    start at once: the worker reads past the large batch, deferring its
+    items by offset, instead of pausing at the full queue."""
+    assert small_behind(env, 50000, 90) < 20000
+
+
+def test_read_ahead_loses_nothing_and_commits_everything(env):
+    """Deferral under heavy churn (a route queue of 40, so most items are
+    deferred and read again many times), small batches interleaved: every
+    item has exactly one result, the small batches do not wait for the large
+    one, and the committed offsets reach the end of every partition."""
+    with FakeModel("--latency-ms", "2") as fake:
+        r = f'( {{ model = "*"; base_url = "{fake.url}"; max_inflight = 20; }} )'
+        conf = env.write_conf(routes=r, worker_extra="route_queue_max = 40;")
+        env.create_topics(conf, partitions=2)
+        n_big = 6000
+        env.produce("items", [item("big", i, n_big) for i in range(n_big)])
+        smalls = [f"s{k}" for k in range(20)]
+        env.produce("items", [item(b, i, 5) for b in smalls for i in range(5)])
+        want = {("big", i) for i in range(n_big)} | {(b, i) for b in smalls for i in range(5)}
+        w = env.worker(conf)
+        out = results_until(env, lambda o: want <= {(x["batch_id"], x["item_index"]) for x in o},
+                            timeout=240)
+        got = [(x["batch_id"], x["item_index"]) for x in out]
+        assert want <= set(got), f"missing {len(want - set(got))}"
+        dups = len(got) - len(set(got))
+        assert dups == 0, f"{dups} duplicate results"
+        assert {x["status"] for x in out} == {"succeeded"}
+        small_done = max(x["finished_at"] for x in out if x["batch_id"] != "big")
+        big_done = max(x["finished_at"] for x in out if x["batch_id"] == "big")
+        print(f"small batches done {big_done - small_done} ms before the large one")
+        assert small_done < big_done
+        # Everything is committed: the worker's committed offsets reach the
+        # log end of both partitions.
+        deadline = time.time() + 30
+        while True:
+            d = env.describe(conf)[env.topic("items")]
+            parts = d["partition_offsets"]
+            if all(p["committed"] == p["end_offset"] for p in parts):
+                break
+            assert time.time() < deadline, parts
+            time.sleep(1)
         w.stop()

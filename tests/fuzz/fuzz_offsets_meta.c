@@ -56,7 +56,8 @@ static void meta_mode(const uint8_t *data, size_t size) {
                         CHECK(n1 == 0 || memcmp(bits, bits2, n1) == 0);
                         /* canonical input without trailing zero bytes
                          * re-encodes to itself */
-                        if (n1 > 0 && n1 == nbits / 8)
+                        if (n1 > 0 && n1 == nbits / 8 &&
+                            !memcmp(m, "kb1:", 4))
                                 CHECK(strlen(out) == size &&
                                       memcmp(out, m, size) == 0);
                         free(bits2);

@@ -1188,3 +1188,167 @@ Test(offsets, random_against_reference_model, .timeout = 120) {
                 free(r.skip);
         }
 }
+
+/* ---- wide trackers (read-ahead) and "kb2:" metadata ---- */
+
+/* b64 (unpadded, canonical) of n raw bytes, for hand-made kb2 metadata. */
+static void kb2_of(const uint8_t *raw, size_t n, char *out) {
+        static const char a[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        char *o = out + 4;
+        memcpy(out, "kb2:", 4);
+        for (size_t i = 0; i < n; i += 3) {
+                uint32_t v = (uint32_t)raw[i] << 16;
+                if (i + 1 < n)
+                        v |= (uint32_t)raw[i + 1] << 8;
+                if (i + 2 < n)
+                        v |= raw[i + 2];
+                *o++ = a[v >> 18 & 63];
+                *o++ = a[v >> 12 & 63];
+                if (i + 1 < n)
+                        *o++ = a[v >> 6 & 63];
+                if (i + 2 < n)
+                        *o++ = a[v & 63];
+        }
+        *o = '\0';
+}
+
+Test(offsets, wide_tracker_runs_far_ahead_and_commits_run_lengths) {
+        kb_offsets_t *ot = kb_offsets_new_wide(1000000);
+        char meta[META_BUF];
+        int64_t off;
+        cr_assert_not_null(ot);
+        for (int64_t o = 0; o < 200000; o++)
+                cr_assert_eq(kb_offsets_track(ot, o), KB_OFFSETS_OK);
+        cr_assert_not(kb_offsets_window_full(ot));
+        cr_assert_eq(kb_offsets_next(ot), 200000);
+        for (int64_t o = 0; o < 200000; o++)
+                if (o != 10 && o != 150000)
+                        cr_assert_eq(kb_offsets_mark_done(ot, o), 0);
+        meta_of(ot, &off, meta);
+        cr_assert_eq(off, 10);
+        cr_assert_eq(strncmp(meta, "kb2:", 4), 0, "meta %s", meta);
+        cr_assert_lt(strlen(meta), 40, "meta %s", meta);
+
+        /* A restart from it skips exactly the done offsets. */
+        kb_offsets_t *ot2 = kb_offsets_new_wide(1000000);
+        cr_assert_eq(kb_offsets_reset(ot2, off, meta, strlen(meta)), 0);
+        for (int64_t o = 10; o < 200000; o++)
+                cr_assert_eq(kb_offsets_track(ot2, o),
+                             o == 10 || o == 150000 ? KB_OFFSETS_OK
+                                                    : KB_OFFSETS_SKIP,
+                             "offset %lld", (long long)o);
+        kb_offsets_destroy(ot2);
+
+        /* A narrow tracker reads it too (its skip set is not bounded by
+         * its window) and commits it back unchanged. */
+        ot2 = new_ot(0);
+        cr_assert_eq(kb_offsets_reset(ot2, off, meta, strlen(meta)), 0);
+        char meta2[META_BUF];
+        int64_t off2;
+        meta_of(ot2, &off2, meta2);
+        cr_assert_eq(off2, off);
+        cr_assert_str_eq(meta2, meta);
+        kb_offsets_destroy(ot2);
+        kb_offsets_destroy(ot);
+}
+
+Test(offsets, wide_ring_grows_past_its_first_size) {
+        kb_offsets_t *ot = kb_offsets_new_wide(1000000);
+        cr_assert_eq(kb_offsets_track(ot, 0), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_track(ot, 500000), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_track(ot, 900000), KB_OFFSETS_OK);
+        /* 0 and 500,000 in flight: beyond the bound is refused. */
+        cr_assert_eq(kb_offsets_track(ot, 1000000), KB_OFFSETS_FULL);
+        cr_assert_eq(kb_offsets_mark_done(ot, 0), 0);
+        cr_assert_eq(low_of(ot), 500000);
+        cr_assert_eq(kb_offsets_mark_done(ot, 500000), 0);
+        cr_assert_eq(low_of(ot), 900000);
+        cr_assert_eq(kb_offsets_pending(ot), 1);
+        kb_offsets_destroy(ot);
+        /* The bound: clamped to KB_OFFSETS_WINDOW_LIMIT. */
+        ot = kb_offsets_new_wide(SIZE_MAX);
+        cr_assert_eq(kb_offsets_track(ot, 0), KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_track(ot, KB_OFFSETS_WINDOW_LIMIT - 1),
+                     KB_OFFSETS_OK);
+        cr_assert_eq(kb_offsets_track(ot, KB_OFFSETS_WINDOW_LIMIT),
+                     KB_OFFSETS_FULL);
+        kb_offsets_destroy(ot);
+}
+
+Test(offsets, kb2_is_cut_after_the_last_run_that_fits) {
+        /* Every other offset done over 100,000: ~100,000 runs, far more
+         * than 4 KB holds. */
+        kb_offsets_t *ot = kb_offsets_new_wide(200000);
+        char meta[META_BUF];
+        int64_t off;
+        uint8_t *bits;
+        size_t nbits, ndone = 0;
+        for (int64_t o = 0; o < 100000; o++)
+                kb_offsets_track(ot, o);
+        for (int64_t o = 1; o < 100000; o += 2)
+                kb_offsets_mark_done(ot, o);
+        meta_of(ot, &off, meta);
+        cr_assert_eq(off, 0);
+        cr_assert_eq(strncmp(meta, "kb2:", 4), 0);
+        cr_assert_leq(strlen(meta), KB_OFFSETS_META_MAX);
+        cr_assert_eq(kb_offsets_meta_decode(meta, strlen(meta), &bits, &nbits), 0);
+        /* A prefix of the truth: only odd offsets, all of them up to the
+         * cut, and the cut after a done run. */
+        for (size_t i = 0; i < nbits; i++) {
+                int set = (bits[i / 8] >> (i % 8)) & 1;
+                if (set)
+                        ndone++;
+                if (i < 2 * ndone)
+                        cr_assert_eq(set, (int)(i % 2), "bit %zu", i);
+                else
+                        cr_assert_eq(set, 0, "bit %zu", i);
+        }
+        cr_assert_gt(ndone, 1000);
+        free(bits);
+        kb_offsets_destroy(ot);
+}
+
+Test(offsets, kb2_decoding_refuses_what_it_cannot_mean) {
+        char meta[64];
+        uint8_t *bits;
+        size_t nbits;
+        /* 3 not done, 2 done: offsets 3 and 4. */
+        const uint8_t ok[] = {3, 2};
+        kb2_of(ok, sizeof(ok), meta);
+        cr_assert_eq(kb_offsets_meta_decode(meta, strlen(meta), &bits, &nbits), 0);
+        cr_assert_eq(nbits, 8);
+        cr_assert_eq(bits[0], 0x18);
+        free(bits);
+        /* A first run of 0: done from the committed offset (a skip set
+         * read back from an older position). */
+        const uint8_t first0[] = {0, 2};
+        kb2_of(first0, sizeof(first0), meta);
+        cr_assert_eq(kb_offsets_meta_decode(meta, strlen(meta), &bits, &nbits), 0);
+        cr_assert_eq(bits[0], 0x03);
+        free(bits);
+        /* A multi-byte run: 200 not done, 1 done. */
+        const uint8_t leb[] = {0xc8, 0x01, 1};
+        kb2_of(leb, sizeof(leb), meta);
+        cr_assert_eq(kb_offsets_meta_decode(meta, strlen(meta), &bits, &nbits), 0);
+        cr_assert_eq(nbits, 208);
+        cr_assert_eq(bits[25], 0x01);
+        free(bits);
+        const uint8_t *bad[] = {
+            (const uint8_t[]){3},          /* ends on a not-done run */
+            (const uint8_t[]){3, 0},       /* an empty run after the first */
+            (const uint8_t[]){3, 0x80},    /* a cut varint */
+            (const uint8_t[]){0xff, 0xff, 0xff, 0xff, 0x7f, 1}, /* too long */
+            (const uint8_t[]){0x80, 0x80, 0x80, 0x10, 1}, /* past the limit */
+        };
+        const size_t badn[] = {1, 2, 2, 6, 5};
+        for (size_t i = 0; i < NELEM(bad); i++) {
+                kb2_of(bad[i], badn[i], meta);
+                cr_assert_eq(kb_offsets_meta_decode(meta, strlen(meta), &bits,
+                                                    &nbits),
+                             -1, "case %zu: %s", i, meta);
+                cr_assert_null(bits);
+        }
+        cr_assert_eq(kb_offsets_meta_decode("kb2:", 4, &bits, &nbits), -1);
+        cr_assert_eq(kb_offsets_meta_decode("kb3:AQ", 6, &bits, &nbits), -1);
+}
