@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "b64.h"
+
 #define META_PREFIX     "kb1:"
 #define META_PREFIX_LEN 4
 /* The largest bitmap whose encoding fits: 4 + ceil(4n/3) <= META_MAX. */
@@ -54,25 +56,6 @@ const char *kb_offsets_res_str(kb_offsets_res_t res) {
         return "unknown";
 }
 
-/* ---- base64 (RFC 4648 alphabet, no padding) ---- */
-
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_val(unsigned char c) {
-        if (c >= 'A' && c <= 'Z')
-                return c - 'A';
-        if (c >= 'a' && c <= 'z')
-                return c - 'a' + 26;
-        if (c >= '0' && c <= '9')
-                return c - '0' + 52;
-        if (c == '+')
-                return 62;
-        if (c == '/')
-                return 63;
-        return -1;
-}
-
 /* Byte i of a bitmap of nbits bits, the bits past nbits cleared. */
 static uint8_t bm_byte(const uint8_t *bits, size_t nbits, size_t i) {
         if (i == nbits / 8 && nbits % 8)
@@ -95,23 +78,17 @@ int kb_offsets_meta_encode(const uint8_t *bits, size_t nbits, char *out,
         if (len > (size_t)INT32_MAX || len + 1 > out_size)
                 return -1;
 
-        memcpy(out, META_PREFIX, META_PREFIX_LEN);
+        /* The whole groups of three bytes before the last byte as they
+         * are, then the last one to three with the bits past nbits
+         * cleared: unpadded base64 of 3k bytes concatenates. */
+        size_t head = (n - 1) / 3 * 3, k;
+        uint8_t tail[3];
         char *o = out + META_PREFIX_LEN;
-        for (size_t i = 0; i < n; i += 3) {
-                uint32_t v = 0;
-                size_t k;
-                for (k = 0; k < 3; k++)
-                        v = (v << 8) |
-                            (i + k < n ? bm_byte(bits, nbits, i + k) : 0);
-                size_t have = n - i < 3 ? n - i : 3; /* 1..3 bytes */
-                *o++ = b64_alphabet[(v >> 18) & 63];
-                *o++ = b64_alphabet[(v >> 12) & 63];
-                if (have > 1)
-                        *o++ = b64_alphabet[(v >> 6) & 63];
-                if (have > 2)
-                        *o++ = b64_alphabet[v & 63];
-        }
-        *o = '\0';
+        memcpy(out, META_PREFIX, META_PREFIX_LEN);
+        for (k = head; k < n; k++)
+                tail[k - head] = bm_byte(bits, nbits, k);
+        o += kb_b64_encode(bits, head, o, KB_B64_NOPAD);
+        kb_b64_encode(tail, n - head, o, KB_B64_NOPAD);
         return (int)len;
 }
 
@@ -125,7 +102,7 @@ int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
             memcmp(meta, META_PREFIX, META_PREFIX_LEN) != 0)
                 return -1;
 
-        const unsigned char *p = (const unsigned char *)meta + META_PREFIX_LEN;
+        const char *p = meta + META_PREFIX_LEN;
         size_t n = len - META_PREFIX_LEN;
         if (n % 4 == 1) /* one char carries 6 bits: not a whole byte */
                 return -1;
@@ -135,36 +112,14 @@ int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
         uint8_t *b = malloc(out_n);
         if (!b)
                 return -1;
-
-        size_t bi = 0;
-        for (size_t i = 0; i < n; i += 4) {
-                size_t chunk = n - i < 4 ? n - i : 4; /* 2..4 chars */
-                uint32_t v = 0;
-                for (size_t k = 0; k < 4; k++) {
-                        int c = 0;
-                        if (k < chunk) {
-                                c = b64_val(p[i + k]);
-                                if (c < 0)
-                                        goto bad;
-                        }
-                        v = (v << 6) | (uint32_t)c;
-                }
-                /* Canonical form only: the unused low bits of a short final
-                 * chunk must be zero, so each bitmap has one encoding. */
-                if ((chunk == 2 && (v & 0xffff)) || (chunk == 3 && (v & 0xff)))
-                        goto bad;
-                b[bi++] = (uint8_t)(v >> 16);
-                if (chunk > 2)
-                        b[bi++] = (uint8_t)(v >> 8);
-                if (chunk > 3)
-                        b[bi++] = (uint8_t)v;
+        /* Strict and canonical (b64.h): each bitmap has one encoding. */
+        if (kb_b64_decode(p, n, KB_B64_NOPAD, b, out_n) != (long)out_n) {
+                free(b);
+                return -1;
         }
         *bits  = b;
         *nbits = out_n * 8;
         return 0;
-bad:
-        free(b);
-        return -1;
 }
 
 /* ---- the ring of done bits ---- */

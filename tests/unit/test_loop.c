@@ -4,6 +4,7 @@
  * is never reported, and a wake-up pipe ends the wait. */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <string.h>
@@ -215,5 +216,22 @@ Test(loop, wake_pipe_ends_the_wait) {
         t0 = kb_now_ms();
         cr_assert_eq(kb_loop_drive(lp, 300), 0);
         cr_expect_geq(kb_now_ms() - t0, 250, "the pipe was not drained");
+        kb_loop_destroy(lp);
+}
+
+/* When the loop's table of pipes is full, kb_loop_wake_pipe fails with
+ * errno set, so that a caller's strerror(errno) names the cause (it used to
+ * return -1 with whatever errno held before). */
+Test(loop, wake_pipe_failure_sets_errno) {
+        char err[256];
+        kb_loop_t *lp = kb_loop_new(err, sizeof(err));
+        int i, wfd = 0;
+        cr_assert(lp, "%s", err);
+        for (i = 0; i < 64 && wfd >= 0; i++) {
+                errno = 0;
+                wfd = kb_loop_wake_pipe(lp);
+        }
+        cr_assert_lt(wfd, 0, "the table of pipes never filled up");
+        cr_expect_eq(errno, EMFILE, "errno %d (%s)", errno, strerror(errno));
         kb_loop_destroy(lp);
 }
