@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "test_httpd.h"
 
 static struct MHD_Daemon *httpd;
 static char base[64];
@@ -41,18 +42,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
 }
 
 static void setup(void) {
-        const union MHD_DaemonInfo *di;
         kb_log_init(KB_LOG_OFF, KB_LOG_FMT_JSON, NULL);
-        httpd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION |
-                                     MHD_USE_INTERNAL_POLLING_THREAD |
-                                     MHD_USE_ERROR_LOG,
-                                 0, NULL, NULL, handler, NULL,
-                                 MHD_OPTION_CONNECTION_LIMIT, 2000u,
-                                 MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                                 MHD_OPTION_END);
-        cr_assert(httpd);
-        di = MHD_get_daemon_info(httpd, MHD_DAEMON_INFO_BIND_PORT);
-        snprintf(base, sizeof(base), "http://127.0.0.1:%u", di->port);
+        httpd = test_httpd_start(handler, base, sizeof(base));
 }
 
 static void teardown(void) { MHD_stop_daemon(httpd); }
