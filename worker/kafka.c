@@ -304,14 +304,18 @@ rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
         return rk;
 }
 
-rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
-                                const char *isolation, char *errstr,
-                                size_t errstr_size) {
+rd_kafka_t *kb_kafka_reader_new_opts(const kb_conf_t *conf, const char *role,
+                                     const kb_kafka_reader_opts_t *opts,
+                                     char *errstr, size_t errstr_size) {
         rd_kafka_conf_t *kc;
         rd_kafka_t *rk;
-        char gid[256];
-        snprintf(gid, sizeof(gid), "kbatch-%s-%s-%d", role,
-                 kb_conf_instance_id(conf), (int)getpid());
+        char gid[256], fw[16];
+        if (opts->group)
+                snprintf(gid, sizeof(gid), "%s", opts->group);
+        else
+                snprintf(gid, sizeof(gid), "kbatch-%s-%s-%d", role,
+                         kb_conf_instance_id(conf), (int)getpid());
+        snprintf(fw, sizeof(fw), "%d", opts->fetch_wait_ms);
         if (!(kc = kb_kafka_conf_new(conf, role, errstr, errstr_size)))
                 return NULL;
         if (kb_kafka_conf_set(kc, "group.id", gid, errstr, errstr_size) ||
@@ -321,10 +325,12 @@ rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
                               errstr_size) ||
-            kb_kafka_conf_set(kc, "isolation.level", isolation, errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "fetch.wait.max.ms", "100", errstr,
-                              errstr_size)) {
+            (opts->isolation &&
+             kb_kafka_conf_set(kc, "isolation.level", opts->isolation, errstr,
+                               errstr_size)) ||
+            (opts->fetch_wait_ms > 0 &&
+             kb_kafka_conf_set(kc, "fetch.wait.max.ms", fw, errstr,
+                               errstr_size))) {
                 rd_kafka_conf_destroy(kc);
                 return NULL;
         }
@@ -334,6 +340,13 @@ rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
         }
         rd_kafka_poll_set_consumer(rk);
         return rk;
+}
+
+rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
+                                const char *isolation, char *errstr,
+                                size_t errstr_size) {
+        kb_kafka_reader_opts_t o = {NULL, isolation, 100};
+        return kb_kafka_reader_new_opts(conf, role, &o, errstr, errstr_size);
 }
 
 void kb_kafka_producer_replace(rd_kafka_t **rkp, rd_kafka_queue_t **pqp,
@@ -568,20 +581,9 @@ out:
  * committed-offset look-ups. */
 static rd_kafka_t *lookup_consumer(const kb_conf_t *conf, const char *group,
                                    char *errstr, size_t errstr_size) {
-        rd_kafka_conf_t *kc = kb_kafka_conf_new(conf, "describe", errstr,
-                                                errstr_size);
-        rd_kafka_t *rk;
-        if (!kc)
-                return NULL;
-        if (kb_kafka_conf_set(kc, "group.id", group, errstr, errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
-                              errstr_size)) {
-                rd_kafka_conf_destroy(kc);
-                return NULL;
-        }
-        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size)))
-                rd_kafka_conf_destroy(kc);
-        return rk;
+        kb_kafka_reader_opts_t o = {group, NULL, 0};
+        return kb_kafka_reader_new_opts(conf, "describe", &o, errstr,
+                                        errstr_size);
 }
 
 /* Counts the set bits of a done-above map (0 when absent or unreadable). */
