@@ -144,7 +144,7 @@ print_status() {
 }
 
 # stop_service WHAT ALIVE KILL ADDR_FILE [--clean]: stops the process of
-# RUN_DIR under its lock (lock_run_dir, pid_file, usage and the functions
+# RUN_DIR under its lock (lock_run_dir; pid_file, usage and the functions
 # ALIVE and KILL PID are the caller's); --clean also deletes RUN_DIR.
 stop_service() {
     local what=$1 alive=$2 killer=$3 addr=$4 clean=0 pid
@@ -164,4 +164,59 @@ stop_service() {
         rm -rf "$RUN_DIR"
     fi
     return 0
+}
+
+# lock_run_dir: creates RUN_DIR and holds its lock (fd 9) until the script
+# exits.
+lock_run_dir() {
+    mkdir -p "$RUN_DIR"
+    exec 9>"$RUN_DIR/.lock"
+    flock 9
+}
+
+# fetch_once LOCK_FILE IS_FETCHED FETCH: runs the function FETCH (in a
+# subshell, java and mvn installed) unless IS_FETCHED succeeds, under
+# LOCK_FILE (fd 8) so that concurrent callers fetch once.
+fetch_once() {
+    local lock=$1 is_fetched=$2 fetch=$3
+    "$is_fetched" && return 0
+    mkdir -p "$(dirname "$lock")"
+    (
+        exec 8>"$lock"
+        flock 8
+        "$is_fetched" && exit 0    # someone else fetched while we waited
+        ensure_tools java mvn
+        "$fetch"
+    )
+}
+
+# spawn_service WHAT PID_FILE OUT_FILE CMD...: starts CMD in a session and
+# process group of its own (setsid: stop kills the group, and the process
+# outlives the caller), stdin /dev/null, stdout and stderr to OUT_FILE,
+# without the lock fds 8 and 9 (a running service never holds a lock);
+# returns once PID_FILE holds its pid (the group leader's, exec'ed into
+# CMD).
+spawn_service() {
+    local what=$1 pidf=$2 out=$3 i
+    shift 3
+    # shellcheck disable=SC2016 # the inner script gets its arguments
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidf" "$@" \
+        </dev/null >"$out" 2>&1 8>&- 9>&- &
+    for ((i = 0; i < 100; i++)); do
+        [ -s "$pidf" ] && return 0
+        sleep 0.05
+    done
+    die "$what process did not come up (no pid file)"
+}
+
+# service_main ARGS...: the commands of both scripts (do_fetch, do_start,
+# do_stop, do_status and usage are the caller's).
+service_main() {
+    case ${1:-} in
+        fetch) [ $# -eq 1 ] || usage; do_fetch ;;
+        start) [ $# -eq 1 ] || usage; do_start ;;
+        stop) [ $# -le 2 ] || usage; do_stop "${2:-}" ;;
+        status) [ $# -eq 1 ] || usage; do_status ;;
+        *) usage ;;
+    esac
 }
