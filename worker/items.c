@@ -2019,14 +2019,10 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
                 goto fail;
         }
         rd_kafka_queue_io_event_enable(it->it_cq, wfd, "c", 1);
-        if (!(it->it_prioq = rd_kafka_queue_new(it->it_consumer))) {
-                snprintf(errstr, errstr_size,
-                         "priority queue: cannot create the queue");
-                goto fail;
-        }
-        if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
-                snprintf(errstr, errstr_size, "priority queue: pipe: %s",
-                         strerror(errno));
+        if (!(it->it_prioq = rd_kafka_queue_new(it->it_consumer)) ||
+            (wfd = kb_loop_wake_pipe(loop)) < 0) {
+                snprintf(errstr, errstr_size, "priority queue: %s",
+                         it->it_prioq ? strerror(errno) : "cannot create it");
                 goto fail;
         }
         rd_kafka_queue_io_event_enable(it->it_prioq, wfd, "q", 1);
