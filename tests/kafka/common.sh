@@ -209,14 +209,58 @@ spawn_service() {
     die "$what process did not come up (no pid file)"
 }
 
-# service_main ARGS...: the commands of both scripts (do_fetch, do_start,
-# do_stop, do_status and usage are the caller's).
+# start_service WHAT ALIVE KILL ADDR_FILE TRY FIXED SHOW: the start of both
+# scripts, under the run-dir lock: prints the address of a running one;
+# else kills a half-started leftover, fetches, and calls the function TRY
+# ATTEMPT (1..3), which picks its ports, launches, waits and sets
+# START_RC: 0 ready (it wrote ADDR_FILE), 2 a port clash (retried with
+# other ports unless FIXED, the port the environment names, is set), 1 a
+# failure (the function SHOW prints the logs, and the script dies).
+START_RC=1
+start_service() {
+    local what=$1 alive=$2 killer=$3 addr=$4 try=$5 fixed=$6 show=$7
+    local pid attempt t0=$SECONDS
+    lock_run_dir
+    if pid=$("$alive") && [ -s "$addr" ]; then
+        cat "$addr"
+        return 0
+    fi
+    [ -n "${pid:-}" ] && "$killer" "$pid"    # half-started leftover
+    do_fetch
+    for attempt in 1 2 3; do
+        START_RC=1
+        "$try" "$attempt"
+        if [ "$START_RC" = 0 ]; then
+            log "$what ready in $((SECONDS - t0)) s"
+            cat "$addr"
+            return 0
+        fi
+        pid=$(cat "$(pid_file)" 2>/dev/null || true)
+        [ -n "$pid" ] && "$killer" "$pid"
+        rm -f "$(pid_file)"
+        if [ "$START_RC" = 2 ] && [ -z "$fixed" ] && [ "$attempt" -lt 3 ]; then
+            log "port clash, retrying with other ports"
+            continue
+        fi
+        "$show"
+        die "$what failed to start (run dir $RUN_DIR)"
+    done
+}
+
+# service_main WHAT ALIVE KILL ADDR_FILE FIXED ARGS...: the commands of
+# both scripts (do_fetch, try_start, show_logs, usage, pid_file and the
+# functions ALIVE and KILL PID are the caller's; FIXED: see start_service).
 service_main() {
+    local what=$1 alive=$2 killer=$3 addr=$4 fixed=$5
+    shift 5
     case ${1:-} in
         fetch) [ $# -eq 1 ] || usage; do_fetch ;;
-        start) [ $# -eq 1 ] || usage; do_start ;;
-        stop) [ $# -le 2 ] || usage; do_stop "${2:-}" ;;
-        status) [ $# -eq 1 ] || usage; do_status ;;
+        start)
+            [ $# -eq 1 ] || usage
+            start_service "$what" "$alive" "$killer" "$addr" try_start "$fixed" show_logs
+            ;;
+        stop) [ $# -le 2 ] || usage; stop_service "$what" "$alive" "$killer" "$addr" "${2:-}" ;;
+        status) [ $# -eq 1 ] || usage; print_status "$alive" "$addr" ;;
         *) usage ;;
     esac
 }

@@ -295,75 +295,49 @@ show_logs() {
     done
 }
 
-do_start() {
-    lock_run_dir
-    local pid
-    if pid=$(broker_pid) && [ -s "$RUN_DIR/bootstrap" ]; then
-        cat "$RUN_DIR/bootstrap"
-        return 0
-    fi
-    [ -n "${pid:-}" ] && kill_broker "$pid"   # half-started leftover
-    do_fetch
+# try_start ATTEMPT: one start on the ports of the environment, the last
+# start's (first attempt, when free) or new ones; sets START_RC.
+try_start() {
+    local attempt=$1 want_extra=0 port cport eport="" ports p
     ensure_tools java
-
-    local want_extra=0 port cport eport="" ports attempt rc t0=$SECONDS
     [ -n "$EXTRA_PROPS" ] && grep -qs '@EXTRA_PORT@' "$EXTRA_PROPS" && want_extra=1
-    for attempt in 1 2 3; do
-        if [ -n "${KAFKA_PORT:-}" ] || [ -n "${KAFKA_CONTROLLER_PORT:-}" ]; then
-            if [ -z "${KAFKA_PORT:-}" ] || [ -z "${KAFKA_CONTROLLER_PORT:-}" ]; then
-                die "set both KAFKA_PORT and KAFKA_CONTROLLER_PORT, or neither"
-            fi
-            port=$KAFKA_PORT cport=$KAFKA_CONTROLLER_PORT
-            for p in $port $cport; do
-                port_free "$p" || die "port $p (KAFKA_PORT/KAFKA_CONTROLLER_PORT) is in use"
+    if [ -n "${KAFKA_PORT:-}" ] || [ -n "${KAFKA_CONTROLLER_PORT:-}" ]; then
+        if [ -z "${KAFKA_PORT:-}" ] || [ -z "${KAFKA_CONTROLLER_PORT:-}" ]; then
+            die "set both KAFKA_PORT and KAFKA_CONTROLLER_PORT, or neither"
+        fi
+        port=$KAFKA_PORT cport=$KAFKA_CONTROLLER_PORT
+        for p in $port $cport; do
+            port_free "$p" || die "port $p (KAFKA_PORT/KAFKA_CONTROLLER_PORT) is in use"
+        done
+        [ $want_extra = 1 ] && eport=$(free_ports 1)
+    else
+        # reuse the previous ports of this run dir when they are free
+        port="" cport="" eport=""
+        if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/ports" ]; then
+            read -r port cport eport <"$RUN_DIR/ports" || true
+            for p in $port $cport $eport; do
+                port_free "$p" || { port=""; break; }
             done
-            [ $want_extra = 1 ] && eport=$(free_ports 1)
-        else
-            # reuse the previous ports of this run dir when they are free
-            port="" cport="" eport=""
-            if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/ports" ]; then
-                read -r port cport eport <"$RUN_DIR/ports" || true
-                for p in $port $cport $eport; do
-                    port_free "$p" || { port=""; break; }
-                done
-                [ $want_extra = 1 ] && [ -z "$eport" ] && port=""
-            fi
-            if [ -z "$port" ] || [ -z "$cport" ]; then
-                ports=$(free_ports $((2 + want_extra)))
-                read -r port cport eport <<<"$ports"
-            fi
+            [ $want_extra = 1 ] && [ -z "$eport" ] && port=""
         fi
-        echo "$port $cport $eport" >"$RUN_DIR/ports"
-        [ -n "$eport" ] && echo "$eport" >"$RUN_DIR/extra_port"
+        if [ -z "$port" ] || [ -z "$cport" ]; then
+            ports=$(free_ports $((2 + want_extra)))
+            read -r port cport eport <<<"$ports"
+        fi
+    fi
+    echo "$port $cport $eport" >"$RUN_DIR/ports"
+    [ -n "$eport" ] && echo "$eport" >"$RUN_DIR/extra_port"
 
-        write_configs "$port" "$cport" "$eport"
-        format_storage
-        log "starting broker on 127.0.0.1:$port (controller $cport), run dir $RUN_DIR"
-        launch
-        rc=0
-        wait_ready "$port" || rc=$?
-        if [ $rc = 0 ]; then
-            echo "127.0.0.1:$port" >"$RUN_DIR/bootstrap"
-            log "broker ready in $((SECONDS - t0)) s"
-            echo "127.0.0.1:$port"
-            return 0
-        fi
-        pid=$(cat "$(pid_file)" 2>/dev/null || true)
-        [ -n "$pid" ] && kill_broker "$pid"
-        rm -f "$(pid_file)"
-        if [ $rc = 2 ] && [ -z "${KAFKA_PORT:-}" ] && [ "$attempt" -lt 3 ]; then
-            log "port clash, retrying with other ports"
-            continue
-        fi
-        show_logs
-        die "broker failed to start (run dir $RUN_DIR)"
-    done
+    write_configs "$port" "$cport" "$eport"
+    format_storage
+    log "starting broker on 127.0.0.1:$port (controller $cport), run dir $RUN_DIR"
+    launch
+    START_RC=0
+    wait_ready "$port" || START_RC=$?
+    [ "$START_RC" = 0 ] && echo "127.0.0.1:$port" >"$RUN_DIR/bootstrap"
+    return 0
 }
 
-# ---------------------------------------------------------------- stop/status
+# ---------------------------------------------------------------- commands
 
-do_stop() { stop_service broker broker_pid kill_broker "$RUN_DIR/bootstrap" "${1:-}"; }
-
-do_status() { print_status broker_pid "$RUN_DIR/bootstrap"; }
-
-service_main "$@"
+service_main broker broker_pid kill_broker "$RUN_DIR/bootstrap" "${KAFKA_PORT:-}" "$@"

@@ -141,69 +141,45 @@ wait_ready() {
     return 1
 }
 
-do_start() {
-    lock_run_dir
-    local pid
-    if pid=$(registry_pid) && [ -s "$RUN_DIR/url" ]; then
-        cat "$RUN_DIR/url"
-        return 0
-    fi
-    [ -n "${pid:-}" ] && kill_registry "$pid"    # half-started leftover
-    do_fetch
+# try_start ATTEMPT: one start on REGISTRY_PORT, the last start's port
+# (first attempt, when free: a restarted registry keeps its URL) or a new
+# one, then the compatibility rule; sets START_RC.
+try_start() {
+    local attempt=$1 port url st
     ensure_tools java curl
-
-    local port attempt rc url st t0=$SECONDS
-    for attempt in 1 2 3; do
-        if [ -n "${REGISTRY_PORT:-}" ]; then
-            port=$REGISTRY_PORT
-            port_free "$port" || die "port $port (REGISTRY_PORT) is in use"
-        else
-            # reuse the previous port of this run dir when it is free: a
-            # restarted registry keeps its URL
-            port=""
-            if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/port" ]; then
-                read -r port <"$RUN_DIR/port" || true
-                [ -n "$port" ] && ! port_free "$port" && port=""
-            fi
-            [ -n "$port" ] || port=$(free_ports 1)
+    if [ -n "${REGISTRY_PORT:-}" ]; then
+        port=$REGISTRY_PORT
+        port_free "$port" || die "port $port (REGISTRY_PORT) is in use"
+    else
+        port=""
+        if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/port" ]; then
+            read -r port <"$RUN_DIR/port" || true
+            [ -n "$port" ] && ! port_free "$port" && port=""
         fi
-        echo "$port" >"$RUN_DIR/port"
-        url="http://127.0.0.1:$port$API"
-        log "starting Apicurio Registry $VERSION on $url, run dir $RUN_DIR"
-        launch "$port"
-        rc=0
-        wait_ready "$url" || rc=$?
-        if [ $rc = 0 ]; then
-            # Confluent's default; Apicurio's is NONE
-            st=$(http_status PUT "$url/config" "{\"compatibility\":\"$COMPATIBILITY\"}")
-            if [ "$st" != 200 ]; then
-                kill_registry "$(cat "$(pid_file)")"
-                die "PUT $url/config {compatibility: $COMPATIBILITY}: HTTP $st"
-            fi
-            echo "$url" >"$RUN_DIR/url"
-            log "registry ready in $((SECONDS - t0)) s"
-            echo "$url"
-            return 0
-        fi
-        pid=$(cat "$(pid_file)" 2>/dev/null || true)
-        [ -n "$pid" ] && kill_registry "$pid"
-        rm -f "$(pid_file)"
-        if [ $rc = 2 ] && [ -z "${REGISTRY_PORT:-}" ] && [ "$attempt" -lt 3 ]; then
-            log "port clash, retrying with another port"
-            continue
-        fi
-        if [ -s "$RUN_DIR/registry.out" ]; then
-            log "---- last lines of $RUN_DIR/registry.out ----"
-            tail -n 40 "$RUN_DIR/registry.out" >&2
-        fi
-        die "registry failed to start (run dir $RUN_DIR)"
-    done
+        [ -n "$port" ] || port=$(free_ports 1)
+    fi
+    echo "$port" >"$RUN_DIR/port"
+    url="http://127.0.0.1:$port$API"
+    log "starting Apicurio Registry $VERSION on $url, run dir $RUN_DIR"
+    launch "$port"
+    START_RC=0
+    wait_ready "$url" || START_RC=$?
+    [ "$START_RC" = 0 ] || return 0
+    # Confluent's default; Apicurio's is NONE
+    st=$(http_status PUT "$url/config" "{\"compatibility\":\"$COMPATIBILITY\"}")
+    if [ "$st" != 200 ]; then
+        kill_registry "$(cat "$(pid_file)")"
+        die "PUT $url/config {compatibility: $COMPATIBILITY}: HTTP $st"
+    fi
+    echo "$url" >"$RUN_DIR/url"
 }
 
-# ---------------------------------------------------------------- stop/status
+show_logs() {
+    [ -s "$RUN_DIR/registry.out" ] || return 0
+    log "---- last lines of $RUN_DIR/registry.out ----"
+    tail -n 40 "$RUN_DIR/registry.out" >&2
+}
 
-do_stop() { stop_service registry registry_pid kill_registry "$RUN_DIR/url" "${1:-}"; }
+# ---------------------------------------------------------------- commands
 
-do_status() { print_status registry_pid "$RUN_DIR/url"; }
-
-service_main "$@"
+service_main registry registry_pid kill_registry "$RUN_DIR/url" "${REGISTRY_PORT:-}" "$@"
