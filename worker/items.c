@@ -121,14 +121,8 @@ struct kb_job_s {
         int jb_lane;                    /* 0: priority lane, 1: normal */
         const char *jb_opname;
         job_state_t jb_state;
-        CURL *jb_easy;
-        struct curl_slist *jb_hdrs;
+        kb_http_req_t jb_http;          /* the model call */
         char *jb_body;
-        char *jb_resp;
-        size_t jb_resp_len, jb_resp_cap;
-        int jb_too_large;
-        char jb_retry_after[64];
-        char jb_errbuf[CURL_ERROR_SIZE];
         int jb_attempts;
         int64_t jb_started_at;   /* wall ms of the first call */
         int64_t jb_sent_ms;      /* mono ms this attempt's call started */
@@ -226,20 +220,18 @@ static void job_destroy(kb_job_t *jb) {
                 route_dequeue(jb);
         if (jb->jb_in_retryq)
                 TAILQ_REMOVE(&it->it_produce_retryq, jb, jb_link);
-        if (jb->jb_easy) {
+        if (jb->jb_http.hr_easy) {
                 if (jb->jb_state == JOB_CALLING) {
-                        kb_loop_remove(it->it_loop, jb->jb_easy);
+                        kb_loop_remove(it->it_loop, jb->jb_http.hr_easy);
                         if (jb->jb_route) {
                                 jb->jb_route->rt_inflight--;
                                 kb_route_correct_tokens(jb->jb_route,
                                                         jb->jb_est_tokens, 0);
                         }
                 }
-                kb_easypool_put(it->it_easypool, jb->jb_easy);
         }
-        curl_slist_free_all(jb->jb_hdrs);
+        kb_http_req_release(&jb->jb_http, it->it_easypool);
         free(jb->jb_body);
-        free(jb->jb_resp);
         free(jb->jb_last_msg);
         for (i = 0; i < jb->jb_out_cnt; i++) {
                 free(jb->jb_outs[i].out_payload);
@@ -567,8 +559,7 @@ static int job_shrink_result(kb_job_t *jb, kb_out_t *out) {
                  "the result (%zu bytes) is larger than a Kafka message may "
                  "be (kafka.message_max_bytes %d)",
                  out->out_len, jb->jb_it->it_conf->kafka_message_max_bytes);
-        if (jb->jb_easy)
-                curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &st);
+        st = kb_http_req_status(&jb->jb_http);
         res.status = KB_STATUS_FAILED;
         res.http_status = (int)st;
         res.error_code = "response_too_large";
@@ -714,88 +705,7 @@ static void job_fail(kb_job_t *jb, kb_item_status_t st, const char *code,
 
 /* ---- the model call ------------------------------------------------- */
 
-static size_t resp_first_cap(kb_job_t *jb, size_t n, size_t max) {
-        curl_off_t cl = -1;
-        curl_easy_getinfo(jb->jb_easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
-                          &cl);
-        if (cl > 0 && (size_t)cl >= n && (size_t)cl <= max)
-                return (size_t)cl + 1;
-        return n + 1 > 1024 ? n + 1 : 1024;
-}
-
-static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
-        kb_job_t *jb = ud;
-        size_t n = size * nmemb;
-        size_t max = (size_t)jb->jb_it->it_conf->http_max_response_bytes;
-        if (jb->jb_resp_len + n > max) {
-                jb->jb_too_large = 1;
-                return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
-        }
-        if (jb->jb_resp_len + n + 1 > jb->jb_resp_cap) {
-                /* The first chunk: room for the announced length (one
-                 * buffer per call in flight: most responses are far below
-                 * the 4 KiB this used to start with). */
-                size_t cap = jb->jb_resp_cap ? jb->jb_resp_cap
-                                             : resp_first_cap(jb, n, max);
-                char *nb;
-                while (cap < jb->jb_resp_len + n + 1)
-                        cap *= 2;
-                if (!(nb = realloc(jb->jb_resp, cap)))
-                        return 0;
-                jb->jb_resp = nb;
-                jb->jb_resp_cap = cap;
-        }
-        memcpy(jb->jb_resp + jb->jb_resp_len, ptr, n);
-        jb->jb_resp_len += n;
-        jb->jb_resp[jb->jb_resp_len] = '\0';
-        return n;
-}
-
-static size_t header_cb(char *buf, size_t size, size_t nitems, void *ud) {
-        kb_job_t *jb = ud;
-        size_t n = size * nitems;
-        static const char ra[] = "retry-after:";
-        if (n > sizeof(ra) - 1 && !strncasecmp(buf, ra, sizeof(ra) - 1)) {
-                size_t vl = n - (sizeof(ra) - 1);
-                const char *v = buf + sizeof(ra) - 1;
-                while (vl && (*v == ' ' || *v == '\t'))
-                        v++, vl--;
-                while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' ||
-                              v[vl - 1] == ' '))
-                        vl--;
-                if (vl >= sizeof(jb->jb_retry_after))
-                        vl = sizeof(jb->jb_retry_after) - 1;
-                memcpy(jb->jb_retry_after, v, vl);
-                jb->jb_retry_after[vl] = '\0';
-        }
-        return n;
-}
-
 static void call_done(kb_xfer_t *xf, CURLcode cc);
-
-/* Appends a formatted header line of any length to *l; on failure frees
- * the list and leaves *l NULL (the caller checks once at the end). */
-static void hdrs_appendf(struct curl_slist **l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void hdrs_appendf(struct curl_slist **l, const char *fmt, ...) {
-        va_list ap;
-        char *line = NULL;
-        struct curl_slist *n;
-        int r;
-        if (!*l)
-                return;
-        va_start(ap, fmt);
-        r = vasprintf(&line, fmt, ap);
-        va_end(ap);
-        n = r < 0 ? NULL : curl_slist_append(*l, line);
-        free(r < 0 ? NULL : line);
-        if (!n) {
-                curl_slist_free_all(*l);
-                *l = NULL;
-                return;
-        }
-        *l = n;
-}
 
 /* Starts the model call of a routed job. Returns 0, or -1 when the request
  * could not even be built (the job is then completed as failed). */
@@ -805,6 +715,7 @@ static int job_call(kb_job_t *jb) {
         const kb_route_conf_t *rc = rt->rt_conf;
         const char *path = kb_route_path(rt, jb->jb_item.operation,
                                          &jb->jb_opname);
+        kb_http_req_t *hr = &jb->jb_http;
         char url[4096];
         CURL *e;
 
@@ -817,63 +728,36 @@ static int job_call(kb_job_t *jb) {
         if (!jb->jb_started_at)
                 jb->jb_started_at = kb_wall_ms();
         snprintf(url, sizeof(url), "%s%s", rt->rt_base_url, path);
-        if (!jb->jb_easy)
-                jb->jb_easy = kb_easypool_get(it->it_easypool);
-        else
-                curl_easy_reset(jb->jb_easy);
-        e = jb->jb_easy;
-        curl_slist_free_all(jb->jb_hdrs);
-        jb->jb_hdrs = NULL;
-        jb->jb_resp_len = 0;
-        jb->jb_too_large = 0;
-        jb->jb_retry_after[0] = '\0';
-        jb->jb_errbuf[0] = '\0';
+        e = kb_http_req_reset(hr, it->it_easypool,
+                              (size_t)it->it_conf->http_max_response_bytes, 0);
         if (!e || !jb->jb_body)
                 return -1;
 
         kb_route_refresh_auth(rt, kb_now_ms());
-        jb->jb_hdrs = curl_slist_append(jb->jb_hdrs,
-                                        "Content-Type: application/json");
-        jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, "Accept: application/json");
-        jb->jb_hdrs = curl_slist_append(jb->jb_hdrs, "Expect:");
-        jb->jb_hdrs = kb_route_headers(rt, jb->jb_hdrs);
-        /* Never cut: a batch_id of 128 and an item_id of 256 characters
-         * take up to 1,153 bytes of UTF-8, and two items whose keys were
-         * cut alike would share one (issue 15). */
-        hdrs_appendf(&jb->jb_hdrs, "Idempotency-Key: %s:%s",
-                     jb->jb_item.batch_id, jb->jb_item.item_id);
-        hdrs_appendf(&jb->jb_hdrs, "kbatch-batch-id: %s", jb->jb_item.batch_id);
-        hdrs_appendf(&jb->jb_hdrs, "kbatch-item-id: %s", jb->jb_item.item_id);
-        hdrs_appendf(&jb->jb_hdrs, "kbatch-attempt: %d", jb->jb_attempts);
+        kb_http_req_header(hr, "Content-Type: application/json");
+        kb_http_req_header(hr, "Accept: application/json");
+        kb_http_req_header(hr, "Expect:");
+        hr->hr_hdrs = kb_route_headers(rt, hr->hr_hdrs);
+        /* Never cut (kb_http_req_headerf): a batch_id of 128 and an item_id
+         * of 256 characters take up to 1,153 bytes of UTF-8 (issue 15). */
+        kb_http_req_headerf(hr, "Idempotency-Key: %s:%s",
+                            jb->jb_item.batch_id, jb->jb_item.item_id);
+        kb_http_req_headerf(hr, "kbatch-batch-id: %s", jb->jb_item.batch_id);
+        kb_http_req_headerf(hr, "kbatch-item-id: %s", jb->jb_item.item_id);
+        kb_http_req_headerf(hr, "kbatch-attempt: %d", jb->jb_attempts);
         if (jb->jb_traceparent[0])
-                hdrs_appendf(&jb->jb_hdrs, "traceparent: %s",
-                             jb->jb_traceparent);
+                kb_http_req_headerf(hr, "traceparent: %s", jb->jb_traceparent);
         if (jb->jb_tracestate[0])
-                hdrs_appendf(&jb->jb_hdrs, "tracestate: %s", jb->jb_tracestate);
-        if (!jb->jb_hdrs)
-                return -1;
+                kb_http_req_headerf(hr, "tracestate: %s", jb->jb_tracestate);
 
         jb->jb_xfer.xf_done = call_done;
-        curl_easy_setopt(e, CURLOPT_PRIVATE, &jb->jb_xfer);
         if (jb->jb_async && kb_async_request(jb->jb_async, rt, jb->jb_body,
                                              url, sizeof(url), &body))
                 return -1;
-        curl_easy_setopt(e, CURLOPT_URL, url);
-        if (body) {
-                curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-        }
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, jb->jb_hdrs);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, jb);
-        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
-        curl_easy_setopt(e, CURLOPT_HEADERDATA, jb);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, jb->jb_errbuf);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)rc->timeout_ms);
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                         (long)rc->connect_timeout_ms);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+        if (kb_http_req_prepare(hr, &jb->jb_xfer, url, body,
+                                body ? strlen(body) : 0, (long)rc->timeout_ms,
+                                (long)rc->connect_timeout_ms))
+                return -1;
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
         /* Wait for a connection being set up rather than open another,
          * when it may carry HTTP/2 streams: only over TLS, where ALPN says
@@ -882,7 +766,6 @@ static int job_call(kb_job_t *jb) {
          * new one (a route timeout then failed them unsent). */
         if (!strncasecmp(rt->rt_base_url, "https://", 8))
                 curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
         /* libcurl's receive buffer, one per transfer in flight (16 KiB by
          * default): 1 KiB, libcurl's minimum. A larger response only takes
          * more reads (a syscall each, next to a call of seconds); 4 KiB
@@ -890,11 +773,8 @@ static int job_call(kb_job_t *jb) {
         curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
         curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
                          (curl_off_t)it->it_conf->http_max_response_bytes);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)rc->tls_verify);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, rc->tls_verify ? 2L : 0L);
-        if (rc->ca_file && *rc->ca_file)
-                curl_easy_setopt(e, CURLOPT_CAINFO, rc->ca_file);
-        if (kb_loop_add(it->it_loop, e) != 0)
+        kb_http_req_tls(hr, rc->tls_verify, rc->ca_file);
+        if (kb_http_req_start(hr, it->it_loop) != 0)
                 return -1;
         jb->jb_state = JOB_CALLING;
         rt->rt_inflight++;
@@ -1009,8 +889,7 @@ static int job_retry(kb_job_t *jb, kb_outcome_t oc, const char *msg) {
         kb_items_t *it = jb->jb_it;
         const kb_conf_t *conf = it->it_conf;
         kb_retry_decision_t d;
-        int64_t ra = kb_http_retry_after_ms(
-            jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL));
+        int64_t ra = kb_http_req_retry_after_ms(&jb->jb_http, time(NULL));
         const char *code = kb_outcome_code(oc);
         char att[16];
         const char *kv[] = {"batch_id", jb->jb_item.batch_id, "item_id",
@@ -1058,12 +937,7 @@ static int job_retry(kb_job_t *jb, kb_outcome_t oc, const char *msg) {
                 res.started_at = jb->jb_started_at;
                 res.finished_at = kb_wall_ms();
                 res.latency_ms = res.finished_at - jb->jb_started_at;
-                {
-                        long st = 0;
-                        curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE,
-                                          &st);
-                        res.http_status = (int)st;
-                }
+                res.http_status = (int)kb_http_req_status(&jb->jb_http);
                 job_complete(jb, &res, 1, code);
                 return 1;
         }
@@ -1098,6 +972,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         kb_job_t *jb = (kb_job_t *)xf;
         kb_items_t *it = jb->jb_it;
         kb_route_t *rt = jb->jb_route;
+        kb_http_req_t *hr = &jb->jb_http;
         long status = 0;
         int body = 0;
         kb_jtext_usage_t usage;
@@ -1108,23 +983,22 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         rt->rt_inflight--;
         jb->jb_state = JOB_NEW;
         memset(&res, 0, sizeof(res));
-        curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &status);
+        status = kb_http_req_status(hr);
         /* The response is checked and embedded as text, not parsed. */
-        if (cc == CURLE_OK && status >= 200 && status <= 299 && jb->jb_resp &&
-            (body = kb_codec_output_scan(jb->jb_resp, &jb->jb_resp_len, &res,
+        if (cc == CURLE_OK && status >= 200 && status <= 299 && hr->hr_resp &&
+            (body = kb_codec_output_scan(hr->hr_resp, &hr->hr_resp_len, &res,
                                          &usage)))
                 kb_codec_usage_from_jtext(&usage, &res);
-        oc = kb_http_classify(cc, status, jb->jb_too_large, body);
+        oc = kb_http_classify(cc, status, hr->hr_too_large, body);
         kb_metrics_request_usage(rt->rt_conf->name, kb_outcome_code(oc),
-                                 jb->jb_easy, oc == KB_OUT_OK ? &res : NULL);
+                                 hr->hr_easy, oc == KB_OUT_OK ? &res : NULL);
         kb_route_on_outcome(
             rt,
             oc == KB_OUT_OK             ? KB_ROUTE_OK
             : oc == KB_OUT_RATE_LIMITED ? KB_ROUTE_THROTTLED
             : oc == KB_OUT_TIMEOUT      ? KB_ROUTE_TIMEOUT
                                         : KB_ROUTE_OTHER,
-            kb_http_retry_after_ms(
-                jb->jb_retry_after[0] ? jb->jb_retry_after : NULL, time(NULL)),
+            kb_http_req_retry_after_ms(hr, time(NULL)),
             jb->jb_sent_ms, kb_now_ms());
         kb_route_breaker_record(rt, kb_breaker_signal_of(oc), kb_now_ms());
 
@@ -1134,7 +1008,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         res.latency_ms = res.finished_at - jb->jb_started_at;
         if (jb->jb_async && oc == KB_OUT_OK) {
                 /* A job API's answer is read by JSON Pointer: parsed. */
-                json_t *ans = json_loadb(jb->jb_resp, jb->jb_resp_len, 0, NULL);
+                json_t *ans = json_loadb(hr->hr_resp, hr->hr_resp_len, 0, NULL);
                 async_answer(jb, ans);
                 json_decref(ans);
                 route_dispatch(it, rt);
@@ -1154,7 +1028,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                 res.error_code = kb_outcome_code(oc);
                 if (cc != CURLE_OK && oc != KB_OUT_RESPONSE_TOO_LARGE)
                         snprintf(msg, sizeof(msg), "%s",
-                                 jb->jb_errbuf[0] ? jb->jb_errbuf
+                                 hr->hr_errbuf[0] ? hr->hr_errbuf
                                                   : curl_easy_strerror(cc));
                 else if (oc == KB_OUT_RESPONSE_TOO_LARGE)
                         snprintf(msg, sizeof(msg),
@@ -1162,11 +1036,11 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                                  it->it_conf->http_max_response_bytes);
                 else
                         snprintf(msg, sizeof(msg), "HTTP %ld: %.900s", status,
-                                 jb->jb_resp ? jb->jb_resp : "");
+                                 hr->hr_resp ? hr->hr_resp : "");
                 res.error_message = msg;
                 /* Keep a JSON error body from the provider as the output. */
-                if (status && jb->jb_resp && !body)
-                        kb_codec_output_scan(jb->jb_resp, &jb->jb_resp_len,
+                if (status && hr->hr_resp && !body)
+                        kb_codec_output_scan(hr->hr_resp, &hr->hr_resp_len,
                                              &res, NULL);
                 if (job_fallback(jb, oc) || job_retry(jb, oc, msg)) {
                         route_dispatch(it, rt);
@@ -1192,7 +1066,7 @@ static void async_complete(kb_job_t *jb, kb_item_status_t st,
         kb_result_t res;
         long http = 0;
         memset(&res, 0, sizeof(res));
-        curl_easy_getinfo(jb->jb_easy, CURLINFO_RESPONSE_CODE, &http);
+        http = kb_http_req_status(&jb->jb_http);
         res.status = st;
         res.http_status = (int)http;
         res.error_code = code;
@@ -1217,13 +1091,7 @@ static void async_wait(kb_job_t *jb) {
         }
         /* Nothing held while it waits but the item: a worker may keep
          * tens of thousands of jobs running. */
-        curl_easy_cleanup(jb->jb_easy);
-        jb->jb_easy = NULL;
-        free(jb->jb_resp);
-        jb->jb_resp = NULL;
-        jb->jb_resp_len = jb->jb_resp_cap = 0;
-        curl_slist_free_all(jb->jb_hdrs);
-        jb->jb_hdrs = NULL;
+        kb_http_req_release(&jb->jb_http, NULL);
         timer_add(jb->jb_it, jb, TIMER_POLL,
                   kb_now_ms() + kb_async_next_wait(
                                     jb->jb_async,
@@ -1467,7 +1335,7 @@ static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
                         timer_remove(it, jb);
                         break;
                 case JOB_CALLING:
-                        kb_loop_remove(it->it_loop, jb->jb_easy);
+                        kb_loop_remove(it->it_loop, jb->jb_http.hr_easy);
                         jb->jb_route->rt_inflight--;
                         kb_route_correct_tokens(jb->jb_route,
                                                 jb->jb_est_tokens, 0);
@@ -2415,7 +2283,7 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
         if (!(it->it_prioq = rd_kafka_queue_new(it->it_consumer)) ||
             (wfd = kb_loop_wake_pipe(loop)) < 0) {
                 snprintf(errstr, errstr_size, "priority queue: %s",
-                         strerror(errno));
+                         it->it_prioq ? strerror(errno) : "cannot create it");
                 goto fail;
         }
         rd_kafka_queue_io_event_enable(it->it_prioq, wfd, "q", 1);

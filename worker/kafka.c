@@ -304,14 +304,18 @@ rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
         return rk;
 }
 
-rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
-                                const char *isolation, char *errstr,
-                                size_t errstr_size) {
+rd_kafka_t *kb_kafka_reader_new_opts(const kb_conf_t *conf, const char *role,
+                                     const kb_kafka_reader_opts_t *opts,
+                                     char *errstr, size_t errstr_size) {
         rd_kafka_conf_t *kc;
         rd_kafka_t *rk;
-        char gid[256];
-        snprintf(gid, sizeof(gid), "kbatch-%s-%s-%d", role,
-                 kb_conf_instance_id(conf), (int)getpid());
+        char gid[256], fw[16];
+        if (opts->group)
+                snprintf(gid, sizeof(gid), "%s", opts->group);
+        else
+                snprintf(gid, sizeof(gid), "kbatch-%s-%s-%d", role,
+                         kb_conf_instance_id(conf), (int)getpid());
+        snprintf(fw, sizeof(fw), "%d", opts->fetch_wait_ms);
         if (!(kc = kb_kafka_conf_new(conf, role, errstr, errstr_size)))
                 return NULL;
         if (kb_kafka_conf_set(kc, "group.id", gid, errstr, errstr_size) ||
@@ -321,10 +325,12 @@ rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
                               errstr_size) ||
-            kb_kafka_conf_set(kc, "isolation.level", isolation, errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "fetch.wait.max.ms", "100", errstr,
-                              errstr_size)) {
+            (opts->isolation &&
+             kb_kafka_conf_set(kc, "isolation.level", opts->isolation, errstr,
+                               errstr_size)) ||
+            (opts->fetch_wait_ms > 0 &&
+             kb_kafka_conf_set(kc, "fetch.wait.max.ms", fw, errstr,
+                               errstr_size))) {
                 rd_kafka_conf_destroy(kc);
                 return NULL;
         }
@@ -334,6 +340,13 @@ rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
         }
         rd_kafka_poll_set_consumer(rk);
         return rk;
+}
+
+rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
+                                const char *isolation, char *errstr,
+                                size_t errstr_size) {
+        kb_kafka_reader_opts_t o = {NULL, isolation, 100};
+        return kb_kafka_reader_new_opts(conf, role, &o, errstr, errstr_size);
 }
 
 void kb_kafka_producer_replace(rd_kafka_t **rkp, rd_kafka_queue_t **pqp,
@@ -382,69 +395,67 @@ typedef struct {
         const char *cfg[16]; /* name, value, ..., NULL */
 } topic_spec_t;
 
-int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
-                           int replication, FILE *out, char *errstr,
-                           size_t errstr_size) {
-        topic_spec_t specs[KB_TOPIC__CNT + 16];
-        rd_kafka_NewTopic_t *nts[KB_TOPIC__CNT + 16];
-        size_t cnt = 0, i;
-        rd_kafka_conf_t *kc;
-        rd_kafka_t *rk;
-        rd_kafka_queue_t *q;
-        rd_kafka_AdminOptions_t *opts;
-        rd_kafka_event_t *ev;
-        int ret = -1;
-        char err[512];
+/* What `topics create` makes: every topic with its settings. */
+typedef struct {
+        topic_spec_t tp_specs[KB_TOPIC__CNT + 16];
+        size_t tp_cnt;
+        char tp_mmax[32], tp_cmax[32]; /* tp_specs' cfg point here */
+} topic_plan_t;
 
-        if (partitions <= 0)
-                partitions = conf->topics_partitions;
-        if (replication == 0)
-                replication = conf->topics_replication;
+static void plan_add(topic_plan_t *tp, const char *name, int partitions,
+                     const char *const *cfg, size_t ncfg) {
+        topic_spec_t *ts = &tp->tp_specs[tp->tp_cnt++];
+        ts->name = strdup(name);
+        ts->partitions = partitions;
+        memcpy(ts->cfg, cfg, ncfg * sizeof(*cfg));
+}
 
-        memset(specs, 0, sizeof(specs));
-#define SPEC(NAME, PARTS, ...)                                                 \
+#define PLAN(TP, NAME, PARTS, ...)                                             \
         do {                                                                   \
-                specs[cnt].name = strdup(NAME);                                \
-                specs[cnt].partitions = (PARTS);                               \
                 const char *_c[] = {__VA_ARGS__, NULL};                        \
-                _Static_assert(sizeof(_c) <= sizeof(specs[0].cfg),             \
+                _Static_assert(sizeof(_c) <= sizeof((TP)->tp_specs[0].cfg),    \
                                "topic_spec_t.cfg too small");                  \
-                memcpy(specs[cnt].cfg, _c, sizeof(_c));                        \
-                cnt++;                                                         \
+                plan_add((TP), (NAME), (PARTS), _c, sizeof(_c) / sizeof(*_c)); \
         } while (0)
+
+/* Fills tp (zeroed by the caller) with every topic of conf. */
+static void topic_plan(const kb_conf_t *conf, int partitions,
+                       topic_plan_t *tp) {
+        const char *mmax = tp->tp_mmax, *cmax = tp->tp_cmax;
+        size_t i;
         /* Message size limits set explicitly (docs/limits.md): M for what
          * kbatch or upstream writes, M + the copy headroom where copies go
          * (a retry or DLQ copy is an item plus kbatch's headers). */
-        char mmax[32], cmax[32];
-        snprintf(mmax, sizeof(mmax), "%d", conf->kafka_message_max_bytes);
-        snprintf(cmax, sizeof(cmax), "%d",
+        snprintf(tp->tp_mmax, sizeof(tp->tp_mmax), "%d",
+                 conf->kafka_message_max_bytes);
+        snprintf(tp->tp_cmax, sizeof(tp->tp_cmax), "%d",
                  conf->kafka_message_max_bytes + KB_COPY_HEADROOM_BYTES);
-        SPEC(conf->topics_name[KB_TOPIC_ITEMS], partitions, "retention.ms",
+        PLAN(tp, conf->topics_name[KB_TOPIC_ITEMS], partitions, "retention.ms",
              "604800000", "max.message.bytes", mmax);
         for (i = 0; i < conf->retry_delay_cnt && i < 16; i++) {
                 char *t = kb_kafka_retry_topic(conf, (int)i + 1);
-                SPEC(t, partitions, "retention.ms", "604800000",
+                PLAN(tp, t, partitions, "retention.ms", "604800000",
                      "max.message.bytes", cmax);
                 free(t);
         }
-        SPEC(conf->topics_name[KB_TOPIC_ITEMS_PRIORITY], partitions,
+        PLAN(tp, conf->topics_name[KB_TOPIC_ITEMS_PRIORITY], partitions,
              "retention.ms", "604800000", "max.message.bytes", mmax);
         /* Async job ids (jobstore.h): compacted, tombstones kept a day. */
-        SPEC(conf->topics_name[KB_TOPIC_ITEMS_JOBS], partitions,
+        PLAN(tp, conf->topics_name[KB_TOPIC_ITEMS_JOBS], partitions,
              "cleanup.policy", "compact", "delete.retention.ms", "86400000",
              "max.message.bytes", mmax);
-        SPEC(conf->topics_name[KB_TOPIC_ITEMS_DLQ], partitions, "retention.ms",
-             "2592000000", "max.message.bytes", cmax);
-        SPEC(conf->topics_name[KB_TOPIC_RESULTS], partitions, "retention.ms",
-             "604800000", "max.message.bytes", mmax);
-        SPEC(conf->topics_name[KB_TOPIC_BATCHES], partitions, "retention.ms",
-             "2592000000", "max.message.bytes", mmax);
-        SPEC(conf->topics_name[KB_TOPIC_BATCHES_DLQ], partitions,
+        PLAN(tp, conf->topics_name[KB_TOPIC_ITEMS_DLQ], partitions,
              "retention.ms", "2592000000", "max.message.bytes", cmax);
-        SPEC(conf->topics_name[KB_TOPIC_CONTROL], 1, "retention.ms",
+        PLAN(tp, conf->topics_name[KB_TOPIC_RESULTS], partitions,
+             "retention.ms", "604800000", "max.message.bytes", mmax);
+        PLAN(tp, conf->topics_name[KB_TOPIC_BATCHES], partitions,
+             "retention.ms", "2592000000", "max.message.bytes", mmax);
+        PLAN(tp, conf->topics_name[KB_TOPIC_BATCHES_DLQ], partitions,
+             "retention.ms", "2592000000", "max.message.bytes", cmax);
+        PLAN(tp, conf->topics_name[KB_TOPIC_CONTROL], 1, "retention.ms",
              "604800000", "max.message.bytes", mmax);
         /* Co-partitioned with results, compacted. */
-        SPEC(conf->topics_name[KB_TOPIC_BATCH_STATE], partitions,
+        PLAN(tp, conf->topics_name[KB_TOPIC_BATCH_STATE], partitions,
              "cleanup.policy", "compact", "min.compaction.lag.ms", "0",
              /* Compact often: restore time grows with superseded records
               * of large, long-running batches. */
@@ -452,56 +463,66 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
              "max.message.bytes", mmax);
         /* The HTTP API's state (SPEC §11): kept until deleted (tombstones),
          * chunks of 512 KiB. */
-        SPEC(conf->topics_name[KB_TOPIC_FILES], partitions, "cleanup.policy",
-             "compact", "min.compaction.lag.ms", "0", "max.message.bytes",
-             mmax);
-        SPEC(conf->topics_name[KB_TOPIC_API_BATCHES], partitions,
+        PLAN(tp, conf->topics_name[KB_TOPIC_FILES], partitions,
              "cleanup.policy", "compact", "min.compaction.lag.ms", "0",
              "max.message.bytes", mmax);
-#undef SPEC
+        PLAN(tp, conf->topics_name[KB_TOPIC_API_BATCHES], partitions,
+             "cleanup.policy", "compact", "min.compaction.lag.ms", "0",
+             "max.message.bytes", mmax);
+}
+#undef PLAN
 
+/* An admin client, once the cluster answered (fail fast, and clearly,
+ * when it is unreachable). NULL + errstr. */
+static rd_kafka_t *admin_client(const kb_conf_t *conf, char *errstr,
+                                size_t errstr_size) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_conf_t *kc;
+        rd_kafka_t *rk;
+        rd_kafka_resp_err_t e;
+        char err[512], why[800];
         if (!(kc = kb_kafka_conf_new(conf, "admin", errstr, errstr_size)))
-                goto out;
+                return NULL;
         if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, err, sizeof(err)))) {
                 snprintf(errstr, errstr_size, "cannot create client: %s", err);
                 rd_kafka_conf_destroy(kc);
-                goto out;
+                return NULL;
         }
-        {
-                /* Fail fast, and clearly, when the cluster is unreachable. */
-                const struct rd_kafka_metadata *md = NULL;
-                char why[800];
-                rd_kafka_resp_err_t e = kb_kafka_metadata(
-                    rk, 0, NULL, &md, 10000, why, sizeof(why));
-                if (e == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
-                        snprintf(errstr, errstr_size, "%s", why);
-                        rd_kafka_destroy(rk);
-                        goto out;
-                }
-                if (e) {
-                        snprintf(errstr, errstr_size,
-                                 "cannot reach Kafka at %s: %s",
-                                 conf->kafka_bootstrap_servers,
-                                 rd_kafka_err2str(e));
-                        rd_kafka_destroy(rk);
-                        goto out;
-                }
-                rd_kafka_metadata_destroy(md);
+        e = kb_kafka_metadata(rk, 0, NULL, &md, 10000, why, sizeof(why));
+        if (e == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+                snprintf(errstr, errstr_size, "%s", why);
+                rd_kafka_destroy(rk);
+                return NULL;
         }
-        for (i = 0; i < cnt; i++) {
-                size_t j;
-                nts[i] = rd_kafka_NewTopic_new(specs[i].name,
-                                               specs[i].partitions,
+        if (e) {
+                snprintf(errstr, errstr_size, "cannot reach Kafka at %s: %s",
+                         conf->kafka_bootstrap_servers, rd_kafka_err2str(e));
+                rd_kafka_destroy(rk);
+                return NULL;
+        }
+        rd_kafka_metadata_destroy(md);
+        return rk;
+}
+
+/* The NewTopic objects of the plan into nts. Returns how many were made:
+ * tp_cnt, or fewer with errstr set. */
+static size_t new_topics(const topic_plan_t *tp, int replication,
+                         rd_kafka_NewTopic_t **nts, char *errstr,
+                         size_t errstr_size) {
+        char err[512];
+        size_t i, j;
+        for (i = 0; i < tp->tp_cnt; i++) {
+                const topic_spec_t *ts = &tp->tp_specs[i];
+                nts[i] = rd_kafka_NewTopic_new(ts->name, ts->partitions,
                                                replication, err, sizeof(err));
                 if (!nts[i]) {
-                        snprintf(errstr, errstr_size, "topic %s: %s",
-                                 specs[i].name, err);
-                        cnt = i;
-                        goto destroy;
+                        snprintf(errstr, errstr_size, "topic %s: %s", ts->name,
+                                 err);
+                        return i;
                 }
-                for (j = 0; specs[i].cfg[j]; j += 2)
-                        rd_kafka_NewTopic_set_config(nts[i], specs[i].cfg[j],
-                                                     specs[i].cfg[j + 1]);
+                for (j = 0; ts->cfg[j]; j += 2)
+                        rd_kafka_NewTopic_set_config(nts[i], ts->cfg[j],
+                                                     ts->cfg[j + 1]);
                 /* acks=all means something only with more than one replica
                  * in sync: with replication, a write needs two (durability
                  * first, SPEC §5: nothing is lost). */
@@ -510,57 +531,94 @@ int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
                                                      "min.insync.replicas",
                                                      "2");
         }
-        q = rd_kafka_queue_new(rk);
-        opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+        return i;
+}
+
+/* Reads CreateTopics' answer: "created"/"exists" lines to out (may be
+ * NULL). Returns 0, or -1 + errstr when a topic failed. */
+static int created_report(rd_kafka_event_t *ev, FILE *out, char *errstr,
+                          size_t errstr_size) {
+        const rd_kafka_CreateTopics_result_t *res =
+            rd_kafka_event_CreateTopics_result(ev);
+        size_t n, i;
+        const rd_kafka_topic_result_t **trs =
+            rd_kafka_CreateTopics_result_topics(res, &n);
+        int ret = 0;
+        for (i = 0; i < n; i++) {
+                rd_kafka_resp_err_t e = rd_kafka_topic_result_error(trs[i]);
+                const char *tn = rd_kafka_topic_result_name(trs[i]);
+                if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                        if (out)
+                                fprintf(out, "created %s\n", tn);
+                } else if (e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                        if (out)
+                                fprintf(out, "exists  %s\n", tn);
+                } else {
+                        snprintf(errstr, errstr_size, "topic %s: %s", tn,
+                                 rd_kafka_topic_result_error_string(trs[i]));
+                        ret = -1;
+                }
+        }
+        return ret;
+}
+
+/* One CreateTopics request for nts, its answer reported. */
+static int create_request(const kb_conf_t *conf, rd_kafka_t *rk,
+                          rd_kafka_NewTopic_t **nts, size_t cnt, FILE *out,
+                          char *errstr, size_t errstr_size) {
+        rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+        rd_kafka_AdminOptions_t *opts =
+            rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+        rd_kafka_event_t *ev;
+        char err[512];
+        int ret = -1;
         rd_kafka_AdminOptions_set_operation_timeout(opts, 30000, err,
                                                     sizeof(err));
         rd_kafka_AdminOptions_set_request_timeout(opts, 30000, err,
                                                   sizeof(err));
         rd_kafka_CreateTopics(rk, nts, cnt, opts, q);
         ev = rd_kafka_queue_poll(q, 60000);
-        if (!ev) {
-                snprintf(errstr, errstr_size,
-                         "timed out creating topics on %s",
+        if (!ev)
+                snprintf(errstr, errstr_size, "timed out creating topics on %s",
                          conf->kafka_bootstrap_servers);
-        } else if (rd_kafka_event_error(ev)) {
+        else if (rd_kafka_event_error(ev))
                 snprintf(errstr, errstr_size, "creating topics: %s",
                          rd_kafka_event_error_string(ev));
-        } else {
-                const rd_kafka_CreateTopics_result_t *res =
-                    rd_kafka_event_CreateTopics_result(ev);
-                size_t n;
-                const rd_kafka_topic_result_t **trs =
-                    rd_kafka_CreateTopics_result_topics(res, &n);
-                ret = 0;
-                for (i = 0; i < n; i++) {
-                        rd_kafka_resp_err_t e = rd_kafka_topic_result_error(trs[i]);
-                        const char *tn = rd_kafka_topic_result_name(trs[i]);
-                        if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                                if (out)
-                                        fprintf(out, "created %s\n", tn);
-                        } else if (e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-                                if (out)
-                                        fprintf(out, "exists  %s\n", tn);
-                        } else {
-                                snprintf(errstr, errstr_size, "topic %s: %s",
-                                         tn,
-                                         rd_kafka_topic_result_error_string(
-                                             trs[i]));
-                                ret = -1;
-                        }
-                }
-        }
+        else
+                ret = created_report(ev, out, errstr, errstr_size);
         if (ev)
                 rd_kafka_event_destroy(ev);
         rd_kafka_AdminOptions_destroy(opts);
         rd_kafka_queue_destroy(q);
-destroy:
-        for (i = 0; i < cnt; i++)
-                rd_kafka_NewTopic_destroy(nts[i]);
-        rd_kafka_destroy(rk);
-out:
-        for (i = 0; i < sizeof(specs) / sizeof(*specs); i++)
-                free(specs[i].name);
+        return ret;
+}
+
+int kb_kafka_topics_create(const kb_conf_t *conf, int partitions,
+                           int replication, FILE *out, char *errstr,
+                           size_t errstr_size) {
+        topic_plan_t tp;
+        rd_kafka_NewTopic_t *nts[KB_TOPIC__CNT + 16];
+        rd_kafka_t *rk;
+        size_t cnt, i;
+        int ret = -1;
+
+        if (partitions <= 0)
+                partitions = conf->topics_partitions;
+        if (replication == 0)
+                replication = conf->topics_replication;
+        memset(&tp, 0, sizeof(tp));
+        topic_plan(conf, partitions, &tp);
+        if ((rk = admin_client(conf, errstr, errstr_size))) {
+                cnt = new_topics(&tp, replication, nts, errstr, errstr_size);
+                if (cnt == tp.tp_cnt)
+                        ret = create_request(conf, rk, nts, cnt, out, errstr,
+                                             errstr_size);
+                for (i = 0; i < cnt; i++)
+                        rd_kafka_NewTopic_destroy(nts[i]);
+                rd_kafka_destroy(rk);
+        }
+        for (i = 0; i < tp.tp_cnt; i++)
+                free(tp.tp_specs[i].name);
         return ret;
 }
 
@@ -568,20 +626,9 @@ out:
  * committed-offset look-ups. */
 static rd_kafka_t *lookup_consumer(const kb_conf_t *conf, const char *group,
                                    char *errstr, size_t errstr_size) {
-        rd_kafka_conf_t *kc = kb_kafka_conf_new(conf, "describe", errstr,
-                                                errstr_size);
-        rd_kafka_t *rk;
-        if (!kc)
-                return NULL;
-        if (kb_kafka_conf_set(kc, "group.id", group, errstr, errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
-                              errstr_size)) {
-                rd_kafka_conf_destroy(kc);
-                return NULL;
-        }
-        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size)))
-                rd_kafka_conf_destroy(kc);
-        return rk;
+        kb_kafka_reader_opts_t o = {group, NULL, 0};
+        return kb_kafka_reader_new_opts(conf, "describe", &o, errstr,
+                                        errstr_size);
 }
 
 /* Counts the set bits of a done-above map (0 when absent or unreadable). */
@@ -738,16 +785,16 @@ int kb_kafka_check_limits(const kb_conf_t *conf, rd_kafka_t *rk) {
         return low;
 }
 
-json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
-                                 size_t errstr_size) {
-        struct {
-                char *topic;
-                const char *group;
-        } tl[KB_TOPIC__CNT + 16];
-        size_t cnt = 0, i;
-        json_t *out = NULL, *topics;
-        rd_kafka_t *rk = NULL;
+/* A topic `topics describe` shows, and the group whose lag it shows
+ * (NULL: none). */
+typedef struct {
+        char *topic;
+        const char *group;
+} described_t;
 
+/* Fills tl with the topics of conf; returns how many. */
+static size_t describe_list(const kb_conf_t *conf, described_t *tl) {
+        size_t cnt = 0, i;
 #define ADD(T, G)                                                              \
         do {                                                                   \
                 tl[cnt].topic = strdup(T);                                     \
@@ -771,118 +818,144 @@ json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
         ADD(conf->topics_name[KB_TOPIC_FILES], NULL);
         ADD(conf->topics_name[KB_TOPIC_API_BATCHES], NULL);
 #undef ADD
+        return cnt;
+}
 
-        if (!(rk = lookup_consumer(conf, conf->kafka_group_id, errstr,
-                                   errstr_size)))
-                goto done;
-        out = json_object();
-        topics = json_array();
-        json_object_set_new(out, "bootstrap_servers",
-                            json_string(conf->kafka_bootstrap_servers));
-        json_object_set_new(out, "topics", topics);
-        for (i = 0; i < cnt; i++) {
-                const struct rd_kafka_metadata *md = NULL;
-                rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, tl[i].topic, NULL);
-                rd_kafka_resp_err_t err =
-                    rd_kafka_metadata(rk, 0, rkt, &md, 10000);
-                json_t *t = json_object(), *parts = json_array();
-                rd_kafka_t *grk = NULL;
-                rd_kafka_topic_partition_list_t *l = NULL;
-                int p, np = 0;
-                json_object_set_new(t, "name", json_string(tl[i].topic));
-                json_array_append_new(topics, t);
-                if (err || !md || md->topic_cnt < 1 || md->topics[0].err) {
-                        json_object_set_new(
-                            t, "error",
-                            json_string(rd_kafka_err2str(
-                                err ? err
-                                    : md && md->topic_cnt ? md->topics[0].err
-                                                          : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC)));
-                        if (md)
-                                rd_kafka_metadata_destroy(md);
-                        rd_kafka_topic_destroy(rkt);
-                        continue;
-                }
-                np = md->topics[0].partition_cnt;
-                if (np > 0)
-                        json_object_set_new(
-                            t, "replication_factor",
-                            json_integer(
-                                md->topics[0].partitions[0].replica_cnt));
-                rd_kafka_metadata_destroy(md);
+/* The topic's metadata into t: "partitions" and "replication_factor", or
+ * "error". Returns the partition count, -1 on "error". */
+static int describe_metadata(rd_kafka_t *rk, const char *topic, json_t *t) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+        int np;
+        if (err || !md || md->topic_cnt < 1 || md->topics[0].err) {
+                json_object_set_new(
+                    t, "error",
+                    json_string(rd_kafka_err2str(
+                        err ? err
+                            : md && md->topic_cnt
+                                  ? md->topics[0].err
+                                  : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC)));
+                if (md)
+                        rd_kafka_metadata_destroy(md);
                 rd_kafka_topic_destroy(rkt);
-                json_object_set_new(t, "partitions", json_integer(np));
-                if (tl[i].group) {
-                        json_object_set_new(t, "group", json_string(tl[i].group));
-                        l = rd_kafka_topic_partition_list_new(np);
-                        for (p = 0; p < np; p++)
-                                rd_kafka_topic_partition_list_add(l, tl[i].topic, p);
-                        grk = lookup_consumer(conf, tl[i].group, errstr,
-                                              errstr_size);
-                        if (!grk ||
-                            rd_kafka_committed(grk, l, 10000) !=
-                                RD_KAFKA_RESP_ERR_NO_ERROR) {
-                                rd_kafka_topic_partition_list_destroy(l);
-                                l = NULL;
-                        }
-                }
-                {
-                        int64_t lag_total = 0;
-                        for (p = 0; p < np; p++) {
-                                int64_t lo = -1, hi = -1;
-                                json_t *pj = json_object();
-                                rd_kafka_query_watermark_offsets(
-                                    rk, tl[i].topic, p, &lo, &hi, 10000);
-                                json_object_set_new(pj, "partition",
-                                                    json_integer(p));
-                                json_object_set_new(pj, "start_offset",
-                                                    json_integer(lo));
-                                json_object_set_new(pj, "end_offset",
-                                                    json_integer(hi));
-                                if (l) {
-                                        const rd_kafka_topic_partition_t *tp =
-                                            &l->elems[p];
-                                        int64_t lag =
-                                            tp->offset >= 0 ? hi - tp->offset
-                                                            : hi - lo;
-                                        json_object_set_new(
-                                            pj, "committed",
-                                            tp->offset >= 0
-                                                ? json_integer(tp->offset)
-                                                : json_null());
-                                        json_object_set_new(
-                                            pj, "metadata",
-                                            tp->metadata_size
-                                                ? json_stringn(tp->metadata,
-                                                               tp->metadata_size)
-                                                : json_string(""));
-                                        json_object_set_new(
-                                            pj, "done_above",
-                                            json_integer(meta_done_count(
-                                                tp->metadata,
-                                                tp->metadata_size)));
-                                        json_object_set_new(pj, "lag",
-                                                            json_integer(lag));
-                                        lag_total += lag;
-                                }
-                                json_array_append_new(parts, pj);
-                        }
-                        if (l)
-                                json_object_set_new(t, "lag",
-                                                    json_integer(lag_total));
-                }
-                json_object_set_new(t, "partition_offsets", parts);
-                if (l)
-                        rd_kafka_topic_partition_list_destroy(l);
-                if (grk) {
-                        rd_kafka_consumer_close(grk);
-                        rd_kafka_destroy(grk);
-                }
+                return -1;
         }
-        describe_configs(rk, topics);
-done:
-        if (rk)
+        np = md->topics[0].partition_cnt;
+        if (np > 0)
+                json_object_set_new(
+                    t, "replication_factor",
+                    json_integer(md->topics[0].partitions[0].replica_cnt));
+        rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        json_object_set_new(t, "partitions", json_integer(np));
+        return np;
+}
+
+/* The committed offsets of group on the np partitions of topic, NULL when
+ * they cannot be read. Caller destroys the list. */
+static rd_kafka_topic_partition_list_t *
+describe_committed(const kb_conf_t *conf, const char *topic, int np,
+                   const char *group, char *errstr, size_t errstr_size) {
+        rd_kafka_topic_partition_list_t *l =
+            rd_kafka_topic_partition_list_new(np);
+        rd_kafka_t *grk;
+        int p;
+        for (p = 0; p < np; p++)
+                rd_kafka_topic_partition_list_add(l, topic, p);
+        grk = lookup_consumer(conf, group, errstr, errstr_size);
+        if (!grk ||
+            rd_kafka_committed(grk, l, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                rd_kafka_topic_partition_list_destroy(l);
+                l = NULL;
+        }
+        if (grk) {
+                rd_kafka_consumer_close(grk);
+                rd_kafka_destroy(grk);
+        }
+        return l;
+}
+
+/* One partition's offsets, and with committed offsets (tp, may be NULL)
+ * its group's position and lag (added to *lag_total). */
+static json_t *describe_partition(rd_kafka_t *rk, const char *topic, int p,
+                                  const rd_kafka_topic_partition_t *tp,
+                                  int64_t *lag_total) {
+        int64_t lo = -1, hi = -1, lag;
+        json_t *pj = json_object();
+        rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000);
+        json_object_set_new(pj, "partition", json_integer(p));
+        json_object_set_new(pj, "start_offset", json_integer(lo));
+        json_object_set_new(pj, "end_offset", json_integer(hi));
+        if (!tp)
+                return pj;
+        lag = tp->offset >= 0 ? hi - tp->offset : hi - lo;
+        json_object_set_new(pj, "committed",
+                            tp->offset >= 0 ? json_integer(tp->offset)
+                                            : json_null());
+        json_object_set_new(pj, "metadata",
+                            tp->metadata_size
+                                ? json_stringn(tp->metadata, tp->metadata_size)
+                                : json_string(""));
+        json_object_set_new(
+            pj, "done_above",
+            json_integer(meta_done_count(tp->metadata, tp->metadata_size)));
+        json_object_set_new(pj, "lag", json_integer(lag));
+        *lag_total += lag;
+        return pj;
+}
+
+/* One topic of `topics describe`. */
+static json_t *describe_topic(const kb_conf_t *conf, rd_kafka_t *rk,
+                              const described_t *d, char *errstr,
+                              size_t errstr_size) {
+        json_t *t = json_object(), *parts;
+        rd_kafka_topic_partition_list_t *l = NULL;
+        int64_t lag_total = 0;
+        int p, np;
+        json_object_set_new(t, "name", json_string(d->topic));
+        if ((np = describe_metadata(rk, d->topic, t)) < 0)
+                return t;
+        if (d->group) {
+                json_object_set_new(t, "group", json_string(d->group));
+                l = describe_committed(conf, d->topic, np, d->group, errstr,
+                                       errstr_size);
+        }
+        parts = json_array();
+        for (p = 0; p < np; p++)
+                json_array_append_new(
+                    parts, describe_partition(rk, d->topic, p,
+                                              l ? &l->elems[p] : NULL,
+                                              &lag_total));
+        if (l)
+                json_object_set_new(t, "lag", json_integer(lag_total));
+        json_object_set_new(t, "partition_offsets", parts);
+        if (l)
+                rd_kafka_topic_partition_list_destroy(l);
+        return t;
+}
+
+json_t *kb_kafka_topics_describe(const kb_conf_t *conf, char *errstr,
+                                 size_t errstr_size) {
+        described_t tl[KB_TOPIC__CNT + 16];
+        size_t cnt = describe_list(conf, tl), i;
+        json_t *out = NULL, *topics;
+        rd_kafka_t *rk;
+
+        if ((rk = lookup_consumer(conf, conf->kafka_group_id, errstr,
+                                  errstr_size))) {
+                out = json_object();
+                topics = json_array();
+                json_object_set_new(out, "bootstrap_servers",
+                                    json_string(conf->kafka_bootstrap_servers));
+                json_object_set_new(out, "topics", topics);
+                for (i = 0; i < cnt; i++)
+                        json_array_append_new(
+                            topics, describe_topic(conf, rk, &tl[i], errstr,
+                                                   errstr_size));
+                describe_configs(rk, topics);
                 rd_kafka_destroy(rk);
+        }
         for (i = 0; i < cnt; i++)
                 free(tl[i].topic);
         return out;

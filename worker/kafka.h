@@ -59,10 +59,25 @@ int kb_kafka_conf_set(rd_kafka_conf_t *kc, const char *name, const char *value,
 rd_kafka_t *kb_kafka_producer_new(const kb_conf_t *conf, rd_kafka_conf_t *kc,
                                   char *errstr, size_t errstr_size);
 
-/* A consumer that only reads partitions it assigns itself: nothing
- * committed, partition EOF events on, isolation "read_committed" or
- * "read_uncommitted", its own group id (kbatch-<role>-<instance>-<pid>).
- * NULL + errstr on a bad property. */
+/* How a group-less consumer is made (kb_kafka_reader_new_opts). */
+typedef struct {
+        const char *group;     /* the group id: NULL for its own one
+                                * (kbatch-<role>-<instance>-<pid>); a real
+                                * group's to look up its committed offsets */
+        const char *isolation; /* "read_committed", "read_uncommitted", or
+                                * NULL for librdkafka's default */
+        int fetch_wait_ms;     /* fetch.wait.max.ms; 0: librdkafka's */
+} kb_kafka_reader_opts_t;
+
+/* The one set-up of the read-only consumers: one that only reads
+ * partitions it assigns itself (never joins its group), commits and stores
+ * nothing, reports partition EOFs, its main queue forwarded to the
+ * consumer queue. NULL + errstr on a bad property. */
+rd_kafka_t *kb_kafka_reader_new_opts(const kb_conf_t *conf, const char *role,
+                                     const kb_kafka_reader_opts_t *opts,
+                                     char *errstr, size_t errstr_size);
+/* The same with its own group id, that isolation and fetch.wait.max.ms
+ * 100. */
 rd_kafka_t *kb_kafka_reader_new(const kb_conf_t *conf, const char *role,
                                 const char *isolation, char *errstr,
                                 size_t errstr_size);

@@ -164,18 +164,22 @@ void kb_loop_destroy(kb_loop_t *lp) {
 }
 
 int kb_loop_wake_pipe(kb_loop_t *lp) {
-        int p[2];
-        if (lp->lp_nfds >= KB_LOOP_MAX_FDS)
-                return -1;
+        int p[2], err;
         struct epoll_event ev;
+        if (lp->lp_nfds >= KB_LOOP_MAX_FDS) {
+                errno = EMFILE; /* the loop's table is full */
+                return -1;
+        }
         if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0)
                 return -1;
         memset(&ev, 0, sizeof(ev));
         ev.events = EPOLLIN;
         ev.data.u64 = KB_LOOP_PIPE_TAG | (uint64_t)lp->lp_nfds;
         if (epoll_ctl(lp->lp_epfd, EPOLL_CTL_ADD, p[0], &ev) != 0) {
+                err = errno; /* close() may change it */
                 close(p[0]);
                 close(p[1]);
+                errno = err;
                 return -1;
         }
         lp->lp_rfds[lp->lp_nfds] = p[0];

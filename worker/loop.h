@@ -33,8 +33,9 @@ double kb_wall_ms_frac(void);
 kb_loop_t *kb_loop_new(char *errstr, size_t errstr_size);
 void kb_loop_destroy(kb_loop_t *loop); /* NULL is a no-op */
 
-/* A new wake-up pipe; returns the write end (for librdkafka), -1 on error.
- * The loop polls and drains the read end. */
+/* A new wake-up pipe; returns the write end (for librdkafka), or -1 with
+ * errno set (EMFILE when the loop's table of 16 pipes is full). The
+ * loop polls and drains the read end. */
 int kb_loop_wake_pipe(kb_loop_t *loop);
 
 /* Adds an easy handle whose CURLOPT_PRIVATE is a kb_xfer_t * (-1 without

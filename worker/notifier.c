@@ -168,17 +168,11 @@ struct kb_nevent_s {
         char ev_batch[160];
         kb_ssrf_url_t ev_url;
         kb_gai_t *ev_gai;
-        CURL *ev_easy;
-        struct curl_slist *ev_hdrs;
+        kb_http_req_t ev_http; /* keeps KB_NT_KEEP_BODY of the body, hangs
+                                * up after KB_NT_MAX_BODY */
         struct curl_slist *ev_resolve;
-        char ev_resp[KB_NT_KEEP_BODY + 1];
-        size_t ev_resp_len;
-        size_t ev_resp_total;
-        int ev_too_large; /* hung up after KB_NT_MAX_BODY */
         int ev_refused;   /* the connect-time guard refused */
         char ev_refused_why[128];
-        char ev_retry_after[64];
-        char ev_errbuf[CURL_ERROR_SIZE];
         int ev_attempts;
         int64_t ev_first_at;   /* wall ms of the first attempt */
         int64_t ev_due;        /* mono ms, on nt_timers */
@@ -295,17 +289,12 @@ static void ev_unlink(kb_nevent_t *ev) {
  * request. */
 static void ev_attempt_clear(kb_nevent_t *ev) {
         kb_notifier_t *nt = ev->ev_nt;
-        if (ev->ev_easy) {
-                if (ev->ev_state == EV_CALLING) {
-                        kb_loop_remove(nt->nt_loop, ev->ev_easy);
-                        nt->nt_active--;
-                        ev->ev_state = EV_NEW;
-                }
-                curl_easy_cleanup(ev->ev_easy);
-                ev->ev_easy = NULL;
+        if (ev->ev_http.hr_easy && ev->ev_state == EV_CALLING) {
+                kb_loop_remove(nt->nt_loop, ev->ev_http.hr_easy);
+                nt->nt_active--;
+                ev->ev_state = EV_NEW;
         }
-        curl_slist_free_all(ev->ev_hdrs);
-        ev->ev_hdrs = NULL;
+        kb_http_req_release(&ev->ev_http, NULL);
         curl_slist_free_all(ev->ev_resolve);
         ev->ev_resolve = NULL;
         if (ev->ev_gai) {
@@ -626,45 +615,6 @@ static void secret_refresh(kb_notifier_t *nt, int64_t now) {
 
 static void attempt_failed(kb_nevent_t *ev, const char *what);
 
-static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
-        kb_nevent_t *ev = ud;
-        size_t n = size * nmemb;
-        if (ev->ev_resp_len < KB_NT_KEEP_BODY) {
-                size_t k = KB_NT_KEEP_BODY - ev->ev_resp_len;
-                if (k > n)
-                        k = n;
-                memcpy(ev->ev_resp + ev->ev_resp_len, ptr, k);
-                ev->ev_resp_len += k;
-                ev->ev_resp[ev->ev_resp_len] = '\0';
-        }
-        ev->ev_resp_total += n;
-        if (ev->ev_resp_total > KB_NT_MAX_BODY) {
-                ev->ev_too_large = 1;
-                return 0; /* hang up: CURLE_WRITE_ERROR */
-        }
-        return n;
-}
-
-static size_t header_cb(char *buf, size_t size, size_t nitems, void *ud) {
-        kb_nevent_t *ev = ud;
-        size_t n = size * nitems;
-        static const char ra[] = "retry-after:";
-        if (n > sizeof(ra) - 1 && !strncasecmp(buf, ra, sizeof(ra) - 1)) {
-                size_t vl = n - (sizeof(ra) - 1);
-                const char *v = buf + sizeof(ra) - 1;
-                while (vl && (*v == ' ' || *v == '\t'))
-                        v++, vl--;
-                while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' ||
-                              v[vl - 1] == ' '))
-                        vl--;
-                if (vl >= sizeof(ev->ev_retry_after))
-                        vl = sizeof(ev->ev_retry_after) - 1;
-                memcpy(ev->ev_retry_after, v, vl);
-                ev->ev_retry_after[vl] = '\0';
-        }
-        return n;
-}
-
 /* The connect-time guard: every address libcurl is about to connect to is
  * classified again, whatever the pinning did. */
 static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose,
@@ -684,48 +634,29 @@ static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose,
 
 static void call_done(kb_xfer_t *xf, CURLcode cc);
 
-static int hdr_add(kb_nevent_t *ev, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
-static int hdr_add(kb_nevent_t *ev, const char *fmt, ...) {
-        char line[1024];
-        struct curl_slist *n;
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(line, sizeof(line), fmt, ap);
-        va_end(ap);
-        if (!(n = curl_slist_append(ev->ev_hdrs, line)))
-                return -1;
-        ev->ev_hdrs = n;
-        return 0;
-}
-
 /* Starts the POST; resolve: the CURLOPT_RESOLVE entry pinning the host, or
  * NULL for an IP literal. A failure to build it counts as a failed
  * attempt. */
 static void ev_call(kb_nevent_t *ev, const char *resolve) {
         kb_notifier_t *nt = ev->ev_nt;
         const kb_conf_t *conf = nt->nt_conf;
+        kb_http_req_t *hr = &ev->ev_http;
         char sig[KB_NOTIFIER_SIG_MAX];
         CURL *e;
 
         ev_unlink(ev);
-        ev->ev_resp_len = 0;
-        ev->ev_resp_total = 0;
-        ev->ev_resp[0] = '\0';
-        ev->ev_too_large = 0;
         ev->ev_refused = 0;
-        ev->ev_retry_after[0] = '\0';
-        ev->ev_errbuf[0] = '\0';
-        if (kb_notifier_sign(nt->nt_secret, nt->nt_secret_len,
+        if (!(e = kb_http_req_reset(hr, NULL, KB_NT_MAX_BODY,
+                                    KB_NT_KEEP_BODY)) ||
+            kb_notifier_sign(nt->nt_secret, nt->nt_secret_len,
                              (int64_t)time(NULL), ev->ev_body, ev->ev_body_len,
                              sig, sizeof(sig)) < 0 ||
-            !(e = ev->ev_easy = curl_easy_init()) ||
-            hdr_add(ev, "Content-Type: application/json") ||
-            hdr_add(ev, "kbatch-event-id: %s", ev->ev_id) ||
-            hdr_add(ev, "kbatch-signature: %s", sig) ||
-            hdr_add(ev, "kbatch-attempt: %d", ev->ev_attempts) ||
-            hdr_add(ev, "User-Agent: kbatch/%s", KB_VERSION) ||
-            hdr_add(ev, "Expect:")) {
+            kb_http_req_header(hr, "Content-Type: application/json") ||
+            kb_http_req_headerf(hr, "kbatch-event-id: %s", ev->ev_id) ||
+            kb_http_req_headerf(hr, "kbatch-signature: %s", sig) ||
+            kb_http_req_headerf(hr, "kbatch-attempt: %d", ev->ev_attempts) ||
+            kb_http_req_headerf(hr, "User-Agent: kbatch/%s", KB_VERSION) ||
+            kb_http_req_header(hr, "Expect:")) {
                 OPENSSL_cleanse(sig, sizeof(sig));
                 attempt_failed(ev, "out of memory building the request");
                 return;
@@ -736,11 +667,11 @@ static void ev_call(kb_nevent_t *ev, const char *resolve) {
                 return;
         }
         ev->ev_xfer.xf_done = call_done;
-        curl_easy_setopt(e, CURLOPT_URL, ev->ev_url.su_url);
-        curl_easy_setopt(e, CURLOPT_PRIVATE, &ev->ev_xfer);
+        kb_http_req_prepare(hr, &ev->ev_xfer, ev->ev_url.su_url, ev->ev_body,
+                            ev->ev_body_len, (long)conf->notifier_timeout_ms,
+                            (long)conf->notifier_timeout_ms);
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
         curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
         /* Webhooks go direct: an http_proxy from the environment would
          * make the pinning moot. */
         curl_easy_setopt(e, CURLOPT_PROXY, "");
@@ -749,22 +680,7 @@ static void ev_call(kb_nevent_t *ev, const char *resolve) {
         curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, opensocket_cb);
         curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, ev);
         curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, ev->ev_body);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
-                         (curl_off_t)ev->ev_body_len);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, ev->ev_hdrs);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, ev);
-        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
-        curl_easy_setopt(e, CURLOPT_HEADERDATA, ev);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, ev->ev_errbuf);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-                         (long)conf->notifier_timeout_ms);
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                         (long)conf->notifier_timeout_ms);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-        if (kb_loop_add(nt->nt_loop, e) != 0) {
+        if (kb_http_req_start(hr, nt->nt_loop) != 0) {
                 attempt_failed(ev, "cannot start the request");
                 return;
         }
@@ -884,14 +800,15 @@ static void snippet(const char *in, size_t len, char *out, size_t size) {
 static void call_done(kb_xfer_t *xf, CURLcode cc) {
         kb_nevent_t *ev = (kb_nevent_t *)xf;
         kb_notifier_t *nt = ev->ev_nt;
+        kb_http_req_t *hr = &ev->ev_http;
         long status = 0;
         char msg[1100], body[KB_NT_KEEP_BODY + 1];
 
         nt->nt_active--;
         ev->ev_state = EV_NEW;
-        curl_easy_getinfo(ev->ev_easy, CURLINFO_RESPONSE_CODE, &status);
+        status = kb_http_req_status(hr);
         if (status >= 200 && status <= 299 &&
-            (cc == CURLE_OK || (cc == CURLE_WRITE_ERROR && ev->ev_too_large))) {
+            (cc == CURLE_OK || (cc == CURLE_WRITE_ERROR && hr->hr_too_large))) {
                 char st[16];
                 snprintf(st, sizeof(st), "%ld", status);
                 ev_attempt_clear(ev);
@@ -906,14 +823,15 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
                 ev_dead_letter(ev, "webhook_refused", msg);
                 return;
         }
-        if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && ev->ev_too_large))
+        if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && hr->hr_too_large))
                 snprintf(msg, sizeof(msg), "%s: %s",
                          cc == CURLE_OPERATION_TIMEDOUT ? "timeout"
                                                         : "connection error",
-                         ev->ev_errbuf[0] ? ev->ev_errbuf
+                         hr->hr_errbuf[0] ? hr->hr_errbuf
                                           : curl_easy_strerror(cc));
         else {
-                snippet(ev->ev_resp, ev->ev_resp_len, body, sizeof(body));
+                snippet(hr->hr_resp ? hr->hr_resp : "", hr->hr_resp_len, body,
+                        sizeof(body));
                 snprintf(msg, sizeof(msg), "HTTP %ld%s%s", status,
                          body[0] ? ": " : "", body);
         }
@@ -925,8 +843,7 @@ static void attempt_failed(kb_nevent_t *ev, const char *what) {
         kb_notifier_t *nt = ev->ev_nt;
         int64_t now = kb_wall_ms();
         int64_t age = now - (ev->ev_ts > 0 ? ev->ev_ts : ev->ev_first_at);
-        int64_t ra = kb_http_retry_after_ms(
-                ev->ev_retry_after[0] ? ev->ev_retry_after : NULL, time(NULL));
+        int64_t ra = kb_http_req_retry_after_ms(&ev->ev_http, time(NULL));
         int64_t wait;
         ev_attempt_clear(ev);
         ev_unlink(ev);

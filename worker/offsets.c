@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "b64.h"
+
 #define META_PREFIX     "kb1:"
 #define META_PREFIX_LEN 4
 #define META2_PREFIX    "kb2:"
@@ -58,25 +60,6 @@ const char *kb_offsets_res_str(kb_offsets_res_t res) {
         return "unknown";
 }
 
-/* ---- base64 (RFC 4648 alphabet, no padding) ---- */
-
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_val(unsigned char c) {
-        if (c >= 'A' && c <= 'Z')
-                return c - 'A';
-        if (c >= 'a' && c <= 'z')
-                return c - 'a' + 26;
-        if (c >= '0' && c <= '9')
-                return c - '0' + 52;
-        if (c == '+')
-                return 62;
-        if (c == '/')
-                return 63;
-        return -1;
-}
-
 /* Byte i of a bitmap of nbits bits, the bits past nbits cleared. */
 static uint8_t bm_byte(const uint8_t *bits, size_t nbits, size_t i) {
         if (i == nbits / 8 && nbits % 8)
@@ -84,31 +67,10 @@ static uint8_t bm_byte(const uint8_t *bits, size_t nbits, size_t i) {
         return bits[i];
 }
 
-/* Unpadded base64 of the n bytes byte(ctx, i): writes ceil(4n/3) chars and
- * a NUL at o (the caller sized it). */
-static void b64_put(char *o, size_t n,
-                    uint8_t (*byte)(const void *ctx, size_t i),
-                    const void *ctx) {
-        for (size_t i = 0; i < n; i += 3) {
-                uint32_t v = 0;
-                size_t k;
-                for (k = 0; k < 3; k++)
-                        v = (v << 8) | (i + k < n ? byte(ctx, i + k) : 0);
-                size_t have = n - i < 3 ? n - i : 3; /* 1..3 bytes */
-                *o++ = b64_alphabet[(v >> 18) & 63];
-                *o++ = b64_alphabet[(v >> 12) & 63];
-                if (have > 1)
-                        *o++ = b64_alphabet[(v >> 6) & 63];
-                if (have > 2)
-                        *o++ = b64_alphabet[v & 63];
-        }
-        *o = '\0';
-}
-
-/* Decodes n chars of canonical unpadded base64 into *out (malloc'd, NULL
- * when empty) of *out_n bytes. Returns 0, or -1 (nothing allocated). */
-static int b64_get(const unsigned char *p, size_t n, uint8_t **out,
-                   size_t *out_n) {
+/* Decodes n chars of canonical unpadded base64 (b64.h) into *out
+ * (malloc'd, NULL when empty) of *out_n bytes. Returns 0, or -1 (nothing
+ * allocated). */
+static int b64_get(const char *p, size_t n, uint8_t **out, size_t *out_n) {
         *out   = NULL;
         *out_n = 0;
         if (n % 4 == 1) /* one char carries 6 bits: not a whole byte */
@@ -119,50 +81,13 @@ static int b64_get(const unsigned char *p, size_t n, uint8_t **out,
         uint8_t *b = malloc(on);
         if (!b)
                 return -1;
-
-        size_t bi = 0;
-        for (size_t i = 0; i < n; i += 4) {
-                size_t chunk = n - i < 4 ? n - i : 4; /* 2..4 chars */
-                uint32_t v = 0;
-                for (size_t k = 0; k < 4; k++) {
-                        int c = 0;
-                        if (k < chunk) {
-                                c = b64_val(p[i + k]);
-                                if (c < 0)
-                                        goto bad;
-                        }
-                        v = (v << 6) | (uint32_t)c;
-                }
-                /* Canonical form only: the unused low bits of a short final
-                 * chunk must be zero, so each value has one encoding. */
-                if ((chunk == 2 && (v & 0xffff)) || (chunk == 3 && (v & 0xff)))
-                        goto bad;
-                b[bi++] = (uint8_t)(v >> 16);
-                if (chunk > 2)
-                        b[bi++] = (uint8_t)(v >> 8);
-                if (chunk > 3)
-                        b[bi++] = (uint8_t)v;
+        if (kb_b64_decode(p, n, KB_B64_NOPAD, b, on) != (long)on) {
+                free(b);
+                return -1;
         }
         *out   = b;
         *out_n = on;
         return 0;
-bad:
-        free(b);
-        return -1;
-}
-
-typedef struct {
-        const uint8_t *bits;
-        size_t nbits;
-} bm_ctx_t;
-
-static uint8_t bm_ctx_byte(const void *ctx, size_t i) {
-        const bm_ctx_t *c = ctx;
-        return bm_byte(c->bits, c->nbits, i);
-}
-
-static uint8_t raw_byte(const void *ctx, size_t i) {
-        return ((const uint8_t *)ctx)[i];
 }
 
 int kb_offsets_meta_encode(const uint8_t *bits, size_t nbits, char *out,
@@ -180,9 +105,17 @@ int kb_offsets_meta_encode(const uint8_t *bits, size_t nbits, char *out,
         if (len > (size_t)INT32_MAX || len + 1 > out_size)
                 return -1;
 
-        bm_ctx_t c = {bits, nbits};
+        /* The whole groups of three bytes before the last byte as they
+         * are, then the last one to three with the bits past nbits
+         * cleared: unpadded base64 of 3k bytes concatenates. */
+        size_t head = (n - 1) / 3 * 3, k;
+        uint8_t tail[3];
+        char *o = out + META_PREFIX_LEN;
         memcpy(out, META_PREFIX, META_PREFIX_LEN);
-        b64_put(out + META_PREFIX_LEN, n, bm_ctx_byte, &c);
+        for (k = head; k < n; k++)
+                tail[k - head] = bm_byte(bits, nbits, k);
+        o += kb_b64_encode(bits, head, o, KB_B64_NOPAD);
+        kb_b64_encode(tail, n - head, o, KB_B64_NOPAD);
         return (int)len;
 }
 
@@ -248,7 +181,7 @@ int kb_offsets_meta_decode(const char *meta, size_t len, uint8_t **bits,
                 return -1;
         uint8_t *b;
         size_t nb;
-        if (b64_get((const unsigned char *)meta + META_PREFIX_LEN,
+        if (b64_get(meta + META_PREFIX_LEN,
                     len - META_PREFIX_LEN, &b, &nb) == -1)
                 return -1;
         if (!v2) {
@@ -593,7 +526,7 @@ static void meta2_encode(const kb_offsets_t *ot, int64_t low, int64_t end,
                 return;
         }
         memcpy(meta, META2_PREFIX, META_PREFIX_LEN);
-        b64_put(meta + META_PREFIX_LEN, keep, raw_byte, buf);
+        kb_b64_encode(buf, keep, meta + META_PREFIX_LEN, KB_B64_NOPAD);
 }
 
 int kb_offsets_committable(const kb_offsets_t *ot, int64_t *offset, char *meta,

@@ -57,27 +57,17 @@ rd_kafka_t *kb_reader_new(const kb_conf_t *conf, const char *role,
                           int64_t start_ms, kb_loop_t *loop,
                           rd_kafka_queue_t **qp, int *parts, char *errstr,
                           size_t errstr_size) {
-        rd_kafka_conf_t *kc;
+        kb_kafka_reader_opts_t o = {NULL, NULL, 0};
         rd_kafka_t *rk;
         rd_kafka_topic_partition_list_t *l;
         char group[64];
         int wfd;
         *qp = NULL;
-        if (!(kc = kb_kafka_conf_new(conf, role, errstr, errstr_size)))
-                return NULL;
         snprintf(group, sizeof(group), "kbatch-%s-reader", role);
-        if (kb_kafka_conf_set(kc, "group.id", group, errstr, errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
-                              errstr_size)) {
-                rd_kafka_conf_destroy(kc);
+        o.group = group;
+        if (!(rk = kb_kafka_reader_new_opts(conf, role, &o, errstr,
+                                            errstr_size)))
                 return NULL;
-        }
-        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size))) {
-                rd_kafka_conf_destroy(kc);
-                return NULL;
-        }
         if (!(l = all_partitions(rk, topic, what, start_ms, errstr,
                                  errstr_size)))
                 goto fail;
@@ -88,7 +78,6 @@ rd_kafka_t *kb_reader_new(const kb_conf_t *conf, const char *role,
                 goto fail;
         }
         rd_kafka_topic_partition_list_destroy(l);
-        rd_kafka_poll_set_consumer(rk);
         *qp = rd_kafka_queue_get_consumer(rk);
         if ((wfd = kb_loop_wake_pipe(loop)) >= 0)
                 rd_kafka_queue_io_event_enable(*qp, wfd, "r", 1);

@@ -23,6 +23,7 @@
 #include <sys/queue.h>
 #include <time.h>
 
+#include "http.h"
 #include "log.h"
 
 #define RG_MAX_URLS 8
@@ -67,16 +68,11 @@ struct rg_req_s {
         kb_xfer_t rq_xfer; /* first: CURLOPT_PRIVATE points here */
         kb_registry_t *rq_rg;
         rg_entry_t *rq_ent;
-        CURL *rq_easy;
-        struct curl_slist *rq_hdrs;
+        kb_http_req_t rq_http;
         char rq_path[512]; /* "/schemas/ids/5" */
         char *rq_body;     /* POST body, or NULL for GET */
-        char *rq_resp;
-        size_t rq_resp_len, rq_resp_cap;
-        int rq_too_large;
         int rq_url;   /* index into rg_urls of this attempt */
         int rq_tried; /* URLs tried so far */
-        char rq_errbuf[CURL_ERROR_SIZE];
         char rq_errs[512]; /* every URL's failure, for the message */
 };
 
@@ -191,11 +187,8 @@ fail:
 static void req_free(rg_req_t *rq) {
         if (!rq)
                 return;
-        if (rq->rq_easy)
-                curl_easy_cleanup(rq->rq_easy);
-        curl_slist_free_all(rq->rq_hdrs);
+        kb_http_req_release(&rq->rq_http, NULL);
         free(rq->rq_body);
-        free(rq->rq_resp);
         free(rq);
 }
 
@@ -207,9 +200,9 @@ void kb_registry_destroy(kb_registry_t *rg) {
         for (en = rg->rg_entries; en; en = next) {
                 next = en->en_next;
                 if (en->en_req) {
-                        if (rg->rg_loop && en->en_req->rq_easy)
+                        if (rg->rg_loop && en->en_req->rq_http.hr_easy)
                                 kb_loop_remove(rg->rg_loop,
-                                               en->en_req->rq_easy);
+                                               en->en_req->rq_http.hr_easy);
                         req_free(en->en_req);
                 }
                 free(en->en_subject);
@@ -272,29 +265,6 @@ static void set_health(kb_registry_t *rg, int up, const char *why) {
 
 /* ---- one HTTP round trip --------------------------------------------- */
 
-static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
-        rg_req_t *rq = ud;
-        size_t n = size * nmemb;
-        if (rq->rq_resp_len + n + 1 > RG_MAX_RESPONSE) {
-                rq->rq_too_large = 1;
-                return 0;
-        }
-        if (rq->rq_resp_len + n + 1 > rq->rq_resp_cap) {
-                size_t cap = rq->rq_resp_cap ? rq->rq_resp_cap : 4096;
-                char *nb;
-                while (cap < rq->rq_resp_len + n + 1)
-                        cap *= 2;
-                if (!(nb = realloc(rq->rq_resp, cap)))
-                        return 0;
-                rq->rq_resp = nb;
-                rq->rq_resp_cap = cap;
-        }
-        memcpy(rq->rq_resp + rq->rq_resp_len, ptr, n);
-        rq->rq_resp_len += n;
-        rq->rq_resp[rq->rq_resp_len] = '\0';
-        return n;
-}
-
 /* The bearer token, from the file (read each time) or the environment.
  * Returns 1 with the token in buf. */
 static int bearer_token(const kb_registry_t *rg, char *buf, size_t size) {
@@ -326,65 +296,39 @@ static void xfer_done(kb_xfer_t *xf, CURLcode cc);
 /* Prepares the easy handle of rq for its URL rq_url. -1 on failure. */
 static int req_setup(rg_req_t *rq) {
         kb_registry_t *rg = rq->rq_rg;
+        kb_http_req_t *hr = &rq->rq_http;
         char url[4096], tok[4096], line[4200];
         CURL *e;
 
         snprintf(url, sizeof(url), "%s%s", rg->rg_urls[rq->rq_url],
                  rq->rq_path);
-        if (!rq->rq_easy)
-                rq->rq_easy = curl_easy_init();
-        else
-                curl_easy_reset(rq->rq_easy);
-        if (!(e = rq->rq_easy))
+        /* (a body of RG_MAX_RESPONSE bytes is refused, as it always was) */
+        if (!(e = kb_http_req_reset(hr, NULL, RG_MAX_RESPONSE - 1, 0)))
                 return -1;
-        curl_slist_free_all(rq->rq_hdrs);
-        rq->rq_hdrs = NULL;
-        rq->rq_resp_len = 0;
-        rq->rq_too_large = 0;
-        rq->rq_errbuf[0] = '\0';
-        rq->rq_hdrs =
-                curl_slist_append(rq->rq_hdrs, "Accept: " RG_CONTENT_TYPE
-                                               ", application/json;q=0.9");
+        kb_http_req_header(hr, "Accept: " RG_CONTENT_TYPE
+                               ", application/json;q=0.9");
         if (rq->rq_body)
-                rq->rq_hdrs = curl_slist_append(
-                        rq->rq_hdrs, "Content-Type: " RG_CONTENT_TYPE);
-        rq->rq_hdrs = curl_slist_append(rq->rq_hdrs, "Expect:");
+                kb_http_req_header(hr, "Content-Type: " RG_CONTENT_TYPE);
+        kb_http_req_header(hr, "Expect:");
         if (bearer_token(rg, tok, sizeof(tok))) {
                 snprintf(line, sizeof(line), "Authorization: Bearer %s", tok);
-                rq->rq_hdrs = curl_slist_append(rq->rq_hdrs, line);
+                kb_http_req_header(hr, line);
                 memset(tok, 0, sizeof(tok));
                 memset(line, 0, sizeof(line));
         }
-        if (!rq->rq_hdrs)
-                return -1;
         rq->rq_xfer.xf_done = xfer_done;
-        curl_easy_setopt(e, CURLOPT_URL, url);
-        curl_easy_setopt(e, CURLOPT_PRIVATE, &rq->rq_xfer);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, rq->rq_hdrs);
-        if (rq->rq_body) {
-                curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->rq_body);
-                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE,
-                                 (long)strlen(rq->rq_body));
-        }
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, rq);
-        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->rq_errbuf);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)rg->rg_timeout_ms);
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)rg->rg_timeout_ms);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        if (kb_http_req_prepare(hr, &rq->rq_xfer, url, rq->rq_body,
+                                rq->rq_body ? strlen(rq->rq_body) : 0,
+                                (long)rg->rg_timeout_ms,
+                                (long)rg->rg_timeout_ms))
+                return -1;
         if (rg->rg_user) {
                 curl_easy_setopt(e, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
                 curl_easy_setopt(e, CURLOPT_USERNAME, rg->rg_user);
                 curl_easy_setopt(e, CURLOPT_PASSWORD,
                                  rg->rg_password ? rg->rg_password : "");
         }
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)rg->rg_tls_verify);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST,
-                         rg->rg_tls_verify ? 2L : 0L);
-        if (rg->rg_ca_file)
-                curl_easy_setopt(e, CURLOPT_CAINFO, rg->rg_ca_file);
+        kb_http_req_tls(hr, rg->rg_tls_verify, rg->rg_ca_file);
         if (rg->rg_cert_file)
                 curl_easy_setopt(e, CURLOPT_SSLCERT, rg->rg_cert_file);
         if (rg->rg_key_file)
@@ -396,8 +340,9 @@ static int req_setup(rg_req_t *rq) {
 /* The registry's error message from an error body, or the body itself. */
 static void error_text(const rg_req_t *rq, long status, char *buf,
                        size_t size) {
-        json_t *o = rq->rq_resp
-                            ? json_loadb(rq->rq_resp, rq->rq_resp_len, 0, NULL)
+        const kb_http_req_t *hr = &rq->rq_http;
+        json_t *o = hr->hr_resp
+                            ? json_loadb(hr->hr_resp, hr->hr_resp_len, 0, NULL)
                             : NULL;
         const char *msg =
                 o ? json_string_value(json_object_get(o, "message")) : NULL;
@@ -410,7 +355,7 @@ static void error_text(const rg_req_t *rq, long status, char *buf,
                 snprintf(buf, size, "HTTP %ld: %.300s", status, msg);
         else
                 snprintf(buf, size, "HTTP %ld: %.200s", status,
-                         rq->rq_resp ? rq->rq_resp : "");
+                         hr->hr_resp ? hr->hr_resp : "");
         json_decref(o);
 }
 
@@ -437,8 +382,9 @@ static void id_learned(kb_registry_t *rg, int32_t id, const char *schema) {
 static void take_answer(rg_req_t *rq, long status) {
         rg_entry_t *en = rq->rq_ent;
         json_error_t jerr;
-        json_t *o = rq->rq_resp
-                            ? json_loadb(rq->rq_resp, rq->rq_resp_len, 0, &jerr)
+        const kb_http_req_t *hr = &rq->rq_http;
+        json_t *o = hr->hr_resp
+                            ? json_loadb(hr->hr_resp, hr->hr_resp_len, 0, &jerr)
                             : NULL;
         if (!o || !json_is_object(o)) {
                 snprintf(en->en_err, sizeof(en->en_err),
@@ -504,9 +450,9 @@ static int attempt_done(rg_req_t *rq, CURLcode cc) {
         size_t n;
 
         if (cc == CURLE_OK)
-                curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &status);
+                status = kb_http_req_status(&rq->rq_http);
         if (cc == CURLE_OK && status >= 200 && status <= 299 &&
-            !rq->rq_too_large) {
+            !rq->rq_http.hr_too_large) {
                 take_answer(rq, status);
                 rg->rg_cur = rq->rq_url;
                 set_health(rg, 1, NULL);
@@ -548,9 +494,9 @@ static int attempt_done(rg_req_t *rq, CURLcode cc) {
          * 408/429, or an oversized answer. */
         if (cc != CURLE_OK)
                 snprintf(why, sizeof(why), "%s",
-                         rq->rq_errbuf[0] ? rq->rq_errbuf
-                                          : curl_easy_strerror(cc));
-        else if (rq->rq_too_large)
+                         rq->rq_http.hr_errbuf[0] ? rq->rq_http.hr_errbuf
+                                                  : curl_easy_strerror(cc));
+        else if (rq->rq_http.hr_too_large)
                 snprintf(why, sizeof(why), "answer over %u bytes",
                          RG_MAX_RESPONSE);
         else
@@ -599,7 +545,7 @@ static void xfer_done(kb_xfer_t *xf, CURLcode cc) {
         kb_registry_t *rg = rq->rq_rg;
         if (attempt_done(rq, cc)) {
                 if (req_setup(rq) == 0 &&
-                    kb_loop_add(rg->rg_loop, rq->rq_easy) == 0)
+                    kb_http_req_start(&rq->rq_http, rg->rg_loop) == 0)
                         return;
                 snprintf(rq->rq_ent->en_err, sizeof(rq->rq_ent->en_err),
                          "cannot start a request to the schema registry");
@@ -638,7 +584,7 @@ static void ask(kb_registry_t *rg, rg_entry_t *en) {
         en->en_req = rq;
         if (rg->rg_loop) {
                 if (req_setup(rq) != 0 ||
-                    kb_loop_add(rg->rg_loop, rq->rq_easy) != 0)
+                    kb_http_req_start(&rq->rq_http, rg->rg_loop) != 0)
                         goto fail_req;
                 en->en_state = ENT_ASKING;
                 return;
@@ -647,7 +593,7 @@ static void ask(kb_registry_t *rg, rg_entry_t *en) {
                 CURLcode cc;
                 if (req_setup(rq) != 0)
                         goto fail_req;
-                cc = curl_easy_perform(rq->rq_easy);
+                cc = curl_easy_perform(rq->rq_http.hr_easy);
                 if (!attempt_done(rq, cc))
                         break;
         }

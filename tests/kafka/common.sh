@@ -144,7 +144,7 @@ print_status() {
 }
 
 # stop_service WHAT ALIVE KILL ADDR_FILE [--clean]: stops the process of
-# RUN_DIR under its lock (lock_run_dir, pid_file, usage and the functions
+# RUN_DIR under its lock (lock_run_dir; pid_file, usage and the functions
 # ALIVE and KILL PID are the caller's); --clean also deletes RUN_DIR.
 stop_service() {
     local what=$1 alive=$2 killer=$3 addr=$4 clean=0 pid
@@ -164,4 +164,103 @@ stop_service() {
         rm -rf "$RUN_DIR"
     fi
     return 0
+}
+
+# lock_run_dir: creates RUN_DIR and holds its lock (fd 9) until the script
+# exits.
+lock_run_dir() {
+    mkdir -p "$RUN_DIR"
+    exec 9>"$RUN_DIR/.lock"
+    flock 9
+}
+
+# fetch_once LOCK_FILE IS_FETCHED FETCH: runs the function FETCH (in a
+# subshell, java and mvn installed) unless IS_FETCHED succeeds, under
+# LOCK_FILE (fd 8) so that concurrent callers fetch once.
+fetch_once() {
+    local lock=$1 is_fetched=$2 fetch=$3
+    "$is_fetched" && return 0
+    mkdir -p "$(dirname "$lock")"
+    (
+        exec 8>"$lock"
+        flock 8
+        "$is_fetched" && exit 0    # someone else fetched while we waited
+        ensure_tools java mvn
+        "$fetch"
+    )
+}
+
+# spawn_service WHAT PID_FILE OUT_FILE CMD...: starts CMD in a session and
+# process group of its own (setsid: stop kills the group, and the process
+# outlives the caller), stdin /dev/null, stdout and stderr to OUT_FILE,
+# without the lock fds 8 and 9 (a running service never holds a lock);
+# returns once PID_FILE holds its pid (the group leader's, exec'ed into
+# CMD).
+spawn_service() {
+    local what=$1 pidf=$2 out=$3 i
+    shift 3
+    # shellcheck disable=SC2016 # the inner script gets its arguments
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidf" "$@" \
+        </dev/null >"$out" 2>&1 8>&- 9>&- &
+    for ((i = 0; i < 100; i++)); do
+        [ -s "$pidf" ] && return 0
+        sleep 0.05
+    done
+    die "$what process did not come up (no pid file)"
+}
+
+# start_service WHAT ALIVE KILL ADDR_FILE TRY FIXED SHOW: the start of both
+# scripts, under the run-dir lock: prints the address of a running one;
+# else kills a half-started leftover, fetches, and calls the function TRY
+# ATTEMPT (1..3), which picks its ports, launches, waits and sets
+# START_RC: 0 ready (it wrote ADDR_FILE), 2 a port clash (retried with
+# other ports unless FIXED, the port the environment names, is set), 1 a
+# failure (the function SHOW prints the logs, and the script dies).
+START_RC=1
+start_service() {
+    local what=$1 alive=$2 killer=$3 addr=$4 try=$5 fixed=$6 show=$7
+    local pid attempt t0=$SECONDS
+    lock_run_dir
+    if pid=$("$alive") && [ -s "$addr" ]; then
+        cat "$addr"
+        return 0
+    fi
+    [ -n "${pid:-}" ] && "$killer" "$pid"    # half-started leftover
+    do_fetch
+    for attempt in 1 2 3; do
+        START_RC=1
+        "$try" "$attempt"
+        if [ "$START_RC" = 0 ]; then
+            log "$what ready in $((SECONDS - t0)) s"
+            cat "$addr"
+            return 0
+        fi
+        pid=$(cat "$(pid_file)" 2>/dev/null || true)
+        [ -n "$pid" ] && "$killer" "$pid"
+        rm -f "$(pid_file)"
+        if [ "$START_RC" = 2 ] && [ -z "$fixed" ] && [ "$attempt" -lt 3 ]; then
+            log "port clash, retrying with other ports"
+            continue
+        fi
+        "$show"
+        die "$what failed to start (run dir $RUN_DIR)"
+    done
+}
+
+# service_main WHAT ALIVE KILL ADDR_FILE FIXED ARGS...: the commands of
+# both scripts (do_fetch, try_start, show_logs, usage, pid_file and the
+# functions ALIVE and KILL PID are the caller's; FIXED: see start_service).
+service_main() {
+    local what=$1 alive=$2 killer=$3 addr=$4 fixed=$5
+    shift 5
+    case ${1:-} in
+        fetch) [ $# -eq 1 ] || usage; do_fetch ;;
+        start)
+            [ $# -eq 1 ] || usage
+            start_service "$what" "$alive" "$killer" "$addr" try_start "$fixed" show_logs
+            ;;
+        stop) [ $# -le 2 ] || usage; stop_service "$what" "$alive" "$killer" "$addr" "${2:-}" ;;
+        status) [ $# -eq 1 ] || usage; print_status "$alive" "$addr" ;;
+        *) usage ;;
+    esac
 }

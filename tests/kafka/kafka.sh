@@ -23,10 +23,8 @@ OFFSETS_PARTITIONS=${KAFKA_OFFSETS_PARTITIONS:-1}
 CDS=${KAFKA_CDS:-1}
 EXTRA_PROPS=${KAFKA_EXTRA_PROPS:-}
 
-# fds used for locks (8, 9: literal in launch()); both are closed in the broker process so that a
-# running broker never holds a lock.
-FETCH_LOCK_FD=8
-RUN_LOCK_FD=9
+# fds 8 (fetch) and 9 (run dir) hold the locks (common.sh); both are closed
+# in the broker process so that a running broker never holds a lock.
 
 PROG=kafka.sh
 # shellcheck source=tests/kafka/common.sh
@@ -55,32 +53,26 @@ is_fetched() {
     compgen -G "$LIB_DIR/kafka_2.13-*.jar" >/dev/null
 }
 
-do_fetch() {
-    is_fetched && return 0
-    mkdir -p "$CACHE_DIR"
-    (
-        eval "exec $FETCH_LOCK_FD>\"\$CACHE_DIR/.fetch.lock\""
-        flock "$FETCH_LOCK_FD"
-        is_fetched && exit 0    # someone else fetched while we waited
-        ensure_tools java mvn
-        local tmp t0=$SECONDS
-        tmp=$(mktemp -d "$CACHE_DIR/lib.tmp.XXXXXX")
-        chmod 755 "$tmp"
-        trap 'rm -rf "$tmp"' EXIT
-        log "fetching Kafka broker jars from Maven Central into $LIB_DIR"
-        # = mvn dependency:copy-dependencies, spelled out so that Maven takes
-        # the plugin version pinned in pom.xml without resolving the prefix.
-        MVN_OPTS=${KAFKA_MVN_OPTS:-} mvn_quiet "$POM" \
-            org.apache.maven.plugins:maven-dependency-plugin:copy-dependencies \
-            -DoutputDirectory="$tmp" || die "mvn dependency:copy-dependencies failed"
-        compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || die "no kafka_2.13 jar after mvn"
-        pom_stamp >"$tmp/.stamp"
-        rm -rf "$LIB_DIR"
-        mv "$tmp" "$LIB_DIR"
-        trap - EXIT
-        log "fetched $(find "$LIB_DIR" -name "*.jar" | wc -l) jars in $((SECONDS - t0)) s"
-    )
+fetch_jars() {
+    local tmp t0=$SECONDS
+    tmp=$(mktemp -d "$CACHE_DIR/lib.tmp.XXXXXX")
+    chmod 755 "$tmp"
+    trap 'rm -rf "$tmp"' EXIT
+    log "fetching Kafka broker jars from Maven Central into $LIB_DIR"
+    # = mvn dependency:copy-dependencies, spelled out so that Maven takes
+    # the plugin version pinned in pom.xml without resolving the prefix.
+    MVN_OPTS=${KAFKA_MVN_OPTS:-} mvn_quiet "$POM" \
+        org.apache.maven.plugins:maven-dependency-plugin:copy-dependencies \
+        -DoutputDirectory="$tmp" || die "mvn dependency:copy-dependencies failed"
+    compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || die "no kafka_2.13 jar after mvn"
+    pom_stamp >"$tmp/.stamp"
+    rm -rf "$LIB_DIR"
+    mv "$tmp" "$LIB_DIR"
+    trap - EXIT
+    log "fetched $(find "$LIB_DIR" -name "*.jar" | wc -l) jars in $((SECONDS - t0)) s"
 }
+
+do_fetch() { fetch_once "$CACHE_DIR/.fetch.lock" is_fetched fetch_jars; }
 
 # ---------------------------------------------------------------- ports
 
@@ -104,12 +96,6 @@ pid_file() { echo "$RUN_DIR/kafka.pid"; }
 
 # broker_pid: prints the pid of this run dir's broker if it is alive.
 broker_pid() { pid_alive "$(pid_file)" kafka.Kafka "$RUN_DIR/server.properties"; }
-
-lock_run_dir() {
-    mkdir -p "$RUN_DIR"
-    eval "exec $RUN_LOCK_FD>\"\$RUN_DIR/.lock\""
-    flock "$RUN_LOCK_FD"
-}
 
 # kill_broker PID: SIGTERM to its process group, SIGKILL after STOP_TIMEOUT.
 KILLED=0
@@ -272,23 +258,12 @@ launch() {
         [ -f "$RUN_DIR/$f" ] && mv -f "$RUN_DIR/$f" "$RUN_DIR/$f.prev"
     done
     rm -f "$RUN_DIR"/broker.log.[0-9]*
-    # setsid: own session and process group, so stop can kill the group and
-    # the broker survives the caller. The inner bash writes its pid (the
-    # group leader) and execs into java.
-    # shellcheck disable=SC2016,SC2086
-    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$(pid_file)" \
+    # shellcheck disable=SC2086
+    spawn_service broker "$(pid_file)" "$RUN_DIR/broker.out" \
         java $HEAP_OPTS $JVM_OPTS "${CDS_ARGS[@]}" \
         -Dlog4j.configuration="file:$RUN_DIR/log4j.properties" \
         -Dkafka.logs.dir="$RUN_DIR" \
-        -cp "$LIB_DIR/*" kafka.Kafka "$RUN_DIR/server.properties" \
-        </dev/null >"$RUN_DIR/broker.out" 2>&1 \
-        8>&- 9>&- &
-    local i
-    for ((i = 0; i < 100; i++)); do
-        [ -s "$(pid_file)" ] && return 0
-        sleep 0.05
-    done
-    die "broker process did not come up (no pid file)"
+        -cp "$LIB_DIR/*" kafka.Kafka "$RUN_DIR/server.properties"
 }
 
 # wait_ready PORT: 0 ready, 2 port clash (retry on other ports), 1 failure.
@@ -320,81 +295,49 @@ show_logs() {
     done
 }
 
-do_start() {
-    lock_run_dir
-    local pid
-    if pid=$(broker_pid) && [ -s "$RUN_DIR/bootstrap" ]; then
-        cat "$RUN_DIR/bootstrap"
-        return 0
-    fi
-    [ -n "${pid:-}" ] && kill_broker "$pid"   # half-started leftover
-    do_fetch
+# try_start ATTEMPT: one start on the ports of the environment, the last
+# start's (first attempt, when free) or new ones; sets START_RC.
+try_start() {
+    local attempt=$1 want_extra=0 port cport eport="" ports p
     ensure_tools java
-
-    local want_extra=0 port cport eport="" ports attempt rc t0=$SECONDS
     [ -n "$EXTRA_PROPS" ] && grep -qs '@EXTRA_PORT@' "$EXTRA_PROPS" && want_extra=1
-    for attempt in 1 2 3; do
-        if [ -n "${KAFKA_PORT:-}" ] || [ -n "${KAFKA_CONTROLLER_PORT:-}" ]; then
-            if [ -z "${KAFKA_PORT:-}" ] || [ -z "${KAFKA_CONTROLLER_PORT:-}" ]; then
-                die "set both KAFKA_PORT and KAFKA_CONTROLLER_PORT, or neither"
-            fi
-            port=$KAFKA_PORT cport=$KAFKA_CONTROLLER_PORT
-            for p in $port $cport; do
-                port_free "$p" || die "port $p (KAFKA_PORT/KAFKA_CONTROLLER_PORT) is in use"
+    if [ -n "${KAFKA_PORT:-}" ] || [ -n "${KAFKA_CONTROLLER_PORT:-}" ]; then
+        if [ -z "${KAFKA_PORT:-}" ] || [ -z "${KAFKA_CONTROLLER_PORT:-}" ]; then
+            die "set both KAFKA_PORT and KAFKA_CONTROLLER_PORT, or neither"
+        fi
+        port=$KAFKA_PORT cport=$KAFKA_CONTROLLER_PORT
+        for p in $port $cport; do
+            port_free "$p" || die "port $p (KAFKA_PORT/KAFKA_CONTROLLER_PORT) is in use"
+        done
+        [ $want_extra = 1 ] && eport=$(free_ports 1)
+    else
+        # reuse the previous ports of this run dir when they are free
+        port="" cport="" eport=""
+        if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/ports" ]; then
+            read -r port cport eport <"$RUN_DIR/ports" || true
+            for p in $port $cport $eport; do
+                port_free "$p" || { port=""; break; }
             done
-            [ $want_extra = 1 ] && eport=$(free_ports 1)
-        else
-            # reuse the previous ports of this run dir when they are free
-            port="" cport="" eport=""
-            if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/ports" ]; then
-                read -r port cport eport <"$RUN_DIR/ports" || true
-                for p in $port $cport $eport; do
-                    port_free "$p" || { port=""; break; }
-                done
-                [ $want_extra = 1 ] && [ -z "$eport" ] && port=""
-            fi
-            if [ -z "$port" ] || [ -z "$cport" ]; then
-                ports=$(free_ports $((2 + want_extra)))
-                read -r port cport eport <<<"$ports"
-            fi
+            [ $want_extra = 1 ] && [ -z "$eport" ] && port=""
         fi
-        echo "$port $cport $eport" >"$RUN_DIR/ports"
-        [ -n "$eport" ] && echo "$eport" >"$RUN_DIR/extra_port"
+        if [ -z "$port" ] || [ -z "$cport" ]; then
+            ports=$(free_ports $((2 + want_extra)))
+            read -r port cport eport <<<"$ports"
+        fi
+    fi
+    echo "$port $cport $eport" >"$RUN_DIR/ports"
+    [ -n "$eport" ] && echo "$eport" >"$RUN_DIR/extra_port"
 
-        write_configs "$port" "$cport" "$eport"
-        format_storage
-        log "starting broker on 127.0.0.1:$port (controller $cport), run dir $RUN_DIR"
-        launch
-        rc=0
-        wait_ready "$port" || rc=$?
-        if [ $rc = 0 ]; then
-            echo "127.0.0.1:$port" >"$RUN_DIR/bootstrap"
-            log "broker ready in $((SECONDS - t0)) s"
-            echo "127.0.0.1:$port"
-            return 0
-        fi
-        pid=$(cat "$(pid_file)" 2>/dev/null || true)
-        [ -n "$pid" ] && kill_broker "$pid"
-        rm -f "$(pid_file)"
-        if [ $rc = 2 ] && [ -z "${KAFKA_PORT:-}" ] && [ "$attempt" -lt 3 ]; then
-            log "port clash, retrying with other ports"
-            continue
-        fi
-        show_logs
-        die "broker failed to start (run dir $RUN_DIR)"
-    done
+    write_configs "$port" "$cport" "$eport"
+    format_storage
+    log "starting broker on 127.0.0.1:$port (controller $cport), run dir $RUN_DIR"
+    launch
+    START_RC=0
+    wait_ready "$port" || START_RC=$?
+    [ "$START_RC" = 0 ] && echo "127.0.0.1:$port" >"$RUN_DIR/bootstrap"
+    return 0
 }
 
-# ---------------------------------------------------------------- stop/status
+# ---------------------------------------------------------------- commands
 
-do_stop() { stop_service broker broker_pid kill_broker "$RUN_DIR/bootstrap" "${1:-}"; }
-
-do_status() { print_status broker_pid "$RUN_DIR/bootstrap"; }
-
-case ${1:-} in
-    fetch) [ $# -eq 1 ] || usage; do_fetch ;;
-    start) [ $# -eq 1 ] || usage; do_start ;;
-    stop) [ $# -le 2 ] || usage; do_stop "${2:-}" ;;
-    status) [ $# -eq 1 ] || usage; do_status ;;
-    *) usage ;;
-esac
+service_main broker broker_pid kill_broker "$RUN_DIR/bootstrap" "${KAFKA_PORT:-}" "$@"

@@ -52,36 +52,30 @@ is_fetched() {
         [ -f "$DIST_DIR/$RUNNER" ]
 }
 
-do_fetch() {
-    is_fetched && return 0
-    mkdir -p "$CACHE_DIR"
-    (
-        exec 8>"$CACHE_DIR/.registry-fetch.lock"
-        flock 8
-        is_fetched && exit 0    # someone else fetched while we waited
-        ensure_tools java mvn
-        local tmp t0=$SECONDS sum
-        tmp=$(mktemp -d "$CACHE_DIR/registry.tmp.XXXXXX")
-        trap 'rm -rf "$tmp"' EXIT
-        log "fetching Apicurio Registry $VERSION from Maven Central into $DIST_DIR"
-        # = mvn dependency:copy, the plugin version and the artifact pinned
-        # in the pom; -C: fail on a checksum mismatch with Central.
-        MVN_OPTS="-C ${REGISTRY_MVN_OPTS:-}" mvn_quiet "$POM" \
-            org.apache.maven.plugins:maven-dependency-plugin:copy \
-            -DoutputDirectory="$tmp" || die "mvn dependency:copy failed"
-        [ -f "$tmp/$ARCHIVE" ] || die "no $ARCHIVE after mvn"
-        sum=$(sha256sum "$tmp/$ARCHIVE" | cut -d' ' -f1)
-        [ "$sum" = "$ARCHIVE_SHA256" ] ||
-            die "$ARCHIVE: sha256 $sum, expected $ARCHIVE_SHA256"
-        mkdir "$tmp/dist"
-        tar -xzf "$tmp/$ARCHIVE" -C "$tmp/dist" || die "cannot unpack $ARCHIVE"
-        [ -f "$tmp/dist/$RUNNER" ] || die "no $RUNNER in $ARCHIVE"
-        stamp >"$tmp/dist/.stamp"
-        rm -rf "$DIST_DIR"
-        mv "$tmp/dist" "$DIST_DIR"
-        log "fetched in $((SECONDS - t0)) s"
-    )
+fetch_dist() {
+    local tmp t0=$SECONDS sum
+    tmp=$(mktemp -d "$CACHE_DIR/registry.tmp.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    log "fetching Apicurio Registry $VERSION from Maven Central into $DIST_DIR"
+    # = mvn dependency:copy, the plugin version and the artifact pinned
+    # in the pom; -C: fail on a checksum mismatch with Central.
+    MVN_OPTS="-C ${REGISTRY_MVN_OPTS:-}" mvn_quiet "$POM" \
+        org.apache.maven.plugins:maven-dependency-plugin:copy \
+        -DoutputDirectory="$tmp" || die "mvn dependency:copy failed"
+    [ -f "$tmp/$ARCHIVE" ] || die "no $ARCHIVE after mvn"
+    sum=$(sha256sum "$tmp/$ARCHIVE" | cut -d' ' -f1)
+    [ "$sum" = "$ARCHIVE_SHA256" ] ||
+        die "$ARCHIVE: sha256 $sum, expected $ARCHIVE_SHA256"
+    mkdir "$tmp/dist"
+    tar -xzf "$tmp/$ARCHIVE" -C "$tmp/dist" || die "cannot unpack $ARCHIVE"
+    [ -f "$tmp/dist/$RUNNER" ] || die "no $RUNNER in $ARCHIVE"
+    stamp >"$tmp/dist/.stamp"
+    rm -rf "$DIST_DIR"
+    mv "$tmp/dist" "$DIST_DIR"
+    log "fetched in $((SECONDS - t0)) s"
 }
+
+do_fetch() { fetch_once "$CACHE_DIR/.registry-fetch.lock" is_fetched fetch_dist; }
 
 # ---------------------------------------------------------------- state
 
@@ -89,12 +83,6 @@ pid_file() { echo "$RUN_DIR/registry.pid"; }
 
 # registry_pid: the pid of this run dir's registry if it is alive.
 registry_pid() { pid_alive "$(pid_file)" "$RUNNER" "-Dkbatch.run.dir=$RUN_DIR "; }
-
-lock_run_dir() {
-    mkdir -p "$RUN_DIR"
-    exec 9>"$RUN_DIR/.lock"
-    flock 9
-}
 
 # kill_registry PID: SIGTERM to its process group, SIGKILL after
 # STOP_TIMEOUT; returns once no process of the group is left (a JVM that is
@@ -124,24 +112,16 @@ launch() {
     [ -f "$RUN_DIR/registry.out" ] && mv -f "$RUN_DIR/registry.out" "$RUN_DIR/registry.out.prev"
     # Storage: Apicurio's in-memory H2 store, but in a file of the run dir,
     # so that a restart keeps the schemas and their ids (a real registry's
-    # storage outlives its process). setsid: own process group, so stop can
-    # kill the group and the registry outlives the caller.
-    # shellcheck disable=SC2016,SC2086
+    # storage outlives its process).
+    # shellcheck disable=SC2086
     REGISTRY_DATASOURCE_URL="jdbc:h2:file:$RUN_DIR/db/registry" \
-    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$(pid_file)" \
+    spawn_service registry "$(pid_file)" "$RUN_DIR/registry.out" \
         java $HEAP_OPTS $JVM_OPTS \
         "-Dkbatch.run.dir=$RUN_DIR" -Dkbatch.end \
         -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
         -Dregistry.ccompat.use-canonical-hash=true \
         -Dquarkus.datasource.jdbc.initial-size=2 -Dquarkus.datasource.jdbc.min-size=2 \
-        -jar "$DIST_DIR/$RUNNER" \
-        </dev/null >"$RUN_DIR/registry.out" 2>&1 8>&- 9>&- &
-    local i
-    for ((i = 0; i < 100; i++)); do
-        [ -s "$(pid_file)" ] && return 0
-        sleep 0.05
-    done
-    die "registry process did not come up (no pid file)"
+        -jar "$DIST_DIR/$RUNNER"
 }
 
 # wait_ready URL: 0 ready, 2 port clash (retry on another port), 1 failure.
@@ -161,75 +141,45 @@ wait_ready() {
     return 1
 }
 
-do_start() {
-    lock_run_dir
-    local pid
-    if pid=$(registry_pid) && [ -s "$RUN_DIR/url" ]; then
-        cat "$RUN_DIR/url"
-        return 0
-    fi
-    [ -n "${pid:-}" ] && kill_registry "$pid"    # half-started leftover
-    do_fetch
+# try_start ATTEMPT: one start on REGISTRY_PORT, the last start's port
+# (first attempt, when free: a restarted registry keeps its URL) or a new
+# one, then the compatibility rule; sets START_RC.
+try_start() {
+    local attempt=$1 port url st
     ensure_tools java curl
-
-    local port attempt rc url st t0=$SECONDS
-    for attempt in 1 2 3; do
-        if [ -n "${REGISTRY_PORT:-}" ]; then
-            port=$REGISTRY_PORT
-            port_free "$port" || die "port $port (REGISTRY_PORT) is in use"
-        else
-            # reuse the previous port of this run dir when it is free: a
-            # restarted registry keeps its URL
-            port=""
-            if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/port" ]; then
-                read -r port <"$RUN_DIR/port" || true
-                [ -n "$port" ] && ! port_free "$port" && port=""
-            fi
-            [ -n "$port" ] || port=$(free_ports 1)
+    if [ -n "${REGISTRY_PORT:-}" ]; then
+        port=$REGISTRY_PORT
+        port_free "$port" || die "port $port (REGISTRY_PORT) is in use"
+    else
+        port=""
+        if [ "$attempt" = 1 ] && [ -f "$RUN_DIR/port" ]; then
+            read -r port <"$RUN_DIR/port" || true
+            [ -n "$port" ] && ! port_free "$port" && port=""
         fi
-        echo "$port" >"$RUN_DIR/port"
-        url="http://127.0.0.1:$port$API"
-        log "starting Apicurio Registry $VERSION on $url, run dir $RUN_DIR"
-        launch "$port"
-        rc=0
-        wait_ready "$url" || rc=$?
-        if [ $rc = 0 ]; then
-            # Confluent's default; Apicurio's is NONE
-            st=$(http_status PUT "$url/config" "{\"compatibility\":\"$COMPATIBILITY\"}")
-            if [ "$st" != 200 ]; then
-                kill_registry "$(cat "$(pid_file)")"
-                die "PUT $url/config {compatibility: $COMPATIBILITY}: HTTP $st"
-            fi
-            echo "$url" >"$RUN_DIR/url"
-            log "registry ready in $((SECONDS - t0)) s"
-            echo "$url"
-            return 0
-        fi
-        pid=$(cat "$(pid_file)" 2>/dev/null || true)
-        [ -n "$pid" ] && kill_registry "$pid"
-        rm -f "$(pid_file)"
-        if [ $rc = 2 ] && [ -z "${REGISTRY_PORT:-}" ] && [ "$attempt" -lt 3 ]; then
-            log "port clash, retrying with another port"
-            continue
-        fi
-        if [ -s "$RUN_DIR/registry.out" ]; then
-            log "---- last lines of $RUN_DIR/registry.out ----"
-            tail -n 40 "$RUN_DIR/registry.out" >&2
-        fi
-        die "registry failed to start (run dir $RUN_DIR)"
-    done
+        [ -n "$port" ] || port=$(free_ports 1)
+    fi
+    echo "$port" >"$RUN_DIR/port"
+    url="http://127.0.0.1:$port$API"
+    log "starting Apicurio Registry $VERSION on $url, run dir $RUN_DIR"
+    launch "$port"
+    START_RC=0
+    wait_ready "$url" || START_RC=$?
+    [ "$START_RC" = 0 ] || return 0
+    # Confluent's default; Apicurio's is NONE
+    st=$(http_status PUT "$url/config" "{\"compatibility\":\"$COMPATIBILITY\"}")
+    if [ "$st" != 200 ]; then
+        kill_registry "$(cat "$(pid_file)")"
+        die "PUT $url/config {compatibility: $COMPATIBILITY}: HTTP $st"
+    fi
+    echo "$url" >"$RUN_DIR/url"
 }
 
-# ---------------------------------------------------------------- stop/status
+show_logs() {
+    [ -s "$RUN_DIR/registry.out" ] || return 0
+    log "---- last lines of $RUN_DIR/registry.out ----"
+    tail -n 40 "$RUN_DIR/registry.out" >&2
+}
 
-do_stop() { stop_service registry registry_pid kill_registry "$RUN_DIR/url" "${1:-}"; }
+# ---------------------------------------------------------------- commands
 
-do_status() { print_status registry_pid "$RUN_DIR/url"; }
-
-case ${1:-} in
-    fetch) [ $# -eq 1 ] || usage; do_fetch ;;
-    start) [ $# -eq 1 ] || usage; do_start ;;
-    stop) [ $# -le 2 ] || usage; do_stop "${2:-}" ;;
-    status) [ $# -eq 1 ] || usage; do_status ;;
-    *) usage ;;
-esac
+service_main registry registry_pid kill_registry "$RUN_DIR/url" "${REGISTRY_PORT:-}" "$@"

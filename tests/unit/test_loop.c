@@ -4,6 +4,7 @@
  * is never reported, and a wake-up pipe ends the wait. */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "test_httpd.h"
 
 static struct MHD_Daemon *httpd;
 static char base[64];
@@ -40,18 +42,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
 }
 
 static void setup(void) {
-        const union MHD_DaemonInfo *di;
         kb_log_init(KB_LOG_OFF, KB_LOG_FMT_JSON, NULL);
-        httpd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION |
-                                     MHD_USE_INTERNAL_POLLING_THREAD |
-                                     MHD_USE_ERROR_LOG,
-                                 0, NULL, NULL, handler, NULL,
-                                 MHD_OPTION_CONNECTION_LIMIT, 2000u,
-                                 MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                                 MHD_OPTION_END);
-        cr_assert(httpd);
-        di = MHD_get_daemon_info(httpd, MHD_DAEMON_INFO_BIND_PORT);
-        snprintf(base, sizeof(base), "http://127.0.0.1:%u", di->port);
+        httpd = test_httpd_start(handler, base, sizeof(base));
 }
 
 static void teardown(void) { MHD_stop_daemon(httpd); }
@@ -215,5 +207,22 @@ Test(loop, wake_pipe_ends_the_wait) {
         t0 = kb_now_ms();
         cr_assert_eq(kb_loop_drive(lp, 300), 0);
         cr_expect_geq(kb_now_ms() - t0, 250, "the pipe was not drained");
+        kb_loop_destroy(lp);
+}
+
+/* When the loop's table of pipes is full, kb_loop_wake_pipe fails with
+ * errno set, so that a caller's strerror(errno) names the cause (it used to
+ * return -1 with whatever errno held before). */
+Test(loop, wake_pipe_failure_sets_errno) {
+        char err[256];
+        kb_loop_t *lp = kb_loop_new(err, sizeof(err));
+        int i, wfd = 0;
+        cr_assert(lp, "%s", err);
+        for (i = 0; i < 64 && wfd >= 0; i++) {
+                errno = 0;
+                wfd = kb_loop_wake_pipe(lp);
+        }
+        cr_assert_lt(wfd, 0, "the table of pipes never filled up");
+        cr_expect_eq(errno, EMFILE, "errno %d (%s)", errno, strerror(errno));
         kb_loop_destroy(lp);
 }
