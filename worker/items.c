@@ -1612,6 +1612,9 @@ static void job_new(kb_items_t *it, kb_part_t *pt, rd_kafka_message_t *m) {
  * of them. */
 #define KB_RA_LIGHT 32
 
+/* A re-read that has read nothing for this long is looked at again. */
+#define KB_RA_STALL_MS 10000
+
 /* The read-ahead set of pt: partitions of the items topic only; made at
  * the first message of an assignment. NULL when off or out of memory. */
 static kb_ra_t *ra_of(kb_items_t *it, kb_part_t *pt) {
@@ -1706,7 +1709,7 @@ static long ra_score(const char *batch_id, void *opaque) {
 /* Back to the front: the partition reads new offsets again. */
 static void ra_front(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra) {
         int64_t next = kb_offsets_next(pt->pt_ot);
-        kb_ra_set_refilling(ra, 0);
+        kb_ra_refill_stop(ra);
         kb_log(KB_LOG_DEBUG, "items", "%s[%d]: read-ahead: front at %lld (%zu deferred)",
                pt->pt_topic, (int)pt->pt_partition, (long long)next,
                kb_ra_cnt(ra));
@@ -1720,7 +1723,7 @@ static void ra_refill(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra) {
         int64_t off = kb_ra_pick(ra, ra_score, it);
         if (off < 0)
                 return;
-        kb_ra_set_refilling(ra, 1);
+        kb_ra_refill_start(ra, off, kb_now_ms());
         kb_log(KB_LOG_DEBUG, "items", "%s[%d]: read-ahead: reading deferred from %lld (%zu deferred)",
                pt->pt_topic, (int)pt->pt_partition, (long long)off,
                kb_ra_cnt(ra));
@@ -1735,8 +1738,7 @@ static int ra_handle(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra,
                      rd_kafka_message_t *m) {
         char *batch = NULL;
         int64_t next = kb_offsets_next(pt->pt_ot);
-        if (kb_ra_refilling(ra))
-                kb_ra_seen(ra, m->offset);
+        kb_ra_seen(ra, m->offset, kb_now_ms());
         if (kb_ra_has(ra, m->offset, NULL)) {
                 if (ra_full(it)) {
                         /* Full again: it stays deferred. */
@@ -1752,7 +1754,7 @@ static int ra_handle(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra,
         }
         if (next >= 0 && m->offset < next)
                 return 0; /* taken or done: the tracker drops it */
-        kb_ra_set_refilling(ra, 0); /* reading new offsets */
+        kb_ra_refill_stop(ra); /* reading new offsets */
         if (!ra_full(it))
                 return 0;
         if (kb_ra_at_bound(ra)) {
@@ -1779,17 +1781,55 @@ static int ra_handle(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra,
         return 1;
 }
 
+static void ra_gone(int64_t offset, void *opaque) {
+        kb_part_t *pt = opaque;
+        kb_offsets_mark_done(pt->pt_ot, offset);
+}
+
+/* A re-read that began above where it was sent, or read nothing for a
+ * while: deferred records may be gone (deleted by retention before they
+ * were read again). The partition's low watermark tells; those below it
+ * are given up, or the committed offset could never pass them. */
+static void ra_check_gone(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra) {
+        int64_t lo = -1, hi = -1;
+        size_t n;
+        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
+            it->it_consumer, pt->pt_topic, pt->pt_partition, &lo, &hi, 500);
+        if (err) {
+                kb_log(KB_LOG_WARN, "items", "%s[%d]: read-ahead: watermarks: %s",
+                       pt->pt_topic, (int)pt->pt_partition,
+                       rd_kafka_err2str(err));
+                return;
+        }
+        if ((n = kb_ra_drop_below(ra, lo, ra_gone, pt))) {
+                it->it_ra_deferred -= n;
+                kb_log(KB_LOG_ERROR, "items",
+                       "%s[%d]: %zu deferred items were deleted (retention) "
+                       "before they were read again: offsets below %lld are "
+                       "lost",
+                       pt->pt_topic, (int)pt->pt_partition, n, (long long)lo);
+        }
+}
+
 /* Each serve: partitions re-read deferred offsets when there is room, and
  * go back to the front when full. */
 static void ra_serve(kb_items_t *it) {
         size_t i;
         int room = -1, full = -1;
+        int64_t now = kb_now_ms();
         for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
                 kb_part_t *pt = kb_partset_get(it->it_ps, i);
                 kb_ra_t *ra = pt->pt_ra;
                 if (!ra || !pt->pt_assigned || pt->pt_revoking ||
                     !kb_ra_cnt(ra))
                         continue;
+                if (kb_ra_skipped(ra))
+                        ra_check_gone(it, pt, ra);
+                if (kb_ra_stalled(ra, now, KB_RA_STALL_MS)) {
+                        ra_check_gone(it, pt, ra);
+                        kb_ra_refill_stop(ra); /* read again from the pick */
+                        continue;
+                }
                 if (kb_ra_refilling(ra) && !kb_ra_pass_over(ra)) {
                         if (full < 0)
                                 full = ra_full(it);

@@ -27,7 +27,11 @@ struct kb_ra_s {
         size_t ra_last;                 /* the batch deferred last */
         size_t ra_cnt;
         int ra_refilling;
-        int64_t ra_seen; /* the last offset read while refilling */
+        int64_t ra_from;     /* where the re-read was sent */
+        int64_t ra_first;    /* the first offset it read, or -1 */
+        int64_t ra_seen;     /* the last offset it read, or -1 */
+        int64_t ra_progress; /* when it started or last read (ms) */
+        int ra_told;         /* kb_ra_skipped said so for this re-read */
 };
 
 kb_ra_t *kb_ra_new(void) {
@@ -57,14 +61,50 @@ size_t kb_ra_cnt(const kb_ra_t *ra) { return ra->ra_cnt; }
 size_t kb_ra_ranges(const kb_ra_t *ra) { return ra->ra_len - ra->ra_head; }
 int kb_ra_refilling(const kb_ra_t *ra) { return ra->ra_refilling; }
 
-void kb_ra_set_refilling(kb_ra_t *ra, int on) {
-        ra->ra_refilling = on;
+void kb_ra_refill_start(kb_ra_t *ra, int64_t from, int64_t now_ms) {
+        ra->ra_refilling = 1;
+        ra->ra_from      = from;
+        ra->ra_first     = -1;
         ra->ra_seen      = -1;
+        ra->ra_progress  = now_ms;
+        ra->ra_told      = 0;
 }
 
-void kb_ra_seen(kb_ra_t *ra, int64_t offset) {
+void kb_ra_refill_stop(kb_ra_t *ra) { ra->ra_refilling = 0; }
+
+void kb_ra_seen(kb_ra_t *ra, int64_t offset, int64_t now_ms) {
+        if (!ra->ra_refilling)
+                return;
+        if (ra->ra_first < 0)
+                ra->ra_first = offset;
         if (offset > ra->ra_seen)
                 ra->ra_seen = offset;
+        ra->ra_progress = now_ms;
+}
+
+int kb_ra_skipped(kb_ra_t *ra) {
+        if (!ra->ra_refilling || ra->ra_told || ra->ra_first <= ra->ra_from)
+                return 0;
+        ra->ra_told = 1;
+        return 1;
+}
+
+int kb_ra_stalled(const kb_ra_t *ra, int64_t now_ms, int64_t ms) {
+        return ra->ra_refilling && now_ms - ra->ra_progress >= ms;
+}
+
+size_t kb_ra_drop_below(kb_ra_t *ra, int64_t low,
+                        void (*gone)(int64_t offset, void *opaque),
+                        void *opaque) {
+        size_t n = 0;
+        while (ra->ra_len > ra->ra_head && ra->ra_r[ra->ra_head].r_start < low) {
+                int64_t o = ra->ra_r[ra->ra_head].r_start;
+                kb_ra_take(ra, o);
+                if (gone)
+                        gone(o, opaque);
+                n++;
+        }
+        return n;
 }
 
 int64_t kb_ra_last(const kb_ra_t *ra) {

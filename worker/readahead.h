@@ -60,13 +60,26 @@ int64_t kb_ra_pick(const kb_ra_t *ra,
 /* The highest deferred offset, or -1. */
 int64_t kb_ra_last(const kb_ra_t *ra);
 
-/* Where the partition's consumer reads: 1 while re-reading deferred
- * offsets (after a seek back), 0 at the front. Set by the caller, with the
- * last offset read (kb_ra_seen): a re-read that has passed the highest
- * deferred offset without filling up is over (kb_ra_pass_over). */
+/* Where the partition's consumer reads: re-reading deferred offsets from
+ * `from` (after a seek back, at now_ms), or at the front. While re-reading
+ * the caller reports each offset read (kb_ra_seen). A re-read is over when
+ * it has passed the highest deferred offset without filling up
+ * (kb_ra_pass_over); it began above `from` when the first offset it read
+ * was higher (kb_ra_skipped, said once per re-read: the records there may
+ * be gone, deleted by retention before they were read again); it is
+ * stalled when nothing was read for ms. */
+void kb_ra_refill_start(kb_ra_t *ra, int64_t from, int64_t now_ms);
+void kb_ra_refill_stop(kb_ra_t *ra);
 int kb_ra_refilling(const kb_ra_t *ra);
-void kb_ra_set_refilling(kb_ra_t *ra, int on);
-void kb_ra_seen(kb_ra_t *ra, int64_t offset);
+void kb_ra_seen(kb_ra_t *ra, int64_t offset, int64_t now_ms);
 int kb_ra_pass_over(const kb_ra_t *ra);
+int kb_ra_skipped(kb_ra_t *ra);
+int kb_ra_stalled(const kb_ra_t *ra, int64_t now_ms, int64_t ms);
+
+/* Takes every deferred offset below `low` out of the set (records that
+ * are gone), calling gone(offset, opaque) for each. Returns how many. */
+size_t kb_ra_drop_below(kb_ra_t *ra, int64_t low,
+                        void (*gone)(int64_t offset, void *opaque),
+                        void *opaque);
 
 #endif

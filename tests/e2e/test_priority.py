@@ -131,3 +131,38 @@ def test_read_ahead_loses_nothing_and_commits_everything(env):
             assert time.time() < deadline, parts
             time.sleep(1)
         w.stop()
+
+
+def test_read_ahead_gives_up_deferred_items_deleted_by_retention(env):
+    """Deferred items are only offsets: when retention deletes them before
+    they are read again, the worker says so and its committed offset moves
+    past them, instead of waiting forever for records that cannot come."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+    with FakeModel("--latency-ms", "50") as fake:
+        r = f'( {{ model = "*"; base_url = "{fake.url}"; max_inflight = 4; }} )'
+        conf = env.write_conf(routes=r, worker_extra="route_queue_max = 20;")
+        env.create_topics(conf, partitions=1)
+        n, cut = 3000, 2000
+        env.produce("items", [item("ret", i, n) for i in range(n)])
+        w = env.worker(conf)
+        results_until(env, lambda o: len(o) >= 40, timeout=60)
+        admin = AdminClient({"bootstrap.servers": env.bootstrap})
+        fut = admin.delete_records([TopicPartition(env.topic("items"), 0, cut)])
+        for f in fut.values():
+            f.result(timeout=30)
+        out = results_until(env, lambda o: {x["item_index"] for x in o} >= set(range(cut, n)),
+                            timeout=120)
+        assert {x["item_index"] for x in out} >= set(range(cut, n))
+        deadline = time.time() + 60
+        while True:
+            p = env.describe(conf)[env.topic("items")]["partition_offsets"][0]
+            if p["committed"] == p["end_offset"] == n:
+                break
+            assert time.time() < deadline, p
+            time.sleep(1)
+        lost = [l for l in w.logs() if "deleted (retention)" in l.get("msg", "")]
+        assert lost and lost[0]["level"] == "error", lost
+        done_before = {x["item_index"] for x in out if x["item_index"] < cut}
+        print(f"{len(done_before)} items below the cut were done before it; {lost[0]['msg']}")
+        w.stop()

@@ -138,14 +138,52 @@ Test(readahead, a_re_read_is_over_once_past_the_last_deferred) {
         for (int64_t o = 10; o < 20; o++)
                 kb_ra_defer(ra, o, "a");
         cr_assert_not(kb_ra_pass_over(ra)); /* at the front */
-        kb_ra_set_refilling(ra, 1);
+        kb_ra_seen(ra, 25, 0);              /* not re-reading: ignored */
+        kb_ra_refill_start(ra, 10, 1000);
         cr_assert(kb_ra_refilling(ra));
-        kb_ra_seen(ra, 15);
+        cr_assert_not(kb_ra_stalled(ra, 5000, 10000));
+        cr_assert(kb_ra_stalled(ra, 11000, 10000));
+        kb_ra_seen(ra, 10, 2000);
+        kb_ra_seen(ra, 15, 3000);
         cr_assert_not(kb_ra_pass_over(ra));
-        kb_ra_seen(ra, 12); /* never goes back */
-        kb_ra_seen(ra, 19);
+        cr_assert_not(kb_ra_stalled(ra, 11000, 10000)); /* it read at 3 s */
+        kb_ra_seen(ra, 12, 3000); /* never goes back */
+        kb_ra_seen(ra, 19, 3000);
         cr_assert(kb_ra_pass_over(ra));
-        kb_ra_set_refilling(ra, 1); /* a new re-read */
+        cr_assert_not(kb_ra_skipped(ra));
+        kb_ra_refill_start(ra, 10, 4000); /* a new re-read */
         cr_assert_not(kb_ra_pass_over(ra));
+        kb_ra_refill_stop(ra);
+        cr_assert_not(kb_ra_refilling(ra));
+        cr_assert_not(kb_ra_stalled(ra, 100000, 10000));
+        kb_ra_destroy(ra);
+}
+
+static void count_gone(int64_t offset, void *opaque) {
+        int64_t *sum = opaque;
+        *sum += offset;
+}
+
+Test(readahead, records_gone_are_found_and_dropped) {
+        kb_ra_t *ra = new_ra();
+        int64_t sum = 0;
+        for (int64_t o = 10; o < 20; o++)
+                kb_ra_defer(ra, o, o < 15 ? "a" : "b");
+        /* Sent to 10, the first record read is 13: 10..12 were deleted. */
+        kb_ra_refill_start(ra, 10, 0);
+        kb_ra_seen(ra, 13, 1);
+        cr_assert(kb_ra_skipped(ra));
+        cr_assert_not(kb_ra_skipped(ra)); /* once per re-read */
+        cr_assert_eq(kb_ra_drop_below(ra, 13, count_gone, &sum), 3);
+        cr_assert_eq(sum, 10 + 11 + 12);
+        cr_assert_eq(kb_ra_cnt(ra), 7);
+        cr_assert_not(kb_ra_has(ra, 12, NULL));
+        cr_assert(kb_ra_has(ra, 13, NULL));
+        /* Across batches and ranges. */
+        cr_assert_eq(kb_ra_drop_below(ra, 17, NULL, NULL), 4);
+        cr_assert_eq(kb_ra_cnt(ra), 3);
+        cr_assert_eq(kb_ra_drop_below(ra, 5, NULL, NULL), 0);
+        cr_assert_eq(kb_ra_drop_below(ra, 100, NULL, NULL), 3);
+        cr_assert_eq(kb_ra_cnt(ra), 0);
         kb_ra_destroy(ra);
 }
