@@ -62,18 +62,6 @@ int kb_cmd_collect_to(const struct kb_conf_s *conf, const char *batch_id,
                       int fmt, FILE *ok, FILE *errs, char *errstr,
                       size_t errstr_size);
 
-/* The state of batch `batch_id` as the aggregator last committed it (what
- * `kbatch status` prints): reads the batch's partition of the batch-state
- * topic to its end (read_committed), then the others when it is not there.
- * Returns 1 found (*bsp: caller frees with kb_bstate_destroy()), 0 unknown
- * (never aggregated, or retired), -1 on a Kafka error or an unreadable
- * record (errstr). Blocks up to about 30 s without broker answers. */
-struct kb_conf_s;
-struct kb_bstate_s;
-int kb_cmd_batch_state(const struct kb_conf_s *conf, const char *batch_id,
-                       struct kb_bstate_s **bsp, char *errstr,
-                       size_t errstr_size);
-
 /* Shared by the commands: loads the configuration (-c FILE or the default
  * path), and sets up logging from it. On failure prints the one
  * "FILE:LINE: message" line on stderr and returns NULL (exit code 2).

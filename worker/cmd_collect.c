@@ -5,7 +5,7 @@
  * topic (keyed by batch_id, murmur2), and its batch events one partition of
  * the batches topic. Both are read from the offset of a timestamp: the
  * batch's first_result_at (from its aggregator state in kbatch.batch-state,
- * kb_cmd_batch_state)
+ * kb_bstate_read)
  * minus --lookback (default 1 minute, for clock skew and open
  * transactions), or now minus --lookback when the aggregator does not know
  * the batch yet. Results of other batches are skipped by key without
@@ -31,7 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "aggregator.h"
+#include "bstate.h"
 #include "batchfile.h"
 #include "cmd.h"
 #include "codec.h"
@@ -673,7 +673,7 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                          &cl->cl_bpart, errstr, sizeof(errstr)))
                 goto fail;
         /* Where the batch's results start. */
-        if ((st = kb_cmd_batch_state(conf, co->co_id, &bs, errstr,
+        if ((st = kb_bstate_read(conf, co->co_id, &bs, errstr,
                                      sizeof(errstr))) < 0)
                 goto fail;
         if (st > 0) {

@@ -28,7 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "aggregator.h"
+#include "bstate.h"
 #include "batchfile.h"
 #include "cmd.h"
 #include "codec.h"
@@ -341,7 +341,7 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         /* The same submission again (an id that is not generated): */
         if (so->so_batch_id || so->so_key) {
                 kb_bstate_t *bs = NULL;
-                int r = kb_cmd_batch_state(conf, sv->sv_batch_id, &bs, errstr,
+                int r = kb_bstate_read(conf, sv->sv_batch_id, &bs, errstr,
                                            sizeof(errstr));
                 if (r < 0)
                         goto fail;
