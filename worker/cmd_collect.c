@@ -24,7 +24,6 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,41 +135,6 @@ static int partition_of(rd_kafka_t *rk, const kb_conf_t *conf,
                 rd_kafka_metadata_destroy(md);
         rd_kafka_topic_destroy(rkt);
         return ret;
-}
-
-/* ---- progress on stderr (only on a terminal) ---- */
-
-typedef struct {
-        int pg_on;
-        int64_t pg_last;
-        int pg_shown;
-} progress_t;
-
-static void progress_show(progress_t *pg, int force, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
-        va_list ap;
-        int64_t now;
-        if (!pg->pg_on)
-                return;
-        now = kb_now_ms();
-        if (!force && now - pg->pg_last < 200)
-                return;
-        pg->pg_last = now;
-        pg->pg_shown = 1;
-        fputs("\r\033[K", stderr);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fflush(stderr);
-}
-
-static void progress_clear(progress_t *pg) {
-        if (pg->pg_on && pg->pg_shown) {
-                fputs("\r\033[K", stderr);
-                fflush(stderr);
-        }
-        pg->pg_shown = 0;
 }
 
 /* ---- the collection ---- */
@@ -519,34 +483,29 @@ static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
         return 0;
 }
 
-static void show_progress(collect_t *cl, progress_t *pg, int64_t t0) {
+static void show_progress(collect_t *cl, kb_cmd_progress_t *pg, int64_t t0) {
         int64_t seen = cl->cl_co ? kb_bf_collect_seen(cl->cl_co) : 0;
         if (!pg->pg_on)
                 return;
         if (!cl->cl_total) {
-                progress_show(pg, 0,
+                kb_cmd_progress_show(pg, 0,
                               "collect %s: waiting for the first result "
                               "(%llds)",
                               cl->cl_opts->co_id,
                               (long long)((kb_now_ms() - t0) / 1000));
         } else {
-                char bar[31];
-                int i, n = (int)(seen * 30 / cl->cl_total);
-                for (i = 0; i < 30; i++)
-                        bar[i] = i < n ? '#' : '.';
-                bar[30] = '\0';
-                progress_show(pg, 0,
-                              "collect %s: [%s] %3d%% %lld/%lld results%s",
-                              cl->cl_opts->co_id, bar,
-                              (int)(seen * 100 / cl->cl_total), (long long)seen,
-                              (long long)cl->cl_total,
-                              cl->cl_event ? ", batch complete" : "");
+                char prefix[KB_BATCH_ID_MAX + 16];
+                snprintf(prefix, sizeof(prefix), "collect %s: ",
+                         cl->cl_opts->co_id);
+                kb_cmd_progress_bar(pg, 0, prefix, seen, cl->cl_total,
+                                    cl->cl_event ? "results, batch complete"
+                                                 : "results");
         }
 }
 
 /* Reads until the batch is complete (1), or there is nothing more to read
  * now (--no-wait: 0), or -1 (errstr; timeout, interrupted). */
-static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
+static int collect_read(collect_t *cl, kb_cmd_progress_t *pg, char *errstr,
                         size_t errstr_size) {
         const collect_opts_t *co = cl->cl_opts;
         int64_t t0 = kb_now_ms(),
@@ -587,7 +546,7 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
                         return -1;
                 }
                 if (deadline && kb_now_ms() > deadline) {
-                        progress_clear(pg);
+                        kb_cmd_progress_clear(pg);
                         snprintf(errstr, errstr_size,
                                  "timed out after %llds waiting for batch "
                                  "%s (%lld of %lld results)",
@@ -645,7 +604,7 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
 
 /* Sets up the reader and the start offsets; then reads. Returns the exit
  * code. */
-static int collect_run(collect_t *cl, progress_t *pg) {
+static int collect_run(collect_t *cl, kb_cmd_progress_t *pg) {
         const collect_opts_t *co = cl->cl_opts;
         const kb_conf_t *conf = cl->cl_conf;
         kb_bstate_t *bs = NULL;
@@ -727,7 +686,7 @@ static int collect_run(collect_t *cl, progress_t *pg) {
         }
 
         st = collect_read(cl, pg, errstr, sizeof(errstr));
-        progress_clear(pg);
+        kb_cmd_progress_clear(pg);
         if (st < 0)
                 goto fail;
         /* The items that did not succeed. */
@@ -807,7 +766,7 @@ static int collect_run(collect_t *cl, progress_t *pg) {
         rc = 0;
         goto out;
 fail:
-        progress_clear(pg);
+        kb_cmd_progress_clear(pg);
         if (co->co_errbuf)
                 snprintf(co->co_errbuf, co->co_errbuf_size, "%s", errstr);
         else
@@ -837,7 +796,7 @@ int kb_cmd_collect_to(const kb_conf_t *conf, const char *batch_id, int fmt, FILE
                       size_t errstr_size) {
         collect_opts_t co;
         collect_t cl;
-        progress_t pg;
+        kb_cmd_progress_t pg;
         int rc;
         memset(&co, 0, sizeof(co));
         memset(&cl, 0, sizeof(cl));
@@ -873,7 +832,7 @@ int kb_cmd_collect(int argc, char **argv) {
                                              {NULL, 0, NULL, 0}};
         collect_opts_t co;
         collect_t cl;
-        progress_t pg;
+        kb_cmd_progress_t pg;
         kb_conf_t *conf;
         struct sigaction sa;
         int c, f, rc;
@@ -940,24 +899,8 @@ int kb_cmd_collect(int argc, char **argv) {
                         return 2;
                 }
         }
-        if (optind >= argc) {
-                fprintf(stderr, "kbatch collect: missing BATCH_ID (see kbatch "
-                                "collect --help)\n");
+        if (kb_cmd_batch_id_arg("collect", argc, argv, optind, &co.co_id))
                 return 2;
-        }
-        if (optind + 1 < argc) {
-                fprintf(stderr, "kbatch collect: unexpected argument '%s'\n",
-                        argv[optind + 1]);
-                return 2;
-        }
-        co.co_id = argv[optind];
-        if (!kb_codec_batch_id_valid(co.co_id)) {
-                fprintf(stderr,
-                        "kbatch collect: '%.200s' is not a batch id (1-%d "
-                        "characters of [A-Za-z0-9._:-])\n",
-                        co.co_id, KB_BATCH_ID_MAX);
-                return 2;
-        }
         if (co.co_errors && co.co_out && !strcmp(co.co_errors, co.co_out) &&
             strcmp(co.co_out, "-")) {
                 fprintf(stderr, "kbatch collect: --errors and -o name the "
@@ -972,7 +915,7 @@ int kb_cmd_collect(int argc, char **argv) {
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         memset(&pg, 0, sizeof(pg));
-        pg.pg_on = !co.co_quiet && isatty(STDERR_FILENO);
+        kb_cmd_progress_init(&pg, co.co_quiet, 200);
         memset(&cl, 0, sizeof(cl));
         cl.cl_opts = &co;
         cl.cl_conf = conf;

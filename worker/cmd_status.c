@@ -138,24 +138,8 @@ int kb_cmd_status(int argc, char **argv) {
                         return 2;
                 }
         }
-        if (optind >= argc) {
-                fprintf(stderr, "kbatch status: missing BATCH_ID (see kbatch "
-                                "status --help)\n");
+        if (kb_cmd_batch_id_arg("status", argc, argv, optind, &id))
                 return 2;
-        }
-        if (optind + 1 < argc) {
-                fprintf(stderr, "kbatch status: unexpected argument '%s'\n",
-                        argv[optind + 1]);
-                return 2;
-        }
-        id = argv[optind];
-        if (!kb_codec_batch_id_valid(id)) {
-                fprintf(stderr,
-                        "kbatch status: '%.200s' is not a batch id (1-%d "
-                        "characters of [A-Za-z0-9._:-])\n",
-                        id, KB_BATCH_ID_MAX);
-                return 2;
-        }
         if (!(conf = kb_cmd_conf_load(path)))
                 return 2;
         r = kb_bstate_read(conf, id, &bs, errstr, sizeof(errstr));

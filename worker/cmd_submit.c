@@ -20,7 +20,6 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,60 +132,6 @@ static void on_signal(int sig) {
         interrupted = 1;
 }
 
-/* ---- progress on stderr (only on a terminal) ---- */
-
-typedef struct {
-        int pg_on;
-        int64_t pg_last;
-        int pg_shown;
-} progress_t;
-
-static void progress_init(progress_t *pg, int quiet) {
-        memset(pg, 0, sizeof(*pg));
-        pg->pg_on = !quiet && isatty(STDERR_FILENO);
-}
-
-static void progress_show(progress_t *pg, int force, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
-        va_list ap;
-        int64_t now;
-        if (!pg->pg_on)
-                return;
-        now = kb_now_ms();
-        if (!force && now - pg->pg_last < 100)
-                return;
-        pg->pg_last = now;
-        pg->pg_shown = 1;
-        fputs("\r\033[K", stderr);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fflush(stderr);
-}
-
-static void progress_bar(progress_t *pg, int force, const char *what,
-                         int64_t done, int64_t total) {
-        char bar[31];
-        int i, n = total > 0 ? (int)(done * 30 / total) : 0;
-        if (!pg->pg_on)
-                return;
-        for (i = 0; i < 30; i++)
-                bar[i] = i < n ? '#' : '.';
-        bar[30] = '\0';
-        progress_show(pg, force, "submit: [%s] %3d%% %lld/%lld %s", bar,
-                      total > 0 ? (int)(done * 100 / total) : 0,
-                      (long long)done, (long long)total, what);
-}
-
-static void progress_clear(progress_t *pg) {
-        if (pg->pg_on && pg->pg_shown) {
-                fputs("\r\033[K", stderr);
-                fflush(stderr);
-        }
-        pg->pg_shown = 0;
-}
-
 /* ---- pass 1: validation ---- */
 
 typedef struct {
@@ -214,7 +159,8 @@ static void batch_of(const submit_opts_t *so, const char *batch_id,
 
 /* Pass 1 over in; copies every line to spool when not NULL. Returns 0, or
  * -1 on an I/O error (reported). */
-static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
+static int validate(validate_t *sv, FILE *in, FILE *spool,
+                    kb_cmd_progress_t *pg) {
         char *s = NULL, err[1280];
         size_t cap = 0;
         ssize_t len;
@@ -243,7 +189,7 @@ static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
                                       err, sizeof(err)) == KB_PUB_LINE_BAD)
                         fprintf(stderr, "%s:%lld: %s\n", sv->sv_opts->so_name,
                                 (long long)lineno, err);
-                progress_show(pg, 0, "submit: validating %s: %lld lines",
+                kb_cmd_progress_show(pg, 0, "submit: validating %s: %lld lines",
                               sv->sv_opts->so_name, (long long)lineno);
         }
         sv->sv_items = kb_pub_check_items(sv->sv_check);
@@ -259,7 +205,7 @@ static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
                         strerror(errno));
                 ret = -1;
         }
-        progress_clear(pg);
+        kb_cmd_progress_clear(pg);
         free(s);
         return ret;
 }
@@ -309,7 +255,7 @@ static int check_topic(rd_kafka_t *rk, const char *topic, const kb_conf_t *conf,
 
 /* Publishes every request of in (rewound). Returns the exit code. */
 static int publish(const submit_opts_t *so, const kb_conf_t *conf,
-                   validate_t *sv, FILE *in, progress_t *pg) {
+                   validate_t *sv, FILE *in, kb_cmd_progress_t *pg) {
         const char *topic = conf->topics_name[so->so_priority
                                                   ? KB_TOPIC_ITEMS_PRIORITY
                                                   : KB_TOPIC_ITEMS];
@@ -393,7 +339,8 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
                         goto fail;
                 n = kb_pub_count(pb);
                 rd_kafka_poll(rk, 0);
-                progress_bar(pg, 0, "published", dr.dr_ok, sv->sv_items);
+                kb_cmd_progress_bar(pg, 0, "submit: ", dr.dr_ok, sv->sv_items,
+                                    "published");
         }
         if (ferror(in)) {
                 snprintf(errstr, sizeof(errstr), "reading %s: %s", so->so_name,
@@ -412,11 +359,13 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         while (rd_kafka_outq_len(rk) > 0 && !interrupted &&
                kb_now_ms() < flush_until) {
                 rd_kafka_flush(rk, 100);
-                progress_bar(pg, 0, "published", dr.dr_ok, sv->sv_items);
+                kb_cmd_progress_bar(pg, 0, "submit: ", dr.dr_ok, sv->sv_items,
+                                    "published");
         }
         rd_kafka_poll(rk, 0);
-        progress_bar(pg, 1, "published", dr.dr_ok, sv->sv_items);
-        progress_clear(pg);
+        kb_cmd_progress_bar(pg, 1, "submit: ", dr.dr_ok, sv->sv_items,
+                                    "published");
+        kb_cmd_progress_clear(pg);
         if (interrupted || dr.dr_ok != sv->sv_items) {
                 fprintf(stderr,
                         "kbatch submit: %s: %lld of %lld items of batch %s "
@@ -442,7 +391,7 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         rc = 0;
         goto out;
 fail:
-        progress_clear(pg);
+        kb_cmd_progress_clear(pg);
         fprintf(stderr, "kbatch submit: %s%s\n", errstr,
                 n > 0 ? " (some items were published: run the same command "
                         "with --batch-id and --force to publish the batch "
@@ -499,7 +448,7 @@ int kb_cmd_submit(int argc, char **argv) {
                 {NULL, 0, NULL, 0}};
         submit_opts_t so;
         validate_t sv;
-        progress_t pg;
+        kb_cmd_progress_t pg;
         kb_conf_t *conf = NULL;
         FILE *in = NULL, *spool = NULL;
         struct stat st;
@@ -685,7 +634,7 @@ int kb_cmd_submit(int argc, char **argv) {
         sa.sa_handler = on_signal;
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
-        progress_init(&pg, so.so_quiet);
+        kb_cmd_progress_init(&pg, so.so_quiet, 100);
         sv.sv_opts = &so;
         sv.sv_conf = conf;
         sv.sv_batch_id = batch_id;
