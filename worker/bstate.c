@@ -480,13 +480,10 @@ static char *dump(json_t *o, size_t *lenp) {
         return s;
 }
 
-char *kb_bstate_encode(const kb_bstate_t *bs, size_t *lenp) {
-        json_t *o = json_object(), *ex;
-        size_t blen, k;
-        char *b64;
+json_t *kb_bstate_json(const kb_bstate_t *bs) {
+        json_t *o = json_object();
         if (!o)
                 return NULL;
-        json_object_set_new(o, "v", json_integer(1));
         common_fields(o, bs);
         json_object_set_new(o, "revision", json_integer(bs->bs_revision));
         json_object_set_new(o, "items_done", json_integer(bs->bs_done));
@@ -494,6 +491,16 @@ char *kb_bstate_encode(const kb_bstate_t *bs, size_t *lenp) {
                             ms_or_null(bs->bs_last_result_at));
         json_object_set_new(o, "updated_at", ms_or_null(bs->bs_updated_at));
         json_object_set_new(o, "deadline", ms_or_null(bs->bs_deadline));
+        return o;
+}
+
+char *kb_bstate_encode(const kb_bstate_t *bs, size_t *lenp) {
+        json_t *o = kb_bstate_json(bs), *ex;
+        size_t blen, k;
+        char *b64;
+        if (!o)
+                return NULL;
+        json_object_set_new(o, "v", json_integer(1));
         ex = json_array();
         for (k = 0; k < bs->bs_extra_cnt; k++)
                 json_array_append_new(ex, json_integer(bs->bs_extra[k]));
@@ -719,82 +726,88 @@ static int read_partitions(rd_kafka_t *rk, const char *topic,
         return 0;
 }
 
-int kb_bstate_read(const kb_conf_t *conf, const char *id, kb_bstate_t **bsp,
-                   char *errstr, size_t errstr_size) {
-        const char *topic = conf->topics_name[KB_TOPIC_BATCH_STATE];
-        rd_kafka_conf_t *kc;
-        rd_kafka_t *rk = NULL;
-        rd_kafka_topic_t *rkt = NULL;
+int kb_bstate_partition(rd_kafka_t *rk, const kb_conf_t *conf,
+                        const char *topic, const char *batch_id, int wait_ms,
+                        int32_t *cntp, int32_t *partp, char *errstr,
+                        size_t errstr_size) {
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t err;
-        status_find_t sf;
-        int32_t cnt, p, *others = NULL;
-        int ret = -1, n = 0;
-        char gid[64];
+        int64_t until = kb_now_ms() + wait_ms;
+        int ret = -1;
 
-        memset(&sf, 0, sizeof(sf));
-        sf.sf_key = id;
-        sf.sf_key_len = strlen(id);
-        *bsp = NULL;
-        snprintf(gid, sizeof(gid), "kbatch-status-%d", (int)getpid());
-        if (!(kc = kb_kafka_conf_new(conf, "status", errstr, errstr_size)))
-                return -1;
-        if (kb_kafka_conf_set(kc, "group.id", gid, errstr, errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "isolation.level", "read_committed", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "fetch.wait.max.ms", "50", errstr,
-                              errstr_size)) {
-                rd_kafka_conf_destroy(kc);
-                return -1;
-        }
-        if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size))) {
-                rd_kafka_conf_destroy(kc);
-                return -1;
-        }
-        rd_kafka_poll_set_consumer(rk);
-        rkt = rd_kafka_topic_new(rk, topic, NULL);
-        /* A topic created a moment ago may not be in the metadata yet. */
-        for (int tries = 0;; tries++) {
+        for (;;) {
                 err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
-                if (err || tries >= 25 ||
+                if (err || kb_now_ms() >= until ||
                     (md->topic_cnt >= 1 && !md->topics[0].err))
                         break;
                 rd_kafka_metadata_destroy(md);
                 md = NULL;
                 usleep(200 * 1000);
         }
-        if (err) {
-                snprintf(errstr, errstr_size, "metadata from %s: %s",
+        if (err)
+                snprintf(errstr, errstr_size, "cannot reach Kafka at %s: %s",
                          conf->kafka_bootstrap_servers, rd_kafka_err2str(err));
-                goto out;
-        }
-        if (md->topic_cnt < 1 || md->topics[0].err ||
-            md->topics[0].partition_cnt < 1) {
+        else if (md->topic_cnt < 1 || md->topics[0].err ||
+                 md->topics[0].partition_cnt < 1)
                 snprintf(errstr, errstr_size,
                          "topic %s does not exist (kbatch topics create)",
                          topic);
-                goto out;
+        else {
+                *cntp = md->topics[0].partition_cnt;
+                *partp = rd_kafka_msg_partitioner_murmur2(
+                    rkt, batch_id, strlen(batch_id), *cntp, NULL, NULL);
+                ret = 0;
         }
-        cnt = md->topics[0].partition_cnt;
-        p = rd_kafka_msg_partitioner_murmur2(rkt, id, strlen(id), cnt, NULL,
-                                             NULL);
-        if (read_partitions(rk, topic, &p, 1, &sf, errstr, errstr_size) < 0)
-                goto out;
-        if (!sf.sf_found && cnt > 1) {
-                int32_t q;
-                if (!(others = calloc((size_t)cnt, sizeof(*others))))
-                        goto out;
-                for (q = 0; q < cnt; q++)
-                        if (q != p)
-                                others[n++] = q;
-                if (read_partitions(rk, topic, others, n, &sf, errstr,
-                                    errstr_size) < 0)
-                        goto out;
+        if (md)
+                rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        return ret;
+}
+
+/* Reads the batch's partition p of topic, then, when its key is not there,
+ * the cnt - 1 others. 0, or -1 with errstr. */
+static int find_record(rd_kafka_t *rk, const char *topic, int32_t cnt,
+                       int32_t p, status_find_t *sf, char *errstr,
+                       size_t errstr_size) {
+        int32_t q, *others;
+        int n = 0, r;
+        if (read_partitions(rk, topic, &p, 1, sf, errstr, errstr_size) < 0)
+                return -1;
+        if (sf->sf_found || cnt <= 1)
+                return 0;
+        if (!(others = calloc((size_t)cnt, sizeof(*others)))) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return -1;
         }
+        for (q = 0; q < cnt; q++)
+                if (q != p)
+                        others[n++] = q;
+        r = read_partitions(rk, topic, others, n, sf, errstr, errstr_size);
+        free(others);
+        return r;
+}
+
+int kb_bstate_read(const kb_conf_t *conf, const char *id, kb_bstate_t **bsp,
+                   char *errstr, size_t errstr_size) {
+        const char *topic = conf->topics_name[KB_TOPIC_BATCH_STATE];
+        status_find_t sf;
+        rd_kafka_t *rk;
+        int32_t cnt, p;
+        int ret = -1;
+
+        memset(&sf, 0, sizeof(sf));
+        sf.sf_key = id;
+        sf.sf_key_len = strlen(id);
+        *bsp = NULL;
+        if (!(rk = kb_kafka_reader_new(conf, "status", "read_committed", errstr,
+                                       errstr_size)))
+                return -1;
+        /* A topic created a moment ago may not be in the metadata yet. */
+        if (kb_bstate_partition(rk, conf, topic, id, 5000, &cnt, &p, errstr,
+                                errstr_size) < 0 ||
+            find_record(rk, topic, cnt, p, &sf, errstr, errstr_size) < 0)
+                goto out;
         ret = 0;
         if (sf.sf_raw) {
                 if (!(*bsp = kb_bstate_decode(sf.sf_raw, sf.sf_raw_len, errstr,
@@ -810,12 +823,7 @@ int kb_bstate_read(const kb_conf_t *conf, const char *id, kb_bstate_t **bsp,
                         ret = 1;
         }
 out:
-        free(others);
         free(sf.sf_raw);
-        if (md)
-                rd_kafka_metadata_destroy(md);
-        if (rkt)
-                rd_kafka_topic_destroy(rkt);
         rd_kafka_consumer_close(rk);
         rd_kafka_destroy(rk);
         return ret;

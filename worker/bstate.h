@@ -171,9 +171,17 @@ kb_apply_res_t kb_bstate_apply(kb_bstate_t *bs, const kb_bresult_t *br,
  * the batch (bs_completed_at = now_ms) when it ended any. */
 int64_t kb_bstate_expire_missing(kb_bstate_t *bs, int64_t now_ms);
 
+/* The state as a new JSON object (caller decrefs; NULL on out of memory),
+ * what `kbatch status --json` prints: batch_id, status, items_total,
+ * items_done, items_succeeded/failed/cancelled/expired/invalid, usage,
+ * first_result_at, last_result_at, completed_at, updated_at, deadline
+ * (null when none), revision, callback_url, metadata. */
+json_t *kb_bstate_json(const kb_bstate_t *bs);
+
 /* The BatchState record (the value in the batch-state topic): a JSON object
- * with every field of kb_bstate_t, the map as base64 in "statuses" (the
- * field names of schemas/BatchState.avsc, plus v, items_done, items_invalid,
+ * with every field of kb_bstate_t: kb_bstate_json plus v, extra_indexes and
+ * the map as base64 in "statuses" (the field names of
+ * schemas/BatchState.avsc, plus v, items_done, items_invalid,
  * last_result_at, deadline and extra_indexes). Always JSON: the topic is
  * internal. Caller frees with free(); NULL on out of memory. A 1,000,000-item
  * batch is about 333 KB. */
@@ -197,6 +205,18 @@ char *kb_bstate_event_encode(const kb_bstate_t *bs, size_t *lenp);
 json_t *kb_bstate_event_json(const kb_bstate_t *bs);
 
 /* ---- the reader -------------------------------------------------------- */
+
+/* The partition count of topic and batch_id's partition in it:
+ * murmur2(batch_id), as kb_kafka_producer_new's murmur2_random places keyed
+ * messages (results, batch-state and batches keep a batch in the partition
+ * of that number). A topic the metadata does not know yet is asked for
+ * again for up to wait_ms (one created a moment ago). rk and conf are
+ * borrowed. 0, or -1 with errstr. */
+struct rd_kafka_s;
+int kb_bstate_partition(struct rd_kafka_s *rk, const struct kb_conf_s *conf,
+                        const char *topic, const char *batch_id, int wait_ms,
+                        int32_t *cntp, int32_t *partp, char *errstr,
+                        size_t errstr_size);
 
 /* The state of batch `batch_id` as the aggregator last committed it (what
  * `kbatch status` prints): reads the batch's partition of the batch-state

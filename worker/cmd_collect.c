@@ -107,36 +107,6 @@ static void on_signal(int sig) {
         interrupted = 1;
 }
 
-/* The partition count of topic and the partition of key in it (murmur2,
- * as kb_kafka_producer_new's murmur2_random places keyed messages).
- * Returns 0, or -1 with errstr. */
-static int partition_of(rd_kafka_t *rk, const kb_conf_t *conf,
-                        const char *topic, const char *key, int32_t *cntp,
-                        int32_t *partp, char *errstr, size_t errstr_size) {
-        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
-        int ret = -1;
-        if (err)
-                snprintf(errstr, errstr_size, "cannot reach Kafka at %s: %s",
-                         conf->kafka_bootstrap_servers, rd_kafka_err2str(err));
-        else if (md->topic_cnt < 1 || md->topics[0].err ||
-                 md->topics[0].partition_cnt < 1)
-                snprintf(errstr, errstr_size,
-                         "topic %s does not exist (kbatch topics create)",
-                         topic);
-        else {
-                *cntp = md->topics[0].partition_cnt;
-                *partp = rd_kafka_msg_partitioner_murmur2(rkt, key, strlen(key),
-                                                          *cntp, NULL, NULL);
-                ret = 0;
-        }
-        if (md)
-                rd_kafka_metadata_destroy(md);
-        rd_kafka_topic_destroy(rkt);
-        return ret;
-}
-
 /* ---- the collection ---- */
 
 /* An output file written under a temporary name (or stdout, or a path
@@ -622,10 +592,10 @@ static int collect_start(collect_t *cl, char *errstr, size_t errstr_size) {
         if (!(cl->cl_serde = kb_serde_new(conf, NULL, errstr, errstr_size)) ||
             !(cl->cl_rk = kb_kafka_reader_new(conf, "collect", "read_committed",
                                               errstr, errstr_size)) ||
-            partition_of(cl->cl_rk, conf, cl->cl_rtopic, co->co_id, &rcnt,
-                         &cl->cl_rpart, errstr, errstr_size) ||
-            partition_of(cl->cl_rk, conf, cl->cl_btopic, co->co_id, &bcnt,
-                         &cl->cl_bpart, errstr, errstr_size))
+            kb_bstate_partition(cl->cl_rk, conf, cl->cl_rtopic, co->co_id, 0,
+                                &rcnt, &cl->cl_rpart, errstr, errstr_size) ||
+            kb_bstate_partition(cl->cl_rk, conf, cl->cl_btopic, co->co_id, 0,
+                                &bcnt, &cl->cl_bpart, errstr, errstr_size))
                 return -1;
         if ((st = kb_bstate_read(conf, co->co_id, &bs, errstr, errstr_size)) <
             0)

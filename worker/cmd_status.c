@@ -24,43 +24,9 @@ static void usage(FILE *out) {
                 "  --json              one JSON object on stdout\n");
 }
 
-static json_t *ms_or_null(int64_t ms) {
-        return ms > 0 ? json_integer(ms) : json_null();
-}
-
 static void print_json(const kb_bstate_t *bs) {
-        json_t *o = json_object(), *u = json_object();
-        char *s;
-        json_object_set_new(o, "batch_id", json_string(bs->bs_batch_id));
-        json_object_set_new(
-            o, "status", json_string(kb_batch_status_str(kb_bstate_status(bs))));
-        json_object_set_new(o, "items_total", json_integer(bs->bs_items_total));
-        json_object_set_new(o, "items_done", json_integer(bs->bs_done));
-        json_object_set_new(o, "items_succeeded", json_integer(bs->bs_succeeded));
-        json_object_set_new(o, "items_failed", json_integer(bs->bs_failed));
-        json_object_set_new(o, "items_cancelled", json_integer(bs->bs_cancelled));
-        json_object_set_new(o, "items_expired", json_integer(bs->bs_expired));
-        json_object_set_new(o, "items_invalid", json_integer(bs->bs_invalid));
-        json_object_set_new(u, "input_tokens", json_integer(bs->bs_input_tokens));
-        json_object_set_new(u, "output_tokens",
-                            json_integer(bs->bs_output_tokens));
-        json_object_set_new(u, "total_tokens", json_integer(bs->bs_total_tokens));
-        json_object_set_new(o, "usage", u);
-        json_object_set_new(o, "first_result_at",
-                            ms_or_null(bs->bs_first_result_at));
-        json_object_set_new(o, "last_result_at",
-                            ms_or_null(bs->bs_last_result_at));
-        json_object_set_new(o, "completed_at", ms_or_null(bs->bs_completed_at));
-        json_object_set_new(o, "updated_at", ms_or_null(bs->bs_updated_at));
-        json_object_set_new(o, "deadline", ms_or_null(bs->bs_deadline));
-        json_object_set_new(o, "revision", json_integer(bs->bs_revision));
-        json_object_set_new(o, "callback_url",
-                            bs->bs_callback_url
-                                ? json_string(bs->bs_callback_url)
-                                : json_null());
-        json_object_set(o, "metadata",
-                        bs->bs_metadata ? bs->bs_metadata : json_null());
-        s = json_dumps(o, JSON_COMPACT);
+        json_t *o = kb_bstate_json(bs);
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (s)
                 printf("%s\n", s);

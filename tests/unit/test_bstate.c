@@ -366,6 +366,61 @@ Test(bstate, state_record_round_trip) {
         }
 }
 
+/* kb_bstate_json (what `kbatch status --json` prints): exactly these
+ * fields, nulls for unset times, and the state record is it plus v,
+ * extra_indexes and statuses. */
+Test(bstate, json_view_fields_and_record) {
+        static const char *const want[] = {
+            "batch_id",        "status",          "items_total",
+            "items_done",      "items_succeeded", "items_failed",
+            "items_cancelled", "items_expired",   "items_invalid",
+            "usage",           "first_result_at", "last_result_at",
+            "completed_at",    "updated_at",      "deadline",
+            "revision",        "callback_url",    "metadata"};
+        kb_bstate_t *bs = kb_bstate_new("b-json", 3);
+        kb_bresult_t br = result(0, 3, S);
+        json_t *o, *rec;
+        const char *k;
+        json_t *v;
+        char *raw;
+        size_t i, len;
+        br.br_finished_at = 7000;
+        br.br_has_usage = 1;
+        br.br_input_tokens = 5;
+        br.br_output_tokens = 2;
+        br.br_total_tokens = 7;
+        cr_assert_eq(kb_bstate_apply(bs, &br, 1), KB_APPLY_COUNTED);
+        cr_assert((o = kb_bstate_json(bs)));
+        cr_expect_eq(json_object_size(o), NELEM(want));
+        for (i = 0; i < NELEM(want); i++)
+                cr_expect(json_object_get(o, want[i]), "lacks %s", want[i]);
+        cr_expect_str_eq(json_string_value(json_object_get(o, "status")),
+                         "in_progress");
+        cr_expect_eq(json_integer_value(json_object_get(o, "items_done")), 1);
+        cr_expect_eq(json_integer_value(json_object_get(o, "items_succeeded")),
+                     1);
+        cr_expect_eq(json_integer_value(json_object_get(
+                         json_object_get(o, "usage"), "total_tokens")),
+                     7);
+        cr_expect_eq(
+            json_integer_value(json_object_get(o, "first_result_at")), 7000);
+        cr_expect(json_is_null(json_object_get(o, "completed_at")));
+        cr_expect(json_is_null(json_object_get(o, "deadline")));
+        cr_expect(json_is_null(json_object_get(o, "callback_url")));
+        cr_assert((raw = kb_bstate_encode(bs, &len)));
+        cr_assert((rec = json_loadb(raw, len, 0, NULL)));
+        cr_expect_eq(json_object_size(rec), NELEM(want) + 3);
+        json_object_foreach(o, k, v)
+                cr_expect(json_equal(v, json_object_get(rec, k)), "%s", k);
+        cr_expect_eq(json_integer_value(json_object_get(rec, "v")), 1);
+        cr_expect(json_is_array(json_object_get(rec, "extra_indexes")));
+        cr_expect(json_is_string(json_object_get(rec, "statuses")));
+        json_decref(rec);
+        free(raw);
+        json_decref(o);
+        kb_bstate_destroy(bs);
+}
+
 Test(bstate, state_record_recounts_done_from_map) {
         kb_bstate_t *a = random_state(50), *b;
         size_t len;
