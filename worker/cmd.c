@@ -26,15 +26,21 @@ kb_conf_t *kb_cmd_conf_load(const char *given_path) {
         return conf;
 }
 
+int kb_cmd_usage_error(const char *cmd, const char *fmt, ...) {
+        va_list ap;
+        fprintf(stderr, "kbatch %s: ", cmd);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fprintf(stderr, " (see kbatch %s --help)\n", cmd);
+        return 2;
+}
+
 int kb_cmd_batch_id_arg(const char *cmd, int argc, char **argv, int optind,
                         const char **idp) {
         *idp = NULL;
-        if (optind >= argc) {
-                fprintf(stderr,
-                        "kbatch %s: missing BATCH_ID (see kbatch %s --help)\n",
-                        cmd, cmd);
-                return 2;
-        }
+        if (optind >= argc)
+                return kb_cmd_usage_error(cmd, "missing BATCH_ID");
         if (optind + 1 < argc) {
                 fprintf(stderr, "kbatch %s: unexpected argument '%s'\n", cmd,
                         argv[optind + 1]);

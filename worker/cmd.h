@@ -69,6 +69,12 @@ int kb_cmd_collect_to(const struct kb_conf_s *conf, const char *batch_id,
  * Caller frees with kb_conf_destroy(). */
 struct kb_conf_s *kb_cmd_conf_load(const char *given_path);
 
+/* A usage error of `kbatch <cmd>`: prints "kbatch <cmd>: <message> (see
+ * kbatch <cmd> --help)" as one line on stderr and returns 2 (the exit
+ * code). */
+int kb_cmd_usage_error(const char *cmd, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
 /* The one BATCH_ID operand of `kbatch <cmd> BATCH_ID [options]`, after
  * getopt: argv[optind] must be the only operand left and a valid batch id
  * (kb_codec_batch_id_valid). Returns 0 with *idp = argv[optind] (borrowed

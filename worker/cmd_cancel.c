@@ -166,11 +166,8 @@ int kb_cmd_cancel(int argc, char **argv) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr,
-                                "kbatch cancel: bad option '%s' (see kbatch "
-                                "cancel --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("cancel", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
         if (kb_cmd_batch_id_arg("cancel", argc, argv, optind, &id))

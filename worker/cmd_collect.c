@@ -891,11 +891,8 @@ int kb_cmd_collect(int argc, char **argv) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr,
-                                "kbatch collect: bad option '%s' (see kbatch "
-                                "collect --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("collect", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
         if (kb_cmd_batch_id_arg("collect", argc, argv, optind, &co.co_id))

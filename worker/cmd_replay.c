@@ -516,10 +516,8 @@ int kb_cmd_replay(int argc, char **argv) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr, "kbatch replay: bad option '%s' (see "
-                                        "kbatch replay --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("replay", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
         if (optind < argc) {

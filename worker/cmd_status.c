@@ -97,11 +97,8 @@ int kb_cmd_status(int argc, char **argv) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr,
-                                "kbatch status: bad option '%s' (see kbatch "
-                                "status --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("status", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
         if (kb_cmd_batch_id_arg("status", argc, argv, optind, &id))

@@ -440,12 +440,7 @@ out:
         return rc;
 }
 
-static int usage_error(const char *fmt, const char *arg) {
-        fprintf(stderr, "kbatch submit: ");
-        fprintf(stderr, fmt, arg);
-        fprintf(stderr, " (see kbatch submit --help)\n");
-        return 2;
-}
+#define usage_error(...) kb_cmd_usage_error("submit", __VA_ARGS__)
 
 enum {
         O_BATCH_ID = 256,
@@ -465,8 +460,7 @@ static int parse_deadline(submit_opts_t *so, int c, const char *arg,
                           const char **deadline_arg) {
         if (*deadline_arg)
                 return usage_error("give one of --deadline and "
-                                   "--completion-window%s",
-                                   "");
+                                   "--completion-window");
         *deadline_arg = arg;
         if (c == O_WINDOW) {
                 int64_t d = kb_bf_duration_parse(arg);
@@ -573,8 +567,7 @@ static int parse_args(submit_opts_t *so, int argc, char **argv) {
                         return rc;
         if (optind >= argc)
                 return usage_error("missing FILE.jsonl (or - for standard "
-                                   "input)%s",
-                                   "");
+                                   "input)");
         if (optind + 1 < argc)
                 return usage_error("unexpected argument '%s'",
                                    argv[optind + 1]);
@@ -582,8 +575,7 @@ static int parse_args(submit_opts_t *so, int argc, char **argv) {
         so->so_name = strcmp(so->so_path, "-") ? so->so_path : "<stdin>";
         if (so->so_batch_id && so->so_key)
                 return usage_error("give one of --batch-id and "
-                                   "--idempotency-key%s",
-                                   "");
+                                   "--idempotency-key");
         if (so->so_batch_id && !kb_codec_batch_id_valid(so->so_batch_id)) {
                 fprintf(stderr,
                         "kbatch submit: --batch-id '%.200s' is not a batch id "
@@ -592,9 +584,9 @@ static int parse_args(submit_opts_t *so, int argc, char **argv) {
                 return 2;
         }
         if (so->so_key && !*so->so_key)
-                return usage_error("--idempotency-key is empty%s", "");
+                return usage_error("--idempotency-key is empty");
         if (so->so_callback_url && !*so->so_callback_url)
-                return usage_error("--callback-url is empty%s", "");
+                return usage_error("--callback-url is empty");
         return GO_ON;
 }
 

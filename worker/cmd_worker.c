@@ -74,10 +74,8 @@ static int worker_args(int argc, char **argv, const char **path) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr, "kbatch worker: bad option '%s' (see "
-                                        "kbatch worker --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("worker", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
         if (optind < argc) {

@@ -101,3 +101,14 @@ Test(cmd, progress_bar_draws_and_throttles, .init = redirect) {
             "\r\033[Kx: [..............................]   0% 0/0 none"
             "\r\033[K");
 }
+
+Test(cmd, usage_error_is_one_line_and_exit_2, .init = redirect) {
+        cr_expect_eq(kb_cmd_usage_error("replay", "bad option '%s'", "-x"), 2);
+        cr_expect_eq(kb_cmd_usage_error("submit", "--callback-url is empty"),
+                     2);
+        fflush(stderr);
+        cr_expect_stderr_eq_str(
+            "kbatch replay: bad option '-x' (see kbatch replay --help)\n"
+            "kbatch submit: --callback-url is empty (see kbatch submit "
+            "--help)\n");
+}
