@@ -1,8 +1,6 @@
-/* aggregator: see aggregator.h.
+/* aggregator: see aggregator.h (the batch-state model is bstate.c).
  *
- * Part 1, the pure model: status rule, 2-bit map, kb_bstate_t, result
- * decoding, the BatchState record and the BatchEvent encodings.
- * Part 2, the role: one results consumer (eager range assignment, state per
+ * One results consumer (eager range assignment, state per
  * partition restored inside the rebalance callback), one restore consumer
  * (assign-only, read_committed, on the batch-state topic) and one
  * transactional producer. All on the loop thread. */
@@ -20,620 +18,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "serde.h"
-
-/* ==== part 1: the pure model ============================================ */
-
-static const char *batch_status_names[KB_BATCH__CNT] = {
-    "in_progress", "succeeded", "partial_succeeded",
-    "failed",      "cancelled", "expired",
-};
-
-const char *kb_batch_status_str(kb_batch_status_t st) {
-        if ((unsigned)st >= KB_BATCH__CNT)
-                return "unknown";
-        return batch_status_names[st];
-}
-
-int kb_batch_status_parse(const char *s) {
-        int i;
-        for (i = 0; s && i < KB_BATCH__CNT; i++)
-                if (!strcmp(s, batch_status_names[i]))
-                        return i;
-        return -1;
-}
-
-kb_batch_status_t kb_batch_status_rule(int64_t total, int64_t succeeded,
-                                       int64_t failed, int64_t cancelled,
-                                       int64_t expired) {
-        if (succeeded == total && failed == 0 && cancelled == 0 &&
-            expired == 0)
-                return KB_BATCH_SUCCEEDED;
-        if (cancelled > 0)
-                return KB_BATCH_CANCELLED;
-        if (expired > 0)
-                return KB_BATCH_EXPIRED;
-        if (succeeded == 0)
-                return KB_BATCH_FAILED;
-        return KB_BATCH_PARTIAL_SUCCEEDED;
-}
-
-/* cnt_table[b][v]: slots of value v in byte b. */
-static uint8_t cnt_table[256][4];
-static int cnt_table_ready;
-
-static void cnt_table_init(void) {
-        int b, k;
-        if (cnt_table_ready)
-                return;
-        for (b = 0; b < 256; b++)
-                for (k = 0; k < 4; k++)
-                        cnt_table[b][(b >> (2 * k)) & 3]++;
-        cnt_table_ready = 1;
-}
-
-void kb_bits2_count(const uint8_t *map, int64_t n, int64_t cnt[4]) {
-        int64_t full = n / 4, i;
-        cnt_table_init();
-        cnt[0] = cnt[1] = cnt[2] = cnt[3] = 0;
-        for (i = 0; i < full; i++) {
-                const uint8_t *t = cnt_table[map[i]];
-                cnt[0] += t[0];
-                cnt[1] += t[1];
-                cnt[2] += t[2];
-                cnt[3] += t[3];
-        }
-        for (i = full * 4; i < n; i++)
-                cnt[kb_bits2_get(map, i)]++;
-}
-
-kb_bstate_t *kb_bstate_new(const char *batch_id, int64_t items_total) {
-        kb_bstate_t *bs;
-        if (!batch_id || items_total < 1 || items_total > KB_ITEMS_TOTAL_MAX)
-                return NULL;
-        if (!(bs = calloc(1, sizeof(*bs))))
-                return NULL;
-        bs->bs_items_total = items_total;
-        bs->bs_batch_id = strdup(batch_id);
-        bs->bs_map = calloc(1, KB_BITS2_BYTES(items_total));
-        if (!bs->bs_batch_id || !bs->bs_map) {
-                kb_bstate_destroy(bs);
-                return NULL;
-        }
-        return bs;
-}
-
-void kb_bstate_destroy(kb_bstate_t *bs) {
-        if (!bs)
-                return;
-        free(bs->bs_batch_id);
-        free(bs->bs_map);
-        free(bs->bs_callback_url);
-        json_decref(bs->bs_metadata);
-        free(bs->bs_extra);
-        free(bs);
-}
-
-kb_batch_status_t kb_bstate_status(const kb_bstate_t *bs) {
-        if (!kb_bstate_complete(bs))
-                return KB_BATCH_IN_PROGRESS;
-        return kb_batch_status_rule(bs->bs_items_total, bs->bs_succeeded,
-                                    bs->bs_failed, bs->bs_cancelled,
-                                    bs->bs_expired);
-}
-
-static const char *apply_names[] = {"counted", "replayed", "duplicate",
-                                    "invalid", "ignored"};
-
-const char *kb_apply_res_str(kb_apply_res_t res) {
-        if ((unsigned)res >= sizeof(apply_names) / sizeof(*apply_names))
-                return "unknown";
-        return apply_names[res];
-}
-
-/* ---- result decoding ---- */
-
-static int64_t jint(const json_t *o, const char *k, int64_t dflt) {
-        const json_t *v = json_object_get(o, k);
-        return v && json_is_integer(v) ? json_integer_value(v) : dflt;
-}
-
-static const char *jstr(const json_t *o, const char *k) {
-        const json_t *v = json_object_get(o, k);
-        return v && json_is_string(v) ? json_string_value(v) : NULL;
-}
-
-json_t *kb_bresult_decode(const void *buf, size_t len, kb_bresult_t *br,
-                          char *errstr, size_t errstr_size) {
-        json_error_t jerr;
-        json_t *o;
-
-        memset(br, 0, sizeof(*br));
-        br->br_item_index = -1;
-        if (!buf || !len) {
-                snprintf(errstr, errstr_size, "empty value");
-                return NULL;
-        }
-        o = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-        if (!o) {
-                snprintf(errstr, errstr_size, "not JSON: %s", jerr.text);
-                return NULL;
-        }
-        if (kb_bresult_from_json(o, br) < 0) {
-                snprintf(errstr, errstr_size, "value is not a JSON object");
-                json_decref(o);
-                return NULL;
-        }
-        return o;
-}
-
-int kb_bresult_from_json(const json_t *o, kb_bresult_t *br) {
-        const json_t *u, *e, *md;
-        const char *s;
-
-        memset(br, 0, sizeof(*br));
-        br->br_item_index = -1;
-        if (!json_is_object(o))
-                return -1;
-        s = jstr(o, "batch_id");
-        br->br_batch_id = kb_codec_batch_id_valid(s) ? s : NULL;
-        br->br_item_index = jint(o, "item_index", -1);
-        br->br_items_total = jint(o, "items_total", 0);
-        s = jstr(o, "status");
-        br->br_status = KB_STATUS_NONE;
-        if (s) {
-                if (!strcmp(s, "succeeded"))
-                        br->br_status = KB_STATUS_SUCCEEDED;
-                else if (!strcmp(s, "failed"))
-                        br->br_status = KB_STATUS_FAILED;
-                else if (!strcmp(s, "cancelled"))
-                        br->br_status = KB_STATUS_CANCELLED;
-                else if (!strcmp(s, "expired"))
-                        br->br_status = KB_STATUS_EXPIRED;
-        }
-        if ((e = json_object_get(o, "error")) && json_is_object(e))
-                br->br_error_code = jstr(e, "code");
-        if ((u = json_object_get(o, "usage")) && json_is_object(u)) {
-                br->br_has_usage = 1;
-                br->br_input_tokens = jint(u, "input_tokens", 0);
-                br->br_output_tokens = jint(u, "output_tokens", 0);
-                br->br_total_tokens = jint(u, "total_tokens",
-                                           br->br_input_tokens +
-                                               br->br_output_tokens);
-        }
-        br->br_finished_at = jint(o, "finished_at", 0);
-        if (br->br_finished_at < 0)
-                br->br_finished_at = 0;
-        br->br_deadline = jint(o, "deadline", 0);
-        if (br->br_deadline < 0)
-                br->br_deadline = 0;
-        br->br_callback_url = jstr(o, "callback_url");
-        if ((md = json_object_get(o, "metadata")) && json_is_object(md))
-                br->br_metadata = (json_t *)md;
-        return 0;
-}
-
-/* ---- applying a result ---- */
-
-/* Takes what a counted result tells about the batch. */
-static void take_info(kb_bstate_t *bs, const kb_bresult_t *br, int64_t now) {
-        int64_t at = br->br_finished_at ? br->br_finished_at : now;
-        if (br->br_has_usage) {
-                bs->bs_input_tokens += br->br_input_tokens;
-                bs->bs_output_tokens += br->br_output_tokens;
-                bs->bs_total_tokens += br->br_total_tokens;
-        }
-        if (!bs->bs_first_result_at || at < bs->bs_first_result_at)
-                bs->bs_first_result_at = at;
-        if (at > bs->bs_last_result_at)
-                bs->bs_last_result_at = at;
-        if (br->br_deadline > bs->bs_deadline)
-                bs->bs_deadline = br->br_deadline;
-        /* Only what is within SPEC §2's bounds enters the state: results
-         * are written by anyone who can write the topic, and an unbounded
-         * field made a state record larger than a Kafka message (every
-         * transaction of the partition aborted, forever). */
-        if (!bs->bs_callback_url && br->br_callback_url &&
-            *br->br_callback_url &&
-            kb_codec_str_within(br->br_callback_url, KB_CALLBACK_URL_MAX))
-                bs->bs_callback_url = strdup(br->br_callback_url);
-        if (!bs->bs_metadata && br->br_metadata) {
-                char err[256];
-                if (!kb_codec_metadata_check(br->br_metadata, err,
-                                             sizeof(err)))
-                        bs->bs_metadata = json_deep_copy(br->br_metadata);
-        }
-}
-
-/* After counts changed: completion or revision timestamps. */
-static void note_change(kb_bstate_t *bs, const kb_bresult_t *br, int64_t now,
-                        int was_complete) {
-        int64_t at = br->br_finished_at ? br->br_finished_at : now;
-        if (!kb_bstate_complete(bs))
-                return;
-        if (!was_complete)
-                bs->bs_completed_at =
-                    bs->bs_last_result_at ? bs->bs_last_result_at : now;
-        else if (at > bs->bs_updated_at)
-                bs->bs_updated_at = at;
-}
-
-kb_apply_res_t kb_bstate_apply(kb_bstate_t *bs, const kb_bresult_t *br,
-                               int64_t now_ms) {
-        int64_t i = br->br_item_index;
-        int was_complete = kb_bstate_complete(bs);
-        int invalid = br->br_items_total != bs->bs_items_total ||
-                      br->br_status == KB_STATUS_NONE;
-        unsigned want, old;
-        size_t k;
-
-        if (i < 0 || i >= bs->bs_items_total) {
-                /* No slot: an extra invalid_item failure, once per index. */
-                for (k = 0; k < bs->bs_extra_cnt; k++)
-                        if (bs->bs_extra[k] == i)
-                                return KB_APPLY_DUPLICATE;
-                if (bs->bs_extra_cnt >= KB_BATCH_EXTRA_MAX)
-                        return KB_APPLY_IGNORED;
-                if (!bs->bs_extra) {
-                        bs->bs_extra =
-                            malloc(KB_BATCH_EXTRA_MAX * sizeof(*bs->bs_extra));
-                        if (!bs->bs_extra)
-                                return KB_APPLY_IGNORED;
-                }
-                bs->bs_extra[bs->bs_extra_cnt++] = i;
-                bs->bs_failed++;
-                bs->bs_invalid++;
-                take_info(bs, br, now_ms);
-                note_change(bs, br, now_ms, was_complete);
-                return KB_APPLY_INVALID;
-        }
-        if (invalid)
-                want = KB_SLOT_FAILED;
-        else if (br->br_status == KB_STATUS_SUCCEEDED)
-                want = KB_SLOT_SUCCEEDED;
-        else if (br->br_status == KB_STATUS_FAILED)
-                want = KB_SLOT_FAILED;
-        else
-                want = KB_SLOT_ENDED;
-        old = kb_bits2_get(bs->bs_map, i);
-        if (old == KB_SLOT_NONE) {
-                kb_bits2_set(bs->bs_map, i, want);
-                bs->bs_done++;
-                if (invalid) {
-                        bs->bs_failed++;
-                        bs->bs_invalid++;
-                } else if (br->br_status == KB_STATUS_SUCCEEDED)
-                        bs->bs_succeeded++;
-                else if (br->br_status == KB_STATUS_FAILED)
-                        bs->bs_failed++;
-                else if (br->br_status == KB_STATUS_CANCELLED)
-                        bs->bs_cancelled++;
-                else
-                        bs->bs_expired++;
-                take_info(bs, br, now_ms);
-                note_change(bs, br, now_ms, was_complete);
-                return invalid ? KB_APPLY_INVALID : KB_APPLY_COUNTED;
-        }
-        if (old == KB_SLOT_FAILED && want == KB_SLOT_SUCCEEDED && !invalid) {
-                kb_bits2_set(bs->bs_map, i, KB_SLOT_SUCCEEDED);
-                if (bs->bs_failed > 0)
-                        bs->bs_failed--;
-                bs->bs_succeeded++;
-                take_info(bs, br, now_ms);
-                note_change(bs, br, now_ms, was_complete);
-                return KB_APPLY_REPLAYED;
-        }
-        return KB_APPLY_DUPLICATE;
-}
-
-int64_t kb_bstate_expire_missing(kb_bstate_t *bs, int64_t now_ms) {
-        int64_t i, n = 0;
-        if (kb_bstate_complete(bs))
-                return 0;
-        for (i = 0; i < bs->bs_items_total; i++) {
-                /* Skip whole bytes whose four slots are all terminal. */
-                if ((i & 3) == 0 && i + 4 <= bs->bs_items_total) {
-                        uint8_t b = bs->bs_map[i >> 2];
-                        if ((b & 0x03) && (b & 0x0c) && (b & 0x30) &&
-                            (b & 0xc0)) {
-                                i += 3;
-                                continue;
-                        }
-                }
-                if (kb_bits2_get(bs->bs_map, i) == KB_SLOT_NONE) {
-                        kb_bits2_set(bs->bs_map, i, KB_SLOT_ENDED);
-                        n++;
-                }
-        }
-        bs->bs_done += n;
-        bs->bs_expired += n;
-        if (n)
-                bs->bs_completed_at = now_ms;
-        return n;
-}
-
-/* ---- base64 (RFC 4648, with padding) ---- */
-
-static const char b64_chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char *b64_encode(const uint8_t *in, size_t len, size_t *olen) {
-        size_t n = (len + 2) / 3 * 4, i;
-        char *out = malloc(n + 1), *o = out;
-        if (!out)
-                return NULL;
-        for (i = 0; i + 2 < len; i += 3) {
-                uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 |
-                             in[i + 2];
-                *o++ = b64_chars[v >> 18];
-                *o++ = b64_chars[(v >> 12) & 63];
-                *o++ = b64_chars[(v >> 6) & 63];
-                *o++ = b64_chars[v & 63];
-        }
-        if (i < len) {
-                uint32_t v = (uint32_t)in[i] << 16;
-                if (i + 1 < len)
-                        v |= (uint32_t)in[i + 1] << 8;
-                *o++ = b64_chars[v >> 18];
-                *o++ = b64_chars[(v >> 12) & 63];
-                *o++ = i + 1 < len ? b64_chars[(v >> 6) & 63] : '=';
-                *o++ = '=';
-        }
-        *o = '\0';
-        *olen = (size_t)(o - out);
-        return out;
-}
-
-static int b64_val(unsigned char c) {
-        if (c >= 'A' && c <= 'Z')
-                return c - 'A';
-        if (c >= 'a' && c <= 'z')
-                return c - 'a' + 26;
-        if (c >= '0' && c <= '9')
-                return c - '0' + 52;
-        if (c == '+')
-                return 62;
-        if (c == '/')
-                return 63;
-        return -1;
-}
-
-/* Decodes exactly `want` bytes from padded base64; -1 if malformed or of
- * another length. */
-static int b64_decode(const char *s, size_t len, uint8_t *out, size_t want) {
-        size_t i, o = 0, pad = (3 - want % 3) % 3;
-        if (len % 4 || len != (want + 2) / 3 * 4)
-                return -1;
-        /* Exactly the padding that `want` bytes need. */
-        for (i = 0; i < 2; i++)
-                if (len > i && (s[len - 1 - i] == '=') != (i < pad))
-                        return -1;
-        for (i = 0; i < len; i += 4) {
-                int a = b64_val((unsigned char)s[i]),
-                    b = b64_val((unsigned char)s[i + 1]),
-                    c = s[i + 2] == '=' ? 0 : b64_val((unsigned char)s[i + 2]),
-                    d = s[i + 3] == '=' ? 0 : b64_val((unsigned char)s[i + 3]);
-                uint32_t v;
-                if (a < 0 || b < 0 || c < 0 || d < 0)
-                        return -1;
-                if ((s[i + 2] == '=' || s[i + 3] == '=') && i + 4 != len)
-                        return -1;
-                if (s[i + 2] == '=' && s[i + 3] != '=')
-                        return -1;
-                v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 |
-                    (uint32_t)d;
-                if (o < want)
-                        out[o++] = (uint8_t)(v >> 16);
-                if (o < want && s[i + 2] != '=')
-                        out[o++] = (uint8_t)(v >> 8);
-                if (o < want && s[i + 3] != '=')
-                        out[o++] = (uint8_t)v;
-        }
-        return o == want ? 0 : -1;
-}
-
-/* ---- encodings ---- */
-
-static json_t *ms_or_null(int64_t ms) {
-        return ms > 0 ? json_integer(ms) : json_null();
-}
-
-static json_t *usage_json(const kb_bstate_t *bs) {
-        json_t *u = json_object();
-        json_object_set_new(u, "input_tokens", json_integer(bs->bs_input_tokens));
-        json_object_set_new(u, "output_tokens",
-                            json_integer(bs->bs_output_tokens));
-        json_object_set_new(u, "total_tokens", json_integer(bs->bs_total_tokens));
-        return u;
-}
-
-/* The fields events and state records share. */
-static void common_fields(json_t *o, const kb_bstate_t *bs) {
-        json_object_set_new(o, "batch_id", json_string(bs->bs_batch_id));
-        json_object_set_new(o, "status",
-                            json_string(kb_batch_status_str(kb_bstate_status(bs))));
-        json_object_set_new(o, "items_total", json_integer(bs->bs_items_total));
-        json_object_set_new(o, "items_succeeded", json_integer(bs->bs_succeeded));
-        json_object_set_new(o, "items_failed", json_integer(bs->bs_failed));
-        json_object_set_new(o, "items_cancelled", json_integer(bs->bs_cancelled));
-        json_object_set_new(o, "items_expired", json_integer(bs->bs_expired));
-        json_object_set_new(o, "items_invalid", json_integer(bs->bs_invalid));
-        json_object_set_new(o, "usage", usage_json(bs));
-        json_object_set_new(o, "first_result_at",
-                            ms_or_null(bs->bs_first_result_at));
-        json_object_set_new(o, "completed_at", ms_or_null(bs->bs_completed_at));
-        json_object_set_new(o, "callback_url",
-                            bs->bs_callback_url
-                                ? json_string(bs->bs_callback_url)
-                                : json_null());
-        json_object_set(o, "metadata",
-                        bs->bs_metadata ? bs->bs_metadata : json_null());
-}
-
-static char *dump(json_t *o, size_t *lenp) {
-        char *s = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        if (s && lenp)
-                *lenp = strlen(s);
-        return s;
-}
-
-char *kb_bstate_encode(const kb_bstate_t *bs, size_t *lenp) {
-        json_t *o = json_object(), *ex;
-        size_t blen, k;
-        char *b64;
-        if (!o)
-                return NULL;
-        json_object_set_new(o, "v", json_integer(1));
-        common_fields(o, bs);
-        json_object_set_new(o, "revision", json_integer(bs->bs_revision));
-        json_object_set_new(o, "items_done", json_integer(bs->bs_done));
-        json_object_set_new(o, "last_result_at",
-                            ms_or_null(bs->bs_last_result_at));
-        json_object_set_new(o, "updated_at", ms_or_null(bs->bs_updated_at));
-        json_object_set_new(o, "deadline", ms_or_null(bs->bs_deadline));
-        ex = json_array();
-        for (k = 0; k < bs->bs_extra_cnt; k++)
-                json_array_append_new(ex, json_integer(bs->bs_extra[k]));
-        json_object_set_new(o, "extra_indexes", ex);
-        if (!(b64 = b64_encode(bs->bs_map, KB_BITS2_BYTES(bs->bs_items_total),
-                               &blen))) {
-                json_decref(o);
-                return NULL;
-        }
-        json_object_set_new(o, "statuses", json_stringn_nocheck(b64, blen));
-        free(b64);
-        return dump(o, lenp);
-}
-
-/* Reads a non-negative integer field; -1 when present but bad. */
-static int get_count(const json_t *o, const char *k, int64_t *out) {
-        const json_t *v = json_object_get(o, k);
-        *out = 0;
-        if (!v || json_is_null(v))
-                return 0;
-        if (!json_is_integer(v) || json_integer_value(v) < 0)
-                return -1;
-        *out = json_integer_value(v);
-        return 0;
-}
-
-kb_bstate_t *kb_bstate_decode(const void *buf, size_t len, char *errstr,
-                              size_t errstr_size) {
-        json_error_t jerr;
-        json_t *o, *v, *u;
-        kb_bstate_t *bs = NULL;
-        const char *id, *map;
-        int64_t total, cnt[4], x;
-        size_t k;
-
-        if (!buf || !len) {
-                snprintf(errstr, errstr_size, "empty record");
-                return NULL;
-        }
-        if (!(o = json_loadb(buf, len, 0, &jerr))) {
-                snprintf(errstr, errstr_size, "not JSON: %s", jerr.text);
-                return NULL;
-        }
-#define BAD(...)                                                               \
-        do {                                                                   \
-                snprintf(errstr, errstr_size, __VA_ARGS__);                    \
-                goto fail;                                                     \
-        } while (0)
-        if (!json_is_object(o))
-                BAD("record is not a JSON object");
-        if (jint(o, "v", 0) != 1)
-                BAD("unknown record version");
-        id = jstr(o, "batch_id");
-        if (!kb_codec_batch_id_valid(id))
-                BAD("bad batch_id");
-        total = jint(o, "items_total", 0);
-        if (!(bs = kb_bstate_new(id, total)))
-                BAD("bad items_total %lld", (long long)total);
-        map = jstr(o, "statuses");
-        if (!map || b64_decode(map, strlen(map), bs->bs_map,
-                               KB_BITS2_BYTES(total)) < 0)
-                BAD("bad map for %lld items", (long long)total);
-        /* Bits past the last item must be clear. */
-        for (x = total; x < (int64_t)KB_BITS2_BYTES(total) * 4; x++)
-                kb_bits2_set(bs->bs_map, x, 0);
-        if (get_count(o, "items_succeeded", &bs->bs_succeeded) ||
-            get_count(o, "items_failed", &bs->bs_failed) ||
-            get_count(o, "items_cancelled", &bs->bs_cancelled) ||
-            get_count(o, "items_expired", &bs->bs_expired) ||
-            get_count(o, "items_invalid", &bs->bs_invalid) ||
-            get_count(o, "revision", &bs->bs_revision) ||
-            get_count(o, "first_result_at", &bs->bs_first_result_at) ||
-            get_count(o, "last_result_at", &bs->bs_last_result_at) ||
-            get_count(o, "completed_at", &bs->bs_completed_at) ||
-            get_count(o, "updated_at", &bs->bs_updated_at) ||
-            get_count(o, "deadline", &bs->bs_deadline))
-                BAD("a count or timestamp is not a non-negative integer");
-        if ((u = json_object_get(o, "usage")) && json_is_object(u) &&
-            (get_count(u, "input_tokens", &bs->bs_input_tokens) ||
-             get_count(u, "output_tokens", &bs->bs_output_tokens) ||
-             get_count(u, "total_tokens", &bs->bs_total_tokens)))
-                BAD("bad usage");
-        kb_bits2_count(bs->bs_map, total, cnt);
-        bs->bs_done = total - cnt[0];
-        /* Bounded as on the way in (a record written before the bounds
-         * existed may hold more). */
-        if ((id = jstr(o, "callback_url")) &&
-            kb_codec_str_within(id, KB_CALLBACK_URL_MAX))
-                bs->bs_callback_url = strdup(id);
-        if ((v = json_object_get(o, "metadata")) && json_is_object(v)) {
-                char err[256];
-                if (!kb_codec_metadata_check(v, err, sizeof(err)))
-                        bs->bs_metadata = json_incref(v);
-        }
-        if ((v = json_object_get(o, "extra_indexes")) && json_is_array(v) &&
-            json_array_size(v) > 0) {
-                size_t n = json_array_size(v);
-                if (n > KB_BATCH_EXTRA_MAX)
-                        BAD("too many extra_indexes");
-                bs->bs_extra = malloc(KB_BATCH_EXTRA_MAX * sizeof(*bs->bs_extra));
-                if (!bs->bs_extra)
-                        BAD("out of memory");
-                for (k = 0; k < n; k++) {
-                        json_t *e = json_array_get(v, k);
-                        if (!json_is_integer(e))
-                                BAD("bad extra_indexes");
-                        bs->bs_extra[bs->bs_extra_cnt++] = json_integer_value(e);
-                }
-        }
-#undef BAD
-        json_decref(o);
-        return bs;
-fail:
-        kb_bstate_destroy(bs);
-        json_decref(o);
-        return NULL;
-}
-
-char *kb_bstate_event_encode(const kb_bstate_t *bs, size_t *lenp) {
-        json_t *o = kb_bstate_event_json(bs);
-        return o ? dump(o, lenp) : NULL;
-}
-
-json_t *kb_bstate_event_json(const kb_bstate_t *bs) {
-        json_t *o = json_object();
-        char eid[KB_BATCH_ID_MAX + 32];
-        if (!o)
-                return NULL;
-        snprintf(eid, sizeof(eid), "%s:%lld", bs->bs_batch_id,
-                 (long long)bs->bs_revision);
-        json_object_set_new(o, "event_id", json_string(eid));
-        json_object_set_new(o, "type", json_string(bs->bs_revision <= 1
-                                                       ? "batch.completed"
-                                                       : "batch.updated"));
-        json_object_set_new(o, "revision", json_integer(bs->bs_revision));
-        common_fields(o, bs);
-        if (bs->bs_revision > 1)
-                json_object_set_new(o, "updated_at",
-                                    ms_or_null(bs->bs_updated_at));
-        return o;
-}
-
-/* ==== part 2: the role ================================================== */
 
 /* glibc's sys/queue.h lacks the _SAFE iterators. */
 #ifndef TAILQ_FOREACH_SAFE
@@ -702,17 +86,12 @@ struct kb_aggregator_s {
         int ag_recover_recent;
         int64_t ag_fenced_at;     /* last recovery from fencing */
         int64_t ag_txn_begun_at;  /* the open transaction's begin, or 0 */
-        int ag_test_fatal_every; /* $KBATCH_TEST_TXN_FATAL_EVERY=N */
         int64_t ag_next_commit;
         int64_t ag_next_cron;
         /* counters, for logs */
         uint64_t ag_results_cnt, ag_counted, ag_dups, ag_invalid,
             ag_rejected, ag_events, ag_commits, ag_aborts;
         int64_t ag_commit_ms_sum, ag_commit_ms_max;
-        /* Fault injection for tests ($KBATCH_TEST_TXN_ABORT_EVERY=N): every
-         * N-th transaction is aborted instead of committed, which takes the
-         * same path as an abortable error. */
-        int ag_test_abort_every;
         kb_serde_t *ag_serde;        /* value formats (json/avro) */
         int ag_results_avro;         /* results topic is avro */
         int ag_events_avro;          /* batches topic is avro */
@@ -910,140 +289,142 @@ static void set_recover(kb_aggregator_t *ag, const char *what,
 
 /* ---- restore from batch-state ---- */
 
-/* Reads partitions `parts` of batch-state from the beginning to the end
- * (read_committed; waiting, bounded, for a transaction still open on a
- * partition, which a crashed owner may have left) and installs the last
- * record of every key into the live table. Returns 0, or -1 when the
- * restore could not run (the caller treats it as fatal). */
-static int restore(kb_aggregator_t *ag, const int32_t *parts, int n) {
-        const kb_conf_t *conf = ag->ag_conf;
-        rd_kafka_topic_partition_list_t *l;
-        kb_btable_t tmp;
-        kb_batch_t *bt, *nx;
-        int *done, remaining = n, i, logged_wait = 0;
-        int64_t t0 = kb_now_ms(), t1, deadline, records = 0, restored = 0;
-        size_t bytes = 0;
-        rd_kafka_resp_err_t err;
-        char plist[256];
-        size_t pl = 0;
+/* One restore: the partitions being read and what was read so far. */
+typedef struct restore_run_s {
+        const int32_t *rr_parts;
+        int rr_n;
+        int *rr_done;          /* rr_done[i]: parts[i] read to its end */
+        int rr_remaining;      /* partitions not read to their end */
+        int rr_logged_wait;
+        int64_t rr_deadline;
+        int64_t rr_records;
+        size_t rr_bytes;
+        kb_btable_t rr_tmp;    /* the last record of every key (bt_raw) */
+        char rr_plist[256];    /* "0,3,5", for logs */
+} restore_run_t;
 
-        if (n <= 0)
-                return 0;
-        deadline = t0 + 2 * (int64_t)conf->aggregator_transaction_timeout_ms +
-                   30000;
-        if (tbl_init(&tmp) < 0 || !(done = calloc((size_t)n, sizeof(int)))) {
-                free(tmp.tb_buckets);
-                set_fatal(ag, "restore", "out of memory");
-                return -1;
+static void tbl_free_all(kb_btable_t *tb) {
+        kb_batch_t *bt, *nx;
+        TAILQ_FOREACH_SAFE(bt, &tb->tb_all, bt_all, nx) {
+                TAILQ_REMOVE(&tb->tb_all, bt, bt_all);
+                batch_free(bt);
         }
-        l = rd_kafka_topic_partition_list_new(n);
-        plist[0] = '\0';
-        for (i = 0; i < n; i++) {
-                rd_kafka_topic_partition_list_add(l, ag->ag_state, parts[i])
+        free(tb->tb_buckets);
+        tb->tb_buckets = NULL;
+}
+
+/* Assigns the partitions from their beginning. -1 (fatal set) on failure. */
+static int restore_assign(kb_aggregator_t *ag, restore_run_t *rr) {
+        rd_kafka_topic_partition_list_t *l;
+        rd_kafka_resp_err_t err;
+        size_t pl = 0;
+        int i;
+
+        l = rd_kafka_topic_partition_list_new(rr->rr_n);
+        rr->rr_plist[0] = '\0';
+        for (i = 0; i < rr->rr_n; i++) {
+                rd_kafka_topic_partition_list_add(l, ag->ag_state,
+                                                  rr->rr_parts[i])
                     ->offset = RD_KAFKA_OFFSET_BEGINNING;
-                if (pl < sizeof(plist) - 16)
-                        pl += (size_t)snprintf(plist + pl, sizeof(plist) - pl,
-                                               "%s%d", i ? "," : "",
-                                               (int)parts[i]);
+                if (pl < sizeof(rr->rr_plist) - 16)
+                        pl += (size_t)snprintf(
+                            rr->rr_plist + pl, sizeof(rr->rr_plist) - pl,
+                            "%s%d", i ? "," : "", (int)rr->rr_parts[i]);
         }
         err = rd_kafka_assign(ag->ag_restorer, l);
         rd_kafka_topic_partition_list_destroy(l);
         if (err) {
-                free(done);
-                free(tmp.tb_buckets);
                 set_fatal(ag, "restore: assign", rd_kafka_err2str(err));
                 return -1;
         }
-        while (remaining > 0) {
+        return 0;
+}
+
+/* A partition's end was reached: done when it is the stable end. */
+static void restore_eof(kb_aggregator_t *ag, restore_run_t *rr,
+                        const rd_kafka_message_t *m) {
+        int64_t lo = -1, hi = -1;
+        int i;
+        for (i = 0; i < rr->rr_n && rr->rr_parts[i] != m->partition; i++)
+                ;
+        rd_kafka_get_watermark_offsets(ag->ag_restorer, ag->ag_state,
+                                       m->partition, &lo, &hi);
+        if (i >= rr->rr_n || rr->rr_done[i])
+                return;
+        /* The end for read_committed is the last stable offset; below the
+         * high watermark a transaction is still open. */
+        if (hi < 0 || m->offset >= hi) {
+                rr->rr_done[i] = 1;
+                rr->rr_remaining--;
+        } else if (!rr->rr_logged_wait++) {
+                kb_log(KB_LOG_INFO, "aggregator",
+                       "%s[%d]: waiting for an open transaction to end "
+                       "(stable offset %lld, end %lld)",
+                       ag->ag_state, (int)m->partition, (long long)m->offset,
+                       (long long)hi);
+        }
+}
+
+/* Keeps a record as the latest of its key (a copy; NULL for a tombstone). */
+static void restore_keep(restore_run_t *rr, const rd_kafka_message_t *m) {
+        char key[KB_BATCH_ID_MAX + 1];
+        kb_batch_t *bt;
+        memcpy(key, m->key, m->key_len);
+        key[m->key_len] = '\0';
+        rr->rr_records++;
+        rr->rr_bytes += m->len;
+        if (!(bt = tbl_find(&rr->rr_tmp, key))) {
+                if (!(bt = batch_new(key, m->partition)))
+                        return;
+                tbl_insert(&rr->rr_tmp, bt);
+        }
+        bt->bt_partition = m->partition;
+        free(bt->bt_raw);
+        bt->bt_raw = NULL;
+        bt->bt_raw_len = 0;
+        if (m->payload && m->len && (bt->bt_raw = malloc(m->len))) {
+                memcpy(bt->bt_raw, m->payload, m->len);
+                bt->bt_raw_len = m->len;
+        }
+}
+
+/* Reads until every partition is at its end, the deadline passes or a stop
+ * is requested. */
+static void restore_read(kb_aggregator_t *ag, restore_run_t *rr) {
+        while (rr->rr_remaining > 0) {
                 rd_kafka_message_t *m =
                     rd_kafka_consumer_poll(ag->ag_restorer, 200);
                 if (!m) {
-                        if (kb_now_ms() >= deadline || kb_loop_stop_requested)
+                        if (kb_now_ms() >= rr->rr_deadline ||
+                            kb_loop_stop_requested)
                                 break;
                         continue;
                 }
                 if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                        int64_t lo = -1, hi = -1;
-                        for (i = 0; i < n && parts[i] != m->partition; i++)
-                                ;
-                        rd_kafka_get_watermark_offsets(ag->ag_restorer,
-                                                       ag->ag_state,
-                                                       m->partition, &lo, &hi);
-                        if (i < n && !done[i]) {
-                                /* The end for read_committed is the last
-                                 * stable offset; below the high watermark a
-                                 * transaction is still open. */
-                                if (hi < 0 || m->offset >= hi) {
-                                        done[i] = 1;
-                                        remaining--;
-                                } else if (!logged_wait++) {
-                                        kb_log(KB_LOG_INFO, "aggregator",
-                                               "%s[%d]: waiting for an open "
-                                               "transaction to end (stable "
-                                               "offset %lld, end %lld)",
-                                               ag->ag_state, (int)m->partition,
-                                               (long long)m->offset,
-                                               (long long)hi);
-                                }
-                        }
+                        restore_eof(ag, rr, m);
                 } else if (m->err) {
                         kb_log(KB_LOG_WARN, "aggregator", "restore: %s",
                                rd_kafka_message_errstr(m));
                         if (m->err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
                             m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-                                deadline = 0;
+                                rr->rr_deadline = 0;
                 } else if (m->key_len > 0 && m->key_len <= KB_BATCH_ID_MAX) {
-                        char key[KB_BATCH_ID_MAX + 1];
-                        memcpy(key, m->key, m->key_len);
-                        key[m->key_len] = '\0';
-                        records++;
-                        bytes += m->len;
-                        if (!(bt = tbl_find(&tmp, key))) {
-                                if (!(bt = batch_new(key, m->partition))) {
-                                        rd_kafka_message_destroy(m);
-                                        continue;
-                                }
-                                tbl_insert(&tmp, bt);
-                        }
-                        bt->bt_partition = m->partition;
-                        free(bt->bt_raw);
-                        bt->bt_raw = NULL;
-                        bt->bt_raw_len = 0;
-                        if (m->payload && m->len &&
-                            (bt->bt_raw = malloc(m->len))) {
-                                memcpy(bt->bt_raw, m->payload, m->len);
-                                bt->bt_raw_len = m->len;
-                        }
+                        restore_keep(rr, m);
                 }
                 rd_kafka_message_destroy(m);
         }
         rd_kafka_assign(ag->ag_restorer, NULL);
-        free(done);
-        if (remaining > 0) {
-                /* Half a state must never meet the committed offsets: stop
-                 * (a restart tries again) rather than count wrong. */
-                char why[512];
-                TAILQ_FOREACH_SAFE(bt, &tmp.tb_all, bt_all, nx) {
-                        TAILQ_REMOVE(&tmp.tb_all, bt, bt_all);
-                        batch_free(bt);
-                }
-                free(tmp.tb_buckets);
-                if (kb_loop_stop_requested)
-                        return -1;
-                snprintf(why, sizeof(why),
-                         "%s[%s]: end not reached in %lld ms (a transaction "
-                         "that stays open?)",
-                         ag->ag_state, plist, (long long)(kb_now_ms() - t0));
-                set_fatal(ag, "restore", why);
-                return -1;
-        }
+}
 
-        /* Decode the last record of every key. */
-        t1 = kb_now_ms();
-        TAILQ_FOREACH_SAFE(bt, &tmp.tb_all, bt_all, nx) {
+/* Decodes the last record of every key into the live table (the restore
+ * table's entries move there or are freed). Returns the batches restored. */
+static int64_t restore_install(kb_aggregator_t *ag, kb_btable_t *tmp) {
+        kb_batch_t *bt, *nx;
+        int64_t restored = 0;
+        TAILQ_FOREACH_SAFE(bt, &tmp->tb_all, bt_all, nx) {
                 char errstr[256];
                 kb_bstate_t *bs;
-                TAILQ_REMOVE(&tmp.tb_all, bt, bt_all);
+                TAILQ_REMOVE(&tmp->tb_all, bt, bt_all);
                 if (!bt->bt_raw) { /* tombstoned */
                         batch_free(bt);
                         continue;
@@ -1071,13 +452,63 @@ static int restore(kb_aggregator_t *ag, const int32_t *parts, int n) {
                 tbl_insert(&ag->ag_table, bt);
                 restored++;
         }
-        free(tmp.tb_buckets);
+        return restored;
+}
+
+/* Reads partitions `parts` of batch-state from the beginning to the end
+ * (read_committed; waiting, bounded, for a transaction still open on a
+ * partition, which a crashed owner may have left) and installs the last
+ * record of every key into the live table. Returns 0, or -1 when the
+ * restore could not run (the caller treats it as fatal). */
+static int restore(kb_aggregator_t *ag, const int32_t *parts, int n) {
+        restore_run_t rr;
+        int64_t t0 = kb_now_ms(), t1, restored;
+
+        if (n <= 0)
+                return 0;
+        memset(&rr, 0, sizeof(rr));
+        rr.rr_parts = parts;
+        rr.rr_n = rr.rr_remaining = n;
+        rr.rr_deadline =
+            t0 + 2 * (int64_t)ag->ag_conf->aggregator_transaction_timeout_ms +
+            30000;
+        if (tbl_init(&rr.rr_tmp) < 0 ||
+            !(rr.rr_done = calloc((size_t)n, sizeof(int)))) {
+                free(rr.rr_tmp.tb_buckets);
+                set_fatal(ag, "restore", "out of memory");
+                return -1;
+        }
+        if (restore_assign(ag, &rr) < 0) {
+                free(rr.rr_done);
+                free(rr.rr_tmp.tb_buckets);
+                return -1;
+        }
+        restore_read(ag, &rr);
+        free(rr.rr_done);
+        if (rr.rr_remaining > 0) {
+                /* Half a state must never meet the committed offsets: stop
+                 * (a restart tries again) rather than count wrong. */
+                char why[512];
+                tbl_free_all(&rr.rr_tmp);
+                if (kb_loop_stop_requested)
+                        return -1;
+                snprintf(why, sizeof(why),
+                         "%s[%s]: end not reached in %lld ms (a transaction "
+                         "that stays open?)",
+                         ag->ag_state, rr.rr_plist,
+                         (long long)(kb_now_ms() - t0));
+                set_fatal(ag, "restore", why);
+                return -1;
+        }
+        t1 = kb_now_ms();
+        restored = restore_install(ag, &rr.rr_tmp);
+        free(rr.rr_tmp.tb_buckets);
         kb_log(KB_LOG_INFO, "aggregator",
                "restored %lld batches from %s[%s] in %lld ms (%lld records, "
                "%zu bytes; decoding took %lld ms)",
-               (long long)restored, ag->ag_state, plist,
-               (long long)(kb_now_ms() - t0), (long long)records, bytes,
-               (long long)(kb_now_ms() - t1));
+               (long long)restored, ag->ag_state, rr.rr_plist,
+               (long long)(kb_now_ms() - t0), (long long)rr.rr_records,
+               rr.rr_bytes, (long long)(kb_now_ms() - t1));
         return 0;
 }
 
@@ -1207,23 +638,12 @@ static txn_res_t events_encode(kb_aggregator_t *ag) {
         return TXN_OK;
 }
 
-/* Commits one transaction with the dirty batches' records, their due
- * events and the consumed offsets. Returns TXN_OK (also when there was
- * nothing to commit), TXN_RETRY (could not begin: nothing changed, try
- * later), TXN_ABORT (aborted: the caller must rewind and restore) or
- * TXN_FATAL. */
-static txn_res_t txn_commit(kb_aggregator_t *ag) {
-        rd_kafka_topic_partition_list_t *offs;
-        rd_kafka_consumer_group_metadata_t *cgmd;
-        kb_batch_t *bt, *tmp;
-        txn_res_t r;
+/* The consumed offsets not yet committed, of the assigned partitions.
+ * Caller destroys the list. */
+static rd_kafka_topic_partition_list_t *txn_offsets(kb_aggregator_t *ag) {
+        rd_kafka_topic_partition_list_t *offs =
+            rd_kafka_topic_partition_list_new(ag->ag_part_cnt + 1);
         int32_t p;
-        int tries, events = 0, records = 0;
-        int64_t t0, ms;
-
-        if (ag->ag_fatal || !ag->ag_txn_ready)
-                return TXN_FATAL;
-        offs = rd_kafka_topic_partition_list_new(ag->ag_part_cnt + 1);
         for (p = 0; p < ag->ag_part_cnt; p++) {
                 kb_agpart_t *ap = &ag->ag_parts[p];
                 if (ap->ap_assigned && ap->ap_next >= 0 &&
@@ -1232,6 +652,186 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                                                           p)
                             ->offset = ap->ap_next;
         }
+        return offs;
+}
+
+/* Produces the dirty batches' records (tombstones for retired ones) and
+ * their encoded events into the open transaction. -1: the transaction must
+ * be aborted. */
+static int txn_produce_dirty(kb_aggregator_t *ag, int *events, int *records) {
+        kb_batch_t *bt;
+        TAILQ_FOREACH(bt, &ag->ag_dirty, bt_dlink) {
+                size_t len;
+                char *v;
+                if (bt->bt_tombstone) {
+                        if (txn_produce(ag, ag->ag_state, bt->bt_partition,
+                                        bt->bt_id, NULL, 0))
+                                return -1;
+                        (*records)++;
+                        continue;
+                }
+                if (bt->bt_ev) {
+                        v = bt->bt_ev;
+                        bt->bt_ev = NULL; /* taken by txn_produce */
+                        if (txn_produce(ag, ag->ag_batches,
+                                        RD_KAFKA_PARTITION_UA, bt->bt_id, v,
+                                        bt->bt_ev_len))
+                                return -1;
+                        (*events)++;
+                }
+                if (!(v = kb_bstate_encode(bt->bt_st, &len)) ||
+                    txn_produce(ag, ag->ag_state, bt->bt_partition, bt->bt_id,
+                                v, len))
+                        return -1;
+                (*records)++;
+        }
+        return 0;
+}
+
+/* Sends the consumed offsets into the open transaction (retried). */
+static txn_res_t txn_send_offsets(kb_aggregator_t *ag,
+                                  rd_kafka_topic_partition_list_t *offs) {
+        rd_kafka_consumer_group_metadata_t *cgmd;
+        txn_res_t r = TXN_OK;
+        int tries;
+        if (offs->cnt == 0)
+                return TXN_OK;
+        cgmd = rd_kafka_consumer_group_metadata(ag->ag_consumer);
+        for (tries = 0;; tries++) {
+                r = txn_classify(ag, "send offsets to transaction",
+                                 rd_kafka_send_offsets_to_transaction(
+                                     ag->ag_producer, offs, cgmd, -1));
+                if (r != TXN_RETRY || tries >= 5)
+                        break;
+        }
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+        return r;
+}
+
+/* The fault injection of aggregator.test_txn_fatal_every and
+ * aggregator.test_txn_abort_every (tests only). Returns 1 when this
+ * transaction is to be aborted on purpose. */
+static int txn_test_faults(kb_aggregator_t *ag) {
+        int fatal_every = ag->ag_conf->aggregator_test_txn_fatal_every,
+            abort_every = ag->ag_conf->aggregator_test_txn_abort_every;
+        ag->ag_txn_seq++;
+        if (fatal_every && ag->ag_txn_seq % (uint64_t)fatal_every == 0)
+                rd_kafka_test_fatal_error(ag->ag_producer,
+                                          RD_KAFKA_RESP_ERR_INVALID_TXN_STATE,
+                                          "test: aggregator.test_txn_fatal_every");
+        if (abort_every && ag->ag_txn_seq % (uint64_t)abort_every == 0) {
+                kb_log(KB_LOG_WARN, "aggregator",
+                       "test: aborting a transaction on purpose");
+                return 1;
+        }
+        return 0;
+}
+
+/* Commits the open transaction (retried). */
+static txn_res_t txn_end(kb_aggregator_t *ag) {
+        txn_res_t r;
+        int tries;
+        for (tries = 0;; tries++) {
+                r = txn_classify(ag, "commit transaction",
+                                 rd_kafka_commit_transaction(ag->ag_producer,
+                                                             -1));
+                if (r != TXN_RETRY || tries >= 5)
+                        break;
+        }
+        return r;
+}
+
+/* After a commit: the offsets count as sent, retired batches go, the
+ * events published are counted and logged. */
+static void txn_committed(kb_aggregator_t *ag,
+                          const rd_kafka_topic_partition_list_t *offs,
+                          int64_t t0, int events, int records) {
+        kb_batch_t *bt, *tmp;
+        int64_t ms = kb_now_ms() - t0;
+        char ev[16], rec[16], lat[24];
+        const char *kv[] = {"events", ev, "records", rec, "latency_ms", lat,
+                            NULL};
+        int p;
+
+        ag->ag_txn_begun_at = 0;
+        ag->ag_commits++;
+        ag->ag_commit_ms_sum += ms;
+        if (ms > ag->ag_commit_ms_max)
+                ag->ag_commit_ms_max = ms;
+        for (p = 0; p < offs->cnt; p++) {
+                kb_agpart_t *ap = part_get(ag, offs->elems[p].partition, 0);
+                if (ap)
+                        ap->ap_sent = offs->elems[p].offset;
+        }
+        TAILQ_FOREACH_SAFE(bt, &ag->ag_dirty, bt_dlink, tmp) {
+                TAILQ_REMOVE(&ag->ag_dirty, bt, bt_dlink);
+                bt->bt_dirty = 0;
+                if (bt->bt_tombstone) {
+                        const char *bkv[] = {"batch_id", bt->bt_id, NULL};
+                        kb_logkv(KB_LOG_INFO, "aggregator", bkv,
+                                 "batch state retired");
+                        tbl_unlink(&ag->ag_table, bt);
+                        batch_free(bt);
+                        continue;
+                }
+                if (bt->bt_event_due && kb_bstate_complete(bt->bt_st)) {
+                        ag->ag_events++;
+                        kb_metrics_inc(bt->bt_st->bs_revision <= 1
+                                           ? KB_M_BATCHES_COMPLETED
+                                           : KB_M_BATCHES_UPDATED,
+                                       kb_batch_status_str(
+                                           kb_bstate_status(bt->bt_st)),
+                                       NULL);
+                        log_event(bt->bt_st);
+                }
+                bt->bt_event_due = 0;
+        }
+        snprintf(ev, sizeof(ev), "%d", events);
+        snprintf(rec, sizeof(rec), "%d", records);
+        snprintf(lat, sizeof(lat), "%lld", (long long)ms);
+        kb_logkv(events ? KB_LOG_INFO : KB_LOG_DEBUG, "aggregator", kv,
+                 "transaction committed");
+}
+
+/* Aborts the open transaction (retried). TXN_ABORT: the caller rewinds;
+ * TXN_FATAL when the abort did not succeed (the producer is recreated). */
+static txn_res_t txn_abort(kb_aggregator_t *ag) {
+        txn_res_t r;
+        int tries;
+        events_forget(ag);
+        ag->ag_aborts++;
+        kb_log(KB_LOG_WARN, "aggregator",
+               "aborting the transaction; rewinding to the last commit");
+        for (tries = 0;; tries++) {
+                r = txn_classify(ag, "abort transaction",
+                                 rd_kafka_abort_transaction(ag->ag_producer,
+                                                            -1));
+                if (r != TXN_RETRY || tries >= 5)
+                        break;
+        }
+        if (r != TXN_OK) {
+                set_recover(ag, "abort transaction", "did not succeed",
+                            RD_KAFKA_RESP_ERR_NO_ERROR);
+                return TXN_FATAL;
+        }
+        ag->ag_txn_begun_at = 0;
+        return TXN_ABORT;
+}
+
+/* Commits one transaction with the dirty batches' records, their due
+ * events and the consumed offsets. Returns TXN_OK (also when there was
+ * nothing to commit), TXN_RETRY (could not begin: nothing changed, try
+ * later), TXN_ABORT (aborted: the caller must rewind and restore) or
+ * TXN_FATAL. */
+static txn_res_t txn_commit(kb_aggregator_t *ag) {
+        rd_kafka_topic_partition_list_t *offs;
+        txn_res_t r;
+        int events = 0, records = 0;
+        int64_t t0;
+
+        if (ag->ag_fatal || !ag->ag_txn_ready)
+                return TXN_FATAL;
+        offs = txn_offsets(ag);
         if (TAILQ_EMPTY(&ag->ag_dirty) && offs->cnt == 0) {
                 rd_kafka_topic_partition_list_destroy(offs);
                 return TXN_OK;
@@ -1251,143 +851,20 @@ static txn_res_t txn_commit(kb_aggregator_t *ag) {
                 return r == TXN_FATAL ? TXN_FATAL : TXN_RETRY;
         }
         ag->ag_txn_begun_at = t0;
-        TAILQ_FOREACH(bt, &ag->ag_dirty, bt_dlink) {
-                kb_bstate_t *bs = bt->bt_st;
-                size_t len;
-                char *v;
-                if (bt->bt_tombstone) {
-                        if (txn_produce(ag, ag->ag_state, bt->bt_partition,
-                                        bt->bt_id, NULL, 0))
-                                goto abort;
-                        records++;
-                        continue;
-                }
-                if (bt->bt_ev) {
-                        v = bt->bt_ev;
-                        bt->bt_ev = NULL; /* taken by txn_produce */
-                        if (txn_produce(ag, ag->ag_batches,
-                                        RD_KAFKA_PARTITION_UA, bt->bt_id, v,
-                                        bt->bt_ev_len))
-                                goto abort;
-                        events++;
-                }
-                if (!(v = kb_bstate_encode(bs, &len)) ||
-                    txn_produce(ag, ag->ag_state, bt->bt_partition, bt->bt_id,
-                                v, len))
-                        goto abort;
-                records++;
-        }
-        if (offs->cnt > 0) {
-                cgmd = rd_kafka_consumer_group_metadata(ag->ag_consumer);
-                for (tries = 0;; tries++) {
-                        r = txn_classify(ag, "send offsets to transaction",
-                                         rd_kafka_send_offsets_to_transaction(
-                                             ag->ag_producer, offs, cgmd, -1));
-                        if (r != TXN_RETRY || tries >= 5)
-                                break;
-                }
-                rd_kafka_consumer_group_metadata_destroy(cgmd);
-                if (r == TXN_FATAL)
-                        goto fatal;
-                if (r != TXN_OK)
-                        goto abort;
-        }
-        ag->ag_txn_seq++;
-        if (ag->ag_test_fatal_every &&
-            ag->ag_txn_seq % (uint64_t)ag->ag_test_fatal_every == 0)
-                rd_kafka_test_fatal_error(ag->ag_producer,
-                                          RD_KAFKA_RESP_ERR_INVALID_TXN_STATE,
-                                          "test: KBATCH_TEST_TXN_FATAL_EVERY");
-        if (ag->ag_test_abort_every &&
-            ag->ag_txn_seq % (uint64_t)ag->ag_test_abort_every == 0) {
-                kb_log(KB_LOG_WARN, "aggregator",
-                       "test: aborting a transaction on purpose");
-                goto abort;
-        }
-        for (tries = 0;; tries++) {
-                r = txn_classify(ag, "commit transaction",
-                                 rd_kafka_commit_transaction(ag->ag_producer,
-                                                             -1));
-                if (r != TXN_RETRY || tries >= 5)
-                        break;
-        }
-        if (r == TXN_FATAL)
-                goto fatal;
-        if (r != TXN_OK)
-                goto abort;
-
-        /* Committed. */
-        ag->ag_txn_begun_at = 0;
-        ms = kb_now_ms() - t0;
-        ag->ag_commits++;
-        ag->ag_commit_ms_sum += ms;
-        if (ms > ag->ag_commit_ms_max)
-                ag->ag_commit_ms_max = ms;
-        for (p = 0; p < offs->cnt; p++) {
-                kb_agpart_t *ap = part_get(ag, offs->elems[p].partition, 0);
-                if (ap)
-                        ap->ap_sent = offs->elems[p].offset;
-        }
+        if (txn_produce_dirty(ag, &events, &records) < 0)
+                r = TXN_ABORT;
+        else if ((r = txn_send_offsets(ag, offs)) == TXN_OK)
+                r = txn_test_faults(ag) ? TXN_ABORT : txn_end(ag);
+        if (r == TXN_OK)
+                txn_committed(ag, offs, t0, events, records);
         rd_kafka_topic_partition_list_destroy(offs);
-        TAILQ_FOREACH_SAFE(bt, &ag->ag_dirty, bt_dlink, tmp) {
-                TAILQ_REMOVE(&ag->ag_dirty, bt, bt_dlink);
-                bt->bt_dirty = 0;
-                if (bt->bt_tombstone) {
-                        const char *kv[] = {"batch_id", bt->bt_id, NULL};
-                        kb_logkv(KB_LOG_INFO, "aggregator", kv,
-                                 "batch state retired");
-                        tbl_unlink(&ag->ag_table, bt);
-                        batch_free(bt);
-                        continue;
-                }
-                if (bt->bt_event_due && kb_bstate_complete(bt->bt_st)) {
-                        ag->ag_events++;
-                        kb_metrics_inc(bt->bt_st->bs_revision <= 1
-                                           ? KB_M_BATCHES_COMPLETED
-                                           : KB_M_BATCHES_UPDATED,
-                                       kb_batch_status_str(
-                                           kb_bstate_status(bt->bt_st)),
-                                       NULL);
-                        log_event(bt->bt_st);
-                }
-                bt->bt_event_due = 0;
-        }
-        {
-                char ev[16], rec[16], lat[24];
-                const char *kv[] = {"events", ev, "records", rec,
-                                    "latency_ms", lat, NULL};
-                snprintf(ev, sizeof(ev), "%d", events);
-                snprintf(rec, sizeof(rec), "%d", records);
-                snprintf(lat, sizeof(lat), "%lld", (long long)ms);
-                kb_logkv(events ? KB_LOG_INFO : KB_LOG_DEBUG, "aggregator", kv,
-                         "transaction committed");
-        }
-        return TXN_OK;
-
-abort:
-        events_forget(ag);
-        rd_kafka_topic_partition_list_destroy(offs);
-        ag->ag_aborts++;
-        kb_log(KB_LOG_WARN, "aggregator",
-               "aborting the transaction; rewinding to the last commit");
-        for (tries = 0;; tries++) {
-                r = txn_classify(ag, "abort transaction",
-                                 rd_kafka_abort_transaction(ag->ag_producer,
-                                                            -1));
-                if (r != TXN_RETRY || tries >= 5)
-                        break;
-        }
-        if (r != TXN_OK) {
-                set_recover(ag, "abort transaction", "did not succeed",
-                            RD_KAFKA_RESP_ERR_NO_ERROR);
+        if (r == TXN_OK)
+                return TXN_OK;
+        if (r == TXN_FATAL) {
+                events_forget(ag);
                 return TXN_FATAL;
         }
-        ag->ag_txn_begun_at = 0;
-        return TXN_ABORT;
-fatal:
-        events_forget(ag);
-        rd_kafka_topic_partition_list_destroy(offs);
-        return TXN_FATAL;
+        return txn_abort(ag);
 }
 
 /* After an aborted transaction: forget the in-memory state, restore it from
@@ -1891,38 +1368,13 @@ static int check_topics(kb_aggregator_t *ag, char *errstr,
         return 0;
 }
 
-kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
-                                   char *errstr, size_t errstr_size) {
-        kb_aggregator_t *ag = calloc(1, sizeof(*ag));
-        rd_kafka_conf_t *kc = NULL;
-        rd_kafka_topic_partition_list_t *topics;
-        rd_kafka_resp_err_t err;
-        rd_kafka_error_t *e;
-        char num[32], gid[300];
-        int64_t until;
-        int wfd;
-
-        if (!ag) {
-                snprintf(errstr, errstr_size, "out of memory");
-                return NULL;
-        }
-        ag->ag_conf = conf;
-        ag->ag_loop = loop;
-        ag->ag_results = conf->topics_name[KB_TOPIC_RESULTS];
-        ag->ag_state = conf->topics_name[KB_TOPIC_BATCH_STATE];
-        ag->ag_batches = conf->topics_name[KB_TOPIC_BATCHES];
-        TAILQ_INIT(&ag->ag_dirty);
-        if (getenv("KBATCH_TEST_TXN_ABORT_EVERY"))
-                ag->ag_test_abort_every =
-                    atoi(getenv("KBATCH_TEST_TXN_ABORT_EVERY"));
-        if (ag->ag_test_abort_every < 0)
-                ag->ag_test_abort_every = 0;
-        if (tbl_init(&ag->ag_table) < 0) {
-                snprintf(errstr, errstr_size, "out of memory");
-                goto fail;
-        }
-        if (!(ag->ag_serde = kb_serde_new(conf, loop, errstr, errstr_size)))
-                goto fail;
+/* The value formats of the results and batches topics (the events' Avro
+ * schema prepared when it is Avro). */
+static int formats_setup(kb_aggregator_t *ag, char *errstr,
+                         size_t errstr_size) {
+        if (!(ag->ag_serde =
+                  kb_serde_new(ag->ag_conf, ag->ag_loop, errstr, errstr_size)))
+                return -1;
         ag->ag_results_avro =
             kb_serde_format(ag->ag_serde, ag->ag_results) == KB_FORMAT_AVRO;
         ag->ag_events_avro =
@@ -1930,23 +1382,16 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
         if (ag->ag_events_avro &&
             kb_serde_prepare(ag->ag_serde, ag->ag_batches, KB_MSG_BATCH_EVENT,
                              errstr, errstr_size) == KB_SERDE_INVALID)
-                goto fail;
+                return -1;
+        return 0;
+}
 
-        /* The transactional producer. */
-        snprintf(ag->ag_txn_id, sizeof(ag->ag_txn_id), "kbatch-aggregator-%s",
-                 kb_conf_instance_id(conf));
-        if (getenv("KBATCH_TEST_TXN_FATAL_EVERY"))
-                ag->ag_test_fatal_every =
-                    atoi(getenv("KBATCH_TEST_TXN_FATAL_EVERY"));
-        if (ag->ag_test_fatal_every < 0)
-                ag->ag_test_fatal_every = 0;
-        if (!(ag->ag_producer = producer_new(ag, errstr, errstr_size)))
-                goto fail;
-        if (check_topics(ag, errstr, errstr_size) < 0)
-                goto fail;
-        /* Fences a previous process with our transactional.id and aborts
-         * what it left open (so the restore below is not held up). */
-        until = kb_now_ms() + 60000;
+/* Initializes transactions, which fences a previous process with our
+ * transactional.id and aborts what it left open (so the restore is not held
+ * up). Retried for up to a minute while the coordinator is unreachable. */
+static int txn_init(kb_aggregator_t *ag, char *errstr, size_t errstr_size) {
+        int64_t until = kb_now_ms() + 60000;
+        rd_kafka_error_t *e;
         for (;;) {
                 e = rd_kafka_init_transactions(ag->ag_producer, 10000);
                 if (!e)
@@ -1957,7 +1402,7 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
                                  "initializing transactions (%s): %s",
                                  ag->ag_txn_id, rd_kafka_error_string(e));
                         rd_kafka_error_destroy(e);
-                        goto fail;
+                        return -1;
                 }
                 kb_log(KB_LOG_WARN, "aggregator",
                        "initializing transactions: %s (retrying)",
@@ -1965,12 +1410,23 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
                 rd_kafka_error_destroy(e);
         }
         ag->ag_txn_ready = 1;
+        return 0;
+}
 
-        /* The restore consumer: assign only, never commits. */
+/* The restore consumer: assign only, never commits; connected now rather
+ * than in the first restore. */
+static int restorer_new(kb_aggregator_t *ag, char *errstr,
+                        size_t errstr_size) {
+        const kb_conf_t *conf = ag->ag_conf;
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_topic_t *rkt;
+        rd_kafka_conf_t *kc;
+        char gid[300];
+
         snprintf(gid, sizeof(gid), "%s.restore", conf->kafka_aggregator_group_id);
         if (!(kc = kb_kafka_conf_new(conf, "aggregator-restore", errstr,
                                      errstr_size)))
-                goto fail;
+                return -1;
         if (kb_kafka_conf_set(kc, "group.id", gid, errstr, errstr_size) ||
             kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
                               errstr_size) ||
@@ -1981,34 +1437,42 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
             kb_kafka_conf_set(kc, "isolation.level", "read_committed", errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "fetch.wait.max.ms", "10", errstr,
-                              errstr_size))
-                goto fail;
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                return -1;
+        }
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, ag);
         if (!(ag->ag_restorer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
-                                             errstr_size)))
-                goto fail;
-        kc = NULL;
-        rd_kafka_poll_set_consumer(ag->ag_restorer);
-        {
-                /* Connects now rather than in the first restore. */
-                const struct rd_kafka_metadata *md = NULL;
-                rd_kafka_topic_t *rkt =
-                    rd_kafka_topic_new(ag->ag_restorer, ag->ag_state, NULL);
-                if (rkt && !rd_kafka_metadata(ag->ag_restorer, 0, rkt, &md,
-                                              10000))
-                        rd_kafka_metadata_destroy(md);
-                if (rkt)
-                        rd_kafka_topic_destroy(rkt);
+                                             errstr_size))) {
+                rd_kafka_conf_destroy(kc);
+                return -1;
         }
+        rd_kafka_poll_set_consumer(ag->ag_restorer);
+        rkt = rd_kafka_topic_new(ag->ag_restorer, ag->ag_state, NULL);
+        if (rkt && !rd_kafka_metadata(ag->ag_restorer, 0, rkt, &md, 10000))
+                rd_kafka_metadata_destroy(md);
+        if (rkt)
+                rd_kafka_topic_destroy(rkt);
+        return 0;
+}
 
-        /* The results consumer: eager range assignment (all state of a
-         * partition moves at once), manual offsets (committed by the
-         * transactions). */
+/* The results consumer: eager range assignment (all state of a partition
+ * moves at once), manual offsets (committed by the transactions), events
+ * on the loop's wake-up pipe; subscribed. */
+static int consumer_new(kb_aggregator_t *ag, char *errstr,
+                        size_t errstr_size) {
+        const kb_conf_t *conf = ag->ag_conf;
+        rd_kafka_topic_partition_list_t *topics;
+        rd_kafka_resp_err_t err;
+        rd_kafka_conf_t *kc;
+        char num[32];
+        int wfd;
+
         snprintf(num, sizeof(num), "%d", conf->worker_queue_max_kbytes);
         if (!(kc = kb_kafka_conf_new(conf, "aggregator-consumer", errstr,
                                      errstr_size)))
-                goto fail;
+                return -1;
         if (kb_kafka_conf_set(kc, "group.id", conf->kafka_aggregator_group_id,
                               errstr, errstr_size) ||
             kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
@@ -2024,20 +1488,23 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
             kb_kafka_conf_set(kc, "enable.partition.eof", "true", errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "queued.max.messages.kbytes", num, errstr,
-                              errstr_size))
-                goto fail;
+                              errstr_size)) {
+                rd_kafka_conf_destroy(kc);
+                return -1;
+        }
         rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
         rd_kafka_conf_set_error_cb(kc, error_cb);
         rd_kafka_conf_set_opaque(kc, ag);
         if (!(ag->ag_consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
-                                             errstr_size)))
-                goto fail;
-        kc = NULL;
+                                             errstr_size))) {
+                rd_kafka_conf_destroy(kc);
+                return -1;
+        }
         rd_kafka_poll_set_consumer(ag->ag_consumer);
         ag->ag_cq = rd_kafka_queue_get_consumer(ag->ag_consumer);
-        if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
+        if ((wfd = kb_loop_wake_pipe(ag->ag_loop)) < 0) {
                 snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
-                goto fail;
+                return -1;
         }
         rd_kafka_queue_io_event_enable(ag->ag_cq, wfd, "a", 1);
         topics = rd_kafka_topic_partition_list_new(1);
@@ -2048,8 +1515,38 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
         if (err) {
                 snprintf(errstr, errstr_size, "subscribe: %s",
                          rd_kafka_err2str(err));
+                return -1;
+        }
+        return 0;
+}
+
+kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
+                                   char *errstr, size_t errstr_size) {
+        kb_aggregator_t *ag = calloc(1, sizeof(*ag));
+
+        if (!ag) {
+                snprintf(errstr, errstr_size, "out of memory");
+                return NULL;
+        }
+        ag->ag_conf = conf;
+        ag->ag_loop = loop;
+        ag->ag_results = conf->topics_name[KB_TOPIC_RESULTS];
+        ag->ag_state = conf->topics_name[KB_TOPIC_BATCH_STATE];
+        ag->ag_batches = conf->topics_name[KB_TOPIC_BATCHES];
+        TAILQ_INIT(&ag->ag_dirty);
+        snprintf(ag->ag_txn_id, sizeof(ag->ag_txn_id), "kbatch-aggregator-%s",
+                 kb_conf_instance_id(conf));
+        if (tbl_init(&ag->ag_table) < 0) {
+                snprintf(errstr, errstr_size, "out of memory");
                 goto fail;
         }
+        if (formats_setup(ag, errstr, errstr_size) < 0 ||
+            !(ag->ag_producer = producer_new(ag, errstr, errstr_size)) ||
+            check_topics(ag, errstr, errstr_size) < 0 ||
+            txn_init(ag, errstr, errstr_size) < 0 ||
+            restorer_new(ag, errstr, errstr_size) < 0 ||
+            consumer_new(ag, errstr, errstr_size) < 0)
+                goto fail;
         ag->ag_next_commit = kb_now_ms() + conf->aggregator_commit_interval_ms;
         ag->ag_next_cron = kb_now_ms() + 1000;
         kb_log(KB_LOG_INFO, "aggregator",
@@ -2057,8 +1554,6 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
                ag->ag_results, conf->kafka_aggregator_group_id, ag->ag_txn_id);
         return ag;
 fail:
-        if (kc)
-                rd_kafka_conf_destroy(kc);
         kb_aggregator_destroy(ag);
         return NULL;
 }

@@ -1133,6 +1133,97 @@ static int item_chunk(void *opaque, const char *buf, size_t len) {
 static const char *const item_statuses[] = {
         "pending", "succeeded", "failed", "cancelled", "expired", NULL};
 
+/* The custom_ids of the batch's input file into *in. 0; -1 when it cannot
+ * be read (errstr); -2 out of memory. */
+static int items_read_ids(kb_api_t *ap, json_t *file, items_in_t *in,
+                          char *errstr, size_t errstr_size) {
+        kb_pub_lines_t *ls;
+        void *ctx[1];
+        int r = 0;
+        if (!(ls = kb_pub_lines_new(
+                      2 * (size_t)ap->ap_conf->worker_max_item_bytes,
+                      item_line, in)))
+                return -2;
+        ctx[0] = ls;
+        if (kb_apistore_file_read(ap->ap_store, file, item_chunk, ctx, errstr,
+                                  errstr_size) ||
+            kb_pub_lines_end(ls))
+                r = -1;
+        kb_pub_lines_destroy(ls);
+        return r;
+}
+
+/* Indexes ItemResult lines (JSON lines of buf) by item_index into res[0,
+ * total): the first result of an index wins. */
+static void items_index_results(json_t **res, int64_t total, char *buf,
+                                size_t len) {
+        char *p = buf, *end = buf + len;
+        while (p && p < end) {
+                char *nl = memchr(p, '\n', (size_t)(end - p));
+                json_t *r = json_loadb(
+                        p, nl ? (size_t)(nl - p) : (size_t)(end - p), 0, NULL);
+                int64_t ix =
+                        json_integer_value(json_object_get(r, "item_index"));
+                if (r && ix >= 0 && ix < total && !res[ix])
+                        res[ix] = r;
+                else
+                        json_decref(r);
+                p = nl ? nl + 1 : end;
+        }
+}
+
+/* One batch.item: custom_id id, index i, its ItemResult r (NULL: pending)
+ * with status st. New reference. */
+static json_t *item_json(json_t *id, int64_t i, json_t *r, const char *st) {
+        json_t *o = json_pack("{ss sO sI ss}", "object", "batch.item",
+                              "custom_id", id, "item_index", (json_int_t)i,
+                              "status", st ? st : "unknown");
+        json_t *at = r ? json_object_get(r, "attempts") : NULL;
+        json_t *code = r ? json_object_get(r, "http_status") : NULL;
+        json_t *body = r ? json_object_get(r, "output") : NULL;
+        json_object_set_new(o, "attempts",
+                            at ? json_incref(at) : json_integer(0));
+        json_object_set(o, "error",
+                        r && json_object_get(r, "error")
+                                ? json_object_get(r, "error")
+                                : json_null());
+        json_object_set_new(o, "response",
+                            r ? json_pack("{sO sO}", "status_code",
+                                          code ? code : json_null(), "body",
+                                          body ? body : json_null())
+                              : json_null());
+        return o;
+}
+
+/* The page of items from start on, of status want (NULL: any), at most
+ * limit: the list reply. */
+static enum MHD_Result items_page(kb_api_req_t *rq, const items_in_t *in,
+                                  json_t **res, int64_t start,
+                                  const char *want, int64_t limit) {
+        json_t *data = json_array(), *last = NULL;
+        int64_t i;
+        int more = 0;
+        for (i = start; i < in->it_n; i++) {
+                json_t *r = res[i];
+                const char *st =
+                        r ? json_string_value(json_object_get(r, "status"))
+                          : "pending";
+                if (want && strcmp(want, st ? st : ""))
+                        continue;
+                if ((int64_t)json_array_size(data) == limit) {
+                        more = 1;
+                        break;
+                }
+                json_array_append_new(data, item_json(in->it_ids[i], i, r, st));
+                last = in->it_ids[i];
+        }
+        return kb_api_reply_json(
+                rq, 200,
+                json_pack("{ss so sO sb}", "object", "list", "data", data,
+                          "last_id", last ? last : json_null(), "has_more",
+                          more));
+}
+
 /* GET /v1/batches/{id}/items?limit=&after=&status= */
 static enum MHD_Result items(kb_api_req_t *rq, json_t *rec) {
         kb_api_t *ap = rq->rq_api;
@@ -1142,15 +1233,13 @@ static enum MHD_Result items(kb_api_req_t *rq, json_t *rec) {
                 rq->rq_conn, MHD_GET_ARGUMENT_KIND, "status");
         const char *fid = json_string_value(json_object_get(rec, "input_file_id"));
         json_t *file = fid ? kb_apistore_file(ap->ap_store, fid) : NULL;
-        json_t **res = NULL, *data = NULL, *last = NULL;
+        json_t **res = NULL;
         items_in_t in;
-        kb_pub_lines_t *ls = NULL;
         char errstr[1024], *ok = NULL, *bad = NULL;
         size_t ok_len = 0, bad_len = 0;
-        int64_t limit, i, start = 0, total;
+        int64_t limit, i, start = 0;
         enum MHD_Result ret;
-        int more = 0;
-        void *ctx[1];
+        int r;
 
         memset(&in, 0, sizeof(in));
         if (kb_api_query_int(rq, "limit", 1, 1000, 100, &limit, &ret)) {
@@ -1172,18 +1261,11 @@ static enum MHD_Result items(kb_api_req_t *rq, json_t *rec) {
                                     rq->rq_id);
         }
         /* The custom_ids, from the input file. */
-        if (!(ls = kb_pub_lines_new(
-                      2 * (size_t)ap->ap_conf->worker_max_item_bytes,
-                      item_line, &in))) {
-                ret = MHD_NO;
-                goto out;
-        }
-        ctx[0] = ls;
-        if (kb_apistore_file_read(ap->ap_store, file, item_chunk, ctx, errstr,
-                                  sizeof(errstr)) ||
-            kb_pub_lines_end(ls)) {
-                ret = kb_api_error(rq, 503, NULL, "cannot read the input: %s",
-                                   errstr);
+        if ((r = items_read_ids(ap, file, &in, errstr, sizeof(errstr)))) {
+                ret = r == -2 ? MHD_NO
+                              : kb_api_error(rq, 503, NULL,
+                                             "cannot read the input: %s",
+                                             errstr);
                 goto out;
         }
         /* The results so far, as ItemResults. */
@@ -1195,38 +1277,17 @@ static enum MHD_Result items(kb_api_req_t *rq, json_t *rec) {
                                    "cannot read the results: %s", errstr);
                 goto out;
         }
-        total = in.it_n;
-        if (!(res = calloc((size_t)(total ? total : 1), sizeof(*res)))) {
+        if (!(res = calloc((size_t)(in.it_n ? in.it_n : 1), sizeof(*res)))) {
                 ret = MHD_NO;
                 goto out;
         }
-        {
-                char *bufs[2] = {ok, bad};
-                size_t lens[2] = {ok_len, bad_len};
-                int k;
-                for (k = 0; k < 2; k++) {
-                        char *p = bufs[k], *end = bufs[k] + lens[k];
-                        while (p && p < end) {
-                                char *nl = memchr(p, '\n', (size_t)(end - p));
-                                json_t *r = json_loadb(
-                                        p, nl ? (size_t)(nl - p)
-                                              : (size_t)(end - p),
-                                        0, NULL);
-                                int64_t ix = json_integer_value(
-                                        json_object_get(r, "item_index"));
-                                if (r && ix >= 0 && ix < total && !res[ix])
-                                        res[ix] = r;
-                                else
-                                        json_decref(r);
-                                p = nl ? nl + 1 : end;
-                        }
-                }
-        }
+        items_index_results(res, in.it_n, ok, ok_len);
+        items_index_results(res, in.it_n, bad, bad_len);
         if (after) {
-                for (i = 0; i < total; i++)
+                for (i = 0; i < in.it_n; i++)
                         if (!strcmp(json_string_value(in.it_ids[i]), after))
                                 break;
-                if (i == total) {
+                if (i == in.it_n) {
                         ret = kb_api_error(rq, 400, "after",
                                            "'after' is not a custom_id of "
                                            "batch %s",
@@ -1235,54 +1296,8 @@ static enum MHD_Result items(kb_api_req_t *rq, json_t *rec) {
                 }
                 start = i + 1;
         }
-        data = json_array();
-        for (i = start; i < total; i++) {
-                json_t *r = res[i], *o;
-                const char *st =
-                        r ? json_string_value(json_object_get(r, "status"))
-                          : "pending";
-                if (want && strcmp(want, st ? st : ""))
-                        continue;
-                if ((int64_t)json_array_size(data) == limit) {
-                        more = 1;
-                        break;
-                }
-                o = json_pack("{ss sO sI ss}", "object", "batch.item",
-                              "custom_id", in.it_ids[i], "item_index",
-                              (json_int_t)i, "status", st ? st : "unknown");
-                {
-                        json_t *at = r ? json_object_get(r, "attempts") : NULL;
-                        json_object_set_new(o, "attempts",
-                                            at ? json_incref(at)
-                                               : json_integer(0));
-                }
-                json_object_set(o, "error",
-                                r && json_object_get(r, "error")
-                                        ? json_object_get(r, "error")
-                                        : json_null());
-                json_object_set_new(
-                        o, "response",
-                        r ? json_pack("{sO sO}", "status_code",
-                                      json_object_get(r, "http_status")
-                                              ? json_object_get(r,
-                                                                "http_status")
-                                              : json_null(),
-                                      "body",
-                                      json_object_get(r, "output")
-                                              ? json_object_get(r, "output")
-                                              : json_null())
-                          : json_null());
-                json_array_append_new(data, o);
-                last = in.it_ids[i];
-        }
-        ret = kb_api_reply_json(
-                rq, 200,
-                json_pack("{ss so sO sb}", "object", "list", "data", data,
-                          "last_id", last ? last : json_null(), "has_more",
-                          more));
-        data = NULL;
+        ret = items_page(rq, &in, res, start, want, limit);
 out:
-        json_decref(data);
         if (res)
                 for (i = 0; i < in.it_n; i++)
                         json_decref(res[i]);
@@ -1292,7 +1307,6 @@ out:
         free(res);
         free(ok);
         free(bad);
-        kb_pub_lines_destroy(ls);
         json_decref(file);
         return ret;
 }

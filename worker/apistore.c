@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "aggregator.h"
+#include "bstate.h"
 #include "kafka.h"
 #include "log.h"
 #include "loop.h"

@@ -8,6 +8,8 @@
 #define KB_CMD_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 
 /* kbatch worker [-c FILE]: runs the roles named in worker.roles. */
 int kb_cmd_worker(int argc, char **argv);
@@ -56,28 +58,54 @@ int kb_cmd_collect(int argc, char **argv);
  * output line (fmt: a kb_bf_out_t) of every successful item of batch_id to
  * ok, those of the other items to errs. Returns 1 when the batch is
  * complete, 0 when not (what there is was written), -1 with errstr. */
-#include <stdio.h>
 struct kb_conf_s;
 int kb_cmd_collect_to(const struct kb_conf_s *conf, const char *batch_id,
                       int fmt, FILE *ok, FILE *errs, char *errstr,
                       size_t errstr_size);
-
-/* The state of batch `batch_id` as the aggregator last committed it (what
- * `kbatch status` prints): reads the batch's partition of the batch-state
- * topic to its end (read_committed), then the others when it is not there.
- * Returns 1 found (*bsp: caller frees with kb_bstate_destroy()), 0 unknown
- * (never aggregated, or retired), -1 on a Kafka error or an unreadable
- * record (errstr). Blocks up to about 30 s without broker answers. */
-struct kb_conf_s;
-struct kb_bstate_s;
-int kb_cmd_batch_state(const struct kb_conf_s *conf, const char *batch_id,
-                       struct kb_bstate_s **bsp, char *errstr,
-                       size_t errstr_size);
 
 /* Shared by the commands: loads the configuration (-c FILE or the default
  * path), and sets up logging from it. On failure prints the one
  * "FILE:LINE: message" line on stderr and returns NULL (exit code 2).
  * Caller frees with kb_conf_destroy(). */
 struct kb_conf_s *kb_cmd_conf_load(const char *given_path);
+
+/* A usage error of `kbatch <cmd>`: prints "kbatch <cmd>: <message> (see
+ * kbatch <cmd> --help)" as one line on stderr and returns 2 (the exit
+ * code). */
+int kb_cmd_usage_error(const char *cmd, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
+/* The one BATCH_ID operand of `kbatch <cmd> BATCH_ID [options]`, after
+ * getopt: argv[optind] must be the only operand left and a valid batch id
+ * (kb_codec_batch_id_valid). Returns 0 with *idp = argv[optind] (borrowed
+ * from argv), or 2 (the exit code) after one line on stderr: "kbatch <cmd>:
+ * missing BATCH_ID", "unexpected argument", "... is not a batch id". */
+int kb_cmd_batch_id_arg(const char *cmd, int argc, char **argv, int optind,
+                        const char **idp);
+
+/* ---- progress on stderr ---------------------------------------------- */
+
+/* One progress line on stderr, redrawn in place, only when stderr is a
+ * terminal and not quiet. Embedded by value; nothing to free. */
+typedef struct kb_cmd_progress_s {
+        int pg_on;           /* shown at all */
+        int pg_interval_ms;  /* least time between two redraws */
+        int64_t pg_last;     /* last redraw, kb_now_ms() */
+        int pg_shown;        /* a line is on the terminal */
+} kb_cmd_progress_t;
+
+void kb_cmd_progress_init(kb_cmd_progress_t *pg, int quiet, int interval_ms);
+
+/* Redraws the line (printf format), unless the last redraw was less than
+ * pg_interval_ms ago and not force. */
+void kb_cmd_progress_show(kb_cmd_progress_t *pg, int force, const char *fmt,
+                          ...) __attribute__((format(printf, 3, 4)));
+
+/* "<prefix>[#########.....................]  30% 300/1000 <suffix>". */
+void kb_cmd_progress_bar(kb_cmd_progress_t *pg, int force, const char *prefix,
+                         int64_t done, int64_t total, const char *suffix);
+
+/* Erases the line (before other output on stderr). */
+void kb_cmd_progress_clear(kb_cmd_progress_t *pg);
 
 #endif

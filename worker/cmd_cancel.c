@@ -166,31 +166,12 @@ int kb_cmd_cancel(int argc, char **argv) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr,
-                                "kbatch cancel: bad option '%s' (see kbatch "
-                                "cancel --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("cancel", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
-        if (optind >= argc) {
-                fprintf(stderr, "kbatch cancel: missing BATCH_ID (see kbatch "
-                                "cancel --help)\n");
+        if (kb_cmd_batch_id_arg("cancel", argc, argv, optind, &id))
                 return 2;
-        }
-        if (optind + 1 < argc) {
-                fprintf(stderr, "kbatch cancel: unexpected argument '%s'\n",
-                        argv[optind + 1]);
-                return 2;
-        }
-        id = argv[optind];
-        if (!kb_codec_batch_id_valid(id)) {
-                fprintf(stderr,
-                        "kbatch cancel: '%.200s' is not a batch id (1-%d "
-                        "characters of [A-Za-z0-9._:-])\n",
-                        id, KB_BATCH_ID_MAX);
-                return 2;
-        }
         if (reason && strlen(reason) > KB_CANCEL_REASON_MAX) {
                 fprintf(stderr,
                         "kbatch cancel: --reason is longer than %d bytes\n",

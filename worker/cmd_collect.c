@@ -5,7 +5,7 @@
  * topic (keyed by batch_id, murmur2), and its batch events one partition of
  * the batches topic. Both are read from the offset of a timestamp: the
  * batch's first_result_at (from its aggregator state in kbatch.batch-state,
- * kb_cmd_batch_state)
+ * kb_bstate_read)
  * minus --lookback (default 1 minute, for clock skew and open
  * transactions), or now minus --lookback when the aggregator does not know
  * the batch yet. Results of other batches are skipped by key without
@@ -24,14 +24,13 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "aggregator.h"
+#include "bstate.h"
 #include "batchfile.h"
 #include "cmd.h"
 #include "codec.h"
@@ -106,71 +105,6 @@ static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) {
         (void)sig;
         interrupted = 1;
-}
-
-/* The partition count of topic and the partition of key in it (murmur2,
- * as kb_kafka_producer_new's murmur2_random places keyed messages).
- * Returns 0, or -1 with errstr. */
-static int partition_of(rd_kafka_t *rk, const kb_conf_t *conf,
-                        const char *topic, const char *key, int32_t *cntp,
-                        int32_t *partp, char *errstr, size_t errstr_size) {
-        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 30000);
-        int ret = -1;
-        if (err)
-                snprintf(errstr, errstr_size, "cannot reach Kafka at %s: %s",
-                         conf->kafka_bootstrap_servers, rd_kafka_err2str(err));
-        else if (md->topic_cnt < 1 || md->topics[0].err ||
-                 md->topics[0].partition_cnt < 1)
-                snprintf(errstr, errstr_size,
-                         "topic %s does not exist (kbatch topics create)",
-                         topic);
-        else {
-                *cntp = md->topics[0].partition_cnt;
-                *partp = rd_kafka_msg_partitioner_murmur2(rkt, key, strlen(key),
-                                                          *cntp, NULL, NULL);
-                ret = 0;
-        }
-        if (md)
-                rd_kafka_metadata_destroy(md);
-        rd_kafka_topic_destroy(rkt);
-        return ret;
-}
-
-/* ---- progress on stderr (only on a terminal) ---- */
-
-typedef struct {
-        int pg_on;
-        int64_t pg_last;
-        int pg_shown;
-} progress_t;
-
-static void progress_show(progress_t *pg, int force, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
-        va_list ap;
-        int64_t now;
-        if (!pg->pg_on)
-                return;
-        now = kb_now_ms();
-        if (!force && now - pg->pg_last < 200)
-                return;
-        pg->pg_last = now;
-        pg->pg_shown = 1;
-        fputs("\r\033[K", stderr);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fflush(stderr);
-}
-
-static void progress_clear(progress_t *pg) {
-        if (pg->pg_on && pg->pg_shown) {
-                fputs("\r\033[K", stderr);
-                fflush(stderr);
-        }
-        pg->pg_shown = 0;
 }
 
 /* ---- the collection ---- */
@@ -519,34 +453,29 @@ static int on_event(collect_t *cl, const rd_kafka_message_t *m, char *errstr,
         return 0;
 }
 
-static void show_progress(collect_t *cl, progress_t *pg, int64_t t0) {
+static void show_progress(collect_t *cl, kb_cmd_progress_t *pg, int64_t t0) {
         int64_t seen = cl->cl_co ? kb_bf_collect_seen(cl->cl_co) : 0;
         if (!pg->pg_on)
                 return;
         if (!cl->cl_total) {
-                progress_show(pg, 0,
+                kb_cmd_progress_show(pg, 0,
                               "collect %s: waiting for the first result "
                               "(%llds)",
                               cl->cl_opts->co_id,
                               (long long)((kb_now_ms() - t0) / 1000));
         } else {
-                char bar[31];
-                int i, n = (int)(seen * 30 / cl->cl_total);
-                for (i = 0; i < 30; i++)
-                        bar[i] = i < n ? '#' : '.';
-                bar[30] = '\0';
-                progress_show(pg, 0,
-                              "collect %s: [%s] %3d%% %lld/%lld results%s",
-                              cl->cl_opts->co_id, bar,
-                              (int)(seen * 100 / cl->cl_total), (long long)seen,
-                              (long long)cl->cl_total,
-                              cl->cl_event ? ", batch complete" : "");
+                char prefix[KB_BATCH_ID_MAX + 16];
+                snprintf(prefix, sizeof(prefix), "collect %s: ",
+                         cl->cl_opts->co_id);
+                kb_cmd_progress_bar(pg, 0, prefix, seen, cl->cl_total,
+                                    cl->cl_event ? "results, batch complete"
+                                                 : "results");
         }
 }
 
 /* Reads until the batch is complete (1), or there is nothing more to read
  * now (--no-wait: 0), or -1 (errstr; timeout, interrupted). */
-static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
+static int collect_read(collect_t *cl, kb_cmd_progress_t *pg, char *errstr,
                         size_t errstr_size) {
         const collect_opts_t *co = cl->cl_opts;
         int64_t t0 = kb_now_ms(),
@@ -587,7 +516,7 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
                         return -1;
                 }
                 if (deadline && kb_now_ms() > deadline) {
-                        progress_clear(pg);
+                        kb_cmd_progress_clear(pg);
                         snprintf(errstr, errstr_size,
                                  "timed out after %llds waiting for batch "
                                  "%s (%lld of %lld results)",
@@ -645,48 +574,45 @@ static int collect_read(collect_t *cl, progress_t *pg, char *errstr,
 
 /* Sets up the reader and the start offsets; then reads. Returns the exit
  * code. */
-static int collect_run(collect_t *cl, progress_t *pg) {
+/* Where the batch's results start: its first_result_at from the
+ * aggregator's state (when it knows the batch: the collector is sized by
+ * its items_total) minus --lookback, else now minus --lookback; the
+ * offsets of that time in the batch's partitions of results and batches
+ * are assigned. 0, or -1 with errstr. */
+static int collect_start(collect_t *cl, char *errstr, size_t errstr_size) {
         const collect_opts_t *co = cl->cl_opts;
         const kb_conf_t *conf = cl->cl_conf;
-        kb_bstate_t *bs = NULL;
         rd_kafka_topic_partition_list_t *l;
         rd_kafka_resp_err_t err;
-        char errstr[1024];
+        kb_bstate_t *bs = NULL;
+        int64_t roff, boff, first = 0;
         int32_t rcnt, bcnt;
-        int64_t roff, boff, first = 0, pending_pos = 0, seen;
-        json_t *r;
-        int st, rc = 1, keep = 0;
+        int st;
 
-        cl->cl_rtopic = conf->topics_name[KB_TOPIC_RESULTS];
-        cl->cl_btopic = conf->topics_name[KB_TOPIC_BATCHES];
-        cl->cl_rpos = -1;
-        cl->cl_bpos = -1;
-        cl->cl_rstart = -1;
-        if (!(cl->cl_serde = kb_serde_new(conf, NULL, errstr, sizeof(errstr))))
-                goto fail;
-        if (!(cl->cl_rk = kb_kafka_reader_new(conf, "collect", "read_committed", errstr,
-                                              sizeof(errstr))))
-                goto fail;
-        if (partition_of(cl->cl_rk, conf, cl->cl_rtopic, co->co_id, &rcnt,
-                         &cl->cl_rpart, errstr, sizeof(errstr)) ||
-            partition_of(cl->cl_rk, conf, cl->cl_btopic, co->co_id, &bcnt,
-                         &cl->cl_bpart, errstr, sizeof(errstr)))
-                goto fail;
-        /* Where the batch's results start. */
-        if ((st = kb_cmd_batch_state(conf, co->co_id, &bs, errstr,
-                                     sizeof(errstr))) < 0)
-                goto fail;
+        if (!(cl->cl_serde = kb_serde_new(conf, NULL, errstr, errstr_size)) ||
+            !(cl->cl_rk = kb_kafka_reader_new(conf, "collect", "read_committed",
+                                              errstr, errstr_size)) ||
+            kb_bstate_partition(cl->cl_rk, conf, cl->cl_rtopic, co->co_id, 0,
+                                &rcnt, &cl->cl_rpart, errstr, errstr_size) ||
+            kb_bstate_partition(cl->cl_rk, conf, cl->cl_btopic, co->co_id, 0,
+                                &bcnt, &cl->cl_bpart, errstr, errstr_size))
+                return -1;
+        if ((st = kb_bstate_read(conf, co->co_id, &bs, errstr, errstr_size)) <
+            0)
+                return -1;
         if (st > 0) {
+                int bad;
                 first = bs->bs_first_result_at;
-                if (ensure_collector(cl, bs->bs_items_total, errstr,
-                                     sizeof(errstr)))
-                        goto fail;
+                bad = ensure_collector(cl, bs->bs_items_total, errstr,
+                                       errstr_size);
+                kb_bstate_destroy(bs);
+                if (bad)
+                        return -1;
         }
         cl->cl_start_ts =
                 (first > 0 ? first : kb_wall_ms()) - co->co_lookback_ms;
-        if (offsets_at(cl, cl->cl_start_ts, &roff, &boff, errstr,
-                       sizeof(errstr)))
-                goto fail;
+        if (offsets_at(cl, cl->cl_start_ts, &roff, &boff, errstr, errstr_size))
+                return -1;
         if (co->co_verbose)
                 fprintf(stderr,
                         "kbatch collect: batch %s: %s; reading %s[%d] from "
@@ -707,44 +633,83 @@ static int collect_run(collect_t *cl, progress_t *pg) {
         err = rd_kafka_assign(cl->cl_rk, l);
         rd_kafka_topic_partition_list_destroy(l);
         if (err) {
-                snprintf(errstr, sizeof(errstr), "assign: %s",
+                snprintf(errstr, errstr_size, "assign: %s",
                          rd_kafka_err2str(err));
-                goto fail;
+                return -1;
         }
+        return 0;
+}
+
+/* The output streams: the caller's (kb_cmd_collect_to), else -o and
+ * --errors (written to temporary files, renamed at the end). 0, or -1 with
+ * errstr. */
+static int collect_outputs(collect_t *cl, char *errstr, size_t errstr_size) {
+        const collect_opts_t *co = cl->cl_opts;
         if (co->co_fp_out) {
                 /* Streams of the caller: written as they are. */
                 cl->cl_out.of_fp = co->co_fp_out;
                 cl->cl_err.of_fp = co->co_fp_err;
                 cl->cl_split = 1;
-        } else {
-                if (outfile_open(&cl->cl_out, co->co_out, errstr,
-                                 sizeof(errstr)))
-                        goto fail;
-                cl->cl_split = co->co_errors != NULL;
-                if (cl->cl_split && outfile_open(&cl->cl_err, co->co_errors,
-                                                 errstr, sizeof(errstr)))
-                        goto fail;
+                return 0;
         }
+        if (outfile_open(&cl->cl_out, co->co_out, errstr, errstr_size))
+                return -1;
+        cl->cl_split = co->co_errors != NULL;
+        if (cl->cl_split &&
+            outfile_open(&cl->cl_err, co->co_errors, errstr, errstr_size))
+                return -1;
+        return 0;
+}
 
-        st = collect_read(cl, pg, errstr, sizeof(errstr));
-        progress_clear(pg);
-        if (st < 0)
-                goto fail;
-        /* The items that did not succeed. */
-        if (cl->cl_co)
-                while ((r = kb_bf_collect_next_pending(cl->cl_co,
-                                                       &pending_pos))) {
-                        if (write_line(cl,
-                                       cl->cl_split ? &cl->cl_err : &cl->cl_out,
-                                       r, errstr, sizeof(errstr)))
-                                goto fail;
-                        cl->cl_written_err++;
-                }
-        keep = 1;
-        if (outfile_close(&cl->cl_out, 1, errstr, sizeof(errstr)) ||
-            outfile_close(&cl->cl_err, 1, errstr, sizeof(errstr)))
-                goto fail;
-        seen = cl->cl_co ? kb_bf_collect_seen(cl->cl_co) : 0;
+/* Writes the items that did not succeed (to --errors when split). 0, or -1
+ * with errstr. */
+static int collect_pending(collect_t *cl, char *errstr, size_t errstr_size) {
+        int64_t pos = 0;
+        json_t *r;
+        if (!cl->cl_co)
+                return 0;
+        while ((r = kb_bf_collect_next_pending(cl->cl_co, &pos))) {
+                if (write_line(cl, cl->cl_split ? &cl->cl_err : &cl->cl_out, r,
+                               errstr, errstr_size))
+                        return -1;
+                cl->cl_written_err++;
+        }
+        return 0;
+}
+
+/* The summary on stderr of a complete batch (unless quiet). */
+static void collect_summary(const collect_t *cl, int64_t seen) {
+        const collect_opts_t *co = cl->cl_opts;
+        const char *status =
+                cl->cl_event ? json_string_value(
+                                       json_object_get(cl->cl_event, "status"))
+                             : NULL;
+        const char *out = co->co_out && strcmp(co->co_out, "-")
+                                  ? co->co_out
+                                  : "standard output";
+        if (co->co_quiet)
+                return;
+        fprintf(stderr,
+                "kbatch collect: batch %s%s%s%s: %lld succeeded -> %s, %lld "
+                "not -> %s\n",
+                co->co_id, status ? " (" : "", status ? status : "",
+                status ? ")" : "", (long long)cl->cl_written_ok, out,
+                (long long)cl->cl_written_err,
+                co->co_errors ? co->co_errors : out);
+        if (seen < cl->cl_total)
+                fprintf(stderr,
+                        "kbatch collect: %lld of %lld items have no result "
+                        "on %s (ended by the aggregator without one, or past "
+                        "the topic's retention)\n",
+                        (long long)(cl->cl_total - seen),
+                        (long long)cl->cl_total, cl->cl_rtopic);
+}
+
+/* After the outputs are complete: st is what collect_read returned (1
+ * complete, 0 not). Returns the exit code of collect_run. */
+static int collect_report(const collect_t *cl, int st) {
+        const collect_opts_t *co = cl->cl_opts;
+        int64_t seen = cl->cl_co ? kb_bf_collect_seen(cl->cl_co) : 0;
         if (co->co_verbose)
                 fprintf(stderr,
                         "kbatch collect: read %lld messages from %s[%d] "
@@ -757,10 +722,8 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                         (long long)cl->cl_dups, (long long)cl->cl_out_of_range,
                         (long long)cl->cl_events_read, cl->cl_btopic,
                         (int)cl->cl_bpart, (long long)cl->cl_read);
-        if (st == 0 && co->co_fp_out) {
-                rc = 2; /* not complete (kb_cmd_collect_to) */
-                goto out;
-        }
+        if (st == 0 && co->co_fp_out)
+                return 2; /* not complete (kb_cmd_collect_to) */
         if (st == 0) {
                 if (!cl->cl_total)
                         fprintf(stderr,
@@ -774,52 +737,47 @@ static int collect_run(collect_t *cl, progress_t *pg) {
                                 co->co_id, (long long)seen,
                                 (long long)cl->cl_total,
                                 seen ? " (written)" : "");
-                rc = 1;
-                goto out;
+                return 1;
         }
-        if (!co->co_quiet) {
-                const char *status =
-                        cl->cl_event ? json_string_value(json_object_get(
-                                               cl->cl_event, "status"))
-                                     : NULL;
-                fprintf(stderr,
-                        "kbatch collect: batch %s%s%s%s: %lld succeeded -> "
-                        "%s, %lld not -> %s\n",
-                        co->co_id, status ? " (" : "", status ? status : "",
-                        status ? ")" : "", (long long)cl->cl_written_ok,
-                        co->co_out && strcmp(co->co_out, "-")
-                                ? co->co_out
-                                : "standard output",
-                        (long long)cl->cl_written_err,
-                        co->co_errors ? co->co_errors
-                        : co->co_out && strcmp(co->co_out, "-")
-                                ? co->co_out
-                                : "standard output");
-                if (seen < cl->cl_total)
-                        fprintf(stderr,
-                                "kbatch collect: %lld of %lld items have no "
-                                "result on %s (ended by the aggregator "
-                                "without one, or past the topic's "
-                                "retention)\n",
-                                (long long)(cl->cl_total - seen),
-                                (long long)cl->cl_total, cl->cl_rtopic);
-        }
-        rc = 0;
-        goto out;
+        collect_summary(cl, seen);
+        return 0;
+}
+
+static int collect_run(collect_t *cl, kb_cmd_progress_t *pg) {
+        const collect_opts_t *co = cl->cl_opts;
+        const kb_conf_t *conf = cl->cl_conf;
+        char errstr[1024];
+        int st, kept = 0;
+
+        cl->cl_rtopic = conf->topics_name[KB_TOPIC_RESULTS];
+        cl->cl_btopic = conf->topics_name[KB_TOPIC_BATCHES];
+        cl->cl_rpos = -1;
+        cl->cl_bpos = -1;
+        cl->cl_rstart = -1;
+        if (collect_start(cl, errstr, sizeof(errstr)) ||
+            collect_outputs(cl, errstr, sizeof(errstr)))
+                goto fail;
+        st = collect_read(cl, pg, errstr, sizeof(errstr));
+        kb_cmd_progress_clear(pg);
+        if (st < 0 || collect_pending(cl, errstr, sizeof(errstr)))
+                goto fail;
+        kept = 1;
+        if (outfile_close(&cl->cl_out, 1, errstr, sizeof(errstr)) ||
+            outfile_close(&cl->cl_err, 1, errstr, sizeof(errstr)))
+                goto fail;
+        return collect_report(cl, st);
 fail:
-        progress_clear(pg);
+        kb_cmd_progress_clear(pg);
         if (co->co_errbuf)
                 snprintf(co->co_errbuf, co->co_errbuf_size, "%s", errstr);
         else
                 fprintf(stderr, "kbatch collect: %s\n", errstr);
-        rc = 1;
-out:
-        if (!keep) {
+        if (!kept) {
+                /* Partial output files are removed (not renamed). */
                 outfile_close(&cl->cl_out, 0, errstr, sizeof(errstr));
                 outfile_close(&cl->cl_err, 0, errstr, sizeof(errstr));
         }
-        kb_bstate_destroy(bs);
-        return rc;
+        return 1;
 }
 
 /* Frees what collect_run set up. */
@@ -837,7 +795,7 @@ int kb_cmd_collect_to(const kb_conf_t *conf, const char *batch_id, int fmt, FILE
                       size_t errstr_size) {
         collect_opts_t co;
         collect_t cl;
-        progress_t pg;
+        kb_cmd_progress_t pg;
         int rc;
         memset(&co, 0, sizeof(co));
         memset(&cl, 0, sizeof(cl));
@@ -873,7 +831,7 @@ int kb_cmd_collect(int argc, char **argv) {
                                              {NULL, 0, NULL, 0}};
         collect_opts_t co;
         collect_t cl;
-        progress_t pg;
+        kb_cmd_progress_t pg;
         kb_conf_t *conf;
         struct sigaction sa;
         int c, f, rc;
@@ -933,31 +891,12 @@ int kb_cmd_collect(int argc, char **argv) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr,
-                                "kbatch collect: bad option '%s' (see kbatch "
-                                "collect --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("collect", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
-        if (optind >= argc) {
-                fprintf(stderr, "kbatch collect: missing BATCH_ID (see kbatch "
-                                "collect --help)\n");
+        if (kb_cmd_batch_id_arg("collect", argc, argv, optind, &co.co_id))
                 return 2;
-        }
-        if (optind + 1 < argc) {
-                fprintf(stderr, "kbatch collect: unexpected argument '%s'\n",
-                        argv[optind + 1]);
-                return 2;
-        }
-        co.co_id = argv[optind];
-        if (!kb_codec_batch_id_valid(co.co_id)) {
-                fprintf(stderr,
-                        "kbatch collect: '%.200s' is not a batch id (1-%d "
-                        "characters of [A-Za-z0-9._:-])\n",
-                        co.co_id, KB_BATCH_ID_MAX);
-                return 2;
-        }
         if (co.co_errors && co.co_out && !strcmp(co.co_errors, co.co_out) &&
             strcmp(co.co_out, "-")) {
                 fprintf(stderr, "kbatch collect: --errors and -o name the "
@@ -972,7 +911,7 @@ int kb_cmd_collect(int argc, char **argv) {
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         memset(&pg, 0, sizeof(pg));
-        pg.pg_on = !co.co_quiet && isatty(STDERR_FILENO);
+        kb_cmd_progress_init(&pg, co.co_quiet, 200);
         memset(&cl, 0, sizeof(cl));
         cl.cl_opts = &co;
         cl.cl_conf = conf;

@@ -154,25 +154,33 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
         free(pm);
 }
 
-/* The run itself; returns the exit code. */
-static int replay_run(const kb_conf_t *conf, const replay_opts_t *o,
-                      char *errstr, size_t errstr_size) {
-        const char *dlq = conf->topics_name[KB_TOPIC_ITEMS_DLQ];
-        const char *items = conf->topics_name[KB_TOPIC_ITEMS];
-        rd_kafka_conf_t *kc;
-        rd_kafka_t *cons = NULL, *prod = NULL;
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_topic_t *rkt = NULL;
-        rd_kafka_topic_partition_list_t *l = NULL;
-        rp_part_t *parts = NULL;
-        int np = 0, p, rc = 1, open_parts;
-        long replayed = 0, skipped = 0, already = 0;
-        char meta[KB_OFFSETS_META_MAX + 1];
-        int64_t idle_since;
+/* One run: the clients, the dead-letter partitions and the counts. */
+typedef struct {
+        const kb_conf_t *rr_conf;
+        const replay_opts_t *rr_o;
+        const char *rr_dlq;            /* borrowed from conf */
+        const char *rr_items;
+        rd_kafka_t *rr_cons;           /* owned */
+        rd_kafka_t *rr_prod;           /* owned; NULL on a dry run */
+        rp_part_t *rr_parts;           /* owned, rr_np */
+        int rr_np;
+        int rr_open;                   /* partitions not read to the end */
+        long rr_replayed, rr_skipped, rr_already;
+        char *rr_err;                  /* the caller's errstr */
+        size_t rr_err_size;
+} replay_t;
 
-        if (!(kc = kb_kafka_conf_new(conf, "replay", errstr, errstr_size)))
+/* The consumer (group o->rp_group, manual commits) and, unless a dry run,
+ * the producer. 0, 2 (the consumer: a configuration error) or 1. */
+static int replay_clients(replay_t *rr) {
+        rd_kafka_conf_t *kc;
+        char *errstr = rr->rr_err;
+        size_t errstr_size = rr->rr_err_size;
+
+        if (!(kc = kb_kafka_conf_new(rr->rr_conf, "replay", errstr,
+                                     errstr_size)))
                 return 2;
-        if (kb_kafka_conf_set(kc, "group.id", o->rp_group, errstr,
+        if (kb_kafka_conf_set(kc, "group.id", rr->rr_o->rp_group, errstr,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
                               errstr_size) ||
@@ -181,207 +189,276 @@ static int replay_run(const kb_conf_t *conf, const replay_opts_t *o,
                 rd_kafka_conf_destroy(kc);
                 return 2;
         }
-        if (!(cons = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
-                                  errstr_size))) {
+        if (!(rr->rr_cons = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
+                                         errstr_size))) {
                 rd_kafka_conf_destroy(kc);
                 return 2;
         }
-        if (!o->rp_dry) {
-                if (!(kc = kb_kafka_conf_new(conf, "replay", errstr,
-                                             errstr_size)))
-                        goto out;
-                rd_kafka_conf_set_dr_msg_cb(kc, dr_cb);
-                if (!(prod = kb_kafka_producer_new(conf, kc, errstr,
-                                                   errstr_size)))
-                        goto out;
-        }
-        rkt = rd_kafka_topic_new(cons, dlq, NULL);
-        if (rd_kafka_metadata(cons, 0, rkt, &md, 10000) || !md ||
-            md->topic_cnt != 1 || md->topics[0].err) {
-                snprintf(errstr, errstr_size, "cannot read topic %s: %s", dlq,
-                         md && md->topic_cnt ? rd_kafka_err2str(md->topics[0].err)
-                                             : "no metadata");
-                goto out;
-        }
-        np = md->topics[0].partition_cnt;
-        parts = calloc((size_t)np, sizeof(*parts));
-        l = rd_kafka_topic_partition_list_new(np);
-        for (p = 0; p < np; p++)
-                rd_kafka_topic_partition_list_add(l, dlq, p);
-        if (rd_kafka_committed(cons, l, 30000)) {
-                snprintf(errstr, errstr_size,
-                         "cannot read the progress of group %s", o->rp_group);
-                goto out;
-        }
-        open_parts = 0;
-        for (p = 0; p < np; p++) {
-                rd_kafka_topic_partition_t *tp = &l->elems[p];
-                int64_t lo = 0, hi = 0;
-                parts[p].pp_ot = kb_offsets_new(0);
-                rd_kafka_query_watermark_offsets(cons, dlq, p, &lo, &hi, 10000);
-                parts[p].pp_end = hi;
-                if (tp->offset >= 0)
-                        kb_offsets_reset(parts[p].pp_ot, tp->offset,
-                                         tp->metadata, tp->metadata_size);
-                else
-                        tp->offset = RD_KAFKA_OFFSET_BEGINNING;
-                if ((tp->offset >= 0 ? tp->offset : lo) >= hi)
-                        parts[p].pp_done = 1;
-                else
-                        open_parts++;
-        }
-        if (rd_kafka_assign(cons, l)) {
-                snprintf(errstr, errstr_size, "cannot assign %s", dlq);
-                goto out;
-        }
+        if (rr->rr_o->rp_dry)
+                return 0;
+        if (!(kc = kb_kafka_conf_new(rr->rr_conf, "replay", errstr,
+                                     errstr_size)))
+                return 1;
+        rd_kafka_conf_set_dr_msg_cb(kc, dr_cb);
+        if (!(rr->rr_prod = kb_kafka_producer_new(rr->rr_conf, kc, errstr,
+                                                  errstr_size)))
+                return 1;
+        return 0;
+}
 
-        idle_since = kb_now_ms();
-        while (open_parts > 0 && !kb_loop_stop_requested) {
-                rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 200);
-                rp_part_t *pp;
-                char batch[256], code[64];
-                kb_offsets_res_t r;
-                if (prod)
-                        rd_kafka_poll(prod, 0);
-                if (!m) {
-                        if (kb_now_ms() - idle_since > 30000) {
-                                snprintf(errstr, errstr_size,
-                                         "no progress reading %s for 30 s",
-                                         dlq);
-                                goto out;
-                        }
-                        continue;
-                }
-                idle_since = kb_now_ms();
-                if (m->partition < 0 || m->partition >= np) {
-                        rd_kafka_message_destroy(m);
-                        continue;
-                }
-                pp = &parts[m->partition];
-                if (m->err) {
-                        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF &&
-                            !pp->pp_done) {
-                                pp->pp_done = 1;
-                                open_parts--;
-                        }
-                        rd_kafka_message_destroy(m);
-                        continue;
-                }
-                if (pp->pp_done || m->offset >= pp->pp_end) {
-                        if (!pp->pp_done) {
-                                pp->pp_done = 1;
-                                open_parts--;
-                        }
-                        rd_kafka_message_destroy(m);
-                        continue;
-                }
-                r = kb_offsets_track(pp->pp_ot, m->offset);
-                if (r == KB_OFFSETS_SKIP || r == KB_OFFSETS_STALE) {
-                        already++;
-                } else if (r == KB_OFFSETS_FULL) {
-                        fprintf(stderr,
-                                "kbatch replay: %s[%d]: stopping at offset "
-                                "%lld, too far past the first skipped dead "
-                                "letter; run again after replaying it\n",
-                                dlq, m->partition, (long long)m->offset);
-                        pp->pp_done = 1;
-                        open_parts--;
-                } else if (r == KB_OFFSETS_OK &&
-                           matches(o, m, batch, sizeof(batch), code,
-                                   sizeof(code)) &&
-                           (!o->rp_limit || replayed < o->rp_limit)) {
-                        printf("%s %s[%d]@%lld batch=%s code=%s\n",
-                               o->rp_dry ? "would replay" : "replayed", dlq,
-                               m->partition, (long long)m->offset,
-                               batch[0] ? batch : "-", code[0] ? code : "-");
-                        if (!o->rp_dry) {
-                                rp_msg_t *pm = malloc(sizeof(*pm));
-                                rd_kafka_headers_t *h = replay_headers(m);
-                                rd_kafka_resp_err_t err;
-                                pm->pm_part = pp;
-                                pm->pm_offset = m->offset;
-                                err = rd_kafka_producev(
-                                    prod, RD_KAFKA_V_TOPIC(items),
-                                    RD_KAFKA_V_KEY(m->key, m->key_len),
-                                    RD_KAFKA_V_VALUE(m->payload, m->len),
-                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                    RD_KAFKA_V_HEADERS(h),
-                                    RD_KAFKA_V_OPAQUE(pm), RD_KAFKA_V_END);
-                                if (err) {
-                                        rd_kafka_headers_destroy(h);
-                                        free(pm);
-                                        snprintf(errstr, errstr_size,
-                                                 "publishing to %s: %s", items,
-                                                 rd_kafka_err2str(err));
-                                        goto out;
-                                }
-                        }
-                        replayed++;
-                } else if (r == KB_OFFSETS_OK)
-                        skipped++;
-                if (m->offset + 1 >= pp->pp_end && !pp->pp_done) {
-                        pp->pp_done = 1;
-                        open_parts--;
-                }
-                rd_kafka_message_destroy(m);
-        }
-        if (prod) {
-                rd_kafka_flush(prod, 60000);
-                if (dr_failed || rd_kafka_outq_len(prod) > 0) {
-                        snprintf(errstr, errstr_size,
-                                 "%d re-driven items were not acknowledged; "
-                                 "progress not committed for them",
-                                 dr_failed + rd_kafka_outq_len(prod));
-                }
-                /* Commit what was acknowledged. */
-                rd_kafka_topic_partition_list_t *cl =
-                    rd_kafka_topic_partition_list_new(np);
-                for (p = 0; p < np; p++) {
-                        int64_t off;
-                        rd_kafka_topic_partition_t *tp;
-                        if (kb_offsets_committable(parts[p].pp_ot, &off, meta,
-                                                   sizeof(meta)) < 0 ||
-                            off < 0)
-                                continue;
-                        tp = rd_kafka_topic_partition_list_add(cl, dlq, p);
-                        tp->offset = off;
-                        if ((tp->metadata_size = strlen(meta)))
-                                tp->metadata = strdup(meta);
-                }
-                if (cl->cnt && rd_kafka_commit(cons, cl, 0)) {
-                        snprintf(errstr, errstr_size,
-                                 "could not commit the progress of group %s",
-                                 o->rp_group);
-                        rd_kafka_topic_partition_list_destroy(cl);
-                        goto out;
-                }
-                rd_kafka_topic_partition_list_destroy(cl);
-                if (dr_failed)
-                        goto out;
-        }
-        printf("%s %ld dead letters to %s; %ld passed over by the filters, "
-               "%ld replayed before\n",
-               o->rp_dry ? "would replay" : "replayed", replayed, items,
-               skipped, already);
-        rc = 0;
-out:
-        if (rc)
-                fprintf(stderr, "kbatch replay: %s\n", errstr);
+/* The partition count of the dead-letter topic; -1 with errstr. */
+static int replay_partitions(replay_t *rr) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rr->rr_cons, rr->rr_dlq,
+                                                   NULL);
+        int np = -1;
+        if (rd_kafka_metadata(rr->rr_cons, 0, rkt, &md, 10000) || !md ||
+            md->topic_cnt != 1 || md->topics[0].err)
+                snprintf(rr->rr_err, rr->rr_err_size,
+                         "cannot read topic %s: %s", rr->rr_dlq,
+                         md && md->topic_cnt
+                             ? rd_kafka_err2str(md->topics[0].err)
+                             : "no metadata");
+        else
+                np = md->topics[0].partition_cnt;
         if (md)
                 rd_kafka_metadata_destroy(md);
         if (rkt)
                 rd_kafka_topic_destroy(rkt);
-        if (l)
-                rd_kafka_topic_partition_list_destroy(l);
-        if (cons) {
-                rd_kafka_consumer_close(cons);
-                rd_kafka_destroy(cons);
+        return np;
+}
+
+/* Every partition from the group's committed position (its window of
+ * replayed offsets restored from the commit metadata) to the end it has
+ * now. 0, or -1 with errstr. */
+static int replay_assign(replay_t *rr) {
+        rd_kafka_topic_partition_list_t *l;
+        int p, ret = -1;
+
+        if ((rr->rr_np = replay_partitions(rr)) < 0) {
+                rr->rr_np = 0;
+                return -1;
         }
-        if (prod)
-                rd_kafka_destroy(prod);
-        for (p = 0; parts && p < np; p++)
-                kb_offsets_destroy(parts[p].pp_ot);
-        free(parts);
+        rr->rr_parts = calloc((size_t)rr->rr_np, sizeof(*rr->rr_parts));
+        l = rd_kafka_topic_partition_list_new(rr->rr_np);
+        for (p = 0; p < rr->rr_np; p++)
+                rd_kafka_topic_partition_list_add(l, rr->rr_dlq, p);
+        if (rd_kafka_committed(rr->rr_cons, l, 30000)) {
+                snprintf(rr->rr_err, rr->rr_err_size,
+                         "cannot read the progress of group %s",
+                         rr->rr_o->rp_group);
+                goto out;
+        }
+        for (p = 0; p < rr->rr_np; p++) {
+                rd_kafka_topic_partition_t *tp = &l->elems[p];
+                rp_part_t *pp = &rr->rr_parts[p];
+                int64_t lo = 0, hi = 0;
+                pp->pp_ot = kb_offsets_new(0);
+                rd_kafka_query_watermark_offsets(rr->rr_cons, rr->rr_dlq, p,
+                                                 &lo, &hi, 10000);
+                pp->pp_end = hi;
+                if (tp->offset >= 0)
+                        kb_offsets_reset(pp->pp_ot, tp->offset, tp->metadata,
+                                         tp->metadata_size);
+                else
+                        tp->offset = RD_KAFKA_OFFSET_BEGINNING;
+                if ((tp->offset >= 0 ? tp->offset : lo) >= hi)
+                        pp->pp_done = 1;
+                else
+                        rr->rr_open++;
+        }
+        if (rd_kafka_assign(rr->rr_cons, l)) {
+                snprintf(rr->rr_err, rr->rr_err_size, "cannot assign %s",
+                         rr->rr_dlq);
+                goto out;
+        }
+        ret = 0;
+out:
+        rd_kafka_topic_partition_list_destroy(l);
+        return ret;
+}
+
+static void part_done(replay_t *rr, rp_part_t *pp) {
+        if (!pp->pp_done) {
+                pp->pp_done = 1;
+                rr->rr_open--;
+        }
+}
+
+/* Re-drives one dead letter to the items topic (its headers kept). 0, or
+ * -1 with errstr. */
+static int replay_produce(replay_t *rr, rp_part_t *pp,
+                          const rd_kafka_message_t *m) {
+        rp_msg_t *pm = malloc(sizeof(*pm));
+        rd_kafka_headers_t *h = replay_headers(m);
+        rd_kafka_resp_err_t err;
+        pm->pm_part = pp;
+        pm->pm_offset = m->offset;
+        err = rd_kafka_producev(rr->rr_prod, RD_KAFKA_V_TOPIC(rr->rr_items),
+                                RD_KAFKA_V_KEY(m->key, m->key_len),
+                                RD_KAFKA_V_VALUE(m->payload, m->len),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(pm),
+                                RD_KAFKA_V_END);
+        if (err) {
+                rd_kafka_headers_destroy(h);
+                free(pm);
+                snprintf(rr->rr_err, rr->rr_err_size, "publishing to %s: %s",
+                         rr->rr_items, rd_kafka_err2str(err));
+                return -1;
+        }
+        return 0;
+}
+
+/* One message of the dead-letter topic. 0, or -1 with errstr. */
+static int replay_message(replay_t *rr, const rd_kafka_message_t *m) {
+        const replay_opts_t *o = rr->rr_o;
+        char batch[256], code[64];
+        kb_offsets_res_t r;
+        rp_part_t *pp;
+
+        if (m->partition < 0 || m->partition >= rr->rr_np)
+                return 0;
+        pp = &rr->rr_parts[m->partition];
+        if (m->err) {
+                if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                        part_done(rr, pp);
+                return 0;
+        }
+        if (pp->pp_done || m->offset >= pp->pp_end) {
+                part_done(rr, pp);
+                return 0;
+        }
+        r = kb_offsets_track(pp->pp_ot, m->offset);
+        if (r == KB_OFFSETS_SKIP || r == KB_OFFSETS_STALE) {
+                rr->rr_already++;
+        } else if (r == KB_OFFSETS_FULL) {
+                fprintf(stderr,
+                        "kbatch replay: %s[%d]: stopping at offset %lld, too "
+                        "far past the first skipped dead letter; run again "
+                        "after replaying it\n",
+                        rr->rr_dlq, m->partition, (long long)m->offset);
+                part_done(rr, pp);
+        } else if (r == KB_OFFSETS_OK &&
+                   matches(o, m, batch, sizeof(batch), code, sizeof(code)) &&
+                   (!o->rp_limit || rr->rr_replayed < o->rp_limit)) {
+                printf("%s %s[%d]@%lld batch=%s code=%s\n",
+                       o->rp_dry ? "would replay" : "replayed", rr->rr_dlq,
+                       m->partition, (long long)m->offset,
+                       batch[0] ? batch : "-", code[0] ? code : "-");
+                if (!o->rp_dry && replay_produce(rr, pp, m) < 0)
+                        return -1;
+                rr->rr_replayed++;
+        } else if (r == KB_OFFSETS_OK)
+                rr->rr_skipped++;
+        if (m->offset + 1 >= pp->pp_end)
+                part_done(rr, pp);
+        return 0;
+}
+
+/* Reads every partition to the end it had at the start. 0, or -1 with
+ * errstr (nothing read for 30 s, a publish failed). */
+static int replay_read(replay_t *rr) {
+        int64_t idle_since = kb_now_ms();
+        while (rr->rr_open > 0 && !kb_loop_stop_requested) {
+                rd_kafka_message_t *m =
+                    rd_kafka_consumer_poll(rr->rr_cons, 200);
+                int r;
+                if (rr->rr_prod)
+                        rd_kafka_poll(rr->rr_prod, 0);
+                if (!m) {
+                        if (kb_now_ms() - idle_since > 30000) {
+                                snprintf(rr->rr_err, rr->rr_err_size,
+                                         "no progress reading %s for 30 s",
+                                         rr->rr_dlq);
+                                return -1;
+                        }
+                        continue;
+                }
+                idle_since = kb_now_ms();
+                r = replay_message(rr, m);
+                rd_kafka_message_destroy(m);
+                if (r < 0)
+                        return -1;
+        }
+        return 0;
+}
+
+/* Waits for the acknowledgements and commits the group's progress: what
+ * was acknowledged (the window of each partition in the commit metadata).
+ * 0, or -1 with errstr (a commit failed, or items were not acknowledged:
+ * those are not committed). */
+static int replay_commit(replay_t *rr) {
+        rd_kafka_topic_partition_list_t *cl;
+        char meta[KB_OFFSETS_META_MAX + 1];
+        int p, ret = 0;
+
+        rd_kafka_flush(rr->rr_prod, 60000);
+        if (dr_failed || rd_kafka_outq_len(rr->rr_prod) > 0)
+                snprintf(rr->rr_err, rr->rr_err_size,
+                         "%d re-driven items were not acknowledged; "
+                         "progress not committed for them",
+                         dr_failed + rd_kafka_outq_len(rr->rr_prod));
+        cl = rd_kafka_topic_partition_list_new(rr->rr_np);
+        for (p = 0; p < rr->rr_np; p++) {
+                int64_t off;
+                rd_kafka_topic_partition_t *tp;
+                if (kb_offsets_committable(rr->rr_parts[p].pp_ot, &off, meta,
+                                           sizeof(meta)) < 0 ||
+                    off < 0)
+                        continue;
+                tp = rd_kafka_topic_partition_list_add(cl, rr->rr_dlq, p);
+                tp->offset = off;
+                if ((tp->metadata_size = strlen(meta)))
+                        tp->metadata = strdup(meta);
+        }
+        if (cl->cnt && rd_kafka_commit(rr->rr_cons, cl, 0)) {
+                snprintf(rr->rr_err, rr->rr_err_size,
+                         "could not commit the progress of group %s",
+                         rr->rr_o->rp_group);
+                ret = -1;
+        } else if (dr_failed)
+                ret = -1;
+        rd_kafka_topic_partition_list_destroy(cl);
+        return ret;
+}
+
+/* The run itself; returns the exit code. */
+static int replay_run(const kb_conf_t *conf, const replay_opts_t *o,
+                      char *errstr, size_t errstr_size) {
+        replay_t rr;
+        int p, rc;
+
+        memset(&rr, 0, sizeof(rr));
+        rr.rr_conf = conf;
+        rr.rr_o = o;
+        rr.rr_dlq = conf->topics_name[KB_TOPIC_ITEMS_DLQ];
+        rr.rr_items = conf->topics_name[KB_TOPIC_ITEMS];
+        rr.rr_err = errstr;
+        rr.rr_err_size = errstr_size;
+        if ((rc = replay_clients(&rr)) == 2)
+                return 2;
+        if (rc == 0 && replay_assign(&rr) == 0 && replay_read(&rr) == 0 &&
+            (!rr.rr_prod || replay_commit(&rr) == 0)) {
+                printf("%s %ld dead letters to %s; %ld passed over by the "
+                       "filters, %ld replayed before\n",
+                       o->rp_dry ? "would replay" : "replayed",
+                       rr.rr_replayed, rr.rr_items, rr.rr_skipped,
+                       rr.rr_already);
+                rc = 0;
+        } else {
+                fprintf(stderr, "kbatch replay: %s\n", errstr);
+                rc = 1;
+        }
+        if (rr.rr_cons) {
+                rd_kafka_consumer_close(rr.rr_cons);
+                rd_kafka_destroy(rr.rr_cons);
+        }
+        if (rr.rr_prod)
+                rd_kafka_destroy(rr.rr_prod);
+        for (p = 0; rr.rr_parts && p < rr.rr_np; p++)
+                kb_offsets_destroy(rr.rr_parts[p].pp_ot);
+        free(rr.rr_parts);
         return rc;
 }
 
@@ -439,10 +516,8 @@ int kb_cmd_replay(int argc, char **argv) {
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr, "kbatch replay: bad option '%s' (see "
-                                        "kbatch replay --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("replay", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
         if (optind < argc) {

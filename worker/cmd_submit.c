@@ -20,7 +20,6 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "aggregator.h"
+#include "bstate.h"
 #include "batchfile.h"
 #include "cmd.h"
 #include "codec.h"
@@ -128,63 +127,12 @@ typedef struct {
 
 static volatile sig_atomic_t interrupted;
 
+/* What a step returns to go on (else it returns the exit code). */
+#define GO_ON (-1)
+
 static void on_signal(int sig) {
         (void)sig;
         interrupted = 1;
-}
-
-/* ---- progress on stderr (only on a terminal) ---- */
-
-typedef struct {
-        int pg_on;
-        int64_t pg_last;
-        int pg_shown;
-} progress_t;
-
-static void progress_init(progress_t *pg, int quiet) {
-        memset(pg, 0, sizeof(*pg));
-        pg->pg_on = !quiet && isatty(STDERR_FILENO);
-}
-
-static void progress_show(progress_t *pg, int force, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static void progress_show(progress_t *pg, int force, const char *fmt, ...) {
-        va_list ap;
-        int64_t now;
-        if (!pg->pg_on)
-                return;
-        now = kb_now_ms();
-        if (!force && now - pg->pg_last < 100)
-                return;
-        pg->pg_last = now;
-        pg->pg_shown = 1;
-        fputs("\r\033[K", stderr);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fflush(stderr);
-}
-
-static void progress_bar(progress_t *pg, int force, const char *what,
-                         int64_t done, int64_t total) {
-        char bar[31];
-        int i, n = total > 0 ? (int)(done * 30 / total) : 0;
-        if (!pg->pg_on)
-                return;
-        for (i = 0; i < 30; i++)
-                bar[i] = i < n ? '#' : '.';
-        bar[30] = '\0';
-        progress_show(pg, force, "submit: [%s] %3d%% %lld/%lld %s", bar,
-                      total > 0 ? (int)(done * 100 / total) : 0,
-                      (long long)done, (long long)total, what);
-}
-
-static void progress_clear(progress_t *pg) {
-        if (pg->pg_on && pg->pg_shown) {
-                fputs("\r\033[K", stderr);
-                fflush(stderr);
-        }
-        pg->pg_shown = 0;
 }
 
 /* ---- pass 1: validation ---- */
@@ -214,7 +162,8 @@ static void batch_of(const submit_opts_t *so, const char *batch_id,
 
 /* Pass 1 over in; copies every line to spool when not NULL. Returns 0, or
  * -1 on an I/O error (reported). */
-static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
+static int validate(validate_t *sv, FILE *in, FILE *spool,
+                    kb_cmd_progress_t *pg) {
         char *s = NULL, err[1280];
         size_t cap = 0;
         ssize_t len;
@@ -243,7 +192,7 @@ static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
                                       err, sizeof(err)) == KB_PUB_LINE_BAD)
                         fprintf(stderr, "%s:%lld: %s\n", sv->sv_opts->so_name,
                                 (long long)lineno, err);
-                progress_show(pg, 0, "submit: validating %s: %lld lines",
+                kb_cmd_progress_show(pg, 0, "submit: validating %s: %lld lines",
                               sv->sv_opts->so_name, (long long)lineno);
         }
         sv->sv_items = kb_pub_check_items(sv->sv_check);
@@ -259,7 +208,7 @@ static int validate(validate_t *sv, FILE *in, FILE *spool, progress_t *pg) {
                         strerror(errno));
                 ret = -1;
         }
-        progress_clear(pg);
+        kb_cmd_progress_clear(pg);
         free(s);
         return ret;
 }
@@ -307,9 +256,134 @@ static int check_topic(rd_kafka_t *rk, const char *topic, const kb_conf_t *conf,
         return ret;
 }
 
+/* The same submission again (an id that is not generated): a batch the
+ * aggregator knows is not published again unless --force. GO_ON, or the
+ * exit code (reported; 1 when the batch-state topic cannot be read). */
+static int already_known(const submit_opts_t *so, const kb_conf_t *conf,
+                         const validate_t *sv) {
+        kb_bstate_t *bs = NULL;
+        char errstr[1024];
+        int r;
+        if (!so->so_batch_id && !so->so_key)
+                return GO_ON;
+        if ((r = kb_bstate_read(conf, sv->sv_batch_id, &bs, errstr,
+                                sizeof(errstr))) < 0) {
+                fprintf(stderr, "kbatch submit: %s\n", errstr);
+                return 1;
+        }
+        if (r == 0)
+                return GO_ON;
+        r = GO_ON;
+        if (bs->bs_items_total != sv->sv_items) {
+                fprintf(stderr,
+                        "kbatch submit: batch %s already exists with %lld "
+                        "items, %s has %lld%s\n",
+                        sv->sv_batch_id, (long long)bs->bs_items_total,
+                        so->so_name, (long long)sv->sv_items,
+                        so->so_key ? " (the idempotency key was used for "
+                                     "another submission)"
+                                   : "");
+                r = 2;
+        } else if (!so->so_force) {
+                if (!so->so_quiet)
+                        fprintf(stderr,
+                                "kbatch submit: batch %s is already known "
+                                "(%s, %lld of %lld items done): nothing "
+                                "published (--force publishes it again)\n",
+                                sv->sv_batch_id,
+                                kb_batch_status_str(kb_bstate_status(bs)),
+                                (long long)bs->bs_done,
+                                (long long)bs->bs_items_total);
+                printf("%s\n", sv->sv_batch_id);
+                r = 0;
+        }
+        kb_bstate_destroy(bs);
+        return r;
+}
+
+/* Produces every line of in (rewound); *n: the items produced. 0, or -1
+ * with errstr. */
+static int publish_lines(const submit_opts_t *so, const validate_t *sv,
+                         rd_kafka_t *rk, kb_pub_t *pb, FILE *in,
+                         const submit_dr_t *dr, kb_cmd_progress_t *pg,
+                         int64_t *n, char *errstr, size_t errstr_size) {
+        char *s = NULL;
+        size_t cap = 0;
+        ssize_t len;
+        int first_line, ret = -1;
+
+        errno = 0;
+        for (first_line = 1; !interrupted && (len = getline(&s, &cap, in)) >= 0;
+             first_line = 0) {
+                if (kb_pub_line(pb, s, (size_t)len, first_line, &interrupted,
+                                errstr, errstr_size))
+                        goto out;
+                *n = kb_pub_count(pb);
+                rd_kafka_poll(rk, 0);
+                kb_cmd_progress_bar(pg, 0, "submit: ", dr->dr_ok, sv->sv_items,
+                                    "published");
+        }
+        if (ferror(in)) {
+                snprintf(errstr, errstr_size, "reading %s: %s", so->so_name,
+                         strerror(errno));
+                goto out;
+        }
+        if (!interrupted && *n != sv->sv_items) {
+                snprintf(errstr, errstr_size,
+                         "%s has %lld requests now, %lld when validated (the "
+                         "file changed while submitting)",
+                         so->so_name, (long long)*n, (long long)sv->sv_items);
+                goto out;
+        }
+        ret = 0;
+out:
+        free(s);
+        return ret;
+}
+
+/* Waits for every acknowledgement (message.timeout.ms bounds each) and
+ * reports the outcome. Returns the exit code. */
+static int publish_finish(const submit_opts_t *so, const validate_t *sv,
+                          rd_kafka_t *rk, const char *topic,
+                          const submit_dr_t *dr, kb_cmd_progress_t *pg) {
+        int64_t flush_until = kb_now_ms() + 600000;
+        while (rd_kafka_outq_len(rk) > 0 && !interrupted &&
+               kb_now_ms() < flush_until) {
+                rd_kafka_flush(rk, 100);
+                kb_cmd_progress_bar(pg, 0, "submit: ", dr->dr_ok, sv->sv_items,
+                                    "published");
+        }
+        rd_kafka_poll(rk, 0);
+        kb_cmd_progress_bar(pg, 1, "submit: ", dr->dr_ok, sv->sv_items,
+                            "published");
+        kb_cmd_progress_clear(pg);
+        if (interrupted || dr->dr_ok != sv->sv_items) {
+                fprintf(stderr,
+                        "kbatch submit: %s: %lld of %lld items of batch %s "
+                        "published%s%s; `kbatch submit --batch-id %s --force "
+                        "%s` publishes the batch again\n",
+                        interrupted ? "interrupted"
+                                    : "not every item was "
+                                      "acknowledged",
+                        (long long)dr->dr_ok, (long long)sv->sv_items,
+                        sv->sv_batch_id, dr->dr_failed ? ": " : "",
+                        dr->dr_failed ? dr->dr_err : "", sv->sv_batch_id,
+                        so->so_name);
+                return 1;
+        }
+        printf("%s\n", sv->sv_batch_id);
+        fflush(stdout);
+        if (!so->so_quiet)
+                fprintf(stderr,
+                        "kbatch submit: batch %s: %lld items "
+                        "published to %s\n",
+                        sv->sv_batch_id, (long long)sv->sv_items, topic);
+        return 0;
+}
+
 /* Publishes every request of in (rewound). Returns the exit code. */
 static int publish(const submit_opts_t *so, const kb_conf_t *conf,
-                   validate_t *sv, FILE *in, progress_t *pg) {
+                   validate_t *sv, FILE *in, kb_cmd_progress_t *pg) {
         const char *topic = conf->topics_name[so->so_priority
                                                   ? KB_TOPIC_ITEMS_PRIORITY
                                                   : KB_TOPIC_ITEMS];
@@ -320,129 +394,34 @@ static int publish(const submit_opts_t *so, const kb_conf_t *conf,
         kb_bf_batch_t b;
         kb_pub_t *pb = NULL;
         char errstr[1024];
-        char *s = NULL;
-        size_t cap = 0;
-        ssize_t len;
-        int64_t n = 0, now = kb_wall_ms(), flush_until;
-        int rc = 1, first_line;
+        int64_t n = 0;
+        int rc = 1;
 
         memset(&dr, 0, sizeof(dr));
         if (!(kc = kb_kafka_conf_new(conf, "submit", errstr, sizeof(errstr))))
                 goto fail;
         rd_kafka_conf_set_dr_msg_cb(kc, dr_cb);
         rd_kafka_conf_set_opaque(kc, &dr);
-        if (!(rk = kb_kafka_producer_new(conf, kc, errstr, sizeof(errstr))))
+        if (!(rk = kb_kafka_producer_new(conf, kc, errstr, sizeof(errstr))) ||
+            check_topic(rk, topic, conf, errstr, sizeof(errstr)) ||
+            !(sd = kb_serde_new(conf, NULL, errstr, sizeof(errstr))))
                 goto fail;
-        if (check_topic(rk, topic, conf, errstr, sizeof(errstr)))
-                goto fail;
-        if (!(sd = kb_serde_new(conf, NULL, errstr, sizeof(errstr))))
-                goto fail;
-
-        /* The same submission again (an id that is not generated): */
-        if (so->so_batch_id || so->so_key) {
-                kb_bstate_t *bs = NULL;
-                int r = kb_cmd_batch_state(conf, sv->sv_batch_id, &bs, errstr,
-                                           sizeof(errstr));
-                if (r < 0)
-                        goto fail;
-                if (r > 0 && bs->bs_items_total != sv->sv_items) {
-                        fprintf(stderr,
-                                "kbatch submit: batch %s already exists with "
-                                "%lld items, %s has %lld%s\n",
-                                sv->sv_batch_id, (long long)bs->bs_items_total,
-                                so->so_name, (long long)sv->sv_items,
-                                so->so_key ? " (the idempotency key was used "
-                                             "for another submission)"
-                                           : "");
-                        kb_bstate_destroy(bs);
-                        rc = 2;
-                        goto out;
-                }
-                if (r > 0 && !so->so_force) {
-                        if (!so->so_quiet)
-                                fprintf(stderr,
-                                        "kbatch submit: batch %s is already "
-                                        "known (%s, %lld of %lld items "
-                                        "done): nothing published (--force "
-                                        "publishes it again)\n",
-                                        sv->sv_batch_id,
-                                        kb_batch_status_str(
-                                                kb_bstate_status(bs)),
-                                        (long long)bs->bs_done,
-                                        (long long)bs->bs_items_total);
-                        kb_bstate_destroy(bs);
-                        printf("%s\n", sv->sv_batch_id);
-                        rc = 0;
-                        goto out;
-                }
-                kb_bstate_destroy(bs);
-        }
-
-        batch_of(so, sv->sv_batch_id, sv->sv_items, now, &b);
+        if ((rc = already_known(so, conf, sv)) != GO_ON)
+                goto out;
+        batch_of(so, sv->sv_batch_id, sv->sv_items, kb_wall_ms(), &b);
         if (!b.bb_callback_url && sv->sv_callback)
                 b.bb_callback_url = sv->sv_callback;
         if (!(pb = kb_pub_new(rk, sd, conf, so->so_format, &b, NULL))) {
                 snprintf(errstr, sizeof(errstr), "out of memory");
                 goto fail;
         }
-        errno = 0;
-        for (first_line = 1; !interrupted && (len = getline(&s, &cap, in)) >= 0;
-             first_line = 0) {
-                if (kb_pub_line(pb, s, (size_t)len, first_line, &interrupted,
-                                errstr, sizeof(errstr)))
-                        goto fail;
-                n = kb_pub_count(pb);
-                rd_kafka_poll(rk, 0);
-                progress_bar(pg, 0, "published", dr.dr_ok, sv->sv_items);
-        }
-        if (ferror(in)) {
-                snprintf(errstr, sizeof(errstr), "reading %s: %s", so->so_name,
-                         strerror(errno));
+        if (publish_lines(so, sv, rk, pb, in, &dr, pg, &n, errstr,
+                          sizeof(errstr)) < 0)
                 goto fail;
-        }
-        if (!interrupted && n != sv->sv_items) {
-                snprintf(errstr, sizeof(errstr),
-                         "%s has %lld requests now, %lld when validated (the "
-                         "file changed while submitting)",
-                         so->so_name, (long long)n, (long long)sv->sv_items);
-                goto fail;
-        }
-        /* Every acknowledgement (message.timeout.ms bounds each). */
-        flush_until = kb_now_ms() + 600000;
-        while (rd_kafka_outq_len(rk) > 0 && !interrupted &&
-               kb_now_ms() < flush_until) {
-                rd_kafka_flush(rk, 100);
-                progress_bar(pg, 0, "published", dr.dr_ok, sv->sv_items);
-        }
-        rd_kafka_poll(rk, 0);
-        progress_bar(pg, 1, "published", dr.dr_ok, sv->sv_items);
-        progress_clear(pg);
-        if (interrupted || dr.dr_ok != sv->sv_items) {
-                fprintf(stderr,
-                        "kbatch submit: %s: %lld of %lld items of batch %s "
-                        "published%s%s; `kbatch submit --batch-id %s --force "
-                        "%s` publishes the batch again\n",
-                        interrupted ? "interrupted"
-                                    : "not every item was "
-                                      "acknowledged",
-                        (long long)dr.dr_ok, (long long)sv->sv_items,
-                        sv->sv_batch_id, dr.dr_failed ? ": " : "",
-                        dr.dr_failed ? dr.dr_err : "", sv->sv_batch_id,
-                        so->so_name);
-                rc = 1;
-                goto out;
-        }
-        printf("%s\n", sv->sv_batch_id);
-        fflush(stdout);
-        if (!so->so_quiet)
-                fprintf(stderr,
-                        "kbatch submit: batch %s: %lld items "
-                        "published to %s\n",
-                        sv->sv_batch_id, (long long)sv->sv_items, topic);
-        rc = 0;
+        rc = publish_finish(so, sv, rk, topic, &dr, pg);
         goto out;
 fail:
-        progress_clear(pg);
+        kb_cmd_progress_clear(pg);
         fprintf(stderr, "kbatch submit: %s%s\n", errstr,
                 n > 0 ? " (some items were published: run the same command "
                         "with --batch-id and --force to publish the batch "
@@ -450,7 +429,6 @@ fail:
                       : "");
         rc = 1;
 out:
-        free(s);
         kb_pub_destroy(pb);
         kb_serde_destroy(sd);
         if (rk) {
@@ -462,26 +440,107 @@ out:
         return rc;
 }
 
-static int usage_error(const char *fmt, const char *arg) {
-        fprintf(stderr, "kbatch submit: ");
-        fprintf(stderr, fmt, arg);
-        fprintf(stderr, " (see kbatch submit --help)\n");
-        return 2;
+#define usage_error(...) kb_cmd_usage_error("submit", __VA_ARGS__)
+
+enum {
+        O_BATCH_ID = 256,
+        O_KEY,
+        O_METADATA,
+        O_CALLBACK,
+        O_DEADLINE,
+        O_WINDOW,
+        O_FORMAT,
+        O_DRY_RUN,
+        O_FORCE,
+        O_PRIORITY,
+};
+
+/* --deadline TIME / --completion-window D (c says which). */
+static int parse_deadline(submit_opts_t *so, int c, const char *arg,
+                          const char **deadline_arg) {
+        if (*deadline_arg)
+                return usage_error("give one of --deadline and "
+                                   "--completion-window");
+        *deadline_arg = arg;
+        if (c == O_WINDOW) {
+                int64_t d = kb_bf_duration_parse(arg);
+                so->so_deadline = d > 0 ? kb_wall_ms() + d : -1;
+        } else
+                so->so_deadline = kb_bf_time_parse(arg, kb_wall_ms());
+        if (so->so_deadline <= 0)
+                return usage_error(c == O_WINDOW
+                                       ? "--completion-window '%.100s' is "
+                                         "not a duration (24h, 90m, 30s)"
+                                       : "--deadline '%.100s' is not a "
+                                         "duration (24h), epoch ms or RFC "
+                                         "3339 time",
+                                   arg);
+        return GO_ON;
 }
 
-int kb_cmd_submit(int argc, char **argv) {
-        enum {
-                O_BATCH_ID = 256,
-                O_KEY,
-                O_METADATA,
-                O_CALLBACK,
-                O_DEADLINE,
-                O_WINDOW,
-                O_FORMAT,
-                O_DRY_RUN,
-                O_FORCE,
-                O_PRIORITY,
-        };
+/* One option of getopt_long (c, optarg). GO_ON or the exit code. */
+static int parse_option(submit_opts_t *so, int c, const char *arg,
+                        const char *bad, const char **deadline_arg) {
+        char errstr[1024];
+        int f;
+        switch (c) {
+        case 'c':
+                so->so_conf = arg;
+                break;
+        case O_BATCH_ID:
+                so->so_batch_id = arg;
+                break;
+        case O_KEY:
+                so->so_key = arg;
+                break;
+        case O_METADATA:
+                if (kb_bf_metadata_add(so->so_metadata, arg, errstr,
+                                       sizeof(errstr))) {
+                        fprintf(stderr, "kbatch submit: %s\n", errstr);
+                        return 2;
+                }
+                break;
+        case O_CALLBACK:
+                so->so_callback_url = arg;
+                break;
+        case O_DEADLINE:
+        case O_WINDOW:
+                return parse_deadline(so, c, arg, deadline_arg);
+        case O_FORMAT:
+                if ((f = kb_bf_format_parse(arg)) < 0)
+                        return usage_error("--format must be auto, openai, "
+                                           "anthropic or native, not "
+                                           "'%.100s'",
+                                           arg);
+                so->so_format = (kb_bf_format_t)f;
+                break;
+        case O_DRY_RUN:
+                so->so_dry_run = 1;
+                break;
+        case O_FORCE:
+                so->so_force = 1;
+                break;
+        case O_PRIORITY:
+                if (strcmp(arg, "high") && strcmp(arg, "normal"))
+                        return usage_error("--priority must be high or "
+                                           "normal, not '%.100s'",
+                                           arg);
+                so->so_priority = !strcmp(arg, "high");
+                break;
+        case 'q':
+                so->so_quiet = 1;
+                break;
+        case 'h':
+                usage(stdout);
+                return 0;
+        default:
+                return usage_error("bad option '%s'", bad);
+        }
+        return GO_ON;
+}
+
+/* The options and the FILE operand into *so. GO_ON or the exit code. */
+static int parse_args(submit_opts_t *so, int argc, char **argv) {
         static const struct option opts[] = {
                 {"config", 1, NULL, 'c'},
                 {"batch-id", 1, NULL, O_BATCH_ID},
@@ -497,195 +556,174 @@ int kb_cmd_submit(int argc, char **argv) {
                 {"quiet", 0, NULL, 'q'},
                 {"help", 0, NULL, 'h'},
                 {NULL, 0, NULL, 0}};
+        const char *deadline_arg = NULL;
+        int c, rc;
+
+        opterr = 0;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "c:qh", opts, NULL)) != -1)
+                if ((rc = parse_option(so, c, optarg, argv[optind - 1],
+                                       &deadline_arg)) != GO_ON)
+                        return rc;
+        if (optind >= argc)
+                return usage_error("missing FILE.jsonl (or - for standard "
+                                   "input)");
+        if (optind + 1 < argc)
+                return usage_error("unexpected argument '%s'",
+                                   argv[optind + 1]);
+        so->so_path = argv[optind];
+        so->so_name = strcmp(so->so_path, "-") ? so->so_path : "<stdin>";
+        if (so->so_batch_id && so->so_key)
+                return usage_error("give one of --batch-id and "
+                                   "--idempotency-key");
+        if (so->so_batch_id && !kb_codec_batch_id_valid(so->so_batch_id)) {
+                fprintf(stderr,
+                        "kbatch submit: --batch-id '%.200s' is not a batch id "
+                        "(1-%d characters of [A-Za-z0-9._:-])\n",
+                        so->so_batch_id, KB_BATCH_ID_MAX);
+                return 2;
+        }
+        if (so->so_key && !*so->so_key)
+                return usage_error("--idempotency-key is empty");
+        if (so->so_callback_url && !*so->so_callback_url)
+                return usage_error("--callback-url is empty");
+        return GO_ON;
+}
+
+/* The batch id: --batch-id, else derived from --idempotency-key, else a new
+ * one. 0, or -1 (reported). */
+static int choose_batch_id(const submit_opts_t *so,
+                           char batch_id[KB_BATCH_ID_MAX + 1]) {
+        uint8_t rnd[10];
+        if (so->so_batch_id) {
+                snprintf(batch_id, KB_BATCH_ID_MAX + 1, "%s", so->so_batch_id);
+                return 0;
+        }
+        if (so->so_key) {
+                if (kb_bf_batch_id_from_key(so->so_key, batch_id)) {
+                        fprintf(stderr, "kbatch submit: cannot hash the "
+                                        "idempotency key\n");
+                        return -1;
+                }
+                return 0;
+        }
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+                fprintf(stderr, "kbatch submit: getrandom: %s\n",
+                        strerror(errno));
+                return -1;
+        }
+        kb_bf_batch_id_generate(kb_wall_ms(), rnd, batch_id);
+        return 0;
+}
+
+/* Opens the input; one that cannot be read twice (a pipe) gets a spool file
+ * that pass 1 copies it into. GO_ON or the exit code. */
+static int open_input(const submit_opts_t *so, FILE **in, FILE **spool) {
+        struct stat st;
+        if (!strcmp(so->so_path, "-"))
+                *in = stdin;
+        else if (!(*in = fopen(so->so_path, "r"))) {
+                fprintf(stderr, "kbatch submit: cannot open %s: %s\n",
+                        so->so_path, strerror(errno));
+                return 2;
+        }
+        if (fstat(fileno(*in), &st) || !S_ISREG(st.st_mode)) {
+                if (!(*spool = tmpfile())) {
+                        fprintf(stderr,
+                                "kbatch submit: cannot create a temporary "
+                                "file: %s\n",
+                                strerror(errno));
+                        return 1;
+                }
+        }
+        return GO_ON;
+}
+
+/* What pass 1 found decides: GO_ON to publish, else the exit code (bad
+ * lines, no requests, interrupted; 0 for a dry run, with the batch id). */
+static int validated(const submit_opts_t *so, const validate_t *sv,
+                     const char *batch_id) {
+        if (interrupted) {
+                fprintf(stderr, "kbatch submit: interrupted; nothing "
+                                "published\n");
+                return 1;
+        }
+        if (sv->sv_bad) {
+                fprintf(stderr,
+                        "kbatch submit: %lld bad line%s in %s; nothing "
+                        "published\n",
+                        (long long)sv->sv_bad, sv->sv_bad == 1 ? "" : "s",
+                        so->so_name);
+                return 2;
+        }
+        if (!sv->sv_items) {
+                fprintf(stderr,
+                        "kbatch submit: %s has no requests; nothing "
+                        "published\n",
+                        so->so_name);
+                return 2;
+        }
+        if (so->so_dry_run) {
+                printf("%s\n", batch_id);
+                if (!so->so_quiet)
+                        fprintf(stderr,
+                                "kbatch submit: %s: %lld valid request%s "
+                                "(dry run: nothing published)\n",
+                                so->so_name, (long long)sv->sv_items,
+                                sv->sv_items == 1 ? "" : "s");
+                return 0;
+        }
+        return GO_ON;
+}
+
+/* Pass 2 reads the spool when there is one, else the input again. 0, or
+ * -1 (reported). */
+static int rewind_input(const submit_opts_t *so, FILE **in, FILE **spool) {
+        if (*spool) {
+                if (*in != stdin)
+                        fclose(*in);
+                *in = *spool;
+                *spool = NULL;
+        }
+        if (fseeko(*in, 0, SEEK_SET)) {
+                fprintf(stderr, "kbatch submit: cannot re-read %s: %s\n",
+                        so->so_name, strerror(errno));
+                return -1;
+        }
+        return 0;
+}
+
+int kb_cmd_submit(int argc, char **argv) {
         submit_opts_t so;
         validate_t sv;
-        progress_t pg;
+        kb_cmd_progress_t pg;
         kb_conf_t *conf = NULL;
         FILE *in = NULL, *spool = NULL;
-        struct stat st;
-        char errstr[1024], batch_id[KB_BATCH_ID_MAX + 1];
-        const char *deadline_arg = NULL;
+        char batch_id[KB_BATCH_ID_MAX + 1];
         struct sigaction sa;
-        int c, rc = 2, f;
+        int rc;
 
         memset(&so, 0, sizeof(so));
         memset(&sv, 0, sizeof(sv));
         if (!(so.so_metadata = json_object()))
                 return 1;
-        opterr = 0;
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "c:qh", opts, NULL)) != -1) {
-                switch (c) {
-                case 'c':
-                        so.so_conf = optarg;
-                        break;
-                case O_BATCH_ID:
-                        so.so_batch_id = optarg;
-                        break;
-                case O_KEY:
-                        so.so_key = optarg;
-                        break;
-                case O_METADATA:
-                        if (kb_bf_metadata_add(so.so_metadata, optarg, errstr,
-                                               sizeof(errstr))) {
-                                fprintf(stderr, "kbatch submit: %s\n", errstr);
-                                goto out;
-                        }
-                        break;
-                case O_CALLBACK:
-                        so.so_callback_url = optarg;
-                        break;
-                case O_DEADLINE:
-                case O_WINDOW:
-                        if (deadline_arg) {
-                                rc = usage_error("give one of --deadline and "
-                                                 "--completion-window%s",
-                                                 "");
-                                goto out;
-                        }
-                        deadline_arg = optarg;
-                        so.so_deadline =
-                                c == O_WINDOW
-                                        ? (kb_bf_duration_parse(optarg) > 0
-                                                   ? kb_wall_ms() +
-                                                             kb_bf_duration_parse(
-                                                                     optarg)
-                                                   : -1)
-                                        : kb_bf_time_parse(optarg,
-                                                           kb_wall_ms());
-                        if (so.so_deadline <= 0) {
-                                rc = usage_error(c == O_WINDOW
-                                                         ? "--completion-"
-                                                           "window '%.100s' is "
-                                                           "not a duration "
-                                                           "(24h, 90m, 30s)"
-                                                         : "--deadline "
-                                                           "'%.100s' is not a "
-                                                           "duration (24h), "
-                                                           "epoch ms or RFC "
-                                                           "3339 time",
-                                                 optarg);
-                                goto out;
-                        }
-                        break;
-                case O_FORMAT:
-                        if ((f = kb_bf_format_parse(optarg)) < 0) {
-                                rc = usage_error("--format must be auto, "
-                                                 "openai, anthropic or "
-                                                 "native, not '%.100s'",
-                                                 optarg);
-                                goto out;
-                        }
-                        so.so_format = (kb_bf_format_t)f;
-                        break;
-                case O_DRY_RUN:
-                        so.so_dry_run = 1;
-                        break;
-                case O_FORCE:
-                        so.so_force = 1;
-                        break;
-                case O_PRIORITY:
-                        if (strcmp(optarg, "high") && strcmp(optarg, "normal")) {
-                                rc = usage_error("--priority must be high or "
-                                                 "normal, not '%.100s'",
-                                                 optarg);
-                                goto out;
-                        }
-                        so.so_priority = !strcmp(optarg, "high");
-                        break;
-                case 'q':
-                        so.so_quiet = 1;
-                        break;
-                case 'h':
-                        usage(stdout);
-                        rc = 0;
-                        goto out;
-                default:
-                        rc = usage_error("bad option '%s'", argv[optind - 1]);
-                        goto out;
-                }
-        }
-        if (optind >= argc) {
-                rc = usage_error("missing FILE.jsonl (or - for standard "
-                                 "input)%s",
-                                 "");
+        if ((rc = parse_args(&so, argc, argv)) != GO_ON)
                 goto out;
-        }
-        if (optind + 1 < argc) {
-                rc = usage_error("unexpected argument '%s'", argv[optind + 1]);
-                goto out;
-        }
-        so.so_path = argv[optind];
-        so.so_name = strcmp(so.so_path, "-") ? so.so_path : "<stdin>";
-        if (so.so_batch_id && so.so_key) {
-                rc = usage_error("give one of --batch-id and "
-                                 "--idempotency-key%s",
-                                 "");
-                goto out;
-        }
-        if (so.so_batch_id && !kb_codec_batch_id_valid(so.so_batch_id)) {
-                fprintf(stderr,
-                        "kbatch submit: --batch-id '%.200s' is not a batch id "
-                        "(1-%d characters of [A-Za-z0-9._:-])\n",
-                        so.so_batch_id, KB_BATCH_ID_MAX);
-                goto out;
-        }
-        if (so.so_key && !*so.so_key) {
-                rc = usage_error("--idempotency-key is empty%s", "");
-                goto out;
-        }
-        if (so.so_callback_url && !*so.so_callback_url) {
-                rc = usage_error("--callback-url is empty%s", "");
-                goto out;
-        }
-
+        rc = 2;
         if (!(conf = kb_cmd_conf_load(so.so_conf)))
                 goto out;
-
-        /* The batch id. */
-        if (so.so_batch_id)
-                snprintf(batch_id, sizeof(batch_id), "%s", so.so_batch_id);
-        else if (so.so_key) {
-                if (kb_bf_batch_id_from_key(so.so_key, batch_id)) {
-                        fprintf(stderr, "kbatch submit: cannot hash the "
-                                        "idempotency key\n");
-                        rc = 1;
-                        goto out;
-                }
-        } else {
-                uint8_t rnd[10];
-                if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
-                        fprintf(stderr, "kbatch submit: getrandom: %s\n",
-                                strerror(errno));
-                        rc = 1;
-                        goto out;
-                }
-                kb_bf_batch_id_generate(kb_wall_ms(), rnd, batch_id);
-        }
+        rc = 1;
+        if (choose_batch_id(&so, batch_id) < 0)
+                goto out;
 
         /* Pass 1. */
-        if (!strcmp(so.so_path, "-"))
-                in = stdin;
-        else if (!(in = fopen(so.so_path, "r"))) {
-                fprintf(stderr, "kbatch submit: cannot open %s: %s\n",
-                        so.so_path, strerror(errno));
+        if ((rc = open_input(&so, &in, &spool)) != GO_ON)
                 goto out;
-        }
-        if (fstat(fileno(in), &st) || !S_ISREG(st.st_mode)) {
-                if (!(spool = tmpfile())) {
-                        fprintf(stderr,
-                                "kbatch submit: cannot create a temporary "
-                                "file: %s\n",
-                                strerror(errno));
-                        rc = 1;
-                        goto out;
-                }
-        }
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = on_signal;
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
-        progress_init(&pg, so.so_quiet);
+        kb_cmd_progress_init(&pg, so.so_quiet, 100);
         sv.sv_opts = &so;
         sv.sv_conf = conf;
         sv.sv_batch_id = batch_id;
@@ -693,54 +731,13 @@ int kb_cmd_submit(int argc, char **argv) {
                 rc = 1;
                 goto out;
         }
-        if (interrupted) {
-                fprintf(stderr, "kbatch submit: interrupted; nothing "
-                                "published\n");
-                rc = 1;
+        if ((rc = validated(&so, &sv, batch_id)) != GO_ON)
                 goto out;
-        }
-        if (sv.sv_bad) {
-                fprintf(stderr,
-                        "kbatch submit: %lld bad line%s in %s; nothing "
-                        "published\n",
-                        (long long)sv.sv_bad, sv.sv_bad == 1 ? "" : "s",
-                        so.so_name);
-                rc = 2;
-                goto out;
-        }
-        if (!sv.sv_items) {
-                fprintf(stderr,
-                        "kbatch submit: %s has no requests; nothing "
-                        "published\n",
-                        so.so_name);
-                rc = 2;
-                goto out;
-        }
-        if (so.so_dry_run) {
-                printf("%s\n", batch_id);
-                if (!so.so_quiet)
-                        fprintf(stderr,
-                                "kbatch submit: %s: %lld valid request%s "
-                                "(dry run: nothing published)\n",
-                                so.so_name, (long long)sv.sv_items,
-                                sv.sv_items == 1 ? "" : "s");
-                rc = 0;
-                goto out;
-        }
 
         /* Pass 2. */
-        if (spool) {
-                if (in != stdin)
-                        fclose(in);
-                in = spool;
-                spool = NULL;
-        }
-        if (fseeko(in, 0, SEEK_SET)) {
-                fprintf(stderr, "kbatch submit: cannot re-read %s: %s\n",
-                        so.so_name, strerror(errno));
-                rc = 1;
+        rc = 1;
+        if (rewind_input(&so, &in, &spool) < 0)
                 goto out;
-        }
         rc = publish(&so, conf, &sv, in, &pg);
 out:
         if (in && in != stdin)

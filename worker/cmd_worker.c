@@ -46,37 +46,36 @@ static void publish_ready(kb_admin_t *ad, kb_items_t *items,
         kb_admin_set_ready(ad, ok, why);
 }
 
-int kb_cmd_worker(int argc, char **argv) {
+/* The process: its loop and the roles it runs (each NULL when not run). */
+typedef struct {
+        kb_conf_t *wk_conf;
+        kb_loop_t *wk_loop;
+        kb_admin_t *wk_admin;
+        kb_items_t *wk_items;
+        kb_aggregator_t *wk_agg;
+        kb_notifier_t *wk_nt;
+        kb_api_t *wk_api;
+} worker_t;
+
+/* -c FILE and no operand. -1 to go on (*path set), else the exit code. */
+static int worker_args(int argc, char **argv, const char **path) {
         static const struct option opts[] = {{"config", 1, NULL, 'c'},
                                              {"help", 0, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
-        const char *path = NULL;
-        char errstr[1024];
-        kb_conf_t *conf;
-        kb_loop_t *loop = NULL;
-        kb_items_t *items = NULL;
-        kb_aggregator_t *agg = NULL;
-        kb_notifier_t *nt = NULL;
-        kb_admin_t *admin = NULL;
-        kb_api_t *api = NULL;
-        int64_t next_ready = 0;
-        int c, rc = 0;
-
+        int c;
         opterr = 0;
         optind = 1;
         while ((c = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
                 switch (c) {
                 case 'c':
-                        path = optarg;
+                        *path = optarg;
                         break;
                 case 'h':
                         usage(stdout);
                         return 0;
                 default:
-                        fprintf(stderr, "kbatch worker: bad option '%s' (see "
-                                        "kbatch worker --help)\n",
-                                argv[optind - 1]);
-                        return 2;
+                        return kb_cmd_usage_error("worker", "bad option '%s'",
+                                                  argv[optind - 1]);
                 }
         }
         if (optind < argc) {
@@ -84,125 +83,150 @@ int kb_cmd_worker(int argc, char **argv) {
                         argv[optind]);
                 return 2;
         }
-        if (!(conf = kb_cmd_conf_load(path)))
-                return 2;
-        kb_log(KB_LOG_INFO, "worker", "kbatch %s starting as %s", KB_VERSION,
-               kb_conf_instance_id(conf));
+        return -1;
+}
 
-        if (!(loop = kb_loop_new(errstr, sizeof(errstr)))) {
+/* The loop, the admin server and the roles of worker.roles. 0, or the exit
+ * code (1 runtime, 2 configuration) after the error is logged. */
+static int worker_start(worker_t *wk) {
+        const kb_conf_t *conf = wk->wk_conf;
+        char errstr[1024];
+        int flag = 0;
+
+        if (!(wk->wk_loop = kb_loop_new(errstr, sizeof(errstr)))) {
                 kb_log(KB_LOG_ERROR, "worker", "%s", errstr);
-                rc = 1;
-                goto out;
+                return 1;
         }
-        kb_loop_signals(loop);
+        kb_loop_signals(wk->wk_loop);
         /* First, so that /healthz and /metrics answer while the roles
          * connect (/readyz says "starting"). */
         if (conf->admin_listen[0] &&
-            !(admin = kb_admin_new(conf->admin_listen, errstr,
-                                   sizeof(errstr)))) {
+            !(wk->wk_admin = kb_admin_new(conf->admin_listen, errstr,
+                                          sizeof(errstr)))) {
                 kb_log(KB_LOG_ERROR, "worker", "%s", errstr);
-                rc = 1;
-                goto out;
+                return 1;
         }
-        if (conf->worker_roles & KB_ROLE_ITEMS) {
-                int runtime = 0;
-                if (!(items = kb_items_new(conf, loop, &runtime, errstr,
-                                           sizeof(errstr)))) {
-                        /* The configuration (client settings, route keys),
-                         * or a cluster that cannot be reached (runtime). */
-                        kb_log(KB_LOG_ERROR, "worker", "items: %s", errstr);
-                        rc = runtime ? 1 : 2;
-                        goto out;
-                }
+        if ((conf->worker_roles & KB_ROLE_ITEMS) &&
+            !(wk->wk_items = kb_items_new(conf, wk->wk_loop, &flag, errstr,
+                                          sizeof(errstr)))) {
+                /* The configuration (client settings, route keys), or a
+                 * cluster that cannot be reached (flag: runtime). */
+                kb_log(KB_LOG_ERROR, "worker", "items: %s", errstr);
+                return flag ? 1 : 2;
         }
         if ((conf->worker_roles & KB_ROLE_AGGREGATOR) &&
-            !(agg = kb_aggregator_new(conf, loop, errstr, sizeof(errstr)))) {
+            !(wk->wk_agg = kb_aggregator_new(conf, wk->wk_loop, errstr,
+                                             sizeof(errstr)))) {
                 kb_log(KB_LOG_ERROR, "worker", "aggregator: %s", errstr);
-                rc = 1;
-                goto out;
+                return 1;
         }
         if ((conf->worker_roles & KB_ROLE_NOTIFIER) &&
-            !(nt = kb_notifier_new(conf, loop, errstr, sizeof(errstr)))) {
+            !(wk->wk_nt = kb_notifier_new(conf, wk->wk_loop, errstr,
+                                          sizeof(errstr)))) {
                 /* Configuration: the secret file, client settings. */
                 kb_log(KB_LOG_ERROR, "worker", "notifier: %s", errstr);
-                rc = 2;
-                goto out;
+                return 2;
         }
-        if (conf->worker_roles & KB_ROLE_API) {
-                int is_config = 0;
-                if (!(api = kb_api_new(conf, &is_config, errstr,
-                                       sizeof(errstr)))) {
-                        kb_log(KB_LOG_ERROR, "worker", "api: %s", errstr);
-                        rc = is_config ? 2 : 1;
-                        goto out;
-                }
+        flag = 0;
+        if ((conf->worker_roles & KB_ROLE_API) &&
+            !(wk->wk_api = kb_api_new(conf, &flag, errstr, sizeof(errstr)))) {
+                /* flag: a configuration error. */
+                kb_log(KB_LOG_ERROR, "worker", "api: %s", errstr);
+                return flag ? 2 : 1;
         }
+        return 0;
+}
 
+/* Serves the roles until a stop is requested or one fails. Returns 1 when
+ * the loop itself failed, else 0. */
+static int worker_serve(worker_t *wk) {
+        int64_t next_ready = 0;
         while (!kb_loop_stop_requested) {
                 int wait = 1000, w;
                 int64_t now = kb_now_ms();
-                kb_admin_heartbeat(admin, now);
-                if (admin && now >= next_ready) {
-                        publish_ready(admin, items, agg, nt, api);
+                kb_admin_heartbeat(wk->wk_admin, now);
+                if (wk->wk_admin && now >= next_ready) {
+                        publish_ready(wk->wk_admin, wk->wk_items, wk->wk_agg,
+                                      wk->wk_nt, wk->wk_api);
                         next_ready = now + 250;
                 }
-                if (items) {
-                        w = kb_items_serve(items, now);
+                if (wk->wk_items) {
+                        w = kb_items_serve(wk->wk_items, now);
                         if (w < wait)
                                 wait = w;
-                        if (kb_items_fatal(items))
+                        if (kb_items_fatal(wk->wk_items))
                                 break;
                 }
-                if (agg) {
-                        w = kb_aggregator_serve(agg, now);
+                if (wk->wk_agg) {
+                        w = kb_aggregator_serve(wk->wk_agg, now);
                         if (w < wait)
                                 wait = w;
-                        if (kb_aggregator_fatal(agg))
+                        if (kb_aggregator_fatal(wk->wk_agg))
                                 break;
                 }
-                if (nt) {
-                        w = kb_notifier_serve(nt, now);
+                if (wk->wk_nt) {
+                        w = kb_notifier_serve(wk->wk_nt, now);
                         if (w < wait)
                                 wait = w;
-                        if (kb_notifier_fatal(nt))
+                        if (kb_notifier_fatal(wk->wk_nt))
                                 break;
                 }
-                if (api && kb_api_fatal(api))
+                if (wk->wk_api && kb_api_fatal(wk->wk_api))
                         break;
-                if (kb_loop_drive(loop, wait) != 0) {
-                        rc = 1;
-                        break;
-                }
+                if (kb_loop_drive(wk->wk_loop, wait) != 0)
+                        return 1;
         }
-        kb_admin_set_ready(admin, 0, "shutting down");
-        if (api && kb_api_fatal(api))
+        return 0;
+}
+
+/* Graceful stop: the API first (no new requests while the other roles
+ * drain), then each role drains. Returns rc, or 1 when a role had failed. */
+static int worker_stop(worker_t *wk, int rc) {
+        const kb_conf_t *conf = wk->wk_conf;
+        kb_admin_set_ready(wk->wk_admin, 0, "shutting down");
+        if (wk->wk_api && kb_api_fatal(wk->wk_api))
                 rc = 1;
-        /* First: no new requests while the other roles drain. */
-        kb_api_destroy(api);
-        api = NULL;
-        if (items) {
-                if (kb_items_fatal(items))
+        kb_api_destroy(wk->wk_api);
+        wk->wk_api = NULL;
+        if (wk->wk_items) {
+                if (kb_items_fatal(wk->wk_items))
                         rc = 1;
-                kb_items_shutdown(items, conf->worker_shutdown_drain_ms);
+                kb_items_shutdown(wk->wk_items, conf->worker_shutdown_drain_ms);
         }
-        if (agg) {
-                if (kb_aggregator_fatal(agg))
+        if (wk->wk_agg) {
+                if (kb_aggregator_fatal(wk->wk_agg))
                         rc = 1;
-                kb_aggregator_shutdown(agg);
+                kb_aggregator_shutdown(wk->wk_agg);
         }
-        if (nt) {
-                if (kb_notifier_fatal(nt))
+        if (wk->wk_nt) {
+                if (kb_notifier_fatal(wk->wk_nt))
                         rc = 1;
-                kb_notifier_shutdown(nt, conf->worker_shutdown_drain_ms);
+                kb_notifier_shutdown(wk->wk_nt, conf->worker_shutdown_drain_ms);
         }
         kb_log(KB_LOG_INFO, "worker", "exiting with %d", rc);
-out:
-        kb_api_destroy(api);
-        kb_notifier_destroy(nt);
-        kb_aggregator_destroy(agg);
-        kb_items_destroy(items);
-        kb_admin_destroy(admin);
-        kb_loop_destroy(loop);
-        kb_conf_destroy(conf);
+        return rc;
+}
+
+int kb_cmd_worker(int argc, char **argv) {
+        const char *path = NULL;
+        worker_t wk;
+        int rc;
+
+        if ((rc = worker_args(argc, argv, &path)) >= 0)
+                return rc;
+        memset(&wk, 0, sizeof(wk));
+        if (!(wk.wk_conf = kb_cmd_conf_load(path)))
+                return 2;
+        kb_log(KB_LOG_INFO, "worker", "kbatch %s starting as %s", KB_VERSION,
+               kb_conf_instance_id(wk.wk_conf));
+        if ((rc = worker_start(&wk)) == 0)
+                rc = worker_stop(&wk, worker_serve(&wk));
+        kb_api_destroy(wk.wk_api);
+        kb_notifier_destroy(wk.wk_nt);
+        kb_aggregator_destroy(wk.wk_agg);
+        kb_items_destroy(wk.wk_items);
+        kb_admin_destroy(wk.wk_admin);
+        kb_loop_destroy(wk.wk_loop);
+        kb_conf_destroy(wk.wk_conf);
         return rc;
 }

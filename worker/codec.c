@@ -398,7 +398,7 @@ kb_codec_res_t kb_codec_item_from_json(const json_t *o, size_t len,
                                 item->metadata = json_incref(md);
                 }
         }
-        if (max_bytes && len > max_bytes) {
+        if (kb_codec_item_too_large(len, max_bytes)) {
                 /* Reported first: size is the decisive reason. */
                 err[0] = '\0';
                 FAIL("value is %zu bytes, over the limit of %zu", len,

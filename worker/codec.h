@@ -63,6 +63,13 @@ typedef struct kb_item_s {
         int64_t submitted_at; /* epoch ms, 0 when none */
 } kb_item_t;
 
+/* 1 when a BatchItem value of len bytes is over max_bytes (0: no limit):
+ * the rule the decoders below apply first ("too large"), for callers that
+ * must tell that reason from the others. */
+static inline int kb_codec_item_too_large(size_t len, size_t max_bytes) {
+        return max_bytes && len > max_bytes;
+}
+
 /* Decodes a JSON BatchItem value. On any result but UNDECODABLE, *item holds
  * whatever fields could be read (free with kb_item_clear). max_bytes: values
  * larger than this are INVALID (or UNADDRESSABLE) "too large". errstr gets

@@ -210,6 +210,10 @@ static const kb_conf_setting_t kb_conf_settings[] = {
               aggregator_expiry_grace_ms),
         S_INT("aggregator.transaction_timeout_ms", 1000, 900000, "10000",
               aggregator_transaction_timeout_ms),
+        S_INT("aggregator.test_txn_abort_every", 0, 1000000, "0",
+              aggregator_test_txn_abort_every),
+        S_INT("aggregator.test_txn_fatal_every", 0, 1000000, "0",
+              aggregator_test_txn_fatal_every),
 
         S_STR("notifier.secret_env", 0, 255, "KBATCH_WEBHOOK_SECRET",
               notifier_secret_env, check_envname),

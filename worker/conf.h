@@ -190,6 +190,11 @@ typedef struct kb_conf_s {
         int64_t aggregator_retention_ms;   /* 7 days */
         int64_t aggregator_expiry_grace_ms;/* 1 hour */
         int aggregator_transaction_timeout_ms; /* 10000 */
+        /* Fault injection, tests only (0: off): every N-th transaction is
+         * aborted instead of committed (the path of an abortable error), or
+         * gets a fatal error injected (the producer is recreated). */
+        int aggregator_test_txn_abort_every;
+        int aggregator_test_txn_fatal_every;
 
         /* notifier */
         char *notifier_secret_env;       /* "KBATCH_WEBHOOK_SECRET" */

@@ -112,7 +112,7 @@ kb_pub_line_res_t kb_pub_check_line(kb_pub_check_t *ck, char *s, size_t len,
         int64_t first, n;
         json_t *o;
         char *dump;
-        size_t dlen;
+        size_t dlen, max_bytes = (size_t)ck->ck_conf->worker_max_item_bytes;
         kb_pub_line_res_t res = KB_PUB_LINE_OK;
 
         if (lineno == 1)
@@ -167,19 +167,18 @@ kb_pub_line_res_t kb_pub_check_line(kb_pub_check_t *ck, char *s, size_t len,
         dlen = dump ? strlen(dump) : 0;
         if (!dump)
                 res = bad(ck, errstr, errstr_size, "out of memory");
-        else if (kb_codec_item_from_json(
-                         o, dlen, (size_t)ck->ck_conf->worker_max_item_bytes,
-                         &it, err, sizeof(err)) != KB_CODEC_OK) {
-                if (strstr(err, "bytes, over the limit"))
-                        res = bad(ck, errstr, errstr_size,
-                                  "the item is %zu bytes, over "
-                                  "worker.max_item_bytes (%d)",
-                                  dlen, ck->ck_conf->worker_max_item_bytes);
-                else
+        else if (kb_codec_item_too_large(dlen, max_bytes))
+                /* First, as in the decoders: the decisive reason. */
+                res = bad(ck, errstr, errstr_size,
+                          "the item is %zu bytes, over worker.max_item_bytes "
+                          "(%d)",
+                          dlen, ck->ck_conf->worker_max_item_bytes);
+        else {
+                if (kb_codec_item_from_json(o, dlen, max_bytes, &it, err,
+                                            sizeof(err)) != KB_CODEC_OK)
                         res = bad(ck, errstr, errstr_size, "%s", err);
                 kb_item_clear(&it);
-        } else
-                kb_item_clear(&it);
+        }
         free(dump);
         json_decref(o);
         kb_bf_line_clear(&l);

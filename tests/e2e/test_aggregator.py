@@ -433,7 +433,7 @@ def test_aborted_transactions_rewind(env, events):
     exactly one event per batch and exact counts."""
     # spread over ~3 s: a rewind (seek, re-fetch) takes ~0.5 s, and the
     # test wants several transactions with content, so several aborts
-    agg = spread_batches(env, events, {"KBATCH_TEST_TXN_ABORT_EVERY": "2"}, "ab", 400, 7,
+    agg = spread_batches(env, events, {"KBATCH_AGGREGATOR_TEST_TXN_ABORT_EVERY": "2"}, "ab", 400, 7,
                          seed=5, pause=0.25)
     logs = agg.logs()
     assert sum(1 for l in logs if l.get("msg", "").startswith("rewound")) >= 2
@@ -446,7 +446,7 @@ def test_fatal_transactional_error_recreates_the_producer(env, events):
     the aggregator recreates its transactional producer in process, fences
     the failed one, restores its state and rewinds; it never exits, and
     each batch gets exactly one batch.completed with exact counts."""
-    agg = spread_batches(env, events, {"KBATCH_TEST_TXN_FATAL_EVERY": "3"}, "fx", 300, 9,
+    agg = spread_batches(env, events, {"KBATCH_AGGREGATOR_TEST_TXN_FATAL_EVERY": "3"}, "fx", 300, 9,
                          seed=7, pause=0.4)
     logs = agg.logs()
     assert sum(1 for l in logs if l.get("msg", "").startswith(

@@ -167,6 +167,8 @@ Test(conf, defaults) {
         cr_expect_eq(c->aggregator_commit_interval_ms, 1000);
         cr_expect_eq(c->aggregator_retention_ms, INT64_C(604800000));
         cr_expect_eq(c->aggregator_expiry_grace_ms, INT64_C(3600000));
+        cr_expect_eq(c->aggregator_test_txn_abort_every, 0);
+        cr_expect_eq(c->aggregator_test_txn_fatal_every, 0);
         cr_expect_str_eq(c->notifier_secret_env, "KBATCH_WEBHOOK_SECRET");
         cr_expect_str_eq(c->notifier_secret_file, "");
         cr_expect_eq(c->notifier_max_inflight, 64);

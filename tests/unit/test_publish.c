@@ -82,3 +82,37 @@ Test(publish, check_like_submit) {
         kb_pub_check_destroy(ck);
         kb_conf_destroy(conf);
 }
+
+/* An item over worker.max_item_bytes is refused with that setting's name
+ * (told by the codec's size rule, not by its message text); one that fits
+ * is accepted. */
+Test(publish, check_refuses_items_over_max_item_bytes) {
+        char err[512], buf[2048], pad[1025];
+        kb_conf_t *conf = kb_conf_load(NULL, NULL, err, sizeof(err));
+        kb_pub_check_t *ck;
+        cr_assert(conf, "%s", err);
+        conf->worker_max_item_bytes = 1000;
+        cr_assert((ck = kb_pub_check_new(conf, KB_BF_AUTO, "batch_x", NULL,
+                                         NULL, 0)));
+        memset(pad, 'x', 1024);
+        pad[1024] = '\0';
+        snprintf(buf, sizeof(buf),
+                 "{\"custom_id\":\"big\",\"method\":\"POST\",\"url\":"
+                 "\"/v1/chat/completions\",\"body\":{\"model\":\"m\","
+                 "\"pad\":\"%s\"}}",
+                 pad);
+        cr_expect_eq(kb_pub_check_line(ck, buf, strlen(buf), 1, err,
+                                       sizeof(err)),
+                     KB_PUB_LINE_BAD);
+        cr_expect(strstr(err, "bytes, over worker.max_item_bytes (1000)"), "%s",
+                  err);
+        snprintf(buf, sizeof(buf), LINE("small"));
+        cr_expect_eq(kb_pub_check_line(ck, buf, strlen(buf), 2, err,
+                                       sizeof(err)),
+                     KB_PUB_LINE_OK, "%s", err);
+        cr_expect(kb_codec_item_too_large(1001, 1000));
+        cr_expect_not(kb_codec_item_too_large(1000, 1000));
+        cr_expect_not(kb_codec_item_too_large(5000000, 0));
+        kb_pub_check_destroy(ck);
+        kb_conf_destroy(conf);
+}

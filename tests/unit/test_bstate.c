@@ -1,4 +1,4 @@
-/* Unit tests for the pure parts of worker/aggregator.c: the batch status
+/* Unit tests for the batch-state model, worker/bstate.c: the batch status
  * rule, the 2-bit map, counting results (dedup, replay, inconsistent input),
  * expiry of missing items, and the BatchState / BatchEvent encodings. */
 #include <criterion/criterion.h>
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator.h"
+#include "bstate.h"
 #include "codec.h"
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -23,7 +23,7 @@ static uint64_t rng(void) {
 
 /* ---- status rule ---- */
 
-Test(aggregator, status_rule_table) {
+Test(bstate, status_rule_table) {
         static const struct {
                 int64_t total, ok, failed, cancelled, expired;
                 kb_batch_status_t want;
@@ -53,7 +53,7 @@ Test(aggregator, status_rule_table) {
         }
 }
 
-Test(aggregator, status_names_round_trip) {
+Test(bstate, status_names_round_trip) {
         for (int i = 0; i < KB_BATCH__CNT; i++)
                 cr_expect_eq(kb_batch_status_parse(
                                  kb_batch_status_str((kb_batch_status_t)i)),
@@ -67,7 +67,7 @@ Test(aggregator, status_names_round_trip) {
 
 /* ---- 2-bit map ---- */
 
-Test(aggregator, bits2_matches_reference) {
+Test(bstate, bits2_matches_reference) {
         static const int64_t sizes[] = {1, 2, 3, 4, 5, 7, 8, 9, 1001, 65537};
         for (size_t s = 0; s < NELEM(sizes); s++) {
                 int64_t n = sizes[s], cnt[4], want[4] = {0, 0, 0, 0};
@@ -94,7 +94,7 @@ Test(aggregator, bits2_matches_reference) {
         }
 }
 
-Test(aggregator, bits2_set_touches_one_slot) {
+Test(bstate, bits2_set_touches_one_slot) {
         uint8_t map[2] = {0xff, 0xff};
         kb_bits2_set(map, 5, 0);
         cr_expect_eq(map[0], 0xff);
@@ -159,7 +159,7 @@ static void run_steps(int64_t total, const apply_step_t *steps, size_t n) {
 #define E KB_STATUS_EXPIRED
 #define N KB_STATUS_NONE
 
-Test(aggregator, apply_counts_each_slot_once) {
+Test(bstate, apply_counts_each_slot_once) {
         static const apply_step_t steps[] = {
             {0, 3, S, KB_APPLY_COUNTED, 1, 1, 0, 0, 0, 0, 0},
             {0, 3, S, KB_APPLY_DUPLICATE, 1, 1, 0, 0, 0, 0, 0},
@@ -177,7 +177,7 @@ Test(aggregator, apply_counts_each_slot_once) {
         run_steps(3, steps, NELEM(steps));
 }
 
-Test(aggregator, apply_inconsistent_input) {
+Test(bstate, apply_inconsistent_input) {
         static const apply_step_t steps[] = {
             {0, 4, S, KB_APPLY_COUNTED, 1, 1, 0, 0, 0, 0, 0},
             /* disagreeing items_total, in range: its slot fails */
@@ -195,7 +195,7 @@ Test(aggregator, apply_inconsistent_input) {
         run_steps(4, steps, NELEM(steps));
 }
 
-Test(aggregator, apply_bounds_remembered_extras) {
+Test(bstate, apply_bounds_remembered_extras) {
         kb_bstate_t *bs = kb_bstate_new("b1", 2);
         kb_bresult_t br;
         for (int64_t i = 0; i < KB_BATCH_EXTRA_MAX; i++) {
@@ -209,7 +209,7 @@ Test(aggregator, apply_bounds_remembered_extras) {
         kb_bstate_destroy(bs);
 }
 
-Test(aggregator, apply_takes_info_from_counted_results) {
+Test(bstate, apply_takes_info_from_counted_results) {
         kb_bstate_t *bs = kb_bstate_new("b1", 2);
         json_t *md = json_pack("{s:s}", "team", "a");
         kb_bresult_t br = result(1, 2, S);
@@ -244,7 +244,7 @@ Test(aggregator, apply_takes_info_from_counted_results) {
         kb_bstate_destroy(bs);
 }
 
-Test(aggregator, new_rejects_bad_totals) {
+Test(bstate, new_rejects_bad_totals) {
         cr_expect_null(kb_bstate_new("b", 0));
         cr_expect_null(kb_bstate_new("b", -5));
         cr_expect_null(kb_bstate_new("b", KB_ITEMS_TOTAL_MAX + 1));
@@ -257,7 +257,7 @@ Test(aggregator, new_rejects_bad_totals) {
 
 /* ---- expiry ---- */
 
-Test(aggregator, expire_missing_counts_missing_as_expired) {
+Test(bstate, expire_missing_counts_missing_as_expired) {
         static const int64_t totals[] = {1, 3, 4, 9, 1000};
         for (size_t t = 0; t < NELEM(totals); t++) {
                 int64_t n = totals[t], set = 0;
@@ -335,7 +335,7 @@ static void expect_same(const kb_bstate_t *a, const kb_bstate_t *b) {
                 cr_expect_eq(a->bs_extra[k], b->bs_extra[k]);
 }
 
-Test(aggregator, state_record_round_trip) {
+Test(bstate, state_record_round_trip) {
         static const int64_t sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 31, 1000,
                                         KB_ITEMS_TOTAL_MAX};
         for (size_t s = 0; s < NELEM(sizes); s++) {
@@ -366,7 +366,62 @@ Test(aggregator, state_record_round_trip) {
         }
 }
 
-Test(aggregator, state_record_recounts_done_from_map) {
+/* kb_bstate_json (what `kbatch status --json` prints): exactly these
+ * fields, nulls for unset times, and the state record is it plus v,
+ * extra_indexes and statuses. */
+Test(bstate, json_view_fields_and_record) {
+        static const char *const want[] = {
+            "batch_id",        "status",          "items_total",
+            "items_done",      "items_succeeded", "items_failed",
+            "items_cancelled", "items_expired",   "items_invalid",
+            "usage",           "first_result_at", "last_result_at",
+            "completed_at",    "updated_at",      "deadline",
+            "revision",        "callback_url",    "metadata"};
+        kb_bstate_t *bs = kb_bstate_new("b-json", 3);
+        kb_bresult_t br = result(0, 3, S);
+        json_t *o, *rec;
+        const char *k;
+        json_t *v;
+        char *raw;
+        size_t i, len;
+        br.br_finished_at = 7000;
+        br.br_has_usage = 1;
+        br.br_input_tokens = 5;
+        br.br_output_tokens = 2;
+        br.br_total_tokens = 7;
+        cr_assert_eq(kb_bstate_apply(bs, &br, 1), KB_APPLY_COUNTED);
+        cr_assert((o = kb_bstate_json(bs)));
+        cr_expect_eq(json_object_size(o), NELEM(want));
+        for (i = 0; i < NELEM(want); i++)
+                cr_expect(json_object_get(o, want[i]), "lacks %s", want[i]);
+        cr_expect_str_eq(json_string_value(json_object_get(o, "status")),
+                         "in_progress");
+        cr_expect_eq(json_integer_value(json_object_get(o, "items_done")), 1);
+        cr_expect_eq(json_integer_value(json_object_get(o, "items_succeeded")),
+                     1);
+        cr_expect_eq(json_integer_value(json_object_get(
+                         json_object_get(o, "usage"), "total_tokens")),
+                     7);
+        cr_expect_eq(
+            json_integer_value(json_object_get(o, "first_result_at")), 7000);
+        cr_expect(json_is_null(json_object_get(o, "completed_at")));
+        cr_expect(json_is_null(json_object_get(o, "deadline")));
+        cr_expect(json_is_null(json_object_get(o, "callback_url")));
+        cr_assert((raw = kb_bstate_encode(bs, &len)));
+        cr_assert((rec = json_loadb(raw, len, 0, NULL)));
+        cr_expect_eq(json_object_size(rec), NELEM(want) + 3);
+        json_object_foreach(o, k, v)
+                cr_expect(json_equal(v, json_object_get(rec, k)), "%s", k);
+        cr_expect_eq(json_integer_value(json_object_get(rec, "v")), 1);
+        cr_expect(json_is_array(json_object_get(rec, "extra_indexes")));
+        cr_expect(json_is_string(json_object_get(rec, "statuses")));
+        json_decref(rec);
+        free(raw);
+        json_decref(o);
+        kb_bstate_destroy(bs);
+}
+
+Test(bstate, state_record_recounts_done_from_map) {
         kb_bstate_t *a = random_state(50), *b;
         size_t len;
         char errstr[256], *rec;
@@ -381,7 +436,7 @@ Test(aggregator, state_record_recounts_done_from_map) {
         kb_bstate_destroy(b);
 }
 
-Test(aggregator, state_record_rejects_malformed) {
+Test(bstate, state_record_rejects_malformed) {
         static const char *bad[] = {
             "",
             "not json",
@@ -425,7 +480,7 @@ Test(aggregator, state_record_rejects_malformed) {
         }
 }
 
-Test(aggregator, state_record_clears_bits_past_the_end) {
+Test(bstate, state_record_clears_bits_past_the_end) {
         /* total 1: "/w==" is 0xff, slots 1..3 set: ignored, slot 0 = 3 */
         const char *rec = "{\"v\":1,\"batch_id\":\"b\",\"items_total\":1,"
                           "\"statuses\":\"/w==\",\"items_expired\":1}";
@@ -439,7 +494,7 @@ Test(aggregator, state_record_clears_bits_past_the_end) {
         kb_bstate_destroy(bs);
 }
 
-Test(aggregator, event_fields) {
+Test(bstate, event_fields) {
         kb_bstate_t *bs = kb_bstate_new("b-7", 2);
         kb_bresult_t br = result(0, 2, S);
         json_t *md = json_pack("{s:s}", "team", "search");
@@ -500,7 +555,7 @@ Test(aggregator, event_fields) {
 
 /* ---- result decoding: what the items pipeline writes ---- */
 
-Test(aggregator, decodes_codec_results) {
+Test(bstate, decodes_codec_results) {
         kb_item_t item;
         kb_result_t res;
         kb_bresult_t br;
@@ -565,7 +620,7 @@ Test(aggregator, decodes_codec_results) {
  * Only bounded fields enter the state, so the largest record possible (a
  * 1,000,000-item batch with every bounded field at its maximum) stays far
  * below the smallest kafka.message_max_bytes (1 MiB). */
-Test(aggregator, state_record_is_bounded) {
+Test(bstate, state_record_is_bounded) {
         kb_bstate_t *bs = kb_bstate_new("b-huge", KB_ITEMS_TOTAL_MAX);
         kb_bresult_t br = result(0, KB_ITEMS_TOTAL_MAX, S);
         char *big = malloc(900001), *v, *url, *enc;
