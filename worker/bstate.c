@@ -14,6 +14,8 @@
  * partitioner). */
 #include "bstate.h"
 
+#include "b64.h"
+
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -354,84 +356,23 @@ int64_t kb_bstate_expire_missing(kb_bstate_t *bs, int64_t now_ms) {
         return n;
 }
 
-/* ---- base64 (RFC 4648, with padding) ---- */
-
-static const char b64_chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/* ---- base64 (RFC 4648, with padding; b64.h) ---- */
 
 static char *b64_encode(const uint8_t *in, size_t len, size_t *olen) {
-        size_t n = (len + 2) / 3 * 4, i;
-        char *out = malloc(n + 1), *o = out;
+        char *out = malloc(kb_b64_encoded_len(len, KB_B64_PAD) + 1);
         if (!out)
                 return NULL;
-        for (i = 0; i + 2 < len; i += 3) {
-                uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 |
-                             in[i + 2];
-                *o++ = b64_chars[v >> 18];
-                *o++ = b64_chars[(v >> 12) & 63];
-                *o++ = b64_chars[(v >> 6) & 63];
-                *o++ = b64_chars[v & 63];
-        }
-        if (i < len) {
-                uint32_t v = (uint32_t)in[i] << 16;
-                if (i + 1 < len)
-                        v |= (uint32_t)in[i + 1] << 8;
-                *o++ = b64_chars[v >> 18];
-                *o++ = b64_chars[(v >> 12) & 63];
-                *o++ = i + 1 < len ? b64_chars[(v >> 6) & 63] : '=';
-                *o++ = '=';
-        }
-        *o = '\0';
-        *olen = (size_t)(o - out);
+        *olen = kb_b64_encode(in, len, out, KB_B64_PAD);
         return out;
-}
-
-static int b64_val(unsigned char c) {
-        if (c >= 'A' && c <= 'Z')
-                return c - 'A';
-        if (c >= 'a' && c <= 'z')
-                return c - 'a' + 26;
-        if (c >= '0' && c <= '9')
-                return c - '0' + 52;
-        if (c == '+')
-                return 62;
-        if (c == '/')
-                return 63;
-        return -1;
 }
 
 /* Decodes exactly `want` bytes from padded base64; -1 if malformed or of
  * another length. */
 static int b64_decode(const char *s, size_t len, uint8_t *out, size_t want) {
-        size_t i, o = 0, pad = (3 - want % 3) % 3;
-        if (len % 4 || len != (want + 2) / 3 * 4)
+        if (len != (want + 2) / 3 * 4)
                 return -1;
-        /* Exactly the padding that `want` bytes need. */
-        for (i = 0; i < 2; i++)
-                if (len > i && (s[len - 1 - i] == '=') != (i < pad))
-                        return -1;
-        for (i = 0; i < len; i += 4) {
-                int a = b64_val((unsigned char)s[i]),
-                    b = b64_val((unsigned char)s[i + 1]),
-                    c = s[i + 2] == '=' ? 0 : b64_val((unsigned char)s[i + 2]),
-                    d = s[i + 3] == '=' ? 0 : b64_val((unsigned char)s[i + 3]);
-                uint32_t v;
-                if (a < 0 || b < 0 || c < 0 || d < 0)
-                        return -1;
-                if ((s[i + 2] == '=' || s[i + 3] == '=') && i + 4 != len)
-                        return -1;
-                if (s[i + 2] == '=' && s[i + 3] != '=')
-                        return -1;
-                v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 |
-                    (uint32_t)d;
-                if (o < want)
-                        out[o++] = (uint8_t)(v >> 16);
-                if (o < want && s[i + 2] != '=')
-                        out[o++] = (uint8_t)(v >> 8);
-                if (o < want && s[i + 3] != '=')
-                        out[o++] = (uint8_t)v;
-        }
-        return o == want ? 0 : -1;
+        return kb_b64_decode(s, len, KB_B64_PAD, out, want) == (long)want ? 0
+                                                                          : -1;
 }
 
 /* ---- encodings ---- */
