@@ -2149,6 +2149,15 @@ static void metrics_refresh(kb_items_t *it) {
 
 /* ---- construction ---------------------------------------------------------- */
 
+/* Did kafka.properties set this librdkafka property? */
+static int user_set(const kb_conf_t *conf, const char *name) {
+        size_t i;
+        for (i = 0; i < conf->kafka_property_cnt; i++)
+                if (!strcmp(conf->kafka_properties[i].k, name))
+                        return 1;
+        return 0;
+}
+
 /* The items producer (idempotent, acks=all), delivery reports and errors
  * to us. */
 static rd_kafka_t *producer_create(kb_items_t *it, char *errstr,
@@ -2288,7 +2297,10 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
                               errstr_size) ||
             kb_kafka_conf_set(kc, "statistics.interval.ms",
                               kb_metrics_stats_interval(conf), errstr,
-                              errstr_size))
+                              errstr_size) ||
+            (!user_set(conf, "fetch.queue.backoff.ms") &&
+             kb_kafka_conf_set(kc, "fetch.queue.backoff.ms", "10", errstr,
+                               errstr_size)))
                 goto fail;
         rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
         rd_kafka_conf_set_stats_cb(kc, stats_cb);
@@ -2454,6 +2466,10 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                                budget-- > 0 &&
                                (m = rd_kafka_consumer_poll(it->it_consumer, 0)))
                                 handle_message(it, m);
+                        /* A slice used up: more is likely waiting, come
+                         * back at once (after the transfers' turn). */
+                        if (budget < 0)
+                                wait = 0;
                 }
                 if (it->it_ra_on)
                         ra_serve(it);
