@@ -198,6 +198,9 @@ void kb_partset_assign(kb_partset_t *ps,
         /* New partitions are not paused for the global limit; the role
          * pauses again if it still has to. */
         ps->ps_all_paused = 0;
+        /* Shutting down: nothing new is fetched. */
+        if (ps->ps_stopping)
+                kb_partset_pause_all(ps, KB_PAUSE_STOP, 1);
 }
 
 kb_part_t **kb_partset_revoking(kb_partset_t *ps,

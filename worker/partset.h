@@ -7,8 +7,9 @@
  * reasons it is paused for. It restores trackers from the committed offsets
  * and their done-above maps on assignment, commits periodically and
  * synchronously on revocation and shutdown, and applies assignments in the
- * consumer's rebalance protocol (cooperative or eager). What a role does
- * with its own jobs at revocation (drain, drop, abandon) stays in the role.
+ * consumer's rebalance protocol (cooperative or eager). The revocation
+ * protocol (drop, drain, release, commit) is role.h's; what a role does with
+ * its own jobs it tells through kb_role_ops_t.
  * Loop thread only. */
 #ifndef KB_PARTSET_H
 #define KB_PARTSET_H
@@ -67,7 +68,7 @@ int kb_partset_all_paused(const kb_partset_t *ps);
  * done-above maps (blocking, as allowed at rebalance), starts a tracker per
  * partition, and applies the assignment. Once the set is paused for
  * KB_PAUSE_STOP (shutting down), nothing is fetched: the assignment is only
- * applied, as the consumer's close requires. */
+ * applied, as the consumer's close requires, and its partitions paused. */
 void kb_partset_assign(kb_partset_t *ps,
                        rd_kafka_topic_partition_list_t *parts);
 
