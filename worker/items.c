@@ -294,8 +294,7 @@ static void job_destroy(kb_job_t *jb) {
         kb_async_destroy(jb->jb_async);
         if (jb->jb_msg)
                 rd_kafka_message_destroy(jb->jb_msg);
-        if (part_current(jb))
-                jb->jb_part->pt_jobs--;
+        kb_part_work_end(jb->jb_part, jb->jb_epoch);
         if (jb->jb_lane == 0)
                 it->it_prio_jobs--;
         LIST_REMOVE(jb, jb_all);
@@ -966,9 +965,8 @@ static void timer_remove(kb_items_t *it, kb_job_t *jb) {
         it->it_polling -= jb->jb_timer == TIMER_POLL;
         if (jb->jb_timer == TIMER_DUE) {
                 it->it_held--;
-                if (part_current(jb) &&
-                    --jb->jb_part->pt_held < KB_HOLD_MAX)
-                        kb_partset_pause(it->it_ps, jb->jb_part, KB_PAUSE_DELAY, 0);
+                kb_partset_hold(it->it_ps, jb->jb_part, jb->jb_epoch, 0,
+                                KB_HOLD_MAX);
         }
 }
 
@@ -1659,9 +1657,8 @@ static void job_begin(kb_items_t *it, kb_job_t *jb) {
                 if (nb > now) {
                         timer_add(it, jb, TIMER_DUE, kb_now_ms() + (nb - now));
                         it->it_held++;
-                        if (part_current(jb) &&
-                            ++jb->jb_part->pt_held >= KB_HOLD_MAX)
-                                kb_partset_pause(it->it_ps, jb->jb_part, KB_PAUSE_DELAY, 1);
+                        kb_partset_hold(it->it_ps, jb->jb_part, jb->jb_epoch,
+                                        1, KB_HOLD_MAX);
                         return;
                 }
                 if (nb)
@@ -1759,7 +1756,7 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
                       !strcmp(pr, "high"));
         }
         it->it_prio_jobs += jb->jb_lane == 0;
-        pt->pt_jobs++;
+        kb_part_work_begin(pt);
         LIST_INSERT_HEAD(&it->it_jobs, jb, jb_all);
         it->it_inflight++;
         kb_metrics_inc(KB_M_ITEMS_CONSUMED, NULL, NULL);
@@ -1804,7 +1801,7 @@ static void part_release(void *self, kb_part_t *pt) {
                 if (jb->jb_part != pt || jb->jb_epoch != pt->pt_epoch)
                         continue;
                 if (jb->jb_state == JOB_PRODUCING) {
-                        pt->pt_jobs--;
+                        kb_part_work_end(pt, jb->jb_epoch);
                         jb->jb_part = NULL; /* orphan: freed at its report */
                 } else
                         job_destroy(jb);

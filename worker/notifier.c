@@ -318,8 +318,7 @@ static void ev_destroy(kb_nevent_t *ev) {
         free(ev->ev_dlq_msg);
         if (ev->ev_msg)
                 rd_kafka_message_destroy(ev->ev_msg);
-        if (part_current(ev))
-                ev->ev_part->pt_jobs--;
+        kb_part_work_end(ev->ev_part, ev->ev_epoch);
         LIST_REMOVE(ev, ev_all);
         nt->nt_events_cnt--;
         free(ev);
@@ -1071,7 +1070,7 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
         ev->ev_epoch = pt->pt_epoch;
         ev->ev_offset = m->offset;
         ev->ev_ts = rd_kafka_message_timestamp(m, &tt);
-        pt->pt_jobs++;
+        kb_part_work_begin(pt);
         LIST_INSERT_HEAD(&nt->nt_events, ev, ev_all);
         nt->nt_events_cnt++;
         ev_start(nt, ev);
@@ -1102,7 +1101,7 @@ static void part_release(void *self, kb_part_t *pt) {
                 if (ev->ev_part != pt || ev->ev_epoch != pt->pt_epoch)
                         continue;
                 if (ev->ev_state == EV_PRODUCING) {
-                        pt->pt_jobs--;
+                        kb_part_work_end(pt, ev->ev_epoch);
                         ev->ev_part = NULL;
                 } else
                         ev_destroy(ev);

@@ -113,6 +113,16 @@ void kb_partset_pause(kb_partset_t *ps, kb_part_t *pt, int reason, int on) {
         pt->pt_paused = pause;
 }
 
+void kb_partset_hold(kb_partset_t *ps, kb_part_t *pt, uint64_t epoch, int on,
+                     int max) {
+        if (!kb_part_current(pt, epoch))
+                return;
+        if (on && ++pt->pt_held >= max)
+                kb_partset_pause(ps, pt, KB_PAUSE_DELAY, 1);
+        else if (!on && --pt->pt_held < max)
+                kb_partset_pause(ps, pt, KB_PAUSE_DELAY, 0);
+}
+
 void kb_partset_pause_all(kb_partset_t *ps, int reason, int on) {
         size_t i;
         for (i = 0; i < ps->ps_cnt; i++)

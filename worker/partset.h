@@ -34,8 +34,9 @@ typedef struct kb_part_s {
         int pt_pause;         /* KB_PAUSE_* reasons */
         int pt_paused;        /* paused in the consumer */
         int pt_revoking;
-        /* the role's own counters, reset at each assignment */
-        int pt_jobs;          /* work of this epoch alive */
+        /* the role's work of this epoch, reset at each assignment;
+         * changed only through kb_part_work_* and kb_partset_hold */
+        int pt_jobs;          /* alive (the revocation drains it) */
         int pt_held;          /* of which held back until due */
 } kb_part_t;
 
@@ -59,7 +60,22 @@ static inline int kb_part_current(const kb_part_t *pt, uint64_t epoch) {
         return pt && pt->pt_assigned && pt->pt_epoch == epoch;
 }
 
+/* The role's work: one more consumed from pt (of pt's current epoch); one
+ * tagged (pt, epoch) ended (freed, or orphaned at a release: it no longer
+ * counts), a no-op once the epoch is over. */
+static inline void kb_part_work_begin(kb_part_t *pt) { pt->pt_jobs++; }
+static inline void kb_part_work_end(kb_part_t *pt, uint64_t epoch) {
+        if (kb_part_current(pt, epoch))
+                pt->pt_jobs--;
+}
+
 void kb_partset_pause(kb_partset_t *ps, kb_part_t *pt, int reason, int on);
+
+/* Work tagged (pt, epoch) is held back until due (on), or no longer is:
+ * pt is paused for KB_PAUSE_DELAY while it holds max or more, and fetches
+ * again below. A no-op once the epoch is over. */
+void kb_partset_hold(kb_partset_t *ps, kb_part_t *pt, uint64_t epoch, int on,
+                     int max);
 void kb_partset_pause_all(kb_partset_t *ps, int reason, int on);
 /* 1 while every partition is paused for KB_PAUSE_GLOBAL. */
 int kb_partset_all_paused(const kb_partset_t *ps);

@@ -158,3 +158,61 @@ Test(partset_mock, no_rebalance_protocol_when_closing) {
         rd_kafka_destroy(c);
         kb_partset_destroy(ps);
 }
+
+/* The role's work counters: the work of an epoch counts until it ends;
+ * holding max pauses the partition for KB_PAUSE_DELAY and one less
+ * resumes it; work of an ended epoch touches nothing (the next epoch's
+ * counters start at 0). An assignment while stopping stays paused. */
+Test(partset_mock, work_and_hold_counters) {
+        rd_kafka_t *c;
+        rd_kafka_topic_partition_list_t *l;
+        kb_partset_t *ps = kb_partset_new("test", 0, 1000);
+        kb_part_t *pt, **pts;
+        uint64_t e1;
+        size_t n = 0;
+        c = consumer("g3");
+        kb_partset_set_consumer(ps, c);
+        l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, "t", 0);
+        kb_partset_assign(ps, l);
+        pt = kb_partset_find(ps, "t", 0);
+        cr_assert(pt);
+        e1 = pt->pt_epoch;
+        kb_part_work_begin(pt);
+        kb_part_work_begin(pt);
+        kb_part_work_begin(pt);
+        kb_partset_hold(ps, pt, e1, 1, 2);
+        cr_expect_eq(pt->pt_pause & KB_PAUSE_DELAY, 0);
+        kb_partset_hold(ps, pt, e1, 1, 2);
+        cr_expect(pt->pt_paused && (pt->pt_pause & KB_PAUSE_DELAY));
+        kb_partset_hold(ps, pt, e1, 0, 2);
+        cr_expect(!pt->pt_paused && !pt->pt_pause);
+        cr_expect_eq(pt->pt_held, 1);
+        kb_part_work_end(pt, e1);
+        cr_expect_eq(pt->pt_jobs, 2);
+        /* the epoch ends (lost) and the partition comes back */
+        pts = kb_partset_revoking(ps, l, &n);
+        kb_partset_revoked(ps, pts, n, 1);
+        kb_partset_unassign(ps, l);
+        free(pts);
+        kb_partset_assign(ps, l);
+        cr_assert_neq(pt->pt_epoch, e1);
+        cr_expect_eq(pt->pt_jobs, 0);
+        kb_part_work_end(pt, e1);
+        kb_partset_hold(ps, pt, e1, 1, 1);
+        cr_expect_eq(pt->pt_jobs, 0, "old work counted off the new epoch");
+        cr_expect_eq(pt->pt_held, 0);
+        cr_expect(!pt->pt_paused);
+        /* stopping: a new assignment is applied paused */
+        pts = kb_partset_revoking(ps, l, &n);
+        kb_partset_revoked(ps, pts, n, 1);
+        kb_partset_unassign(ps, l);
+        free(pts);
+        kb_partset_pause_all(ps, KB_PAUSE_STOP, 1);
+        kb_partset_assign(ps, l);
+        cr_expect(pt->pt_paused && (pt->pt_pause & KB_PAUSE_STOP));
+        rd_kafka_topic_partition_list_destroy(l);
+        rd_kafka_consumer_close(c);
+        rd_kafka_destroy(c);
+        kb_partset_destroy(ps);
+}
