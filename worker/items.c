@@ -1779,6 +1779,17 @@ static int produce_retry_serve(kb_items_t *it, int64_t now) {
 
 static int alive(void *self) { return ((kb_items_t *)self)->it_inflight; }
 
+/* Shutdown, after the drain: what is still calling is aborted; what is
+ * producing gets the flush. */
+static void abort_calls(void *self) {
+        kb_items_t *it = self;
+        kb_job_t *jb, *tmp;
+        LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
+                if (jb->jb_state != JOB_PRODUCING)
+                        job_destroy(jb);
+        }
+}
+
 /* Drops the jobs of the parts (all when pts is NULL) that have not started
  * a call (they will be consumed again by the partition's next owner). */
 static void drop_unstarted(void *self, kb_part_t **pts, size_t n) {
@@ -1932,6 +1943,7 @@ static const kb_role_ops_t items_ops = {
         .ro_drop_unstarted = drop_unstarted,
         .ro_reproduce = retry_produce,
         .ro_alive = alive,
+        .ro_abort = abort_calls,
         .ro_release = part_release,
         .ro_producer_new = producer_create,
 };
@@ -2113,7 +2125,6 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
         const kb_conf_t *conf = it->it_conf;
         int max = conf->worker_max_inflight;
         int wait = 1000;
-        size_t i;
 
         kb_role_poll(it->it_producer);
         kb_role_producer_serve(&it->it_role, now);
@@ -2204,16 +2215,10 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 }
         }
 
-        /* Partitions paused by their offset window resume when it moved. */
-        for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
-                kb_part_t *pt = kb_partset_get(it->it_ps, i);
-                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
-                    !kb_offsets_window_full(pt->pt_ot))
-                        kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 0);
-        }
-
+        /* Partitions paused by their offset window resume when it moved;
+         * periodic commits. */
         {
-                int w = kb_partset_commit_due(it->it_ps, now);
+                int w = kb_partset_serve(it->it_ps, now);
                 if (w < wait)
                         wait = w;
         }
@@ -2221,30 +2226,10 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
 }
 
 void kb_items_shutdown(kb_items_t *it, int drain_ms) {
-        int64_t deadline = kb_now_ms() + drain_ms;
-        kb_job_t *jb, *tmp;
-        rd_kafka_resp_err_t err;
-
         it->it_stopping = 1;
         kb_log(KB_LOG_INFO, "items", "stopping: %d items in flight, draining "
                "for up to %d ms", it->it_inflight, drain_ms);
-        /* Stop fetching. */
-        kb_partset_pause_all(it->it_ps, KB_PAUSE_STOP, 1);
-        /* Items not started yet are left for the next owner. */
-        drop_unstarted(it, NULL, 0);
-        kb_role_drain(&it->it_role, NULL, 0, deadline);
-        /* Abort what is still calling; what is producing gets the flush. */
-        LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
-                if (jb->jb_state != JOB_PRODUCING)
-                        job_destroy(jb);
-        }
-        err = rd_kafka_flush(it->it_producer, 10000);
-        if (err)
-                kb_log(KB_LOG_WARN, "items", "flush: %s", rd_kafka_err2str(err));
-        kb_role_poll(it->it_producer);
-        kb_partset_commit(it->it_ps, NULL, 0, 1);
-        /* Leave the group: the revoke callback commits again (no-op). */
-        kb_kafka_consumer_close(it->it_consumer, 15000, "items");
+        kb_role_stop(&it->it_role, it->it_consumer, kb_now_ms() + drain_ms);
         kb_log(KB_LOG_INFO, "items", "stopped (%d items abandoned)",
                it->it_inflight);
 }

@@ -1080,6 +1080,17 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
 
 static int alive(void *self) { return ((kb_notifier_t *)self)->nt_events_cnt; }
 
+/* Shutdown, after the drain: events still calling are aborted; DLQ copies
+ * with the producer get the flush. */
+static void abort_calls(void *self) {
+        kb_notifier_t *nt = self;
+        kb_nevent_t *ev, *tmp;
+        LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
+                if (ev->ev_state != EV_PRODUCING)
+                        ev_destroy(ev);
+        }
+}
+
 /* Drops the events of the parts (all when pts is NULL) that are not
  * calling or producing (the next owner consumes them again). */
 static void drop_unstarted(void *self, kb_part_t **pts, size_t n) {
@@ -1133,6 +1144,7 @@ static const kb_role_ops_t notifier_ops = {
         .ro_drop_unstarted = drop_unstarted,
         .ro_reproduce = prodq_produce,
         .ro_alive = alive,
+        .ro_abort = abort_calls,
         .ro_release = part_release,
         .ro_producer_new = producer_create,
 };
@@ -1267,7 +1279,6 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
         const kb_conf_t *conf = nt->nt_conf;
         int max_pending = conf->notifier_max_pending;
         int wait = 1000;
-        size_t i;
         kb_nevent_t *ev;
 
         kb_role_poll(nt->nt_producer);
@@ -1319,15 +1330,8 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
                         wait = KB_NT_DNS_POLL_MS;
         }
 
-        for (i = 0; i < kb_partset_cnt(nt->nt_ps); i++) {
-                kb_part_t *pt = kb_partset_get(nt->nt_ps, i);
-                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
-                    !kb_offsets_window_full(pt->pt_ot))
-                        kb_partset_pause(nt->nt_ps, pt, KB_PAUSE_WINDOW, 0);
-        }
-
         {
-                int w = kb_partset_commit_due(nt->nt_ps, now);
+                int w = kb_partset_serve(nt->nt_ps, now);
                 if (w < wait)
                         wait = w;
         }
@@ -1335,28 +1339,12 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
 }
 
 void kb_notifier_shutdown(kb_notifier_t *nt, int drain_ms) {
-        int64_t deadline = kb_now_ms() + drain_ms;
-        kb_nevent_t *ev, *tmp;
-        rd_kafka_resp_err_t err;
-
         nt->nt_stopping = 1;
         kb_log(KB_LOG_INFO, "notifier",
                "stopping: %d events held, %d requests in flight, draining "
                "for up to %d ms",
                nt->nt_events_cnt, nt->nt_active, drain_ms);
-        kb_partset_pause_all(nt->nt_ps, KB_PAUSE_STOP, 1);
-        kb_role_drain(&nt->nt_role, NULL, 0, deadline);
-        LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
-                if (ev->ev_state != EV_PRODUCING)
-                        ev_destroy(ev);
-        }
-        err = rd_kafka_flush(nt->nt_producer, 10000);
-        if (err)
-                kb_log(KB_LOG_WARN, "notifier", "flush: %s",
-                       rd_kafka_err2str(err));
-        kb_role_poll(nt->nt_producer);
-        kb_partset_commit(nt->nt_ps, NULL, 0, 1);
-        kb_kafka_consumer_close(nt->nt_consumer, 15000, "notifier");
+        kb_role_stop(&nt->nt_role, nt->nt_consumer, kb_now_ms() + drain_ms);
         kb_log(KB_LOG_INFO, "notifier",
                "stopped (%d events left to the next "
                "owner)",

@@ -316,6 +316,17 @@ int kb_partset_commit_due(kb_partset_t *ps, int64_t now) {
         return ps->ps_next_commit > now ? (int)(ps->ps_next_commit - now) : 1;
 }
 
+int kb_partset_serve(kb_partset_t *ps, int64_t now) {
+        size_t i;
+        for (i = 0; i < ps->ps_cnt; i++) {
+                kb_part_t *pt = ps->ps_parts[i];
+                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
+                    !kb_offsets_window_full(pt->pt_ot))
+                        kb_partset_pause(ps, pt, KB_PAUSE_WINDOW, 0);
+        }
+        return kb_partset_commit_due(ps, now);
+}
+
 void kb_partset_commit_failed(kb_partset_t *ps,
                               const rd_kafka_topic_partition_list_t *offsets) {
         int i;

@@ -108,6 +108,11 @@ void kb_partset_commit(kb_partset_t *ps, kb_part_t **pts, size_t n, int sync);
 /* Periodic commit when due; returns ms until the next one. */
 int kb_partset_commit_due(kb_partset_t *ps, int64_t now);
 
+/* Once a turn: partitions paused for their offset window fetch again once
+ * it moved, and the periodic commit (kb_partset_commit_due, whose wait it
+ * returns). */
+int kb_partset_serve(kb_partset_t *ps, int64_t now);
+
 /* For the consumer's offset commit callback: a failed commit is sent again. */
 void kb_partset_commit_failed(kb_partset_t *ps,
                               const rd_kafka_topic_partition_list_t *offsets);

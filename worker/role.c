@@ -171,6 +171,20 @@ void kb_role_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         kb_partset_commit_failed(r->ro_ps, offsets);
 }
 
+void kb_role_stop(kb_role_t *r, rd_kafka_t *consumer, int64_t deadline) {
+        rd_kafka_resp_err_t err;
+        kb_partset_pause_all(r->ro_ps, KB_PAUSE_STOP, 1);
+        kb_role_drain(r, NULL, 0, deadline);
+        r->ro_ops->ro_abort(r);
+        if ((err = rd_kafka_flush(*r->ro_producer, 10000)))
+                kb_log(KB_LOG_WARN, r->ro_fac, "flush: %s",
+                       rd_kafka_err2str(err));
+        kb_role_poll(*r->ro_producer);
+        kb_partset_commit(r->ro_ps, NULL, 0, 1);
+        /* Leave the group: the close serves the revocation itself. */
+        kb_kafka_consumer_close(consumer, 15000, r->ro_fac);
+}
+
 /* ---- the producer ---------------------------------------------------------- */
 
 /* A fatal error of the idempotent producer (an unrecoverable sequence or

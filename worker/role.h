@@ -83,6 +83,9 @@ typedef struct kb_role_ops_s {
         void (*ro_reproduce)(kb_prodq_node_t *n);
         /* Work alive, orphans included. */
         int (*ro_alive)(void *self);
+        /* Shutdown, after the drain: ends every work but the outputs with
+         * the producer (they get the flush). */
+        void (*ro_abort)(void *self);
         /* Ends pt's epoch for the role's work (step 3 above). */
         void (*ro_release)(void *self, kb_part_t *pt);
         /* Makes a new producer like the role's (kb_role_producer_serve).
@@ -152,6 +155,13 @@ void kb_role_drain(kb_role_t *r, kb_part_t **pts, size_t n, int64_t deadline);
  * current epoch of one of pts; always 1 when pts is NULL. */
 int kb_role_work_of(const kb_part_t *pt, uint64_t epoch, kb_part_t **pts,
                     size_t n);
+
+/* The graceful stop of a consumer role (once the role stopped consuming):
+ * stops fetching (KB_PAUSE_STOP), drains all its work until deadline
+ * (mono ms; unstarted work is left to the next owner), aborts the rest
+ * (ro_abort), flushes the producer (up to 10 s), commits synchronously and
+ * leaves the group (kb_kafka_consumer_close: bounded, 15 s). */
+void kb_role_stop(kb_role_t *r, rd_kafka_t *consumer, int64_t deadline);
 
 /* Once a turn: the test's fatal error when due, and a new producer after a
  * fatal one (retried at the next turn when it cannot be made). */
