@@ -17,6 +17,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "role.h"
 #include "serde.h"
 
 /* glibc's sys/queue.h lacks the _SAFE iterators. */
@@ -60,6 +61,7 @@ typedef struct kb_agpart_s {
 } kb_agpart_t;
 
 struct kb_aggregator_s {
+        kb_role_t ag_role; /* first: the clients' opaque (role.h) */
         const kb_conf_t *ag_conf;
         kb_loop_t *ag_loop;
         const char *ag_results;      /* topic names, borrowed from conf */
@@ -1037,31 +1039,21 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
 }
 
-static void error_cb(rd_kafka_t *rk, int err, const char *reason,
-                     void *opaque) {
-        kb_aggregator_t *ag = opaque;
-        if (err == RD_KAFKA_RESP_ERR__FATAL) {
-                char buf[512];
-                rd_kafka_resp_err_t ferr =
-                    rd_kafka_fatal_error(rk, buf, sizeof(buf));
-                if (rk == ag->ag_producer)
-                        set_recover(ag, rd_kafka_name(rk), buf, ferr);
-                else
-                        set_fatal(ag, rd_kafka_name(rk), buf);
-                return;
-        }
-        if (kb_kafka_error(rk, err, reason)) {
-                /* authentication failed: logged once, stop */
-                ag->ag_fatal = 1;
-                kb_loop_stop_requested = 1;
-                return;
-        }
-        kb_log(err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
-                       err == RD_KAFKA_RESP_ERR__AUTHENTICATION
-                   ? KB_LOG_ERROR
-                   : KB_LOG_WARN,
-               "kafka", "%s: %s", rd_kafka_err2name(err), reason);
+/* A fatal Kafka error (kb_role_error_cb): the transactional producer is
+ * recreated, any other client's ends the process. */
+static void fatal_error(void *self, rd_kafka_t *rk, rd_kafka_resp_err_t ferr,
+                        const char *msg) {
+        kb_aggregator_t *ag = self;
+        if (rk == ag->ag_producer)
+                set_recover(ag, rd_kafka_name(rk), msg, ferr);
+        else
+                set_fatal(ag, rd_kafka_name(rk), msg);
 }
+
+_Static_assert(offsetof(struct kb_aggregator_s, ag_role) == 0,
+               "the role's clients' opaque is the kb_aggregator_t");
+
+static const kb_role_ops_t aggregator_ops = {.ro_fatal_error = fatal_error};
 
 /* ---- consuming ---- */
 
@@ -1311,7 +1303,7 @@ static rd_kafka_t *producer_new(kb_aggregator_t *ag, char *errstr,
                 rd_kafka_conf_destroy(kc);
                 return NULL;
         }
-        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_error_cb(kc, kb_role_error_cb);
         rd_kafka_conf_set_opaque(kc, ag);
         return kb_kafka_producer_new(conf, kc, errstr, errstr_size);
 }
@@ -1441,7 +1433,7 @@ static int restorer_new(kb_aggregator_t *ag, char *errstr,
                 rd_kafka_conf_destroy(kc);
                 return -1;
         }
-        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_error_cb(kc, kb_role_error_cb);
         rd_kafka_conf_set_opaque(kc, ag);
         if (!(ag->ag_restorer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
                                              errstr_size))) {
@@ -1493,7 +1485,7 @@ static int consumer_new(kb_aggregator_t *ag, char *errstr,
                 return -1;
         }
         rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
-        rd_kafka_conf_set_error_cb(kc, error_cb);
+        rd_kafka_conf_set_error_cb(kc, kb_role_error_cb);
         rd_kafka_conf_set_opaque(kc, ag);
         if (!(ag->ag_consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
                                              errstr_size))) {
@@ -1529,6 +1521,8 @@ kb_aggregator_t *kb_aggregator_new(const kb_conf_t *conf, kb_loop_t *loop,
                 return NULL;
         }
         ag->ag_conf = conf;
+        kb_role_init(&ag->ag_role, &aggregator_ops, "aggregator", loop,
+                     &ag->ag_fatal);
         ag->ag_loop = loop;
         ag->ag_results = conf->topics_name[KB_TOPIC_RESULTS];
         ag->ag_state = conf->topics_name[KB_TOPIC_BATCH_STATE];

@@ -30,6 +30,7 @@
 #include "partset.h"
 #include "readahead.h"
 #include "retry.h"
+#include "role.h"
 #include "routeq.h"
 #include "routes.h"
 #include "serde.h"
@@ -93,7 +94,7 @@ typedef struct kb_out_s {
 
 struct kb_job_s {
         kb_xfer_t jb_xfer; /* CURLOPT_PRIVATE points here */
-        TAILQ_ENTRY(kb_job_s) jb_link;  /* route wait queue or produce retry */
+        kb_prodq_node_t jb_pqn;         /* on it_produce_retryq */
         TAILQ_ENTRY(kb_job_s) jb_tlink; /* the timer list */
         job_timer_t jb_timer;
         int64_t jb_due;                 /* mono ms, on the timer list */
@@ -131,24 +132,20 @@ struct kb_job_s {
         char jb_tracestate[512];
         kb_out_t jb_outs[KB_MAX_OUTS];
         int jb_out_cnt;
-        int jb_in_retryq;        /* on it_produce_retryq */
         int jb_shrunk;           /* the result was replaced by a smaller
                                   * one (job_shrink_result) */
-        int64_t jb_produce_at;   /* mono ms: re-produce not before */
 };
 
 TAILQ_HEAD(kb_timers_s, kb_job_s);
 
 struct kb_items_s {
+        kb_role_t it_role;        /* first: the clients' opaque (role.h) */
         const kb_conf_t *it_conf;
         kb_loop_t *it_loop;
         rd_kafka_t *it_consumer;
         rd_kafka_t *it_producer;
         rd_kafka_queue_t *it_cq;  /* consumer queue */
         rd_kafka_queue_t *it_pq;  /* producer main queue */
-        int it_pwfd;              /* its wake pipe */
-        int it_producer_failed;   /* fatal error: producer_recover() */
-        int64_t it_test_fatal_at; /* $KBATCH_TEST_PRODUCER_FATAL_MS */
         rd_kafka_queue_t *it_prioq; /* the priority lane's partitions,
                                      * forwarded here: fetched first */
         int it_prio_jobs;         /* jobs alive from the priority lane */
@@ -159,13 +156,15 @@ struct kb_items_s {
         int it_polling;           /* async jobs waiting for their next
                                    * poll: no in-flight slot (SPEC §12) */
         kb_routes_t *it_routes;
+        struct rstate_s *it_rstate; /* per route (rt_index): its queue and
+                                     * calls (route_enqueue...) */
         kb_control_t *it_control; /* cancelled batches */
         kb_serde_t *it_serde;     /* value formats (json/avro) */
         kb_easypool_t *it_easypool; /* idle easy handles */
         const char *it_worker;    /* instance id */
         kb_partset_t *it_ps;      /* assigned partitions, commits */
         LIST_HEAD(, kb_job_s) it_jobs;
-        TAILQ_HEAD(, kb_job_s) it_produce_retryq;
+        kb_prodq_t it_produce_retryq;
         struct kb_timers_s it_timers;      /* sorted by jb_due */
         char **it_retry_topics;            /* tier n at [n-1] */
         int it_retry_cnt;
@@ -192,25 +191,76 @@ static int part_current(const kb_job_t *jb) {
 static void timer_remove(kb_items_t *it, kb_job_t *jb);
 static void job_start(kb_items_t *it, kb_job_t *jb);
 
-/* Route queues (routeq.h): lanes, batches in turn. */
+/* ---- route queues and calls -------------------------------------------
+ * The pipeline's runtime state of each route, changed only here; the route
+ * itself holds the limits and their adaptive state (routes.h). */
+
+typedef struct rstate_s {
+        kb_routeq_t rs_q;   /* jobs waiting (JOB_WAITING): lanes, batches
+                             * in turn (routeq.h) */
+        int rs_waiting;
+        int rs_inflight;    /* jobs calling (JOB_CALLING) */
+} rstate_t;
+
+static rstate_t *rstate(kb_items_t *it, const kb_route_t *rt) {
+        return &it->it_rstate[rt->rt_index];
+}
+
 #define RQN_JOB(n) ((kb_job_t *)(void *)((char *)(n) - offsetof(kb_job_t, jb_rqn)))
 
 /* Queues a job on rt (its route from now on); head: it already waited. */
 static void route_enqueue(kb_route_t *rt, kb_job_t *jb, int head) {
+        rstate_t *rs = rstate(jb->jb_it, rt);
         jb->jb_route = rt;
         jb->jb_state = JOB_WAITING;
-        if (kb_routeq_push(&rt->rt_q, &jb->jb_rqn, jb->jb_lane,
+        if (kb_routeq_push(&rs->rs_q, &jb->jb_rqn, jb->jb_lane,
                            jb->jb_item.batch_id, head) != 0) {
                 kb_log(KB_LOG_ERROR, "items", "out of memory");
                 jb->jb_it->it_fatal = 1;
         }
-        rt->rt_waiting++;
+        rs->rs_waiting++;
 }
 
 static void route_dequeue(kb_job_t *jb) {
-        kb_routeq_remove(&jb->jb_route->rt_q, &jb->jb_rqn);
-        jb->jb_route->rt_waiting--;
+        rstate_t *rs = rstate(jb->jb_it, jb->jb_route);
+        kb_routeq_remove(&rs->rs_q, &jb->jb_rqn);
+        rs->rs_waiting--;
         jb->jb_state = JOB_NEW;
+}
+
+/* The job at the head of rt's queue, or NULL. */
+static kb_job_t *route_peek(kb_items_t *it, kb_route_t *rt) {
+        kb_rq_node_t *n = kb_routeq_peek(&rstate(it, rt)->rs_q);
+        return n ? RQN_JOB(n) : NULL;
+}
+
+/* The job's call was added to the loop (JOB_CALLING). */
+static void route_call_started(kb_job_t *jb) {
+        jb->jb_state = JOB_CALLING;
+        rstate(jb->jb_it, jb->jb_route)->rs_inflight++;
+}
+
+/* The job's call ended (JOB_NEW); aborted: it never got an answer, so the
+ * tokens it was charged are given back. */
+static void route_call_ended(kb_job_t *jb, int aborted) {
+        rstate(jb->jb_it, jb->jb_route)->rs_inflight--;
+        if (aborted)
+                kb_route_correct_tokens(jb->jb_route, jb->jb_est_tokens, 0);
+        jb->jb_state = JOB_NEW;
+}
+
+/* Jobs waiting in every route's queue; *full: one queue is at
+ * worker.route_queue_max. */
+static int routes_waiting(kb_items_t *it, int *full) {
+        size_t r;
+        int waiting = 0;
+        *full = 0;
+        for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
+                int n = it->it_rstate[r].rs_waiting;
+                waiting += n;
+                *full |= n >= it->it_conf->worker_route_queue_max;
+        }
+        return waiting;
 }
 
 static void job_destroy(kb_job_t *jb) {
@@ -218,16 +268,12 @@ static void job_destroy(kb_job_t *jb) {
         int i;
         if (jb->jb_state == JOB_WAITING && jb->jb_route)
                 route_dequeue(jb);
-        if (jb->jb_in_retryq)
-                TAILQ_REMOVE(&it->it_produce_retryq, jb, jb_link);
+        kb_prodq_remove(&it->it_produce_retryq, &jb->jb_pqn);
         if (jb->jb_http.hr_easy) {
                 if (jb->jb_state == JOB_CALLING) {
                         kb_loop_remove(it->it_loop, jb->jb_http.hr_easy);
-                        if (jb->jb_route) {
-                                jb->jb_route->rt_inflight--;
-                                kb_route_correct_tokens(jb->jb_route,
-                                                        jb->jb_est_tokens, 0);
-                        }
+                        if (jb->jb_route)
+                                route_call_ended(jb, 1);
                 }
         }
         kb_http_req_release(&jb->jb_http, it->it_easypool);
@@ -243,8 +289,7 @@ static void job_destroy(kb_job_t *jb) {
         kb_async_destroy(jb->jb_async);
         if (jb->jb_msg)
                 rd_kafka_message_destroy(jb->jb_msg);
-        if (part_current(jb))
-                jb->jb_part->pt_jobs--;
+        kb_part_work_end(jb->jb_part, jb->jb_epoch);
         if (jb->jb_lane == 0)
                 it->it_prio_jobs--;
         LIST_REMOVE(jb, jb_all);
@@ -361,12 +406,8 @@ static void produce_warn(const char *topic, rd_kafka_resp_err_t err,
 }
 
 static void produce_retry_later(kb_job_t *jb, int delay_ms) {
-        kb_items_t *it = jb->jb_it;
-        jb->jb_produce_at = kb_now_ms() + delay_ms;
-        if (!jb->jb_in_retryq) {
-                TAILQ_INSERT_TAIL(&it->it_produce_retryq, jb, jb_link);
-                jb->jb_in_retryq = 1;
-        }
+        kb_prodq_later(&jb->jb_it->it_produce_retryq, &jb->jb_pqn,
+                       kb_now_ms() + delay_ms);
 }
 
 /* An output failed for good (kb_kafka_produce_err_permanent: too large
@@ -776,8 +817,7 @@ static int job_call(kb_job_t *jb) {
         kb_http_req_tls(hr, rc->tls_verify, rc->ca_file);
         if (kb_http_req_start(hr, it->it_loop) != 0)
                 return -1;
-        jb->jb_state = JOB_CALLING;
-        rt->rt_inflight++;
+        route_call_started(jb);
         return 0;
 }
 
@@ -808,9 +848,8 @@ static void timer_remove(kb_items_t *it, kb_job_t *jb) {
         it->it_polling -= jb->jb_timer == TIMER_POLL;
         if (jb->jb_timer == TIMER_DUE) {
                 it->it_held--;
-                if (part_current(jb) &&
-                    --jb->jb_part->pt_held < KB_HOLD_MAX)
-                        kb_partset_pause(it->it_ps, jb->jb_part, KB_PAUSE_DELAY, 0);
+                kb_partset_hold(it->it_ps, jb->jb_part, jb->jb_epoch, 0,
+                                KB_HOLD_MAX);
         }
 }
 
@@ -819,9 +858,8 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt);
 /* The route's circuit is open (or a long Retry-After blocks it): its
  * waiting items go to fb, its fallback (SPEC §12), and fb dispatches. */
 static int route_divert(kb_items_t *it, kb_route_t *rt, kb_route_t *fb) {
-        kb_rq_node_t *n;
-        while ((n = kb_routeq_peek(&rt->rt_q))) {
-                kb_job_t *jb = RQN_JOB(n);
+        kb_job_t *jb;
+        while ((jb = route_peek(it, rt))) {
                 route_dequeue(jb);
                 kb_metric_add(kb_metrics_get(KB_M_ROUTE_FALLBACKS,
                                              rt->rt_conf->name,
@@ -838,17 +876,16 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
         kb_job_t *jb;
         int64_t wait = 1000, now = kb_now_ms();
         kb_route_t *fb;
-        kb_rq_node_t *n;
-        while ((n = kb_routeq_peek(&rt->rt_q))) {
-                jb = RQN_JOB(n);
+        rstate_t *rs = rstate(it, rt);
+        while ((jb = route_peek(it, rt))) {
                 if (rt->rt_fallback && (fb = kb_route_select(rt, now)) != rt)
                         return route_divert(it, rt, fb);
-                if (rt->rt_inflight >= rt->rt_limit)
+                if (rs->rs_inflight >= rt->rt_limit)
                         break;
                 if (!kb_route_admit(rt, jb->jb_est_tokens, now, &wait))
                         return (int)(wait < 1000 ? wait : 1000);
-                kb_routeq_pop(&rt->rt_q); /* jb: its batch's turn ends */
-                rt->rt_waiting--;
+                kb_routeq_pop(&rs->rs_q); /* jb: its batch's turn ends */
+                rs->rs_waiting--;
                 jb->jb_state = JOB_NEW;
                 if (jb->jb_item.deadline && kb_wall_ms() > jb->jb_item.deadline) {
                         job_fail(jb, KB_STATUS_EXPIRED, "expired",
@@ -868,7 +905,7 @@ static int route_dispatch(kb_items_t *it, kb_route_t *rt) {
 static void route_expire_waiting(kb_items_t *it, kb_route_t *rt,
                                  int64_t wall_now) {
         kb_rq_node_t *n, *tmp;
-        KB_ROUTEQ_FOREACH_SAFE(n, &rt->rt_q, tmp) {
+        KB_ROUTEQ_FOREACH_SAFE(n, &rstate(it, rt)->rs_q, tmp) {
                 kb_job_t *jb = RQN_JOB(n);
                 if (!jb->jb_item.deadline || wall_now <= jb->jb_item.deadline)
                         continue;
@@ -980,8 +1017,7 @@ static void call_done(kb_xfer_t *xf, CURLcode cc) {
         kb_result_t res;
         char msg[1024];
 
-        rt->rt_inflight--;
-        jb->jb_state = JOB_NEW;
+        route_call_ended(jb, 0);
         memset(&res, 0, sizeof(res));
         status = kb_http_req_status(hr);
         /* The response is checked and embedded as text, not parsed. */
@@ -1336,10 +1372,7 @@ static void on_cancel(const char *batch_id, const char *reason, void *opaque) {
                         break;
                 case JOB_CALLING:
                         kb_loop_remove(it->it_loop, jb->jb_http.hr_easy);
-                        jb->jb_route->rt_inflight--;
-                        kb_route_correct_tokens(jb->jb_route,
-                                                jb->jb_est_tokens, 0);
-                        jb->jb_state = JOB_NEW;
+                        route_call_ended(jb, 1);
                         break;
                 default:
                         continue; /* finished already, or being published */
@@ -1495,9 +1528,8 @@ static void job_begin(kb_items_t *it, kb_job_t *jb) {
                 if (nb > now) {
                         timer_add(it, jb, TIMER_DUE, kb_now_ms() + (nb - now));
                         it->it_held++;
-                        if (part_current(jb) &&
-                            ++jb->jb_part->pt_held >= KB_HOLD_MAX)
-                                kb_partset_pause(it->it_ps, jb->jb_part, KB_PAUSE_DELAY, 1);
+                        kb_partset_hold(it->it_ps, jb->jb_part, jb->jb_epoch,
+                                        1, KB_HOLD_MAX);
                         return;
                 }
                 if (nb)
@@ -1597,7 +1629,7 @@ static void job_new(kb_items_t *it, kb_part_t *pt, rd_kafka_message_t *m) {
                       !strcmp(pr, "high"));
         }
         it->it_prio_jobs += jb->jb_lane == 0;
-        pt->pt_jobs++;
+        kb_part_work_begin(pt);
         LIST_INSERT_HEAD(&it->it_jobs, jb, jb_all);
         it->it_inflight++;
         kb_metrics_inc(KB_M_ITEMS_CONSUMED, NULL, NULL);
@@ -1632,7 +1664,7 @@ static int ra_waiting(kb_items_t *it, int *most) {
         size_t r;
         *most = 0;
         for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
-                int n = kb_routes_get(it->it_routes, r)->rt_waiting;
+                int n = it->it_rstate[r].rs_waiting;
                 waiting += n;
                 if (n > *most)
                         *most = n;
@@ -1683,9 +1715,10 @@ static int ra_light(kb_items_t *it, const rd_kafka_message_t *m,
         if (cr == KB_CODEC_OK && item.batch_id &&
             (rt = kb_routes_match(it->it_routes, item.model))) {
                 int q = it->it_conf->worker_route_queue_max;
-                light = kb_routeq_batch_cnt(&rt->rt_q, item.batch_id) <
+                rstate_t *rs = rstate(it, rt);
+                light = kb_routeq_batch_cnt(&rs->rs_q, item.batch_id) <
                             KB_RA_LIGHT &&
-                        rt->rt_waiting < q + q / 2;
+                        rs->rs_waiting < q + q / 2;
                 *batch_id = strdup(item.batch_id);
         } else if (cr != KB_CODEC_OK && cr != KB_CODEC_UNDECODABLE &&
                    cr != KB_CODEC_UNADDRESSABLE && cr != KB_CODEC_INVALID)
@@ -1701,8 +1734,7 @@ static long ra_score(const char *batch_id, void *opaque) {
         long n = 0;
         size_t r;
         for (r = 0; r < kb_routes_cnt(it->it_routes); r++)
-                n += kb_routeq_batch_cnt(&kb_routes_get(it->it_routes, r)->rt_q,
-                                         batch_id);
+                n += kb_routeq_batch_cnt(&it->it_rstate[r].rs_q, batch_id);
         return n;
 }
 
@@ -1758,7 +1790,9 @@ static int ra_handle(kb_items_t *it, kb_part_t *pt, kb_ra_t *ra,
         if (!ra_full(it))
                 return 0;
         if (kb_ra_at_bound(ra)) {
-                seek_back(it, pt, m->offset);
+                /* Wait here until deferred items were taken (ra_serve). */
+                kb_partset_pause(it->it_ps, pt, KB_PAUSE_READAHEAD, 1);
+                part_seek(it, pt, m->offset);
                 rd_kafka_message_destroy(m);
                 return 1;
         }
@@ -1820,8 +1854,12 @@ static void ra_serve(kb_items_t *it) {
         for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
                 kb_part_t *pt = kb_partset_get(it->it_ps, i);
                 kb_ra_t *ra = pt->pt_ra;
-                if (!ra || !pt->pt_assigned || pt->pt_revoking ||
-                    !kb_ra_cnt(ra))
+                if (!ra || !pt->pt_assigned || pt->pt_revoking)
+                        continue;
+                if ((pt->pt_pause & KB_PAUSE_READAHEAD) &&
+                    (!kb_ra_at_bound(ra) || !ra_full(it)))
+                        kb_partset_pause(it->it_ps, pt, KB_PAUSE_READAHEAD, 0);
+                if (!kb_ra_cnt(ra))
                         continue;
                 if (kb_ra_skipped(ra))
                         ra_check_gone(it, pt, ra);
@@ -1892,126 +1930,66 @@ static void handle_message(kb_items_t *it, rd_kafka_message_t *m) {
 
 /* ---- commits and rebalances ----------------------------------------- */
 
-/* Commits the committable position of the given parts (all assigned when
- * only is NULL). sync: wait for the broker, and commit even when the
- * position did not change since the last (async) commit: that one may have
- * failed with a rebalance error we have not heard of yet. */
-static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                      rd_kafka_topic_partition_list_t *offsets, void *opaque) {
-        kb_items_t *it = opaque;
-        if (err == RD_KAFKA_RESP_ERR_NO_ERROR ||
-            err == RD_KAFKA_RESP_ERR__NO_OFFSET)
-                return;
-        kb_log(KB_LOG_WARN, "items", "offset commit failed: %s",
-               rd_kafka_err2str(err));
-        kb_partset_commit_failed(it->it_ps, offsets);
-}
+#define PQN_JOB(n) ((kb_job_t *)(void *)((char *)(n) - offsetof(kb_job_t, jb_pqn)))
+
+static void retry_produce(kb_prodq_node_t *n) { job_produce(PQN_JOB(n)); }
 
 /* Hands the jobs whose publishing is due again (not before `now`) to the
- * producer. The queue is taken whole before the walk: a job that fails
- * again is queued anew for a later turn, never met again in this walk
- * (walking the live queue, two jobs that kept failing synchronously
- * swapped places forever: drain() never returned). Returns the ms until
- * the next one is due. */
+ * producer (kb_prodq_serve). Returns the ms until the next one is due. */
 static int produce_retry_serve(kb_items_t *it, int64_t now) {
-        TAILQ_HEAD(, kb_job_s) walk = TAILQ_HEAD_INITIALIZER(walk);
-        kb_job_t *jb;
-        int64_t next = INT64_MAX;
-        TAILQ_CONCAT(&walk, &it->it_produce_retryq, jb_link);
-        while ((jb = TAILQ_FIRST(&walk))) {
-                TAILQ_REMOVE(&walk, jb, jb_link);
-                if (jb->jb_produce_at > now) {
-                        TAILQ_INSERT_TAIL(&it->it_produce_retryq, jb, jb_link);
-                        if (jb->jb_produce_at < next)
-                                next = jb->jb_produce_at;
-                        continue;
-                }
-                jb->jb_in_retryq = 0;
-                job_produce(jb);
-        }
-        if (next == INT64_MAX || now == INT64_MAX)
-                return 1000;
-        return next - now > 1000 ? 1000 : (int)(next - now);
+        return kb_prodq_serve(&it->it_produce_retryq, now, retry_produce);
 }
 
-static void producer_poll(kb_items_t *it) {
-        while (rd_kafka_poll(it->it_producer, 0) > 0)
-                ;
-}
+/* ---- the role's part in revocations and shutdown (role.h) ----------- */
 
-/* Drives transfers and delivery reports (never the consumer) until no job of
- * the given parts is alive or the deadline passes. */
-static void drain(kb_items_t *it, kb_part_t **parts, size_t cnt,
-                  int64_t deadline) {
-        for (;;) {
-                size_t i;
-                int alive = 0;
-                producer_poll(it);
-                /* Retry pending produces now rather than later. */
-                produce_retry_serve(it, INT64_MAX);
-                for (i = 0; parts && i < cnt; i++)
-                        alive += parts[i]->pt_jobs;
-                if (!parts)
-                        alive = it->it_inflight;
-                if (!alive || kb_now_ms() >= deadline)
-                        return;
-                kb_loop_drive(it->it_loop, 10);
-        }
-}
+static int alive(void *self) { return ((kb_items_t *)self)->it_inflight; }
 
-/* Drops the jobs of a part that have not started a call (they will be
- * consumed again by the partition's next owner). */
-static void drop_unstarted(kb_items_t *it, kb_part_t *pt) {
+/* Shutdown, after the drain: what is still calling is aborted; what is
+ * producing gets the flush. */
+static void abort_calls(void *self) {
+        kb_items_t *it = self;
         kb_job_t *jb, *tmp;
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
-                if (jb->jb_part == pt && jb->jb_epoch == pt->pt_epoch &&
+                if (jb->jb_state != JOB_PRODUCING)
+                        job_destroy(jb);
+        }
+}
+
+/* Drops the jobs of the parts (all when pts is NULL) that have not started
+ * a call (they will be consumed again by the partition's next owner). */
+static void drop_unstarted(void *self, kb_part_t **pts, size_t n) {
+        kb_items_t *it = self;
+        kb_job_t *jb, *tmp;
+        LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
+                if (kb_role_work_of(jb->jb_part, jb->jb_epoch, pts, n) &&
                     (jb->jb_state == JOB_WAITING || jb->jb_state == JOB_TIMER))
                         job_destroy(jb);
         }
 }
 
-/* Ends the part's epoch: jobs still alive are abandoned (calls aborted; a
- * job whose result is with the producer stays until its report, touching
- * nothing). */
 /* Ends the part's epoch for its jobs: those still alive are abandoned
  * (calls aborted; a job whose result is with the producer stays until its
  * report, touching nothing). */
-static void part_release(kb_items_t *it, kb_part_t *pt) {
+static void part_release(void *self, kb_part_t *pt) {
+        kb_items_t *it = self;
         kb_job_t *jb, *tmp;
         ra_forget(it, pt);
         LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
                 if (jb->jb_part != pt || jb->jb_epoch != pt->pt_epoch)
                         continue;
                 if (jb->jb_state == JOB_PRODUCING) {
-                        pt->pt_jobs--;
+                        kb_part_work_end(pt, jb->jb_epoch);
                         jb->jb_part = NULL; /* orphan: freed at its report */
                 } else
                         job_destroy(jb);
         }
 }
 
-static void on_revoke(kb_items_t *it, rd_kafka_topic_partition_list_t *parts,
-                      int lost) {
-        size_t n = 0, i;
-        kb_part_t **pts = kb_partset_revoking(it->it_ps, parts, &n);
-        if (!lost && pts) {
-                int64_t deadline = kb_now_ms() + it->it_conf->worker_revoke_drain_ms;
-                for (i = 0; i < n; i++)
-                        drop_unstarted(it, pts[i]);
-                drain(it, pts, n, deadline);
-        }
-        for (i = 0; pts && i < n; i++)
-                part_release(it, pts[i]);
-        if (pts)
-                kb_partset_revoked(it->it_ps, pts, n, lost);
-        free(pts);
-        kb_partset_unassign(it->it_ps, parts);
-}
-
 /* The priority lane (SPEC §12): its partitions' messages go to it_prioq,
  * which kb_items_serve polls before the consumer's queue. */
-static void prio_forward(kb_items_t *it,
+static void prio_forward(void *self,
                          const rd_kafka_topic_partition_list_t *parts) {
+        kb_items_t *it = self;
         const char *prio = it->it_conf->topics_name[KB_TOPIC_ITEMS_PRIORITY];
         int i;
         for (i = 0; i < parts->cnt; i++) {
@@ -2037,51 +2015,6 @@ static void prio_unpause(kb_items_t *it) {
                 if (pt->pt_assigned && !strcmp(pt->pt_topic, prio))
                         kb_partset_pause(it->it_ps, pt, KB_PAUSE_GLOBAL, 0);
         }
-}
-
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
-        kb_items_t *it = opaque;
-        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-                prio_forward(it, parts);
-                kb_partset_assign(it->it_ps, parts);
-        } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
-                on_revoke(it, parts, rd_kafka_assignment_lost(rk));
-        else {
-                kb_log(KB_LOG_ERROR, "items", "rebalance error: %s",
-                       rd_kafka_err2str(err));
-                on_revoke(it, parts, 1);
-        }
-}
-
-static void error_cb(rd_kafka_t *rk, int err, const char *reason,
-                     void *opaque) {
-        kb_items_t *it = opaque;
-        if (err == RD_KAFKA_RESP_ERR__FATAL) {
-                char buf[512];
-                rd_kafka_fatal_error(rk, buf, sizeof(buf));
-                if (rk == it->it_producer) { /* recreated, not the end */
-                        kb_log(KB_LOG_ERROR, "items",
-                               "producer failed: %s; recreating it", buf);
-                        it->it_producer_failed = 1;
-                        return;
-                }
-                kb_log(KB_LOG_ERROR, "kafka", "fatal error: %s", buf);
-                it->it_fatal = 1;
-                kb_loop_stop_requested = 1;
-                return;
-        }
-        if (kb_kafka_error(rk, err, reason)) {
-                /* authentication failed: logged once, stop */
-                it->it_fatal = 1;
-                kb_loop_stop_requested = 1;
-                return;
-        }
-        kb_log(err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
-                       err == RD_KAFKA_RESP_ERR__AUTHENTICATION
-                   ? KB_LOG_ERROR
-                   : KB_LOG_WARN,
-               "kafka", "%s: %s", rd_kafka_err2name(err), reason);
 }
 
 /* ---- operations: statistics, readiness, gauges (docs/operations.md) -- */
@@ -2135,12 +2068,12 @@ static void metrics_refresh(kb_items_t *it) {
                 kb_route_t *rt = kb_routes_get(it->it_routes, i);
                 const char *r = rt->rt_conf->name;
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_INFLIGHT, r, NULL),
-                              rt->rt_inflight);
+                              it->it_rstate[i].rs_inflight);
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_CONCURRENCY_LIMIT, r,
                                              NULL),
                               rt->rt_limit);
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_QUEUE, r, NULL),
-                              rt->rt_waiting);
+                              it->it_rstate[i].rs_waiting);
                 kb_metric_set(kb_metrics_get(KB_M_ROUTE_BREAKER, r, NULL),
                               kb_route_breaker_state(rt, kb_now_ms()));
 
@@ -2159,9 +2092,10 @@ static int user_set(const kb_conf_t *conf, const char *name) {
 }
 
 /* The items producer (idempotent, acks=all), delivery reports and errors
- * to us. */
-static rd_kafka_t *producer_create(kb_items_t *it, char *errstr,
+ * to us (also ro_producer_new: made again after a fatal error). */
+static rd_kafka_t *producer_create(void *self, char *errstr,
                                    size_t errstr_size) {
+        kb_items_t *it = self;
         rd_kafka_conf_t *kc = kb_kafka_conf_new(it->it_conf, "items-producer",
                                                 errstr, errstr_size);
         if (!kc)
@@ -2174,49 +2108,140 @@ static rd_kafka_t *producer_create(kb_items_t *it, char *errstr,
                 rd_kafka_conf_destroy(kc);
                 return NULL;
         }
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, it);
+        kb_role_conf(&it->it_role, kc, 0);
         return kb_kafka_producer_new(it->it_conf, kc, errstr, errstr_size);
 }
 
-/* A fatal error of the idempotent producer (an unrecoverable sequence or
- * epoch error): instead of exiting, purge it (the delivery reports of what
- * it held put those jobs on the produce retry queue), then publish through
- * a new one. What the old one had written but not confirmed is published
- * again (at-least-once); offsets are marked done only on acknowledgement,
- * as always. */
-static void producer_recover(kb_items_t *it) {
-        char errstr[512];
-        rd_kafka_t *nrk;
-        if (!(nrk = producer_create(it, errstr, sizeof(errstr)))) {
-                kb_log(KB_LOG_WARN, "items", "new producer: %s (retrying)",
-                       errstr);
-                return;
-        }
-        kb_kafka_producer_replace(&it->it_producer, &it->it_pq, nrk,
-                                  it->it_pwfd);
-        it->it_producer_failed = 0;
-        kb_log(KB_LOG_INFO, "items", "producer recreated");
-}
+_Static_assert(offsetof(struct kb_items_s, it_role) == 0,
+               "the role's clients' opaque is the kb_items_t");
 
-kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
-                         char *errstr, size_t errstr_size) {
-        kb_items_t *it = calloc(1, sizeof(*it));
-        rd_kafka_conf_t *kc = NULL;
+static const kb_role_ops_t items_ops = {
+        .ro_assign = prio_forward,
+        .ro_drop_unstarted = drop_unstarted,
+        .ro_reproduce = retry_produce,
+        .ro_alive = alive,
+        .ro_abort = abort_calls,
+        .ro_release = part_release,
+        .ro_producer_new = producer_create,
+};
+
+/* The consumer (manual offsets, the role's callbacks), its queues on the
+ * loop's wake pipes, subscribed to the items topics. 0, or -1 + errstr. */
+static int consumer_create(kb_items_t *it, char *errstr, size_t errstr_size) {
+        const kb_conf_t *conf = it->it_conf;
+        rd_kafka_conf_t *kc;
         rd_kafka_topic_partition_list_t *topics;
         rd_kafka_resp_err_t err;
         char num[32];
         int wfd;
 
+        /* Consumer: manual offsets, bounded prefetch, eager range
+         * assignment. Eager: a rebalance calls the revoke callback (drain,
+         * synchronous commit) before rejoining. With cooperative-sticky
+         * the rejoin comes first, and the periodic commits sent behind the
+         * JoinGroup on the coordinator connection wait for the whole
+         * rebalance, fail with the old generation and make librdkafka (2.0.2
+         * and 2.8.0 alike, librdkafka#4059) drop the whole assignment: with
+         * a crash every few seconds most work ran twice (docs/reliability.md,
+         * chaos). */
+        if (!(kc = kb_kafka_conf_new(conf, "items-consumer", errstr,
+                                     errstr_size)))
+                return -1;
+        snprintf(num, sizeof(num), "%d", conf->worker_queue_max_kbytes);
+        if (kb_kafka_conf_set(kc, "group.id", conf->kafka_group_id, errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "enable.auto.offset.store", "false", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "partition.assignment.strategy",
+                              "range", errstr, errstr_size) ||
+            kb_kafka_conf_set(kc, "auto.offset.reset", "earliest", errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "queued.max.messages.kbytes", num, errstr,
+                              errstr_size) ||
+            kb_kafka_conf_set(kc, "statistics.interval.ms",
+                              kb_metrics_stats_interval(conf), errstr,
+                              errstr_size) ||
+            (!user_set(conf, "fetch.queue.backoff.ms") &&
+             kb_kafka_conf_set(kc, "fetch.queue.backoff.ms", "10", errstr,
+                               errstr_size)))
+                goto fail;
+        rd_kafka_conf_set_stats_cb(kc, stats_cb);
+        kb_role_conf(&it->it_role, kc, 1);
+        if (!(it->it_ps = kb_partset_new(
+                  "items", (size_t)conf->worker_offsets_window,
+                  conf->worker_commit_interval_ms)) ||
+            (conf->worker_read_ahead > 0 &&
+             kb_partset_set_wide(
+                 it->it_ps, conf->topics_name[KB_TOPIC_ITEMS],
+                 (size_t)(conf->worker_read_ahead > conf->worker_offsets_window
+                              ? conf->worker_read_ahead
+                              : conf->worker_offsets_window)))) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+        }
+        it->it_ra_on = conf->worker_read_ahead > 0;
+        it->it_role.ro_ps = it->it_ps;
+        it->it_role.ro_drain_ms = conf->worker_revoke_drain_ms;
+        if (!(it->it_consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
+                                             errstr_size)))
+                goto fail;
+        kc = NULL;
+        kb_partset_set_consumer(it->it_ps, it->it_consumer);
+        rd_kafka_poll_set_consumer(it->it_consumer);
+        it->it_cq = rd_kafka_queue_get_consumer(it->it_consumer);
+        if ((wfd = kb_loop_wake_pipe(it->it_loop)) < 0) {
+                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+                goto fail;
+        }
+        rd_kafka_queue_io_event_enable(it->it_cq, wfd, "c", 1);
+        if (!(it->it_prioq = rd_kafka_queue_new(it->it_consumer)) ||
+            (wfd = kb_loop_wake_pipe(it->it_loop)) < 0) {
+                snprintf(errstr, errstr_size, "priority queue: %s",
+                         it->it_prioq ? strerror(errno) : "cannot create it");
+                goto fail;
+        }
+        rd_kafka_queue_io_event_enable(it->it_prioq, wfd, "q", 1);
+
+        topics = rd_kafka_topic_partition_list_new(2 + it->it_retry_cnt);
+        rd_kafka_topic_partition_list_add(
+            topics, conf->topics_name[KB_TOPIC_ITEMS], RD_KAFKA_PARTITION_UA);
+        rd_kafka_topic_partition_list_add(
+            topics, conf->topics_name[KB_TOPIC_ITEMS_PRIORITY],
+            RD_KAFKA_PARTITION_UA);
+        for (int i = 0; i < it->it_retry_cnt; i++)
+                rd_kafka_topic_partition_list_add(topics,
+                                                  it->it_retry_topics[i],
+                                                  RD_KAFKA_PARTITION_UA);
+        err = rd_kafka_subscribe(it->it_consumer, topics);
+        rd_kafka_topic_partition_list_destroy(topics);
+        if (err) {
+                snprintf(errstr, errstr_size, "subscribe: %s",
+                         rd_kafka_err2str(err));
+                goto fail;
+        }
+        return 0;
+fail:
+        if (kc)
+                rd_kafka_conf_destroy(kc);
+        return -1;
+}
+
+kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
+                         char *errstr, size_t errstr_size) {
+        kb_items_t *it = calloc(1, sizeof(*it));
+
         if (runtime)
                 *runtime = 0;
         if (!it)
                 return NULL;
+        kb_role_init(&it->it_role, &items_ops, "items", loop, &it->it_fatal);
         it->it_conf = conf;
         it->it_loop = loop;
         it->it_worker = kb_conf_instance_id(conf);
         LIST_INIT(&it->it_jobs);
-        TAILQ_INIT(&it->it_produce_retryq);
+        kb_prodq_init(&it->it_produce_retryq);
         TAILQ_INIT(&it->it_timers);
         /* Enough for the calls that end and start in one turn of the
          * loop; NULL (no pool) works too: a handle per call. */
@@ -2229,6 +2254,13 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
 
         if (!(it->it_routes = kb_routes_new(conf, errstr, errstr_size)))
                 goto fail;
+        if (!(it->it_rstate = calloc(kb_routes_cnt(it->it_routes) + 1,
+                                     sizeof(*it->it_rstate)))) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+        }
+        for (size_t r = 0; r < kb_routes_cnt(it->it_routes); r++)
+                kb_routeq_init(&it->it_rstate[r].rs_q);
         if (!(it->it_control = kb_control_new(conf, loop, on_cancel, it, errstr,
                                               errstr_size))) {
                 /* Its metadata request is the first to meet the cluster. */
@@ -2257,114 +2289,19 @@ kb_items_t *kb_items_new(const kb_conf_t *conf, kb_loop_t *loop, int *runtime,
         }
 
         /* Producer: idempotent, acks=all; delivery reports on our loop. */
-        if (!(it->it_producer = producer_create(it, errstr, errstr_size)))
+        if (kb_role_producer_start(&it->it_role, &it->it_producer, &it->it_pq,
+                                   &it->it_produce_retryq, errstr,
+                                   errstr_size) != 0)
                 goto fail;
-        it->it_pq = rd_kafka_queue_get_main(it->it_producer);
-        if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
-                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
-                goto fail;
-        }
-        it->it_pwfd = wfd;
-        rd_kafka_queue_io_event_enable(it->it_pq, wfd, "p", 1);
-        if (getenv("KBATCH_TEST_PRODUCER_FATAL_MS"))
-                it->it_test_fatal_at =
-                    kb_now_ms() + atoi(getenv("KBATCH_TEST_PRODUCER_FATAL_MS"));
 
-        /* Consumer: manual offsets, bounded prefetch, eager range
-         * assignment. Eager: a rebalance calls the revoke callback (drain,
-         * synchronous commit) before rejoining. With cooperative-sticky
-         * the rejoin comes first, and the periodic commits sent behind the
-         * JoinGroup on the coordinator connection wait for the whole
-         * rebalance, fail with the old generation and make librdkafka (2.0.2
-         * and 2.8.0 alike, librdkafka#4059) drop the whole assignment: with
-         * a crash every few seconds most work ran twice (docs/reliability.md,
-         * chaos). */
-        if (!(kc = kb_kafka_conf_new(conf, "items-consumer", errstr,
-                                     errstr_size)))
+        if (consumer_create(it, errstr, errstr_size) != 0)
                 goto fail;
-        snprintf(num, sizeof(num), "%d", conf->worker_queue_max_kbytes);
-        if (kb_kafka_conf_set(kc, "group.id", conf->kafka_group_id, errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.commit", "false", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "enable.auto.offset.store", "false", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "partition.assignment.strategy",
-                              "range", errstr, errstr_size) ||
-            kb_kafka_conf_set(kc, "auto.offset.reset", "earliest", errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "queued.max.messages.kbytes", num, errstr,
-                              errstr_size) ||
-            kb_kafka_conf_set(kc, "statistics.interval.ms",
-                              kb_metrics_stats_interval(conf), errstr,
-                              errstr_size) ||
-            (!user_set(conf, "fetch.queue.backoff.ms") &&
-             kb_kafka_conf_set(kc, "fetch.queue.backoff.ms", "10", errstr,
-                               errstr_size)))
-                goto fail;
-        rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
-        rd_kafka_conf_set_stats_cb(kc, stats_cb);
-        rd_kafka_conf_set_offset_commit_cb(kc, commit_cb);
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, it);
-        if (!(it->it_ps = kb_partset_new(
-                  "items", (size_t)conf->worker_offsets_window,
-                  conf->worker_commit_interval_ms)) ||
-            (conf->worker_read_ahead > 0 &&
-             kb_partset_set_wide(
-                 it->it_ps, conf->topics_name[KB_TOPIC_ITEMS],
-                 (size_t)(conf->worker_read_ahead > conf->worker_offsets_window
-                              ? conf->worker_read_ahead
-                              : conf->worker_offsets_window)))) {
-                snprintf(errstr, errstr_size, "out of memory");
-                goto fail;
-        }
-        it->it_ra_on = conf->worker_read_ahead > 0;
-        if (!(it->it_consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr,
-                                             errstr_size)))
-                goto fail;
-        kc = NULL;
-        kb_partset_set_consumer(it->it_ps, it->it_consumer);
-        rd_kafka_poll_set_consumer(it->it_consumer);
-        it->it_cq = rd_kafka_queue_get_consumer(it->it_consumer);
-        if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
-                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
-                goto fail;
-        }
-        rd_kafka_queue_io_event_enable(it->it_cq, wfd, "c", 1);
-        if (!(it->it_prioq = rd_kafka_queue_new(it->it_consumer)) ||
-            (wfd = kb_loop_wake_pipe(loop)) < 0) {
-                snprintf(errstr, errstr_size, "priority queue: %s",
-                         it->it_prioq ? strerror(errno) : "cannot create it");
-                goto fail;
-        }
-        rd_kafka_queue_io_event_enable(it->it_prioq, wfd, "q", 1);
-
-        topics = rd_kafka_topic_partition_list_new(2 + it->it_retry_cnt);
-        rd_kafka_topic_partition_list_add(
-            topics, conf->topics_name[KB_TOPIC_ITEMS], RD_KAFKA_PARTITION_UA);
-        rd_kafka_topic_partition_list_add(
-            topics, conf->topics_name[KB_TOPIC_ITEMS_PRIORITY],
-            RD_KAFKA_PARTITION_UA);
-        for (int i = 0; i < it->it_retry_cnt; i++)
-                rd_kafka_topic_partition_list_add(topics,
-                                                  it->it_retry_topics[i],
-                                                  RD_KAFKA_PARTITION_UA);
-        err = rd_kafka_subscribe(it->it_consumer, topics);
-        rd_kafka_topic_partition_list_destroy(topics);
-        if (err) {
-                snprintf(errstr, errstr_size, "subscribe: %s",
-                         rd_kafka_err2str(err));
-                goto fail;
-        }
         kb_kafka_check_limits(conf, it->it_producer);
         kb_log(KB_LOG_INFO, "items", "consuming %s in group %s (%zu routes)",
                conf->topics_name[KB_TOPIC_ITEMS], conf->kafka_group_id,
                kb_routes_cnt(it->it_routes));
         return it;
 fail:
-        if (kc)
-                rd_kafka_conf_destroy(kc);
         kb_items_destroy(it);
         return NULL;
 }
@@ -2375,17 +2312,9 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
         const kb_conf_t *conf = it->it_conf;
         int max = conf->worker_max_inflight;
         int wait = 1000;
-        size_t i;
 
-        producer_poll(it);
-        if (it->it_test_fatal_at && now >= it->it_test_fatal_at) {
-                it->it_test_fatal_at = 0;
-                rd_kafka_test_fatal_error(it->it_producer,
-                                          RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-                                          "test: KBATCH_TEST_PRODUCER_FATAL_MS");
-        }
-        if (it->it_producer_failed)
-                producer_recover(it);
+        kb_role_poll(it->it_producer);
+        kb_role_producer_serve(&it->it_role, now);
         metrics_refresh(it);
 
         {
@@ -2409,13 +2338,8 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
          * own bound). */
         if (!it->it_stopping && kb_control_ready(it->it_control) &&
             (!it->it_jobstore || kb_jobstore_ready(it->it_jobstore))) {
-                int waiting = 0, qfull = 0, active;
-                size_t r;
-                for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
-                        int n = kb_routes_get(it->it_routes, r)->rt_waiting;
-                        waiting += n;
-                        qfull |= n >= conf->worker_route_queue_max;
-                }
+                int qfull, active;
+                int waiting = routes_waiting(it, &qfull);
                 active = it->it_inflight - it->it_held - waiting -
                          it->it_polling;
                 /* The priority lane first, with its own bound (a full
@@ -2487,25 +2411,18 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
                 /* Routes held back by their rate limits or a Retry-After. */
                 for (r = 0; r < kb_routes_cnt(it->it_routes); r++) {
                         kb_route_t *rt = kb_routes_get(it->it_routes, r);
-                        if (scan && rt->rt_waiting)
+                        int waiting = it->it_rstate[r].rs_waiting;
+                        if (scan && waiting)
                                 route_expire_waiting(it, rt, wall);
-                        if (rt->rt_waiting && (w = route_dispatch(it, rt)) < wait)
+                        if (waiting && (w = route_dispatch(it, rt)) < wait)
                                 wait = w;
                 }
         }
 
-        /* Partitions paused by their offset window (or a read-ahead at its
-         * bound) resume when it moved. */
-        for (i = 0; i < kb_partset_cnt(it->it_ps); i++) {
-                kb_part_t *pt = kb_partset_get(it->it_ps, i);
-                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
-                    !kb_offsets_window_full(pt->pt_ot) &&
-                    !(pt->pt_ra && kb_ra_at_bound(pt->pt_ra)))
-                        kb_partset_pause(it->it_ps, pt, KB_PAUSE_WINDOW, 0);
-        }
-
+        /* Partitions paused by their offset window resume when it moved;
+         * periodic commits. */
         {
-                int w = kb_partset_commit_due(it->it_ps, now);
+                int w = kb_partset_serve(it->it_ps, now);
                 if (w < wait)
                         wait = w;
         }
@@ -2513,33 +2430,10 @@ int kb_items_serve(kb_items_t *it, int64_t now) {
 }
 
 void kb_items_shutdown(kb_items_t *it, int drain_ms) {
-        int64_t deadline = kb_now_ms() + drain_ms;
-        kb_job_t *jb, *tmp;
-        rd_kafka_resp_err_t err;
-
         it->it_stopping = 1;
         kb_log(KB_LOG_INFO, "items", "stopping: %d items in flight, draining "
                "for up to %d ms", it->it_inflight, drain_ms);
-        /* Stop fetching. */
-        kb_partset_pause_all(it->it_ps, KB_PAUSE_STOP, 1);
-        /* Items not started yet are left for the next owner. */
-        LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
-                if (jb->jb_state == JOB_WAITING || jb->jb_state == JOB_TIMER)
-                        job_destroy(jb);
-        }
-        drain(it, NULL, 0, deadline);
-        /* Abort what is still calling; what is producing gets the flush. */
-        LIST_FOREACH_SAFE(jb, &it->it_jobs, jb_all, tmp) {
-                if (jb->jb_state != JOB_PRODUCING)
-                        job_destroy(jb);
-        }
-        err = rd_kafka_flush(it->it_producer, 10000);
-        if (err)
-                kb_log(KB_LOG_WARN, "items", "flush: %s", rd_kafka_err2str(err));
-        producer_poll(it);
-        kb_partset_commit(it->it_ps, NULL, 0, 1);
-        /* Leave the group: the revoke callback commits again (no-op). */
-        kb_kafka_consumer_close(it->it_consumer, 15000, "items");
+        kb_role_stop(&it->it_role, it->it_consumer, kb_now_ms() + drain_ms);
         kb_log(KB_LOG_INFO, "items", "stopped (%d items abandoned)",
                it->it_inflight);
 }
@@ -2578,6 +2472,9 @@ void kb_items_destroy(kb_items_t *it) {
         free(it->it_retry_topics);
         kb_control_destroy(it->it_control);
         kb_jobstore_destroy(it->it_jobstore);
+        for (i = 0; it->it_rstate && i < kb_routes_cnt(it->it_routes); i++)
+                kb_routeq_clear(&it->it_rstate[i].rs_q);
+        free(it->it_rstate);
         kb_routes_destroy(it->it_routes);
         kb_serde_destroy(it->it_serde);
         kb_easypool_destroy(it->it_easypool);

@@ -34,6 +34,7 @@
 #include "log.h"
 #include "offsets.h"
 #include "partset.h"
+#include "role.h"
 #include "serde.h"
 #include "ssrf.h"
 
@@ -149,10 +150,10 @@ struct kb_nevent_s {
         kb_xfer_t ev_xfer; /* CURLOPT_PRIVATE points here */
         kb_notifier_t *ev_nt;
         LIST_ENTRY(kb_nevent_s) ev_all;
-        /* on nt_ready, nt_resolving, nt_timers or nt_prodq: */
+        /* on nt_ready, nt_resolving or nt_timers: */
         TAILQ_ENTRY(kb_nevent_s) ev_link;
         ev_state_t ev_state;
-        int ev_in_prodq;
+        kb_prodq_node_t ev_pqn; /* on nt_prodq */
         rd_kafka_message_t *ev_msg; /* owned */
         kb_part_t *ev_part;        /* NULL: orphaned by a revocation */
         uint64_t ev_epoch;
@@ -178,12 +179,12 @@ struct kb_nevent_s {
         int64_t ev_due;        /* mono ms, on nt_timers */
         char ev_code[32];      /* DLQ: kbatch-error-code */
         char *ev_dlq_msg;      /* DLQ: kbatch-error-message, owned */
-        int64_t ev_produce_at; /* mono ms: produce again not before */
 };
 
 TAILQ_HEAD(kb_nevq_s, kb_nevent_s);
 
 struct kb_notifier_s {
+        kb_role_t nt_role; /* first: the clients' opaque (role.h) */
         const kb_conf_t *nt_conf;
         kb_loop_t *nt_loop;
         const char *nt_topic;  /* batches, borrowed from the config */
@@ -193,9 +194,6 @@ struct kb_notifier_s {
         rd_kafka_t *nt_producer;
         rd_kafka_queue_t *nt_cq;
         rd_kafka_queue_t *nt_pq;
-        int nt_pwfd;              /* its wake pipe */
-        int nt_producer_failed;   /* fatal error: producer_recover() */
-        int64_t nt_test_fatal_at; /* $KBATCH_TEST_PRODUCER_FATAL_MS */
         kb_serde_t *nt_serde;
         char *nt_secret; /* owned, never logged */
         size_t nt_secret_len;
@@ -206,7 +204,7 @@ struct kb_notifier_s {
         struct kb_nevq_s nt_ready;
         struct kb_nevq_s nt_resolving;
         struct kb_nevq_s nt_timers; /* sorted by ev_due */
-        struct kb_nevq_s nt_prodq;  /* DLQ copies to produce again */
+        kb_prodq_t nt_prodq;        /* DLQ copies to produce again */
         LIST_HEAD(, kb_gai_s) nt_orphans;
         int nt_events_cnt; /* events alive */
         int nt_active;     /* RESOLVING + CALLING */
@@ -274,10 +272,7 @@ static void ev_unlink(kb_nevent_t *ev) {
                 TAILQ_REMOVE(&nt->nt_timers, ev, ev_link);
                 break;
         case EV_PRODUCING:
-                if (ev->ev_in_prodq) {
-                        TAILQ_REMOVE(&nt->nt_prodq, ev, ev_link);
-                        ev->ev_in_prodq = 0;
-                }
+                kb_prodq_remove(&nt->nt_prodq, &ev->ev_pqn);
                 break;
         default:
                 break;
@@ -312,8 +307,7 @@ static void ev_destroy(kb_nevent_t *ev) {
         free(ev->ev_dlq_msg);
         if (ev->ev_msg)
                 rd_kafka_message_destroy(ev->ev_msg);
-        if (part_current(ev))
-                ev->ev_part->pt_jobs--;
+        kb_part_work_end(ev->ev_part, ev->ev_epoch);
         LIST_REMOVE(ev, ev_all);
         nt->nt_events_cnt--;
         free(ev);
@@ -430,11 +424,7 @@ static void ev_produce(kb_nevent_t *ev) {
                         kb_log(KB_LOG_WARN, "notifier",
                                "produce to %s failed: %s (will retry)",
                                nt->nt_dlq, rd_kafka_err2str(err));
-                ev->ev_produce_at = kb_now_ms() + 100;
-                if (!ev->ev_in_prodq) {
-                        TAILQ_INSERT_TAIL(&nt->nt_prodq, ev, ev_link);
-                        ev->ev_in_prodq = 1;
-                }
+                kb_prodq_later(&nt->nt_prodq, &ev->ev_pqn, kb_now_ms() + 100);
         }
 }
 
@@ -466,44 +456,22 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                 kb_log(KB_LOG_WARN, "notifier",
                        "delivery to %s failed: %s (will produce again)",
                        nt->nt_dlq, rd_kafka_err2str(m->err));
-                ev->ev_produce_at = kb_now_ms() + 1000;
-                if (!ev->ev_in_prodq) {
-                        TAILQ_INSERT_TAIL(&nt->nt_prodq, ev, ev_link);
-                        ev->ev_in_prodq = 1;
-                }
+                kb_prodq_later(&nt->nt_prodq, &ev->ev_pqn,
+                               kb_now_ms() + 1000);
                 return;
         }
         ev_finish(ev);
 }
 
-/* Produces again the DLQ copies that are due (not before `now`). The queue
- * is taken whole before the walk, so that a copy failing again is not met
- * again in the same walk (two of them swapped places forever). Returns the
- * ms until the next one is due. */
-static int prodq_serve(kb_notifier_t *nt, int64_t now) {
-        struct kb_nevq_s walk = TAILQ_HEAD_INITIALIZER(walk);
-        kb_nevent_t *ev;
-        int64_t next = INT64_MAX;
-        TAILQ_CONCAT(&walk, &nt->nt_prodq, ev_link);
-        while ((ev = TAILQ_FIRST(&walk))) {
-                TAILQ_REMOVE(&walk, ev, ev_link);
-                if (ev->ev_produce_at > now) {
-                        TAILQ_INSERT_TAIL(&nt->nt_prodq, ev, ev_link);
-                        if (ev->ev_produce_at < next)
-                                next = ev->ev_produce_at;
-                        continue;
-                }
-                ev->ev_in_prodq = 0;
-                ev_produce(ev);
-        }
-        if (next == INT64_MAX || now == INT64_MAX)
-                return 1000;
-        return next - now > 1000 ? 1000 : (int)(next - now);
-}
+#define PQN_EV(n) \
+        ((kb_nevent_t *)(void *)((char *)(n) - offsetof(kb_nevent_t, ev_pqn)))
 
-static void producer_poll(kb_notifier_t *nt) {
-        while (rd_kafka_poll(nt->nt_producer, 0) > 0)
-                ;
+static void prodq_produce(kb_prodq_node_t *n) { ev_produce(PQN_EV(n)); }
+
+/* Produces again the DLQ copies that are due (not before `now`,
+ * kb_prodq_serve). Returns the ms until the next one is due. */
+static int prodq_serve(kb_notifier_t *nt, int64_t now) {
+        return kb_prodq_serve(&nt->nt_prodq, now, prodq_produce);
 }
 
 /* ---- timers and the ready queue ----------------------------------------- */
@@ -1019,7 +987,7 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
         ev->ev_epoch = pt->pt_epoch;
         ev->ev_offset = m->offset;
         ev->ev_ts = rd_kafka_message_timestamp(m, &tt);
-        pt->pt_jobs++;
+        kb_part_work_begin(pt);
         LIST_INSERT_HEAD(&nt->nt_events, ev, ev_all);
         nt->nt_events_cnt++;
         ev_start(nt, ev);
@@ -1027,176 +995,76 @@ static void handle_message(kb_notifier_t *nt, rd_kafka_message_t *m) {
 
 /* ---- commits and rebalances --------------------------------------------- */
 
-static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                      rd_kafka_topic_partition_list_t *offsets, void *opaque) {
-        kb_notifier_t *nt = opaque;
-        if (err == RD_KAFKA_RESP_ERR_NO_ERROR ||
-            err == RD_KAFKA_RESP_ERR__NO_OFFSET)
-                return;
-        kb_log(KB_LOG_WARN, "notifier", "offset commit failed: %s",
-               rd_kafka_err2str(err));
-        kb_partset_commit_failed(nt->nt_ps, offsets);
-}
+static int alive(void *self) { return ((kb_notifier_t *)self)->nt_events_cnt; }
 
-/* 1 when the event belongs to one of the parts (all when parts is NULL). */
-static int ev_of(const kb_nevent_t *ev, kb_part_t **parts, size_t cnt) {
-        size_t i;
-        if (!parts)
-                return 1;
-        if (!part_current(ev))
-                return 0;
-        for (i = 0; i < cnt; i++)
-                if (ev->ev_part == parts[i])
-                        return 1;
-        return 0;
-}
-
-/* Drops the events of the parts that are not calling or producing (the
- * next owner consumes them again). */
-static void drop_unstarted(kb_notifier_t *nt, kb_part_t **parts, size_t cnt) {
+/* Shutdown, after the drain: events still calling are aborted; DLQ copies
+ * with the producer get the flush. */
+static void abort_calls(void *self) {
+        kb_notifier_t *nt = self;
         kb_nevent_t *ev, *tmp;
         LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
-                if (ev_of(ev, parts, cnt) && ev->ev_state != EV_CALLING &&
-                    ev->ev_state != EV_PRODUCING)
+                if (ev->ev_state != EV_PRODUCING)
                         ev_destroy(ev);
         }
 }
 
-/* Drives transfers and delivery reports (never the consumer) until no
- * event of the parts is calling or producing, or the deadline passes.
- * Events whose attempt fails meanwhile go back to waiting: drop them. */
-static void drain(kb_notifier_t *nt, kb_part_t **parts, size_t cnt,
-                  int64_t deadline) {
-        for (;;) {
-                kb_nevent_t *ev;
-                int alive = 0;
-                producer_poll(nt);
-                prodq_serve(nt, INT64_MAX);
-                drop_unstarted(nt, parts, cnt);
-                LIST_FOREACH(ev, &nt->nt_events, ev_all) {
-                        if (ev_of(ev, parts, cnt))
-                                alive++;
-                }
-                if (!alive || kb_now_ms() >= deadline)
-                        return;
-                kb_loop_drive(nt->nt_loop, 10);
+/* Drops the events of the parts (all when pts is NULL) that are not
+ * calling or producing (the next owner consumes them again). */
+static void drop_unstarted(void *self, kb_part_t **pts, size_t n) {
+        kb_notifier_t *nt = self;
+        kb_nevent_t *ev, *tmp;
+        LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
+                if (kb_role_work_of(ev->ev_part, ev->ev_epoch, pts, n) &&
+                    ev->ev_state != EV_CALLING && ev->ev_state != EV_PRODUCING)
+                        ev_destroy(ev);
         }
 }
 
 /* Ends the part's epoch: events still calling are aborted; one whose DLQ
  * copy is with the producer stays until its report, touching nothing. */
-static void part_release(kb_notifier_t *nt, kb_part_t *pt) {
+static void part_release(void *self, kb_part_t *pt) {
+        kb_notifier_t *nt = self;
         kb_nevent_t *ev, *tmp;
         LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
                 if (ev->ev_part != pt || ev->ev_epoch != pt->pt_epoch)
                         continue;
                 if (ev->ev_state == EV_PRODUCING) {
-                        pt->pt_jobs--;
+                        kb_part_work_end(pt, ev->ev_epoch);
                         ev->ev_part = NULL;
                 } else
                         ev_destroy(ev);
         }
 }
 
-static void on_assign(kb_notifier_t *nt,
-                      rd_kafka_topic_partition_list_t *parts) {
-        kb_partset_assign(nt->nt_ps, parts);
-        if (nt->nt_stopping)
-                kb_partset_pause_all(nt->nt_ps, KB_PAUSE_STOP, 1);
-}
-
-static void on_revoke(kb_notifier_t *nt, rd_kafka_topic_partition_list_t *parts,
-                      int lost) {
-        size_t n = 0, i;
-        kb_part_t **pts = kb_partset_revoking(nt->nt_ps, parts, &n);
-        if (!lost && n) {
-                drop_unstarted(nt, pts, n);
-                drain(nt, pts, n,
-                      kb_now_ms() + nt->nt_conf->worker_revoke_drain_ms);
-        }
-        for (i = 0; pts && i < n; i++)
-                part_release(nt, pts[i]);
-        if (pts)
-                kb_partset_revoked(nt->nt_ps, pts, n, lost);
-        free(pts);
-        kb_partset_unassign(nt->nt_ps, parts);
-}
-
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
-        kb_notifier_t *nt = opaque;
-        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
-                on_assign(nt, parts);
-        else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
-                on_revoke(nt, parts, rd_kafka_assignment_lost(rk));
-        else {
-                kb_log(KB_LOG_ERROR, "notifier", "rebalance error: %s",
-                       rd_kafka_err2str(err));
-                on_revoke(nt, parts, 1);
-        }
-}
-
-static void error_cb(rd_kafka_t *rk, int err, const char *reason,
-                     void *opaque) {
-        kb_notifier_t *nt = opaque;
-        if (err == RD_KAFKA_RESP_ERR__FATAL) {
-                char buf[512];
-                rd_kafka_fatal_error(rk, buf, sizeof(buf));
-                if (rk == nt->nt_producer) { /* recreated, not the end */
-                        kb_log(KB_LOG_ERROR, "notifier",
-                               "producer failed: %s; recreating it", buf);
-                        nt->nt_producer_failed = 1;
-                        return;
-                }
-                kb_log(KB_LOG_ERROR, "kafka", "fatal error: %s", buf);
-                nt->nt_fatal = 1;
-                kb_loop_stop_requested = 1;
-                return;
-        }
-        if (kb_kafka_error(rk, err, reason)) {
-                /* authentication failed: logged once, stop */
-                nt->nt_fatal = 1;
-                kb_loop_stop_requested = 1;
-                return;
-        }
-        kb_log(err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
-                               err == RD_KAFKA_RESP_ERR__AUTHENTICATION
-                       ? KB_LOG_ERROR
-                       : KB_LOG_WARN,
-               "kafka", "%s: %s", rd_kafka_err2name(err), reason);
-}
-
 /* ---- construction ---------------------------------------------------------
  */
 
-/* The DLQ producer (idempotent, acks=all), reports and errors to us. */
-static rd_kafka_t *producer_create(kb_notifier_t *nt, char *errstr,
+/* The DLQ producer (idempotent, acks=all), reports and errors to us (also
+ * ro_producer_new: made again after a fatal error; what the old one held
+ * is dead-lettered again, at-least-once). */
+static rd_kafka_t *producer_create(void *self, char *errstr,
                                    size_t errstr_size) {
+        kb_notifier_t *nt = self;
         rd_kafka_conf_t *kc = kb_kafka_conf_new(nt->nt_conf, "notifier-producer",
                                                 errstr, errstr_size);
         if (!kc)
                 return NULL;
         rd_kafka_conf_set_dr_msg_cb(kc, dr_msg_cb);
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, nt);
+        kb_role_conf(&nt->nt_role, kc, 0);
         return kb_kafka_producer_new(nt->nt_conf, kc, errstr, errstr_size);
 }
 
-/* A fatal error of the producer: publish through a new one (what the old
- * one held is dead-lettered again: at-least-once), never exit. */
-static void producer_recover(kb_notifier_t *nt) {
-        char errstr[512];
-        rd_kafka_t *nrk = producer_create(nt, errstr, sizeof(errstr));
-        if (!nrk) {
-                kb_log(KB_LOG_WARN, "notifier", "new producer: %s (retrying)",
-                       errstr);
-                return;
-        }
-        kb_kafka_producer_replace(&nt->nt_producer, &nt->nt_pq, nrk,
-                                  nt->nt_pwfd);
-        nt->nt_producer_failed = 0;
-        kb_log(KB_LOG_INFO, "notifier", "producer recreated");
-}
+_Static_assert(offsetof(struct kb_notifier_s, nt_role) == 0,
+               "the role's clients' opaque is the kb_notifier_t");
+
+static const kb_role_ops_t notifier_ops = {
+        .ro_drop_unstarted = drop_unstarted,
+        .ro_reproduce = prodq_produce,
+        .ro_alive = alive,
+        .ro_abort = abort_calls,
+        .ro_release = part_release,
+        .ro_producer_new = producer_create,
+};
 
 kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                                char *errstr, size_t errstr_size) {
@@ -1211,6 +1079,8 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                 snprintf(errstr, errstr_size, "out of memory");
                 return NULL;
         }
+        kb_role_init(&nt->nt_role, &notifier_ops, "notifier", loop,
+                     &nt->nt_fatal);
         nt->nt_conf = conf;
         nt->nt_loop = loop;
         nt->nt_topic = conf->topics_name[KB_TOPIC_BATCHES];
@@ -1221,7 +1091,7 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
         TAILQ_INIT(&nt->nt_ready);
         TAILQ_INIT(&nt->nt_resolving);
         TAILQ_INIT(&nt->nt_timers);
-        TAILQ_INIT(&nt->nt_prodq);
+        kb_prodq_init(&nt->nt_prodq);
 
         /* The secret: an explicitly named file must be readable. */
         if (conf->notifier_secret_file && *conf->notifier_secret_file) {
@@ -1249,18 +1119,9 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
                 goto fail;
 
         /* DLQ producer: idempotent, acks=all; reports on our loop. */
-        if (!(nt->nt_producer = producer_create(nt, errstr, errstr_size)))
+        if (kb_role_producer_start(&nt->nt_role, &nt->nt_producer, &nt->nt_pq,
+                                   &nt->nt_prodq, errstr, errstr_size) != 0)
                 goto fail;
-        nt->nt_pq = rd_kafka_queue_get_main(nt->nt_producer);
-        if ((wfd = kb_loop_wake_pipe(loop)) < 0) {
-                snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
-                goto fail;
-        }
-        nt->nt_pwfd = wfd;
-        rd_kafka_queue_io_event_enable(nt->nt_pq, wfd, "p", 1);
-        if (getenv("KBATCH_TEST_PRODUCER_FATAL_MS"))
-                nt->nt_test_fatal_at =
-                    kb_now_ms() + atoi(getenv("KBATCH_TEST_PRODUCER_FATAL_MS"));
 
         /* Consumer: read_committed (the aggregator is transactional),
          * manual offsets, eager range assignment (little traffic; avoids
@@ -1287,16 +1148,15 @@ kb_notifier_t *kb_notifier_new(const kb_conf_t *conf, kb_loop_t *loop,
             kb_kafka_conf_set(kc, "queued.max.messages.kbytes", num, errstr,
                               errstr_size))
                 goto fail;
-        rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
-        rd_kafka_conf_set_offset_commit_cb(kc, commit_cb);
-        rd_kafka_conf_set_error_cb(kc, error_cb);
-        rd_kafka_conf_set_opaque(kc, nt);
+        kb_role_conf(&nt->nt_role, kc, 1);
         if (!(nt->nt_ps = kb_partset_new("notifier",
                                          (size_t)conf->worker_offsets_window,
                                          conf->worker_commit_interval_ms))) {
                 snprintf(errstr, errstr_size, "out of memory");
                 goto fail;
         }
+        nt->nt_role.ro_ps = nt->nt_ps;
+        nt->nt_role.ro_drain_ms = conf->worker_revoke_drain_ms;
         if (!(nt->nt_consumer =
                       rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, errstr_size)))
                 goto fail;
@@ -1336,18 +1196,10 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
         const kb_conf_t *conf = nt->nt_conf;
         int max_pending = conf->notifier_max_pending;
         int wait = 1000;
-        size_t i;
         kb_nevent_t *ev;
 
-        producer_poll(nt);
-        if (nt->nt_test_fatal_at && now >= nt->nt_test_fatal_at) {
-                nt->nt_test_fatal_at = 0;
-                rd_kafka_test_fatal_error(nt->nt_producer,
-                                          RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-                                          "test: KBATCH_TEST_PRODUCER_FATAL_MS");
-        }
-        if (nt->nt_producer_failed)
-                producer_recover(nt);
+        kb_role_poll(nt->nt_producer);
+        kb_role_producer_serve(&nt->nt_role, now);
         {
                 int w = prodq_serve(nt, now);
                 if (w < wait)
@@ -1395,15 +1247,8 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
                         wait = KB_NT_DNS_POLL_MS;
         }
 
-        for (i = 0; i < kb_partset_cnt(nt->nt_ps); i++) {
-                kb_part_t *pt = kb_partset_get(nt->nt_ps, i);
-                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
-                    !kb_offsets_window_full(pt->pt_ot))
-                        kb_partset_pause(nt->nt_ps, pt, KB_PAUSE_WINDOW, 0);
-        }
-
         {
-                int w = kb_partset_commit_due(nt->nt_ps, now);
+                int w = kb_partset_serve(nt->nt_ps, now);
                 if (w < wait)
                         wait = w;
         }
@@ -1411,28 +1256,12 @@ int kb_notifier_serve(kb_notifier_t *nt, int64_t now) {
 }
 
 void kb_notifier_shutdown(kb_notifier_t *nt, int drain_ms) {
-        int64_t deadline = kb_now_ms() + drain_ms;
-        kb_nevent_t *ev, *tmp;
-        rd_kafka_resp_err_t err;
-
         nt->nt_stopping = 1;
         kb_log(KB_LOG_INFO, "notifier",
                "stopping: %d events held, %d requests in flight, draining "
                "for up to %d ms",
                nt->nt_events_cnt, nt->nt_active, drain_ms);
-        kb_partset_pause_all(nt->nt_ps, KB_PAUSE_STOP, 1);
-        drain(nt, NULL, 0, deadline);
-        LIST_FOREACH_SAFE(ev, &nt->nt_events, ev_all, tmp) {
-                if (ev->ev_state != EV_PRODUCING)
-                        ev_destroy(ev);
-        }
-        err = rd_kafka_flush(nt->nt_producer, 10000);
-        if (err)
-                kb_log(KB_LOG_WARN, "notifier", "flush: %s",
-                       rd_kafka_err2str(err));
-        producer_poll(nt);
-        kb_partset_commit(nt->nt_ps, NULL, 0, 1);
-        kb_kafka_consumer_close(nt->nt_consumer, 15000, "notifier");
+        kb_role_stop(&nt->nt_role, nt->nt_consumer, kb_now_ms() + drain_ms);
         kb_log(KB_LOG_INFO, "notifier",
                "stopped (%d events left to the next "
                "owner)",

@@ -123,6 +123,16 @@ void kb_partset_pause(kb_partset_t *ps, kb_part_t *pt, int reason, int on) {
         pt->pt_paused = pause;
 }
 
+void kb_partset_hold(kb_partset_t *ps, kb_part_t *pt, uint64_t epoch, int on,
+                     int max) {
+        if (!kb_part_current(pt, epoch))
+                return;
+        if (on && ++pt->pt_held >= max)
+                kb_partset_pause(ps, pt, KB_PAUSE_DELAY, 1);
+        else if (!on && --pt->pt_held < max)
+                kb_partset_pause(ps, pt, KB_PAUSE_DELAY, 0);
+}
+
 void kb_partset_pause_all(kb_partset_t *ps, int reason, int on) {
         size_t i;
         for (i = 0; i < ps->ps_cnt; i++)
@@ -211,6 +221,9 @@ void kb_partset_assign(kb_partset_t *ps,
         /* New partitions are not paused for the global limit; the role
          * pauses again if it still has to. */
         ps->ps_all_paused = 0;
+        /* Shutting down: nothing new is fetched. */
+        if (ps->ps_stopping)
+                kb_partset_pause_all(ps, KB_PAUSE_STOP, 1);
 }
 
 kb_part_t **kb_partset_revoking(kb_partset_t *ps,
@@ -314,6 +327,17 @@ int kb_partset_commit_due(kb_partset_t *ps, int64_t now) {
                 ps->ps_next_commit = now + ps->ps_interval_ms;
         }
         return ps->ps_next_commit > now ? (int)(ps->ps_next_commit - now) : 1;
+}
+
+int kb_partset_serve(kb_partset_t *ps, int64_t now) {
+        size_t i;
+        for (i = 0; i < ps->ps_cnt; i++) {
+                kb_part_t *pt = ps->ps_parts[i];
+                if (pt->pt_assigned && (pt->pt_pause & KB_PAUSE_WINDOW) &&
+                    !kb_offsets_window_full(pt->pt_ot))
+                        kb_partset_pause(ps, pt, KB_PAUSE_WINDOW, 0);
+        }
+        return kb_partset_commit_due(ps, now);
 }
 
 void kb_partset_commit_failed(kb_partset_t *ps,

@@ -7,8 +7,9 @@
  * reasons it is paused for. It restores trackers from the committed offsets
  * and their done-above maps on assignment, commits periodically and
  * synchronously on revocation and shutdown, and applies assignments in the
- * consumer's rebalance protocol (cooperative or eager). What a role does
- * with its own jobs at revocation (drain, drop, abandon) stays in the role.
+ * consumer's rebalance protocol (cooperative or eager). The revocation
+ * protocol (drop, drain, release, commit) is role.h's; what a role does with
+ * its own jobs it tells through kb_role_ops_t.
  * Loop thread only. */
 #ifndef KB_PARTSET_H
 #define KB_PARTSET_H
@@ -23,6 +24,8 @@
 #define KB_PAUSE_GLOBAL 0x2 /* the role's in-flight limit reached for long */
 #define KB_PAUSE_DELAY  0x4 /* too many messages held until due */
 #define KB_PAUSE_STOP   0x8 /* shutting down */
+#define KB_PAUSE_READAHEAD 0x10 /* the items' read-ahead at its bound (the
+                                 * items role resumes it) */
 
 typedef struct kb_part_s {
         char *pt_topic;
@@ -33,8 +36,9 @@ typedef struct kb_part_s {
         int pt_pause;         /* KB_PAUSE_* reasons */
         int pt_paused;        /* paused in the consumer */
         int pt_revoking;
-        /* the role's own counters, reset at each assignment */
-        int pt_jobs;          /* work of this epoch alive */
+        /* the role's work of this epoch, reset at each assignment;
+         * changed only through kb_part_work_* and kb_partset_hold */
+        int pt_jobs;          /* alive (the revocation drains it) */
         int pt_held;          /* of which held back until due */
         struct kb_ra_s *pt_ra; /* the items role's read-ahead (owned and
                                 * freed by it; NULL for other roles) */
@@ -65,7 +69,22 @@ static inline int kb_part_current(const kb_part_t *pt, uint64_t epoch) {
         return pt && pt->pt_assigned && pt->pt_epoch == epoch;
 }
 
+/* The role's work: one more consumed from pt (of pt's current epoch); one
+ * tagged (pt, epoch) ended (freed, or orphaned at a release: it no longer
+ * counts), a no-op once the epoch is over. */
+static inline void kb_part_work_begin(kb_part_t *pt) { pt->pt_jobs++; }
+static inline void kb_part_work_end(kb_part_t *pt, uint64_t epoch) {
+        if (kb_part_current(pt, epoch))
+                pt->pt_jobs--;
+}
+
 void kb_partset_pause(kb_partset_t *ps, kb_part_t *pt, int reason, int on);
+
+/* Work tagged (pt, epoch) is held back until due (on), or no longer is:
+ * pt is paused for KB_PAUSE_DELAY while it holds max or more, and fetches
+ * again below. A no-op once the epoch is over. */
+void kb_partset_hold(kb_partset_t *ps, kb_part_t *pt, uint64_t epoch, int on,
+                     int max);
 void kb_partset_pause_all(kb_partset_t *ps, int reason, int on);
 /* 1 while every partition is paused for KB_PAUSE_GLOBAL. */
 int kb_partset_all_paused(const kb_partset_t *ps);
@@ -74,7 +93,7 @@ int kb_partset_all_paused(const kb_partset_t *ps);
  * done-above maps (blocking, as allowed at rebalance), starts a tracker per
  * partition, and applies the assignment. Once the set is paused for
  * KB_PAUSE_STOP (shutting down), nothing is fetched: the assignment is only
- * applied, as the consumer's close requires. */
+ * applied, as the consumer's close requires, and its partitions paused. */
 void kb_partset_assign(kb_partset_t *ps,
                        rd_kafka_topic_partition_list_t *parts);
 
@@ -97,6 +116,11 @@ void kb_partset_commit(kb_partset_t *ps, kb_part_t **pts, size_t n, int sync);
 
 /* Periodic commit when due; returns ms until the next one. */
 int kb_partset_commit_due(kb_partset_t *ps, int64_t now);
+
+/* Once a turn: partitions paused for their offset window fetch again once
+ * it moved, and the periodic commit (kb_partset_commit_due, whose wait it
+ * returns). */
+int kb_partset_serve(kb_partset_t *ps, int64_t now);
 
 /* For the consumer's offset commit callback: a failed commit is sent again. */
 void kb_partset_commit_failed(kb_partset_t *ps,

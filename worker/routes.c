@@ -76,7 +76,6 @@ kb_routes_t *kb_routes_new(const kb_conf_t *conf, char *errstr,
                 size_t n;
                 rt->rt_conf = rc;
                 rt->rt_index = (int)i;
-                kb_routeq_init(&rt->rt_q);
                 rt->rt_limit = rc->max_inflight;
                 rt->rt_base_url = strdup(rc->base_url);
                 n = strlen(rt->rt_base_url);
@@ -119,7 +118,6 @@ void kb_routes_destroy(kb_routes_t *rs) {
         if (!rs)
                 return;
         for (i = 0; i < rs->rs_cnt; i++) {
-                kb_routeq_clear(&rs->rs_routes[i].rt_q);
                 free(rs->rs_routes[i].rt_base_url);
                 free(rs->rs_routes[i].rt_auth);
         }

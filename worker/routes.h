@@ -3,8 +3,9 @@
  * First match wins. Each route knows its operation paths (OpenAI-compatible
  * defaults merged with the configured ones), its auth (api_key_env or
  * api_key_file, the file re-read when it changes, as Kubernetes secrets
- * rotate), its extra headers and its limits. The runtime part (in-flight
- * count, wait queue) belongs to the items pipeline. */
+ * rotate), its extra headers, its limits and their adaptive state (the
+ * concurrency limit, the rate buckets, the circuit breaker). The items
+ * pipeline keeps a route's wait queue and in-flight count itself. */
 #ifndef KB_ROUTES_H
 #define KB_ROUTES_H
 
@@ -14,9 +15,6 @@
 #include <time.h>
 
 #include "conf.h"
-#include "routeq.h"
-
-struct kb_job_s;
 
 /* The circuit breaker of a route (SPEC §12). */
 typedef enum {
@@ -32,13 +30,8 @@ typedef struct kb_route_s {
         char *rt_auth;                  /* "Authorization: Bearer ..." or NULL */
         time_t rt_key_mtime;            /* api_key_file's mtime when read */
         int64_t rt_key_checked_ms;      /* monotonic ms of the last stat() */
-        /* runtime, owned by the items pipeline */
-        int rt_inflight;
-        int rt_limit;                   /* current concurrency limit */
-        kb_routeq_t rt_q;               /* items waiting: lanes, batches in
-                                         * turn (routeq.h) */
-        int rt_waiting;
         /* limits (kb_route_on_outcome, kb_route_admit) */
+        int rt_limit;                   /* current concurrency limit */
         int rt_ok_streak;               /* successes since the last change */
         int64_t rt_decreased_ms;        /* mono ms of the last halving */
         int rt_timeouts;                /* timeouts in the current window */
@@ -111,7 +104,8 @@ void kb_route_on_outcome(kb_route_t *rt, kb_route_signal_t sig,
 
 /* May a call with `est_tokens` estimated tokens start now? 1: yes (the
  * buckets are charged). 0: not yet; *wait_ms gets how long until it may
- * (at least 1). Ignores rt_inflight (the caller checks rt_limit). */
+ * (at least 1). Ignores the calls in flight (the caller checks them
+ * against rt_limit). */
 int kb_route_admit(kb_route_t *rt, int64_t est_tokens, int64_t now_ms,
                    int64_t *wait_ms);
 
