@@ -362,8 +362,8 @@ static int res_attempts(json_t *r) {
 }
 
 /* The offsets committed by group g on t.items, summed over both
- * partitions (-1 when one has none), and the messages the partitions
- * hold (*total). */
+ * partitions (-1 when one holding messages has none), and the messages the
+ * partitions hold (*total). */
 static int64_t committed_sum(int64_t *total) {
         rd_kafka_t *c = mock_client(RD_KAFKA_CONSUMER, "g");
         rd_kafka_topic_partition_list_t *l;
@@ -379,9 +379,11 @@ static int64_t committed_sum(int64_t *total) {
                                  c, "t.items", i, &lo, &hi, 10000),
                              0);
                 *total += hi;
-                if (l->elems[i].offset < 0)
+                /* A partition the producer's sticky partitioning left
+                 * empty has nothing to commit. */
+                if (l->elems[i].offset < 0 && hi > lo)
                         sum = -1;
-                else if (sum >= 0)
+                else if (sum >= 0 && l->elems[i].offset > 0)
                         sum += l->elems[i].offset;
         }
         rd_kafka_topic_partition_list_destroy(l);
