@@ -72,6 +72,10 @@ fetch_dist() {
     stamp >"$tmp/dist/.stamp"
     rm -rf "$DIST_DIR"
     mv "$tmp/dist" "$DIST_DIR"
+    # The EXIT trap names this function's local: clear it before the
+    # subshell exits (under set -u it failed the fetch: "tmp: unbound").
+    rm -rf "$tmp"
+    trap - EXIT
     log "fetched in $((SECONDS - t0)) s"
 }
 
